@@ -1,0 +1,160 @@
+//! The same API for programs without an async runtime.
+//!
+//! A [`Client`] here owns a small Tokio runtime (one worker thread) that runs the connection in
+//! the background, so events such as a lost lease are heard while the program does its work.
+//!
+//! ```no_run
+//! use vfslock::{blocking::Client, LockOptions};
+//!
+//! let client = Client::connect_default()?;
+//! let mut lock = client.new_lock("/srv/inbox/data.csv", LockOptions::default());
+//! lock.acquire()?;
+//! // ... work on the file ...
+//! lock.release()?;
+//! # Ok::<(), vfslock::Error>(())
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use vfslock_proto::{ListEntry, StatusInfo, WaitMode};
+
+use crate::error::{Error, ErrorKind, WithLockError};
+use crate::{LockMetadata, LockOptions};
+
+/// A blocking connection to the local `vfslockd`; see [`crate::Client`].
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: crate::Client,
+    runtime: Arc<Runtime>,
+}
+
+/// A blocking lock; see [`crate::Lock`]. Dropping a held lock releases it.
+#[derive(Debug)]
+pub struct Lock {
+    inner: crate::Lock,
+    runtime: Arc<Runtime>,
+}
+
+impl Client {
+    /// Connects to the daemon listening at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vfslock-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot start a runtime: {e}")))?;
+        let inner = runtime.block_on(crate::Client::connect(path))?;
+        Ok(Client {
+            inner,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// Connects to the default socket; see [`crate::Client::connect_default`].
+    pub fn connect_default() -> Result<Client, Error> {
+        Client::connect(crate::socket::client_default_socket_path())
+    }
+
+    /// A lock on `target`, not yet taken.
+    pub fn new_lock(&self, target: impl Into<String>, options: LockOptions) -> Lock {
+        Lock {
+            inner: self.inner.new_lock(target, options),
+            runtime: self.runtime.clone(),
+        }
+    }
+
+    /// Takes the lock, runs `run`, and releases the lock on every path; see
+    /// [`crate::Client::with_lock`].
+    pub fn with_lock<T, E>(
+        &self,
+        target: impl Into<String>,
+        options: LockOptions,
+        run: impl FnOnce(&Lock) -> Result<T, E>,
+    ) -> Result<T, WithLockError<E>> {
+        let wait = match options.wait {
+            None => WaitMode::Try,
+            Some(timeout) => WaitMode::Wait { timeout },
+        };
+        let mut lock = self.new_lock(target, options);
+        self.runtime
+            .block_on(lock.inner.acquire_with(wait))
+            .map_err(WithLockError::Lock)?;
+        let outcome = run(&lock);
+        let released = lock.release();
+        match outcome {
+            Err(e) => Err(WithLockError::Closure(e)),
+            Ok(value) => released.map(|()| value).map_err(WithLockError::Lock),
+        }
+    }
+
+    /// Reads the lock file of `target`; `None` when there is none.
+    pub fn metadata(&self, target: &str) -> Result<Option<LockMetadata>, Error> {
+        self.runtime.block_on(self.inner.metadata(target))
+    }
+
+    /// Locks held and queued through this daemon.
+    pub fn list(&self) -> Result<Vec<ListEntry>, Error> {
+        self.runtime.block_on(self.inner.list())
+    }
+
+    /// The daemon's status.
+    pub fn status(&self) -> Result<StatusInfo, Error> {
+        self.runtime.block_on(self.inner.status())
+    }
+
+    /// One round trip to the daemon.
+    pub fn ping(&self) -> Result<Duration, Error> {
+        self.runtime.block_on(self.inner.ping())
+    }
+}
+
+impl Lock {
+    /// Tries once; see [`crate::Lock::acquire`].
+    pub fn acquire(&mut self) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.acquire())
+    }
+
+    /// Waits up to `timeout`; see [`crate::Lock::acquire_timeout`].
+    pub fn acquire_timeout(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.acquire_timeout(timeout))
+    }
+
+    /// Waits as long as it takes; see [`crate::Lock::acquire_wait`].
+    pub fn acquire_wait(&mut self) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.acquire_wait())
+    }
+
+    /// Releases the lock; releasing an unheld lock is not an error.
+    pub fn release(&mut self) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.release())
+    }
+
+    /// Whether the lock is held and its lease not known to be lost.
+    pub fn is_held(&self) -> bool {
+        self.inner.is_held()
+    }
+
+    /// The unique id of this holding, while held.
+    pub fn lock_id(&self) -> Option<&str> {
+        self.inner.lock_id()
+    }
+
+    /// The target's lock file now; see [`crate::Lock::metadata`].
+    pub fn metadata(&self) -> Result<LockMetadata, Error> {
+        self.runtime.block_on(self.inner.metadata())
+    }
+
+    /// Time since the lock file's `createdAt`.
+    pub fn age(&self) -> Result<Duration, Error> {
+        self.runtime.block_on(self.inner.age())
+    }
+
+    /// Whether the target's lock file is stale now.
+    pub fn is_stale(&self) -> Result<bool, Error> {
+        self.runtime.block_on(self.inner.is_stale())
+    }
+}

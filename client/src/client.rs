@@ -1,0 +1,140 @@
+//! The handle applications hold: one connection to `vfslockd`, shared by all its locks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfslock_proto::{ListEntry, Request, Response, StatusInfo, WaitMode, Welcome};
+
+use crate::connection::Connection;
+use crate::error::{Error, ErrorKind, WithLockError};
+use crate::{socket, Lock, LockMetadata, LockOptions};
+
+/// A connection to the local `vfslockd`. Cheap to clone; every clone and every [`Lock`] made
+/// from it share one socket, and the daemon releases everything held through it when the last
+/// of them is dropped (or the process dies).
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) conn: Arc<Connection>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("socket", &self.conn.socket_path())
+            .finish()
+    }
+}
+
+fn unexpected(what: &str, response: Response) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("vfslockd answered {what} with {response:?}"),
+    )
+}
+
+impl Client {
+    /// Connects to the daemon listening at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        Ok(Client {
+            conn: Connection::open(path.as_ref()).await?,
+        })
+    }
+
+    /// Connects to `$VFSLOCK_SOCKET`, else the system daemon's socket if it exists, else the
+    /// user's (`$XDG_RUNTIME_DIR/vfslock/vfslockd.sock`).
+    pub async fn connect_default() -> Result<Client, Error> {
+        Client::connect(socket::client_default_socket_path()).await
+    }
+
+    /// The socket this client is connected to.
+    pub fn socket_path(&self) -> &Path {
+        self.conn.socket_path()
+    }
+
+    /// What the daemon said about itself when the connection opened.
+    pub fn daemon(&self) -> &Welcome {
+        self.conn.welcome()
+    }
+
+    /// The connection's file descriptor, for handing the connection (and with it the locks it
+    /// holds) to a child process, as `vfslockctl run` does.
+    #[cfg(unix)]
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.conn.raw_fd()
+    }
+
+    /// A lock on `target` (a `file://` or `mem://` URL, or an absolute path), not yet taken.
+    pub fn new_lock(&self, target: impl Into<String>, options: LockOptions) -> Lock {
+        Lock::new(self.clone(), target.into(), options)
+    }
+
+    /// Takes the lock on `target`, runs `run`, and releases the lock on every path: success,
+    /// error and panic (the Go library's `WithLock`).
+    ///
+    /// Without [`LockOptions::wait_timeout`] or [`LockOptions::wait_forever`] it tries once and
+    /// fails with an already-held error. The closure's own error comes back as
+    /// [`WithLockError::Closure`], lock failures as [`WithLockError::Lock`].
+    pub async fn with_lock<T, E, F>(
+        &self,
+        target: impl Into<String>,
+        options: LockOptions,
+        run: F,
+    ) -> Result<T, WithLockError<E>>
+    where
+        F: AsyncFnOnce(&Lock) -> Result<T, E>,
+    {
+        let wait = match options.wait {
+            None => WaitMode::Try,
+            Some(timeout) => WaitMode::Wait { timeout },
+        };
+        let mut lock = self.new_lock(target, options);
+        lock.acquire_with(wait).await.map_err(WithLockError::Lock)?;
+        // A panic in `run` unwinds through `lock`, whose `Drop` releases it.
+        let outcome = run(&lock).await;
+        let released = lock.release().await;
+        match outcome {
+            Err(e) => Err(WithLockError::Closure(e)),
+            Ok(value) => released.map(|()| value).map_err(WithLockError::Lock),
+        }
+    }
+
+    /// Reads the lock file of `target`, whoever wrote it; `None` when there is none.
+    pub async fn metadata(&self, target: &str) -> Result<Option<LockMetadata>, Error> {
+        match self
+            .conn
+            .request(Request::Metadata {
+                target: target.to_owned(),
+            })
+            .await?
+        {
+            Response::Metadata(meta) => Ok(meta.map(LockMetadata::from_wire)),
+            other => Err(unexpected("a metadata request", other)),
+        }
+    }
+
+    /// Locks held and queued through this daemon.
+    pub async fn list(&self) -> Result<Vec<ListEntry>, Error> {
+        match self.conn.request(Request::List).await? {
+            Response::List(entries) => Ok(entries),
+            other => Err(unexpected("a list request", other)),
+        }
+    }
+
+    /// The daemon's status.
+    pub async fn status(&self) -> Result<StatusInfo, Error> {
+        match self.conn.request(Request::Status).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected("a status request", other)),
+        }
+    }
+
+    /// One round trip to the daemon; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        match self.conn.request(Request::Ping).await? {
+            Response::Pong => Ok(start.elapsed()),
+            other => Err(unexpected("a ping", other)),
+        }
+    }
+}

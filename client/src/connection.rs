@@ -1,0 +1,394 @@
+//! One connection to the daemon, shared by every lock of a [`Client`](crate::Client).
+//!
+//! Requests are multiplexed: each gets an id, a reader task routes the daemon's responses and
+//! events back by id, and a writer task owns the socket's send half. Sending is a push onto an
+//! unbounded channel, which needs no runtime, so `Drop` of a lock can still release it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use interprocess::local_socket::tokio::{prelude::*, Stream};
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
+use vfslock_proto::{
+    codec, frame, AcquireRequest, ClientFrame, Event, Request, RequestId, Response, ServerFrame,
+    Welcome,
+};
+
+use crate::error::{Error, ErrorKind};
+use crate::LockMetadata;
+
+/// Responses (a list of 100,000 locks) can be far larger than requests.
+const MAX_INBOUND_FRAME: usize = 256 << 20;
+
+/// What an acquire in progress hears from the daemon.
+#[allow(clippy::large_enum_variant)] // short-lived, one per event
+pub(crate) enum AcquireUpdate {
+    /// Queued at this 1-based position.
+    Position(u32),
+    /// The lock is stale: may it be taken?
+    StaleQuestion(LockMetadata),
+    /// The final answer.
+    Done(Result<Response, Error>),
+}
+
+enum Route {
+    Once(oneshot::Sender<Result<Response, Error>>),
+    Acquire(mpsc::UnboundedSender<AcquireUpdate>),
+}
+
+/// Why a held lock stopped being held, published to whoever watches it.
+pub(crate) type LossWatch = watch::Receiver<Option<String>>;
+
+#[derive(Default)]
+struct Routes {
+    pending: HashMap<RequestId, Route>,
+    held: HashMap<RequestId, watch::Sender<Option<String>>>,
+    closed: bool,
+}
+
+pub(crate) struct Connection {
+    next_id: AtomicU64,
+    outbound: mpsc::UnboundedSender<Vec<u8>>,
+    routes: Arc<Mutex<Routes>>,
+    socket_path: PathBuf,
+    welcome: Welcome,
+    #[cfg(unix)]
+    raw_fd: std::os::fd::RawFd,
+}
+
+impl Connection {
+    pub(crate) async fn open(path: &Path) -> Result<Arc<Connection>, Error> {
+        let name = path
+            .to_fs_name::<GenericFilePath>()
+            .map_err(|e| Error::daemon_unavailable(path, &e))?;
+        let stream = Stream::connect(name)
+            .await
+            .map_err(|e| Error::daemon_unavailable(path, &e))?;
+        #[cfg(unix)]
+        let raw_fd = {
+            use std::os::fd::{AsFd, AsRawFd};
+            let Stream::UdSocket(inner) = &stream;
+            inner.as_fd().as_raw_fd()
+        };
+        let stream = Arc::new(stream);
+        let mut send = SharedStream(stream.clone());
+        let mut reader = BufReader::new(SharedStream(stream));
+        let welcome = handshake(path, &mut reader, &mut send).await?;
+
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        tokio::spawn(write_loop(send, outbound_rx));
+        tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
+        Ok(Arc::new(Connection {
+            next_id: AtomicU64::new(1),
+            outbound,
+            routes,
+            socket_path: path.to_owned(),
+            welcome,
+            #[cfg(unix)]
+            raw_fd,
+        }))
+    }
+
+    pub(crate) fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    pub(crate) fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.raw_fd
+    }
+
+    fn next_id(&self) -> RequestId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a frame for the writer. Works outside any runtime.
+    pub(crate) fn send(&self, frame: &ClientFrame) -> Result<(), Error> {
+        let bytes = codec::encode_frame(frame)
+            .map_err(|e| Error::new(ErrorKind::Protocol, format!("cannot encode request: {e}")))?;
+        self.outbound
+            .send(bytes)
+            .map_err(|_| Error::connection_lost())
+    }
+
+    fn register(&self, id: RequestId, route: Route) -> Result<(), Error> {
+        let mut routes = self.routes.lock().expect("routes lock");
+        if routes.closed {
+            return Err(Error::connection_lost());
+        }
+        routes.pending.insert(id, route);
+        Ok(())
+    }
+
+    /// Sends a request and waits for its one response.
+    pub(crate) async fn request(&self, request: Request) -> Result<Response, Error> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.register(id, Route::Once(tx))?;
+        if let Err(e) = self.send(&ClientFrame::Request { id, request }) {
+            self.routes.lock().expect("routes lock").pending.remove(&id);
+            return Err(e);
+        }
+        rx.await.unwrap_or_else(|_| Err(Error::connection_lost()))
+    }
+
+    /// Sends an acquire; its events and final answer arrive on the returned channel.
+    pub(crate) fn start_acquire(
+        &self,
+        request: AcquireRequest,
+    ) -> Result<(RequestId, mpsc::UnboundedReceiver<AcquireUpdate>), Error> {
+        let id = self.next_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.register(id, Route::Acquire(tx))?;
+        if let Err(e) = self.send(&ClientFrame::Request {
+            id,
+            request: Request::Acquire(request),
+        }) {
+            self.routes.lock().expect("routes lock").pending.remove(&id);
+            return Err(e);
+        }
+        Ok((id, rx))
+    }
+
+    /// Stops routing answers for an acquire the caller gave up on. A grant that still arrives
+    /// for it is released by the reader.
+    pub(crate) fn abandon(&self, id: RequestId) {
+        self.routes.lock().expect("routes lock").pending.remove(&id);
+    }
+
+    /// Starts watching the lease of a granted acquire.
+    pub(crate) fn watch_lease(&self, id: RequestId) -> LossWatch {
+        let mut routes = self.routes.lock().expect("routes lock");
+        let (tx, rx) = watch::channel(None);
+        if routes.closed {
+            tx.send_replace(Some(Error::connection_lost().message().to_owned()));
+        }
+        routes.held.insert(id, tx);
+        rx
+    }
+
+    /// Stops watching the lease of a released lock.
+    pub(crate) fn unwatch_lease(&self, id: RequestId) {
+        self.routes.lock().expect("routes lock").held.remove(&id);
+    }
+}
+
+/// Both tasks use one stream: `&Stream` reads and writes, so no split is needed.
+struct SharedStream(Arc<Stream>);
+
+impl SharedStream {
+    fn shutdown_write(&self) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::{AsFd, AsRawFd};
+            let Stream::UdSocket(inner) = &*self.0;
+            // SAFETY: the descriptor is owned by the stream, which `self` keeps alive.
+            unsafe { libc::shutdown(inner.as_fd().as_raw_fd(), libc::SHUT_WR) };
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SharedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+async fn handshake(
+    path: &Path,
+    reader: &mut BufReader<SharedStream>,
+    send: &mut SharedStream,
+) -> Result<Welcome, Error> {
+    let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
+    send.write_all(&Hello::current().encode())
+        .await
+        .map_err(|e| Error::daemon_unavailable(path, &e))?;
+    let mut hello = [0u8; HELLO_LEN];
+    reader
+        .read_exact(&mut hello)
+        .await
+        .map_err(|e| Error::daemon_unavailable(path, &e))?;
+    let theirs = Hello::decode(hello).map_err(|e| {
+        protocol(format!(
+            "{} does not answer like vfslockd: {e}",
+            path.display()
+        ))
+    })?;
+    if theirs.version != PROTOCOL_VERSION {
+        return Err(protocol(format!(
+            "this client speaks protocol {PROTOCOL_VERSION}, the vfslockd at {} speaks {}: \
+             use a client and daemon of matching versions",
+            path.display(),
+            theirs.version
+        )));
+    }
+    let payload = read_frame(reader)
+        .await
+        .map_err(|e| protocol(format!("handshake with vfslockd failed: {e}")))?
+        .ok_or_else(Error::connection_lost)?;
+    codec::decode(&payload).map_err(|e| protocol(format!("bad welcome from vfslockd: {e}")))
+}
+
+async fn read_frame(reader: &mut BufReader<SharedStream>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut prefix = [0u8; frame::LEN_PREFIX];
+    match reader.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = frame::FrameDecoder::new(MAX_INBOUND_FRAME)
+        .announced_len(&prefix)
+        .map_err(std::io::Error::other)?
+        .expect("a whole prefix");
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).await?;
+    Ok(Some(payload))
+}
+
+async fn write_loop(mut send: SharedStream, mut outbound: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(bytes) = outbound.recv().await {
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    // Every handle is gone: tell the daemon we are done, so it releases what we held. The
+    // reader still owns the socket until the daemon closes its side.
+    send.shutdown_write();
+}
+
+async fn read_loop(
+    mut reader: BufReader<SharedStream>,
+    routes: Arc<Mutex<Routes>>,
+    outbound: mpsc::WeakUnboundedSender<Vec<u8>>,
+) {
+    loop {
+        let frame = match read_frame(&mut reader).await {
+            Ok(Some(payload)) => codec::decode::<ServerFrame>(&payload),
+            Ok(None) | Err(_) => break,
+        };
+        let Ok(frame) = frame else { break };
+        let reply = dispatch(&routes, frame);
+        if let Some(reply) = reply {
+            if let (Some(out), Ok(bytes)) = (outbound.upgrade(), codec::encode_frame(&reply)) {
+                let _ = out.send(bytes);
+            }
+        }
+    }
+    let mut routes = routes.lock().expect("routes lock");
+    routes.closed = true;
+    for (_, route) in routes.pending.drain() {
+        match route {
+            Route::Once(tx) => {
+                let _ = tx.send(Err(Error::connection_lost()));
+            }
+            Route::Acquire(tx) => {
+                let _ = tx.send(AcquireUpdate::Done(Err(Error::connection_lost())));
+            }
+        }
+    }
+    for (_, lease) in routes.held.drain() {
+        lease.send_replace(Some(Error::connection_lost().message().to_owned()));
+    }
+}
+
+/// Routes one frame; returns a frame to send back when the reader must answer by itself.
+fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
+    let mut routes = routes.lock().expect("routes lock");
+    match frame {
+        ServerFrame::Response { id, result } => {
+            let result = result.map_err(Error::from);
+            match routes.pending.remove(&id) {
+                Some(Route::Once(tx)) => {
+                    let _ = tx.send(result);
+                }
+                Some(Route::Acquire(tx)) => {
+                    if let Err(tokio::sync::mpsc::error::SendError(AcquireUpdate::Done(Ok(
+                        Response::Granted(grant),
+                    )))) = tx.send(AcquireUpdate::Done(result))
+                    {
+                        return Some(release_of(grant));
+                    }
+                }
+                // A grant that crossed our cancel: nobody wants it, give it back at once.
+                None => {
+                    if let Ok(Response::Granted(grant)) = result {
+                        return Some(release_of(grant));
+                    }
+                }
+            }
+            None
+        }
+        ServerFrame::Event { id, event } => match event {
+            Event::LeaseLost { reason } | Event::Releasing { reason } => {
+                if let Some(lease) = routes.held.get(&id) {
+                    lease.send_replace(Some(reason));
+                }
+                None
+            }
+            Event::QueuePosition { position } => {
+                if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
+                    let _ = tx.send(AcquireUpdate::Position(position));
+                }
+                None
+            }
+            // Nobody left to decide means no answer, which the daemon counts as a veto.
+            Event::StaleQuestion { holder } => {
+                if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
+                    let _ = tx.send(AcquireUpdate::StaleQuestion(LockMetadata::from_wire(
+                        holder,
+                    )));
+                }
+                None
+            }
+        },
+    }
+}
+
+fn release_of(grant: vfslock_proto::Grant) -> ClientFrame {
+    ClientFrame::Request {
+        // Id 0 is never used for our own requests; its response finds no route and is dropped.
+        id: 0,
+        request: Request::Release {
+            target: grant.target,
+            lock_id: grant.lock_id,
+        },
+    }
+}

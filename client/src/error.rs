@@ -1,0 +1,183 @@
+//! One error type for every lock operation, with a kind to branch on.
+//!
+//! Callers of the Go library branch with `errors.Is(err, ErrLockAlreadyHeld)`; here the same
+//! question is [`Error::is_already_held`], and [`Error::kind`] answers the rest.
+
+use std::fmt;
+use std::path::Path;
+
+use vfslock_proto::WireError;
+
+use crate::LockMetadata;
+
+/// What kind of failure an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Someone else holds the lock; [`Error::holder`] tells who.
+    AlreadyHeld,
+    /// A waiting acquire ran out of time.
+    Timeout,
+    /// The on-stale decision refused to take a stale lock (or did not answer in time).
+    StaleVetoed,
+    /// No daemon answers at the socket path.
+    DaemonUnavailable,
+    /// The target is not an accepted URL or path.
+    InvalidTarget,
+    /// There is no lock file for the target.
+    NotFound,
+    /// The store under the lock failed.
+    Store,
+    /// The daemon and the client disagree about the protocol, or a message was malformed.
+    Protocol,
+    /// The connection to the daemon was lost.
+    ConnectionLost,
+    /// The acquire was cancelled.
+    Cancelled,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// A limit of the daemon was reached.
+    LimitExceeded,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// Anything else; the message says what.
+    Other,
+}
+
+/// The error of every operation in this crate.
+#[derive(Clone, Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    holder: Option<Box<LockMetadata>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            holder: None,
+        }
+    }
+
+    pub(crate) fn with_holder(mut self, holder: Option<LockMetadata>) -> Self {
+        self.holder = holder.map(Box::new);
+        self
+    }
+
+    pub(crate) fn daemon_unavailable(path: &Path, cause: &std::io::Error) -> Self {
+        Error::new(
+            ErrorKind::DaemonUnavailable,
+            format!(
+                "vfslockd is not running at {} ({cause}): start it with `vfslockd` \
+                 (or `systemctl start vfslockd`), or point VFSLOCK_SOCKET at its socket",
+                path.display()
+            ),
+        )
+    }
+
+    pub(crate) fn connection_lost() -> Self {
+        Error::new(
+            ErrorKind::ConnectionLost,
+            "the connection to vfslockd was lost; locks held through it are released",
+        )
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The lock file of the current holder, with [`ErrorKind::AlreadyHeld`] and
+    /// [`ErrorKind::StaleVetoed`].
+    pub fn holder(&self) -> Option<&LockMetadata> {
+        self.holder.as_deref()
+    }
+
+    /// Whether someone else holds the lock (the Go library's `ErrLockAlreadyHeld`).
+    pub fn is_already_held(&self) -> bool {
+        self.kind == ErrorKind::AlreadyHeld
+    }
+
+    /// Whether a waiting acquire timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<WireError> for Error {
+    fn from(wire: WireError) -> Self {
+        use vfslock_proto::ErrorKind as W;
+        let kind = match wire.kind {
+            W::AlreadyHeld => ErrorKind::AlreadyHeld,
+            W::Timeout => ErrorKind::Timeout,
+            W::InvalidTarget => ErrorKind::InvalidTarget,
+            W::StaleVetoed => ErrorKind::StaleVetoed,
+            W::Store => ErrorKind::Store,
+            W::Protocol => ErrorKind::Protocol,
+            W::Cancelled => ErrorKind::Cancelled,
+            W::ShuttingDown => ErrorKind::ShuttingDown,
+            W::LimitExceeded => ErrorKind::LimitExceeded,
+            W::PermissionDenied => ErrorKind::PermissionDenied,
+            W::Internal => ErrorKind::Other,
+        };
+        Error::new(kind, wire.message).with_holder(wire.holder.map(|h| LockMetadata::from_wire(*h)))
+    }
+}
+
+/// The error of [`Client::with_lock`](crate::Client::with_lock): either the lock failed, or
+/// the closure did.
+#[derive(Debug)]
+pub enum WithLockError<E> {
+    /// Taking or releasing the lock failed; the closure did not run, or ran to completion.
+    Lock(Error),
+    /// The closure returned this error (the lock was released).
+    Closure(E),
+}
+
+impl<E: fmt::Display> fmt::Display for WithLockError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WithLockError::Lock(e) => write!(f, "lock: {e}"),
+            WithLockError::Closure(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for WithLockError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WithLockError::Lock(e) => Some(e),
+            WithLockError::Closure(e) => Some(e),
+        }
+    }
+}
+
+impl<E> WithLockError<E> {
+    /// The lock error, if this is one.
+    pub fn lock_error(&self) -> Option<&Error> {
+        match self {
+            WithLockError::Lock(e) => Some(e),
+            WithLockError::Closure(_) => None,
+        }
+    }
+
+    /// Whether the lock was held by someone else.
+    pub fn is_already_held(&self) -> bool {
+        self.lock_error().is_some_and(Error::is_already_held)
+    }
+}

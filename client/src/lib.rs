@@ -1,0 +1,63 @@
+//! Advisory locks on files anywhere (local disk, memory, later object stores), held through the
+//! per-host daemon `vfslockd`.
+//!
+//! A lock on `data.csv` is the companion file `data.csv.lock`, in the format of the Go library
+//! `c2fo/vfs contrib/lockfile`. The daemon creates it atomically, renews its lease while this
+//! process lives, deletes it when this process releases the lock, exits or crashes, and queues
+//! waiters first come first served. This crate only talks to the daemon over its local socket;
+//! it never touches a store itself.
+//!
+//! The names follow the Go library: [`Client::new_lock`] ≈ `NewLock`, [`Lock::acquire`] ≈
+//! `Acquire`, [`Client::with_lock`] ≈ `WithLock`, [`LockOptions`] ≈ `WithTTL`, `WithOwnerID`,
+//! `OnStale`, and [`Error::is_already_held`] ≈ `errors.Is(err, ErrLockAlreadyHeld)`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use vfslock::{Client, LockOptions};
+//!
+//! # async fn example() -> Result<(), vfslock::Error> {
+//! let client = Client::connect_default().await?;
+//!
+//! // Try once, as the Go library's Acquire does.
+//! let mut lock = client.new_lock("file:///srv/inbox/data.csv", LockOptions::default());
+//! match lock.acquire().await {
+//!     Ok(()) => { /* process the file */ lock.release().await?; }
+//!     Err(e) if e.is_already_held() => println!("busy: held by {:?}", e.holder()),
+//!     Err(e) => return Err(e),
+//! }
+//!
+//! // Or wait in line (no retry loop), run, and release on every path.
+//! let options = LockOptions::default()
+//!     .ttl(Duration::from_secs(300))
+//!     .owner_id("ingestion-service-1")
+//!     .wait_timeout(Duration::from_secs(60))
+//!     .on_stale(|meta| {
+//!         println!("taking over a stale lock of {} (pid {})", meta.hostname, meta.pid);
+//!         Ok::<(), String>(())
+//!     });
+//! let rows = client
+//!     .with_lock("mem:///inbox/data.csv", options, async |_lock| Ok::<_, std::io::Error>(42))
+//!     .await
+//!     .map_err(|e| e.to_string());
+//! # let _ = rows;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Programs without an async runtime use [`blocking`], with the same names.
+
+pub mod blocking;
+mod client;
+mod connection;
+mod error;
+mod lock;
+mod metadata;
+pub mod socket;
+
+pub use client::Client;
+pub use error::{Error, ErrorKind, WithLockError};
+pub use lock::{Lock, LockOptions, DEFAULT_TTL};
+pub use metadata::{LockFileFormat, LockMetadata};
+pub use vfslock_proto::{ListEntry, StatusInfo, StoreInfo, Welcome};

@@ -1,0 +1,332 @@
+//! A lock on one target, and the options it is taken with.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use vfslock_proto::{AcquireRequest, ClientFrame, Request, RequestId, Response, WaitMode};
+
+use crate::connection::{AcquireUpdate, LossWatch};
+use crate::error::{Error, ErrorKind};
+use crate::{Client, LockMetadata};
+
+/// The lease the daemon gives when none is asked for, unless its config says otherwise. It is
+/// renewed while the holder's connection lives, so it only matters when the holder's host dies.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+type StaleHandler = Arc<dyn Fn(&LockMetadata) -> Result<(), String> + Send + Sync>;
+type PositionHandler = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// How a [`Lock`] is taken: the Go library's `WithTTL`, `WithOwnerID` and `OnStale`, plus how
+/// long [`Client::with_lock`] waits.
+#[derive(Clone, Default)]
+pub struct LockOptions {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) owner_id: Option<String>,
+    pub(crate) on_stale: Option<StaleHandler>,
+    pub(crate) on_queue_position: Option<PositionHandler>,
+    pub(crate) wait: Option<Option<Duration>>,
+}
+
+impl fmt::Debug for LockOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockOptions")
+            .field("ttl", &self.ttl)
+            .field("owner_id", &self.owner_id)
+            .field("on_stale", &self.on_stale.is_some())
+            .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+impl LockOptions {
+    /// The lease length (default: the daemon's, 30 s unless configured). `Duration::ZERO` asks for a lock that never expires
+    /// (the Go library's `ttl: 0`), which a crashed host then blocks for ever.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// An owner identity written into the lock file.
+    pub fn owner_id(mut self, owner_id: impl Into<String>) -> Self {
+        self.owner_id = Some(owner_id.into());
+        self
+    }
+
+    /// Decides whether a stale lock may be taken. The daemon asks this callback (in the
+    /// calling process) before it replaces a stale lock file; an `Err` vetoes the steal and
+    /// becomes the acquire's error ([`ErrorKind::StaleVetoed`]). Without a callback stale
+    /// locks are taken, as in the Go library.
+    pub fn on_stale<F, E>(mut self, decide: F) -> Self
+    where
+        F: Fn(&LockMetadata) -> Result<(), E> + Send + Sync + 'static,
+        E: fmt::Display,
+    {
+        self.on_stale = Some(Arc::new(move |meta| {
+            decide(meta).map_err(|e| e.to_string())
+        }));
+        self
+    }
+
+    /// Called with the acquire's 1-based place in the daemon's queue when it starts waiting.
+    pub fn on_queue_position(mut self, observe: impl Fn(u32) + Send + Sync + 'static) -> Self {
+        self.on_queue_position = Some(Arc::new(observe));
+        self
+    }
+
+    /// Makes [`Client::with_lock`] wait up to `timeout` for the lock instead of failing at once.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait = Some(Some(timeout));
+        self
+    }
+
+    /// Makes [`Client::with_lock`] wait for the lock as long as it takes.
+    pub fn wait_forever(mut self) -> Self {
+        self.wait = Some(None);
+        self
+    }
+}
+
+struct Held {
+    acquire_id: RequestId,
+    target: String,
+    metadata: LockMetadata,
+    lost: LossWatch,
+}
+
+/// A lock on one target. Locks are not re-entrant: two `Lock`s on one target exclude each
+/// other even within one process.
+///
+/// Dropping a held `Lock` releases it; dropping a pending acquire cancels it.
+pub struct Lock {
+    client: Client,
+    target: String,
+    options: LockOptions,
+    held: Option<Held>,
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("target", &self.target)
+            .field("held", &self.held.as_ref().map(|h| &h.metadata.lock_id))
+            .finish()
+    }
+}
+
+/// Cancels an acquire whose future was dropped before its answer arrived.
+struct PendingAcquire<'a> {
+    client: &'a Client,
+    target: &'a str,
+    id: RequestId,
+    finished: bool,
+}
+
+impl Drop for PendingAcquire<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let conn = &self.client.conn;
+            conn.abandon(self.id);
+            let _ = conn.send(&ClientFrame::Request {
+                id: 0,
+                request: Request::Cancel {
+                    target: self.target.to_owned(),
+                    acquire_id: self.id,
+                },
+            });
+        }
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(client: Client, target: String, options: LockOptions) -> Self {
+        Lock {
+            client,
+            target,
+            options,
+            held: None,
+        }
+    }
+
+    /// The target as given.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Tries once to take the lock (the Go library's `Acquire`): fails with
+    /// [`ErrorKind::AlreadyHeld`] when someone holds it.
+    pub async fn acquire(&mut self) -> Result<(), Error> {
+        self.acquire_with(WaitMode::Try).await
+    }
+
+    /// Waits up to `timeout` for the lock, served first come first served among the waiters
+    /// of this daemon; fails with [`ErrorKind::Timeout`].
+    pub async fn acquire_timeout(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.acquire_with(WaitMode::Wait {
+            timeout: Some(timeout),
+        })
+        .await
+    }
+
+    /// Waits for the lock as long as it takes.
+    pub async fn acquire_wait(&mut self) -> Result<(), Error> {
+        self.acquire_with(WaitMode::Wait { timeout: None }).await
+    }
+
+    pub(crate) async fn acquire_with(&mut self, wait: WaitMode) -> Result<(), Error> {
+        let conn = &self.client.conn;
+        let (id, mut updates) = conn.start_acquire(AcquireRequest {
+            target: self.target.clone(),
+            ttl: self.options.ttl,
+            owner_id: self.options.owner_id.clone(),
+            wait,
+            ask_on_stale: self.options.on_stale.is_some(),
+        })?;
+        let mut pending = PendingAcquire {
+            client: &self.client,
+            target: &self.target,
+            id,
+            finished: false,
+        };
+        let outcome = loop {
+            match updates.recv().await {
+                Some(AcquireUpdate::Position(position)) => {
+                    if let Some(observe) = &self.options.on_queue_position {
+                        observe(position);
+                    }
+                }
+                Some(AcquireUpdate::StaleQuestion(holder)) => {
+                    let verdict = match &self.options.on_stale {
+                        Some(decide) => decide(&holder),
+                        None => Ok(()),
+                    };
+                    let _ = conn.send(&ClientFrame::StaleVerdict {
+                        id,
+                        target: self.target.clone(),
+                        allow: verdict.is_ok(),
+                        reason: verdict.err().unwrap_or_default(),
+                    });
+                }
+                Some(AcquireUpdate::Done(result)) => break result,
+                None => break Err(Error::connection_lost()),
+            }
+        };
+        pending.finished = true;
+        match outcome? {
+            Response::Granted(grant) => {
+                // A second acquire of a held `Lock` cannot be granted (locks are not
+                // re-entrant), so there is never an old holding to overwrite here.
+                let lost = conn.watch_lease(id);
+                self.held = Some(Held {
+                    acquire_id: id,
+                    target: grant.target,
+                    metadata: LockMetadata::from_wire(grant.metadata),
+                    lost,
+                });
+                Ok(())
+            }
+            other => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("vfslockd answered an acquire with {other:?}"),
+            )),
+        }
+    }
+
+    /// Releases the lock. Releasing a lock that is not held does nothing and is not an error,
+    /// as with the Go library's `Release`.
+    pub async fn release(&mut self) -> Result<(), Error> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        let conn = &self.client.conn;
+        conn.unwatch_lease(held.acquire_id);
+        let lock_id = held.metadata.lock_id.clone().unwrap_or_default();
+        match conn
+            .request(Request::Release {
+                target: held.target,
+                lock_id,
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The daemon releases everything of a closed connection by itself.
+            Err(e) if e.kind() == ErrorKind::ConnectionLost => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this `Lock` holds its lock and has not heard that the lease was lost.
+    pub fn is_held(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|held| held.lost.borrow().is_none())
+    }
+
+    /// Waits until the held lease is lost (connection to the daemon lost, lock file stolen or
+    /// broken, daemon shutting down) and says why. Returns at once if nothing is held.
+    pub async fn lost(&mut self) -> String {
+        let Some(held) = self.held.as_mut() else {
+            return "the lock is not held".to_owned();
+        };
+        match held.lost.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => Error::connection_lost().message().to_owned(),
+        }
+    }
+
+    /// The lock file as this `Lock` wrote it when it took the lock.
+    pub fn held_metadata(&self) -> Option<&LockMetadata> {
+        self.held.as_ref().map(|held| &held.metadata)
+    }
+
+    /// The unique id of this holding, while held.
+    pub fn lock_id(&self) -> Option<&str> {
+        self.held_metadata()?.lock_id.as_deref()
+    }
+
+    /// Reads the target's lock file now, whoever holds it (the Go library's `Metadata`).
+    /// Fails with [`ErrorKind::NotFound`] when there is no lock file.
+    pub async fn metadata(&self) -> Result<LockMetadata, Error> {
+        self.client.metadata(&self.target).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("{} is not locked: it has no lock file", self.target),
+            )
+        })
+    }
+
+    /// Time since the lock file's `createdAt` (the Go library's `Age`).
+    pub async fn age(&self) -> Result<Duration, Error> {
+        let meta = self.metadata().await?;
+        let created = meta.created_at.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                format!("the lock file of {} carries no creation time", self.target),
+            )
+        })?;
+        Ok(SystemTime::now()
+            .duration_since(created)
+            .unwrap_or_default())
+    }
+
+    /// Whether the target's lock file is stale now.
+    pub async fn is_stale(&self) -> Result<bool, Error> {
+        Ok(self.metadata().await?.stale)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            let conn = &self.client.conn;
+            conn.unwatch_lease(held.acquire_id);
+            let _ = conn.send(&ClientFrame::Request {
+                id: 0,
+                request: Request::Release {
+                    target: held.target,
+                    lock_id: held.metadata.lock_id.unwrap_or_default(),
+                },
+            });
+        }
+    }
+}

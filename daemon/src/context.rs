@@ -1,0 +1,108 @@
+//! What every part of a running daemon shares: settings, stores, identity, counters, and the
+//! registry that routes requests to target actors.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use crate::config::Settings;
+use crate::registry::Registry;
+use crate::store::Stores;
+
+/// Live counts shown by `vfslockctl status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Locks held through this daemon.
+    pub held: AtomicI64,
+    /// Acquires waiting in queues.
+    pub waiting: AtomicI64,
+    /// Open client connections.
+    pub sessions: AtomicI64,
+    /// Live target actors.
+    pub targets: AtomicI64,
+    /// Client connections ever accepted (session ids).
+    pub connections: AtomicU64,
+}
+
+impl Stats {
+    /// Adds `delta` to a counter.
+    pub fn add(counter: &AtomicI64, delta: i64) {
+        counter.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Reads a counter, never below zero.
+    pub fn get(counter: &AtomicI64) -> u64 {
+        counter.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Context {
+    /// Validated settings.
+    pub settings: Settings,
+    /// Configured stores.
+    pub stores: Stores,
+    /// Host identity written into lock files.
+    pub host_id: String,
+    /// Unique id of this daemon run, written into lock files as `daemonId`.
+    pub instance_id: String,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Counters.
+    pub stats: Stats,
+    /// Target actors by target.
+    pub registry: Registry,
+    /// Set once shutdown has begun: new acquires are refused.
+    shutting_down: AtomicBool,
+}
+
+impl Context {
+    /// A context for a daemon with these settings.
+    pub fn new(settings: Settings, stores: Stores, host_id: String) -> Self {
+        Context {
+            settings,
+            stores,
+            host_id,
+            instance_id: random_id(),
+            started: Instant::now(),
+            stats: Stats::default(),
+            registry: Registry::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// The wall clock. One place, so tests of clock skew can move it later.
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// 128 random bits in hex: lock ids and instance ids.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The machine's hostname.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we read only up to the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_owned();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

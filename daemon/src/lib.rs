@@ -1,0 +1,109 @@
+//! `vfslockd`: the per-host lock daemon, as a library its two binaries call into.
+//!
+//! # Layout
+//!
+//! One request travels down this list and its answer back up:
+//!
+//! | module       | owns                                                                 |
+//! |--------------|----------------------------------------------------------------------|
+//! | [`server`]   | the socket, the accept loop, graceful shutdown                       |
+//! | [`server::session`] | one connection: handshake, frames, peer credentials, routing  |
+//! | [`registry`] | which actor serves which target; starting and retiring them          |
+//! | [`target`]   | one target's state and its actor: acquire, queue, renew, steal, release |
+//! | [`lockfile`] | the lock-file JSON (a superset of the Go library's), foreign and corrupt files |
+//! | [`store`]    | where lock files live: local files by syscalls, memory via OpenDAL   |
+//! | [`address`]  | target URLs and their one normalized form                            |
+//! | [`config`]   | TOML → defaults merged → validated settings                          |
+//! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
+//! | [`instance`] | one daemon per socket, by an OS lock                                 |
+//! | [`ctl`]      | `vfslockctl` commands, each a small module over the `vfslock` client |
+//!
+//! The binaries (`src/bin/`) only parse arguments, set up logging and call [`run`] or
+//! [`ctl::main`].
+
+pub mod address;
+pub mod config;
+pub mod context;
+pub mod ctl;
+pub mod duration;
+#[cfg(unix)]
+pub mod instance;
+pub mod lockfile;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod target;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use config::Settings;
+use context::Context;
+use server::ServerError;
+
+/// Runs the daemon on `socket` until SIGTERM or SIGINT, then releases every lock and returns.
+pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError> {
+    prepare_socket_dir(&socket)?;
+    #[cfg(unix)]
+    let _instance = instance::InstanceLock::acquire(&socket)?;
+    let stores = store::Stores::new(settings.file_store, settings.mem_store)
+        .map_err(|e| ServerError(e.to_string()))?;
+    let host_id = settings.host_id.clone().unwrap_or_else(context::hostname);
+    let ctx = Arc::new(Context::new(settings, stores, host_id));
+    let listener = server::bind(&socket)?;
+    tracing::info!(
+        socket = %socket.display(),
+        host = %ctx.host_id,
+        instance = %ctx.instance_id,
+        "vfslockd {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    server::serve(ctx, listener, socket, stop_signal()).await;
+    Ok(())
+}
+
+fn prepare_socket_dir(socket: &Path) -> Result<(), ServerError> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o755);
+    }
+    builder.create(dir).map_err(|e| {
+        ServerError(format!(
+            "cannot create the socket directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// Resolves when the daemon is asked to stop: SIGTERM or SIGINT (Ctrl-C elsewhere).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

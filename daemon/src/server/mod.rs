@@ -1,0 +1,176 @@
+//! The listening side: the socket, the accept loop, one session task per connection, and the
+//! order of a graceful shutdown.
+//!
+//! Shutdown, in order (each step waits for the one before):
+//! 1. stop accepting and refuse new acquires;
+//! 2. every target actor tells its holder (an event), releases the lock file and fails its
+//!    waiters, bounded by `locks.shutdown-timeout`;
+//! 3. sessions stop reading, flush what is queued for their clients, and close.
+
+pub mod session;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{prelude::*, Listener};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use vfslock_proto::{ListEntry, StatusInfo};
+
+use crate::context::{Context, Stats};
+use crate::target::TargetLockMessage;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServerError(pub String);
+
+/// Mode of the socket file: owner and group may connect.
+#[cfg(unix)]
+const SOCKET_MODE: libc::mode_t = 0o660;
+
+/// Binds the listening socket at `path`, replacing a socket file left by a crashed daemon.
+///
+/// Only call this while holding the instance lock ([`crate::instance`]): it is what makes
+/// removing an existing socket file safe.
+pub fn bind(path: &Path) -> Result<Listener, ServerError> {
+    #[cfg(unix)]
+    remove_stale_socket(path)?;
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| ServerError(format!("invalid socket path {}: {e}", path.display())))?;
+    let options = ListenerOptions::new().name(name).reclaim_name(true);
+    #[cfg(unix)]
+    let options = {
+        use interprocess::os::unix::local_socket::ListenerOptionsExt;
+        options.mode(SOCKET_MODE)
+    };
+    options
+        .create_tokio()
+        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", path.display())))
+}
+
+#[cfg(unix)]
+fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            tracing::info!(socket = %path.display(), "replacing the socket file of a daemon that is gone");
+            std::fs::remove_file(path).map_err(|e| {
+                ServerError(format!("cannot remove old socket {}: {e}", path.display()))
+            })
+        }
+        Ok(_) => Err(ServerError(format!(
+            "{} exists and is not a socket: refusing to replace it; choose another --socket",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ServerError(format!(
+            "cannot inspect {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Accepts connections until `stop` fires, then shuts down in order (module docs).
+pub async fn serve(
+    ctx: Arc<Context>,
+    listener: Listener,
+    socket: PathBuf,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => {
+                    sessions.spawn(session::serve(ctx.clone(), stream, shutdown_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning; the
+                    // sessions already open keep being served.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    tracing::info!("shutting down: releasing held locks");
+    ctx.begin_shutdown();
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    let released = tokio::time::timeout(ctx.settings.shutdown_timeout, release_all(&ctx)).await;
+    if released.is_err() {
+        tracing::error!(
+            "not every lock was released within {:?}; the rest go stale when their TTL runs out",
+            ctx.settings.shutdown_timeout
+        );
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    tracing::info!("stopped");
+}
+
+/// Shuts down every target actor, including any started while this runs.
+async fn release_all(ctx: &Context) {
+    loop {
+        let actors = ctx.registry.drain();
+        if actors.is_empty() {
+            return;
+        }
+        let mut calls = JoinSet::new();
+        for actor in actors {
+            calls.spawn(async move {
+                let _ = actor.call(TargetLockMessage::Shutdown, None).await;
+            });
+        }
+        while calls.join_next().await.is_some() {}
+    }
+}
+
+/// What `vfslockctl status` shows.
+pub fn status(ctx: &Context) -> StatusInfo {
+    StatusInfo {
+        daemon_version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: vfslock_proto::handshake::PROTOCOL_VERSION,
+        hostname: ctx.host_id.clone(),
+        instance_id: ctx.instance_id.clone(),
+        pid: std::process::id(),
+        uptime: ctx.started.elapsed(),
+        stores: ctx.stores.all().map(|s| s.describe()).collect(),
+        held: Stats::get(&ctx.stats.held),
+        waiting: Stats::get(&ctx.stats.waiting),
+        sessions: Stats::get(&ctx.stats.sessions),
+        targets: Stats::get(&ctx.stats.targets),
+    }
+}
+
+/// What `vfslockctl list` shows: every target with a holder or waiters.
+pub async fn list(ctx: &Context) -> Vec<ListEntry> {
+    let mut calls = JoinSet::new();
+    for actor in ctx.registry.actors() {
+        calls.spawn(async move {
+            actor
+                .call(TargetLockMessage::Snapshot, Some(Duration::from_secs(5)))
+                .await
+        });
+    }
+    let mut entries = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok(Ok(ractor::rpc::CallResult::Success(Some(entry)))) = joined {
+            entries.push(entry);
+        }
+    }
+    entries.sort_by(|a, b| a.target.cmp(&b.target));
+    entries
+}

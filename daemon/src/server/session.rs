@@ -1,0 +1,368 @@
+//! One client connection: handshake, frames in, requests routed to target actors, answers and
+//! events out.
+//!
+//! The reader (this task) decodes frames and routes requests; a writer task drains the
+//! session's outbound queue, which target actors push to directly. A malformed frame gets an
+//! error (request id 0) and closes this connection only. Who the client is comes from the
+//! socket's peer credentials, never from what it says.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{prelude::*, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
+use vfslock_proto::{
+    codec, frame::FrameDecoder, ClientFrame, ErrorKind, Request, RequestId, Response, ServerFrame,
+    Welcome, WireError,
+};
+
+use crate::address::Address;
+use crate::context::{Context, Stats};
+use crate::registry::Registry;
+use crate::target::{Peer, SessionLink, TargetLockMessage};
+
+/// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
+pub async fn serve(ctx: Arc<Context>, stream: Stream, shutdown: watch::Receiver<bool>) {
+    let peer = peer_of(&stream);
+    let id = ctx.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = tracing::debug_span!("session", id, pid = peer.pid);
+    serve_as(ctx, stream, shutdown, id, peer)
+        .instrument(span)
+        .await
+}
+
+async fn serve_as(
+    ctx: Arc<Context>,
+    mut stream: Stream,
+    mut shutdown: watch::Receiver<bool>,
+    id: u64,
+    peer: Peer,
+) {
+    if let Err(reason) = handshake(&ctx, &mut stream).await {
+        tracing::info!(%reason, "handshake refused");
+        return;
+    }
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (out, out_rx) = mpsc::unbounded_channel();
+    let (closing, closing_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_frames(writer, out_rx, closing_rx));
+    let mut session = Session {
+        ctx: ctx.clone(),
+        link: Arc::new(SessionLink { id, out, peer }),
+        touched: HashMap::new(),
+    };
+    Stats::add(&ctx.stats.sessions, 1);
+    match session.run(&mut reader, &mut shutdown).await {
+        Ok(()) => tracing::debug!("client left"),
+        Err(reason) => tracing::info!(%reason, "closing connection"),
+    }
+    // Let the writer flush what is queued (an error, shutdown events), then close.
+    let _ = closing.send(());
+    let _ = writer.await;
+    session.close();
+    Stats::add(&ctx.stats.sessions, -1);
+}
+
+/// Exchanges hellos (fixed layout, any version) and sends the welcome frame.
+async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<(), String> {
+    let io_timeout = ctx.settings.io_timeout;
+    let mut hello = [0u8; HELLO_LEN];
+    match tokio::time::timeout(io_timeout, stream.read_exact(&mut hello)).await {
+        Err(_) => return Err("no handshake in time".into()),
+        Ok(Err(e)) => return Err(format!("handshake: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    let theirs = Hello::decode(hello).map_err(|e| e.to_string())?;
+    // Our hello goes out whatever the client speaks, so that it can name both versions.
+    let mut out = Hello::current().encode().to_vec();
+    if theirs.version != PROTOCOL_VERSION {
+        let _ = tokio::time::timeout(io_timeout, stream.write_all(&out)).await;
+        return Err(format!(
+            "client speaks protocol {}, this daemon speaks {PROTOCOL_VERSION}",
+            theirs.version
+        ));
+    }
+    let welcome = codec::encode_frame(&Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: ctx.host_id.clone(),
+        instance_id: ctx.instance_id.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    out.extend_from_slice(&welcome);
+    match tokio::time::timeout(io_timeout, stream.write_all(&out)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("handshake: {e}")),
+        Err(_) => Err("handshake reply not taken in time".into()),
+    }
+}
+
+fn peer_of(stream: &Stream) -> Peer {
+    match stream.peer_creds() {
+        Ok(creds) => Peer {
+            pid: creds.pid().map(i64::from).unwrap_or(0),
+            #[cfg(unix)]
+            uid: creds.euid(),
+            #[cfg(not(unix))]
+            uid: None,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer's credentials");
+            Peer { pid: 0, uid: None }
+        }
+    }
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    link: Arc<SessionLink>,
+    /// Targets this connection has acquired on, told when it closes.
+    touched: HashMap<String, Address>,
+}
+
+fn protocol_error(message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Response {
+        id: 0,
+        result: Err(WireError::new(ErrorKind::Protocol, message)),
+    }
+}
+
+impl Session {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let io_timeout = self.ctx.settings.io_timeout;
+        let decoder = FrameDecoder::new(self.ctx.settings.max_frame);
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            let mut start = 0;
+            loop {
+                match decoder.next_frame(&buf[start..]) {
+                    Ok(Some((payload, used))) => {
+                        let frame = codec::decode::<ClientFrame>(payload);
+                        start += used;
+                        match frame {
+                            Ok(frame) => self.handle(frame).await,
+                            Err(e) => {
+                                self.send(protocol_error(format!("malformed request: {e}")));
+                                return Err(format!("malformed request: {e}"));
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.send(protocol_error(e.to_string()));
+                        return Err(e.to_string());
+                    }
+                }
+            }
+            buf.drain(..start);
+            let mut chunk = [0u8; 8192];
+            let read = if buf.is_empty() {
+                // Between frames a client may stay silent for as long as it holds its locks.
+                tokio::select! {
+                    read = reader.read(&mut chunk) => read,
+                    _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                }
+            } else {
+                tokio::select! {
+                    read = tokio::time::timeout(io_timeout, reader.read(&mut chunk)) => {
+                        read.map_err(|_| "a partial frame was not completed in time".to_owned())?
+                    }
+                    _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                }
+            };
+            match read {
+                Ok(0) if buf.is_empty() => return Ok(()),
+                Ok(0) => return Err("connection closed in the middle of a frame".into()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    fn send(&self, frame: ServerFrame) {
+        let _ = self.link.out.send(frame);
+    }
+
+    fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
+        self.link.reply(id, result);
+    }
+
+    /// Parses a target and checks that this daemon serves its store.
+    fn address(&self, target: &str) -> Result<Address, WireError> {
+        let address = Address::parse(target)
+            .map_err(|e| WireError::new(ErrorKind::InvalidTarget, e.to_string()))?;
+        if self.ctx.stores.get(address.scheme()).is_none() {
+            return Err(WireError::new(
+                ErrorKind::InvalidTarget,
+                format!(
+                    "{} targets are not served by this vfslockd: enable the store in its config",
+                    address.url().split("://").next().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(address)
+    }
+
+    async fn route(&self, id: RequestId, address: &Address, message: TargetLockMessage) {
+        if let Err(e) = Registry::route(&self.ctx, address, message).await {
+            self.reply(id, Err(WireError::new(ErrorKind::Internal, e.to_string())));
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) {
+        let (id, request) = match frame {
+            ClientFrame::Request { id, request } => (id, request),
+            ClientFrame::StaleVerdict {
+                id,
+                target,
+                allow,
+                reason,
+            } => {
+                if let Ok(address) = self.address(&target) {
+                    let message = TargetLockMessage::StaleVerdict {
+                        session_id: self.link.id,
+                        acquire_id: id,
+                        allow,
+                        reason,
+                    };
+                    self.route(id, &address, message).await;
+                }
+                return;
+            }
+        };
+        let session = self.link.clone();
+        match request {
+            Request::Acquire(request) => {
+                if self.ctx.is_shutting_down() {
+                    return self.reply(
+                        id,
+                        Err(WireError::new(
+                            ErrorKind::ShuttingDown,
+                            "vfslockd is shutting down",
+                        )),
+                    );
+                }
+                match self.address(&request.target) {
+                    Ok(address) => {
+                        self.touched
+                            .entry(address.key())
+                            .or_insert_with(|| address.clone());
+                        let message = TargetLockMessage::Acquire {
+                            session,
+                            id,
+                            request,
+                        };
+                        self.route(id, &address, message).await;
+                    }
+                    Err(e) => self.reply(id, Err(e)),
+                }
+            }
+            Request::Cancel { target, acquire_id } => match self.address(&target) {
+                Ok(address) => {
+                    let message = TargetLockMessage::Cancel {
+                        session,
+                        id,
+                        acquire_id,
+                    };
+                    self.route(id, &address, message).await;
+                }
+                Err(e) => self.reply(id, Err(e)),
+            },
+            Request::Release { target, lock_id } => match self.address(&target) {
+                Ok(address) => {
+                    let message = TargetLockMessage::Release {
+                        session,
+                        id,
+                        lock_id,
+                    };
+                    self.route(id, &address, message).await;
+                }
+                Err(e) => self.reply(id, Err(e)),
+            },
+            Request::Metadata { target } => match self.address(&target) {
+                Ok(address) => {
+                    self.route(id, &address, TargetLockMessage::Metadata { session, id })
+                        .await
+                }
+                Err(e) => self.reply(id, Err(e)),
+            },
+            Request::List => {
+                // Asking every actor takes a moment; keep reading this connection meanwhile.
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let entries = super::list(&ctx).await;
+                    session.reply(id, Ok(Response::List(entries)));
+                });
+            }
+            Request::Status => self.reply(id, Ok(Response::Status(super::status(&self.ctx)))),
+            Request::Ping => self.reply(id, Ok(Response::Pong)),
+        }
+    }
+
+    /// Tells every target this connection touched that it is gone.
+    fn close(&mut self) {
+        for (key, _) in self.touched.drain() {
+            let message = TargetLockMessage::SessionClosed {
+                session_id: self.link.id,
+            };
+            // A target whose actor has retired holds nothing of ours.
+            let _ = self.ctx.registry.send_existing(&key, message);
+        }
+    }
+}
+
+/// Writes queued frames until told to close, then flushes what is left.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut frames: mpsc::UnboundedReceiver<ServerFrame>,
+    mut closing: oneshot::Receiver<()>,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut open = true;
+    while open {
+        let first = tokio::select! {
+            frame = frames.recv() => frame,
+            _ = &mut closing => { open = false; frames.try_recv().ok() }
+        };
+        let Some(first) = first else { break };
+        buf.clear();
+        encode_into(&mut buf, &first);
+        // Batch whatever else is already queued into one write.
+        while buf.len() < 64 * 1024 {
+            match frames.try_recv() {
+                Ok(frame) => encode_into(&mut buf, &frame),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&buf).await.is_err() {
+            return;
+        }
+        if !open {
+            while let Ok(frame) = frames.try_recv() {
+                buf.clear();
+                encode_into(&mut buf, &frame);
+                if writer.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+}
+
+fn encode_into(buf: &mut Vec<u8>, frame: &ServerFrame) {
+    match codec::encode_frame(frame) {
+        Ok(bytes) => buf.extend_from_slice(&bytes),
+        Err(e) => tracing::error!(error = %e, "cannot encode a frame; dropped"),
+    }
+}

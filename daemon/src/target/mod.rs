@@ -1,0 +1,160 @@
+//! One lock target: who holds it, who waits for it, and what is pending.
+//!
+//! The state lives inside the target's actor ([`actor`]), which handles one message at a time,
+//! so every decision about one lock file is made in one place. A target is, at any moment:
+//!
+//! | state        | holder | steal  | meaning                                              |
+//! |--------------|--------|--------|------------------------------------------------------|
+//! | free         | none   | none   | no client of this daemon holds it; waiters, if any, wait for a foreign holder and re-check with backoff |
+//! | held         | some   | none   | a client of this daemon holds it; waiters are woken at release without polling |
+//! | steal asked  | none   | some   | the file is stale and the head acquirer's on-stale decision is awaited |
+//!
+//! Holder and steal are never both set: a steal is only asked for when nobody here holds it.
+
+pub mod actor;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vfslock_proto::{
+    AcquireRequest, Event, LockMetadata, RequestId, Response, ServerFrame, WireError,
+};
+
+use crate::lockfile::LockRecord;
+use crate::store::Observed;
+
+pub use actor::{TargetLock, TargetLockMessage};
+
+/// Who is on the other end of a session, from the socket's peer credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's process id (0 when the platform cannot tell).
+    pub pid: i64,
+    /// The client's user id, where the platform tells.
+    pub uid: Option<u32>,
+}
+
+/// A session as target actors see it: where to send answers and events.
+#[derive(Debug)]
+pub struct SessionLink {
+    /// Unique per daemon run.
+    pub id: u64,
+    /// The session's outbound queue.
+    pub out: mpsc::UnboundedSender<ServerFrame>,
+    /// Who the client is.
+    pub peer: Peer,
+}
+
+impl SessionLink {
+    /// Answers request `id`. A closed session just drops the answer.
+    pub fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
+        let _ = self.out.send(ServerFrame::Response { id, result });
+    }
+
+    /// Announces `event` about request `id`.
+    pub fn event(&self, id: RequestId, event: Event) {
+        let _ = self.out.send(ServerFrame::Event { id, event });
+    }
+
+    /// Whether the client is gone.
+    pub fn is_closed(&self) -> bool {
+        self.out.is_closed()
+    }
+}
+
+/// An acquire that has not been granted yet.
+#[derive(Debug)]
+pub struct Waiter {
+    /// Who asked.
+    pub session: Arc<SessionLink>,
+    /// The acquire's request id.
+    pub acquire_id: RequestId,
+    /// What was asked.
+    pub request: AcquireRequest,
+    /// The lease to give (the request's, or the daemon's default).
+    pub ttl: Duration,
+}
+
+impl Waiter {
+    /// Whether this waiter is `acquire_id` of session `session_id`.
+    pub fn is(&self, session_id: u64, acquire_id: RequestId) -> bool {
+        self.session.id == session_id && self.acquire_id == acquire_id
+    }
+}
+
+/// The lock as held by a client of this daemon.
+#[derive(Debug)]
+pub struct Holding {
+    /// The holder's session.
+    pub session: Arc<SessionLink>,
+    /// The acquire that was granted.
+    pub acquire_id: RequestId,
+    /// What the lock file says.
+    pub record: LockRecord,
+    /// The exact bytes last written: renewal and release act only if the file still holds them.
+    pub written: Vec<u8>,
+    /// When it was granted, on the monotonic clock.
+    pub since: Instant,
+}
+
+/// A stale lock file whose steal waits for the acquirer's on-stale decision.
+#[derive(Debug)]
+pub struct PendingSteal {
+    /// The acquirer that was asked.
+    pub waiter: Waiter,
+    /// The file as judged stale; the steal replaces exactly this version or nothing.
+    pub judged: Observed,
+    /// The same, for messages.
+    pub holder: LockMetadata,
+}
+
+/// Everything a target actor knows.
+#[derive(Debug)]
+pub struct TargetLockState {
+    /// Normalized target URL.
+    pub url: String,
+    /// Which store serves it.
+    pub scheme: crate::address::Scheme,
+    /// Registry key.
+    pub key: String,
+    /// Where the lock file is in its store.
+    pub lock_path: String,
+    /// The holder on this daemon, if any.
+    pub holder: Option<Holding>,
+    /// Acquires waiting, first come first served.
+    pub waiters: VecDeque<Waiter>,
+    /// A steal awaiting its on-stale decision.
+    pub steal: Option<PendingSteal>,
+    /// Bumped to invalidate a scheduled renewal.
+    pub renew_generation: u64,
+    /// Bumped to invalidate a scheduled re-check.
+    pub recheck_generation: u64,
+    /// Whether a re-check is scheduled.
+    pub recheck_scheduled: bool,
+    /// Next re-check delay (backoff).
+    pub recheck_delay: Duration,
+    /// Routed messages handled, compared with the registry's routed count before retiring.
+    pub handled: u64,
+    /// Since when the target has had no holder, waiter or steal.
+    pub idle_since: Option<Instant>,
+    /// Whether an idle check is scheduled.
+    pub idle_check_scheduled: bool,
+}
+
+impl TargetLockState {
+    /// Whether nothing is held, queued or pending here.
+    pub fn is_idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty() && self.steal.is_none()
+    }
+
+    /// Removes the waiter `acquire_id` of `session_id`, if queued.
+    pub fn remove_waiter(&mut self, session_id: u64, acquire_id: RequestId) -> Option<Waiter> {
+        let at = self
+            .waiters
+            .iter()
+            .position(|w| w.is(session_id, acquire_id))?;
+        self.waiters.remove(at)
+    }
+}

@@ -1,0 +1,201 @@
+//! Harness for the end-to-end tests: finds the real binaries, starts `vfslockd` on a socket of
+//! its own in a temporary directory, and stops exactly the processes it started.
+//!
+//! The binaries are built by the test command (`tests/run.sh` runs `cargo build --bins`
+//! first); `CARGO_BIN_EXE_*` is only set inside the package that owns a binary, so they are
+//! found next to the test executable, or in `$VFSLOCK_BIN_DIR`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The generous deadline for anything a test waits for: long enough for a loaded CI machine,
+/// short enough that a hang fails instead of blocking the suite.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of one of the workspace's binaries (`vfslockd`, `vfslockctl`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("VFSLOCK_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> → target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test executable lives in target/<profile>/deps")
+                .to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`; tests/run.sh does it)",
+        path.display()
+    );
+    path
+}
+
+/// A lock-file fixture in the Go library's format (`tests/fixtures/`).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// A running `vfslockd` with its own socket, data directory and log.
+pub struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+/// Test settings: actors retire quickly and foreign holders are re-checked often, so tests
+/// exercise those paths without waiting long.
+pub const TEST_CONFIG: &str = r#"
+[locks]
+idle-actor-timeout = "200ms"
+recheck-min = "10ms"
+recheck-max = "200ms"
+stale-answer-timeout = "3s"
+"#;
+
+impl Daemon {
+    /// Starts a daemon with [`TEST_CONFIG`].
+    pub fn start() -> Daemon {
+        Daemon::start_with(TEST_CONFIG)
+    }
+
+    /// Starts a daemon with this config file content.
+    pub fn start_with(config: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("vfslock-test-")
+            .tempdir()
+            .expect("temporary directory");
+        std::fs::create_dir(dir.path().join("data")).expect("data directory");
+        let socket = dir.path().join("vfslockd.sock");
+        let config_path = dir.path().join("vfslockd.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        let log = std::fs::File::create(dir.path().join("vfslockd.log")).expect("log file");
+        let child = Command::new(bin("vfslockd"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "vfslockd=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start vfslockd");
+        let mut daemon = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "vfslockd exited with {status} before serving:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "vfslockd did not start serving within {DEADLINE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A directory for `file://` targets.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// An absolute path inside [`Daemon::data_dir`], as a target string.
+    pub fn file_target(&self, name: &str) -> String {
+        self.data_dir().join(name).to_string_lossy().into_owned()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vfslockd.log")).unwrap_or_default()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// A client connected to this daemon.
+    pub async fn client(&self) -> vfslock::Client {
+        vfslock::Client::connect(&self.socket)
+            .await
+            .expect("connect to the test daemon")
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: plain syscall on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        wait_with_deadline(&mut child)
+    }
+}
+
+/// Waits for a child with [`DEADLINE`]; kills it if it does not exit.
+pub fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("process {} did not exit within {DEADLINE:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing after [`DEADLINE`]. For conditions that have no
+/// event to await (a file appearing on disk), not as a stand-in for one that has.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
