@@ -325,7 +325,15 @@ async fn read_loop(
         }
     }
     for (_, lease) in routes.held.drain() {
-        lease.send_replace(Some(Error::connection_lost().message().to_owned()));
+        // A lease the daemon already said it lost (a shutdown, a stolen file) keeps that
+        // reason: the connection closing right after is a consequence, not the cause.
+        lease.send_if_modified(|reason| {
+            if reason.is_some() {
+                return false;
+            }
+            *reason = Some(Error::connection_lost().message().to_owned());
+            true
+        });
     }
 }
 

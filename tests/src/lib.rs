@@ -199,3 +199,42 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The targets a test runs against, both named `name`: an absolute path in this daemon's data
+/// directory (paired with the path of its lock file) and `mem:///name` (whose lock file only
+/// the daemon can see, so its path is `None`).
+pub fn targets(daemon: &Daemon, name: &str) -> [(String, Option<PathBuf>); 2] {
+    let file = daemon.file_target(name);
+    let lock_file = PathBuf::from(format!("{file}.lock"));
+    [(file, Some(lock_file)), (format!("mem:///{name}"), None)]
+}
+
+/// `options` with a queue-position callback that reports each position the daemon announces
+/// on the returned channel.
+pub fn watch_queue(
+    options: vfslock::LockOptions,
+) -> (
+    vfslock::LockOptions,
+    tokio::sync::mpsc::UnboundedReceiver<u32>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = options.on_queue_position(move |position| {
+        let _ = tx.send(position);
+    });
+    (options, rx)
+}
+
+/// The next queue position reported on a channel of [`watch_queue`]; fails after [`DEADLINE`].
+pub async fn next_position(positions: &mut tokio::sync::mpsc::UnboundedReceiver<u32>) -> u32 {
+    within("a queue position", positions.recv())
+        .await
+        .expect("the acquire ended before it reported a queue position")
+}
+
+/// Awaits `future`, failing the test with `what` if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
+    }
+}

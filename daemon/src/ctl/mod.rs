@@ -1,5 +1,209 @@
-//! `vfslockctl` commands.
-/// Placeholder entry.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! `vfslockctl`: the shell's and the operator's way into `vfslockd`, so that scripts can lock
+//! files the way they use `flock(1)` and people can see who holds what without writing code.
+//!
+//! Every command is a small module over the `vfslock` client library; this module owns what
+//! they share: argument parsing, the runtime, exit codes and how failures are reported.
+//!
+//! # Commands
+//!
+//! | command | does |
+//! |---------|------|
+//! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
+//! | `status` | the daemon's identity, uptime, stores and counters ([`status`]) |
+//! | `list` | locks held and queued through this daemon ([`list`]) |
+//! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
+//!
+//! Global options: `--socket PATH` (default: `$VFSLOCK_SOCKET`, else the system daemon's
+//! socket if it exists, else the user's) and `--json` (machine output of `status`, `list` and
+//! `show`; `run` ignores it).
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | done |
+//! | 1 | the lock is held, or the wait for it timed out (`run`; `-E` changes it); the target is not locked (`show`) |
+//! | 2 | usage error |
+//! | 69 | no daemon answers at the socket (`EX_UNAVAILABLE`) |
+//! | 70 | any other failure (`EX_SOFTWARE`) |
+//!
+//! `run` otherwise exits with its command's status: the command's exit code, 128+N when it
+//! died of signal N, 126 when it exists but cannot be executed, 127 when it is not found.
+//!
+//! Every failure prints one line on stderr starting with `vfslockctl: ` that names the fix
+//! where there is one. Usage errors print clap's explanation and usage after that line.
+//!
+//! # JSON output
+//!
+//! Field names are part of the interface and only ever get added to. Times are RFC 3339
+//! strings, durations are seconds as numbers, and unknown values are `null`.
+//!
+//! `status` prints one object: `socket`, `daemon_version`, `protocol_version`, `pid`,
+//! `hostname`, `instance_id`, `uptime_seconds`, `stores` (array of `{scheme, description}`),
+//! `held`, `waiting`, `sessions`, `targets`.
+//!
+//! `list` prints an array (`[]` when nothing is held or queued) of objects: `target`
+//! (normalized URL), `lock_id`, `pid`, `uid`, `owner_id`, `age_seconds`, `ttl_seconds`
+//! (0: never expires), `waiters`. The holder's fields are `null` for a target that only has
+//! waiters (its holder is outside this daemon).
+//!
+//! `show` prints one object: `target` (as given) and `locked`; when `locked` is true also
+//! `format` (`"vfslock"`, `"go"`, `"foreign"` or `"corrupt"`), `format_version` (vfslock
+//! files only), `hostname`, `pid`, `owner_id`, `created_at`, `acquired_at` (vfslock files
+//! only), `age_seconds`, `ttl_seconds` (0: never expires; negative: already stale, as the Go
+//! library reads it), `never_expires`, `expires_at`, `stale`, `lock_id`, `daemon_id`.
+
+mod list;
+mod output;
+mod run;
+mod show;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vfslock::{Client, ErrorKind};
+
+/// Exit code of `run` when the lock is held or the wait for it timed out (unless `-E`).
+pub const EXIT_CONFLICT: u8 = 1;
+/// Exit code of `show` when the target has no lock file.
+pub const EXIT_NOT_LOCKED: u8 = 1;
+/// Exit code of a usage error, as clap and most tools use it.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when no daemon answers (`sysexits.h`'s `EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code of every other failure (`sysexits.h`'s `EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: u8 = 70;
+
+/// Admin and shell tool of vfslockd: run commands under a lock, inspect locks and the daemon.
+#[derive(Parser, Debug)]
+#[command(name = "vfslockctl", version)]
+struct Cli {
+    /// The daemon's socket. Default: $VFSLOCK_SOCKET, else /run/vfslock/vfslockd.sock if it
+    /// exists, else $XDG_RUNTIME_DIR/vfslock/vfslockd.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print machine-readable JSON (status, list, show).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command while holding the lock on TARGET, like flock(1).
+    ///
+    /// Waits for the lock as long as it takes unless -n or -w is given. The command inherits
+    /// the lock: it stays held until the command ends, even if vfslockctl itself is killed
+    /// (unless -o). SIGINT, SIGTERM and SIGHUP are passed on to the command. Exits with the
+    /// command's status; 1 (or -E CODE) when the lock is held or the wait timed out.
+    Run(run::RunArgs),
+    /// Show the daemon's version, identity, uptime, stores and counters.
+    Status,
+    /// List the locks held and queued through this daemon.
+    List,
+    /// Show TARGET's lock file, whoever wrote it; exits 1 when TARGET is not locked.
+    Show(show::ShowArgs),
+}
+
+/// Why a command failed: the line for stderr and the exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn software(message: impl Into<String>) -> Self {
+        Failure::new(EXIT_SOFTWARE, message)
+    }
+}
+
+impl From<vfslock::Error> for Failure {
+    fn from(e: vfslock::Error) -> Self {
+        let code = match e.kind() {
+            ErrorKind::DaemonUnavailable => EXIT_UNAVAILABLE,
+            ErrorKind::AlreadyHeld | ErrorKind::Timeout => EXIT_CONFLICT,
+            _ => EXIT_SOFTWARE,
+        };
+        Failure::new(code, e.message())
+    }
+}
+
+/// Runs `vfslockctl` with the process's arguments and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
+    // One thread suffices: the only concurrency is `run` waiting for its child while it
+    // forwards signals, which one `select!` does.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("vfslockctl: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    let socket = cli
+        .socket
+        .unwrap_or_else(vfslock::socket::client_default_socket_path);
+    match runtime.block_on(dispatch(cli.command, &socket, cli.json)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            // Daemon messages are written as one line; a stray newline must not break the
+            // "one line per failure" promise scripts may grep on.
+            eprintln!("vfslockctl: {}", failure.message.replace('\n', " "));
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Failure> {
+    match command {
+        Command::Run(args) => run::run(socket, args).await,
+        Command::Status => status::status(&Client::connect(socket).await?, json).await,
+        Command::List => list::list(&Client::connect(socket).await?, json).await,
+        Command::Show(args) => {
+            show::show(&Client::connect(socket).await?, &args.target, json).await
+        }
+    }
+}
+
+/// Reports a parse failure. Help and version are not failures; everything else exits 2 with
+/// clap's explanation behind our usual prefix.
+fn usage(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    match e.kind() {
+        Clap::DisplayHelp | Clap::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        // Bare `vfslockctl`: the help is the most useful answer, but it is still a misuse.
+        Clap::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(EXIT_USAGE)
+        }
+        _ => {
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("vfslockctl: {text}");
+            if !text.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }

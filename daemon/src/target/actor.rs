@@ -301,9 +301,11 @@ impl Actor for TargetLock {
                     let mut error = WireError::new(
                         ErrorKind::Timeout,
                         format!(
-                            "timed out after {timeout:?} waiting for {}{}",
+                            "timed out after {timeout:?} waiting for {}{}; run `vfslockctl show {}` \
+                             to see who holds it",
                             state.url,
-                            describe_holder(holder.as_ref())
+                            describe_holder(holder.as_ref()),
+                            state.url
                         ),
                     );
                     error.holder = holder.map(Box::new);

@@ -1,0 +1,68 @@
+//! `vfslockctl list`: what this daemon holds and queues right now, to find the process behind
+//! a busy lock or a queue that does not move.
+//!
+//! With nothing held or queued the table is just its header, so that scripts reading the
+//! human output see the same shape either way (`--json` prints `[]`).
+
+use serde_json::json;
+use vfslock::{Client, ListEntry};
+
+use super::output::{emit, emit_json, or_dash, seconds, table};
+use super::Failure;
+use crate::duration;
+
+/// Prints the locks held and queued through the daemon; see the module docs of [`super`] for
+/// the JSON fields.
+pub(super) async fn list(client: &Client, json: bool) -> Result<u8, Failure> {
+    let mut entries = client.list().await?;
+    entries.sort_by(|a, b| a.target.cmp(&b.target));
+    if json {
+        emit_json(&serde_json::Value::Array(
+            entries.iter().map(entry_json).collect(),
+        ))?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = entries.iter().map(entry_row).collect();
+    emit(&table(
+        &["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "WAITERS"],
+        &rows,
+    ))?;
+    Ok(0)
+}
+
+/// Whether this daemon's client holds the target; the others are only waited on here.
+fn held_here(entry: &ListEntry) -> bool {
+    entry.held_for.is_some()
+}
+
+fn entry_json(entry: &ListEntry) -> serde_json::Value {
+    json!({
+        "target": entry.target,
+        "lock_id": entry.lock_id,
+        "pid": entry.pid,
+        "uid": entry.uid,
+        "owner_id": entry.owner_id,
+        "age_seconds": entry.held_for.map(seconds),
+        "ttl_seconds": held_here(entry).then(|| seconds(entry.ttl)),
+        "waiters": entry.waiters,
+    })
+}
+
+fn entry_row(entry: &ListEntry) -> Vec<String> {
+    let ttl = if !held_here(entry) {
+        "-".to_owned()
+    } else if entry.ttl.is_zero() {
+        "never".to_owned()
+    } else {
+        duration::format(entry.ttl)
+    };
+    vec![
+        entry.target.clone(),
+        or_dash(entry.pid),
+        or_dash(entry.uid),
+        or_dash(entry.owner_id.as_deref()),
+        or_dash(entry.held_for.map(duration::humanize)),
+        ttl,
+        entry.waiters.to_string(),
+    ]
+}
