@@ -74,33 +74,56 @@ impl Daemon {
             .expect("temporary directory");
         std::fs::create_dir(dir.path().join("data")).expect("data directory");
         let socket = dir.path().join("vfslockd.sock");
-        let config_path = dir.path().join("vfslockd.toml");
-        std::fs::write(&config_path, config).expect("config file");
-        let log = std::fs::File::create(dir.path().join("vfslockd.log")).expect("log file");
-        let child = Command::new(bin("vfslockd"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--socket")
-            .arg(&socket)
-            .env("RUST_LOG", "vfslockd=debug,info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start vfslockd");
+        std::fs::write(dir.path().join("vfslockd.toml"), config).expect("config file");
         let mut daemon = Daemon {
-            child: Some(child),
+            child: None,
             dir,
             socket,
         };
-        daemon.wait_ready();
+        daemon.restart();
         daemon
+    }
+
+    /// The `vfslockd` command this daemon runs, with its config and socket, logging to its log.
+    pub fn command(&self) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("vfslockd.log"))
+            .expect("log file");
+        let mut command = Command::new(bin("vfslockd"));
+        command
+            .arg("--config")
+            .arg(self.dir.path().join("vfslockd.toml"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("RUST_LOG", "vfslockd=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        command
+    }
+
+    /// Starts the daemon (again) on the same socket, config and data, and waits until it serves.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.child = Some(self.command().spawn().expect("start vfslockd"));
+        self.wait_ready();
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().expect("SIGKILL vfslockd");
+        child.wait().expect("reap vfslockd");
     }
 
     fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // Only a handshake proves that this daemon serves: a socket file left by a killed
+            // one can still be there.
+            if handshake_answers(&self.socket) {
                 return;
             }
             if let Some(status) = self
@@ -161,6 +184,19 @@ impl Daemon {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         wait_with_deadline(&mut child)
     }
+}
+
+/// Whether a daemon answers a hello on `socket`.
+fn handshake_answers(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = [0u8; 8];
+    stream.write_all(b"VFSL\0\0\0\x01").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && &answer[..4] == b"VFSL"
 }
 
 /// Waits for a child with [`DEADLINE`]; kills it if it does not exit.

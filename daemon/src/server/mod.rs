@@ -48,9 +48,19 @@ pub fn bind(path: &Path) -> Result<Listener, ServerError> {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
         options.mode(SOCKET_MODE)
     };
-    options
+    let listener = options
         .create_tokio()
-        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", path.display())))
+        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", path.display())))?;
+    // The mode given to the listener is still masked by the umask when the file is created
+    // (measured: 0640 under umask 022), so set it on the file itself. Until then it is only
+    // stricter than intended.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE.into()))
+            .map_err(|e| ServerError(format!("cannot set the mode of {}: {e}", path.display())))?;
+    }
+    Ok(listener)
 }
 
 #[cfg(unix)]
