@@ -55,6 +55,7 @@ pub fn bind(path: &Path) -> Result<Listener, ServerError> {
     // (measured: 0640 under umask 022), so set it on the file itself. Until then it is only
     // stricter than intended.
     #[cfg(unix)]
+    #[allow(clippy::useless_conversion)] // mode_t is u32 on Linux, u16 on some BSDs
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE.into()))
