@@ -68,7 +68,9 @@ impl Client {
     }
 
     /// Takes the lock, runs `run`, and releases the lock on every path; see
-    /// [`crate::Client::with_lock`].
+    /// [`crate::Client::with_lock`]. A blocking closure cannot be stopped from outside: if the
+    /// lease is lost while it runs, it runs to its end and the result is then a lock error of
+    /// kind [`ErrorKind::LeaseLost`] (check [`Lock::is_held`] inside long work).
     pub fn with_lock<T, E>(
         &self,
         target: impl Into<String>,
@@ -85,9 +87,10 @@ impl Client {
             .map_err(WithLockError::Lock)?;
         let outcome = run(&lock);
         let released = lock.release();
-        match outcome {
-            Err(e) => Err(WithLockError::Closure(e)),
-            Ok(value) => released.map(|()| value).map_err(WithLockError::Lock),
+        match (outcome, released) {
+            (_, Err(e)) if e.kind() == ErrorKind::LeaseLost => Err(WithLockError::Lock(e)),
+            (Err(e), _) => Err(WithLockError::Closure(e)),
+            (Ok(value), released) => released.map(|()| value).map_err(WithLockError::Lock),
         }
     }
 
@@ -141,6 +144,16 @@ impl Lock {
     /// The unique id of this holding, while held.
     pub fn lock_id(&self) -> Option<&str> {
         self.inner.lock_id()
+    }
+
+    /// The fencing token of this holding; see [`crate::Lock::token`].
+    pub fn token(&self) -> Option<u64> {
+        self.inner.token()
+    }
+
+    /// Waits until the lease is lost; see [`crate::Lock::lost`].
+    pub fn lost(&self) -> String {
+        self.runtime.block_on(self.inner.lost())
     }
 
     /// The target's lock file now; see [`crate::Lock::metadata`].

@@ -73,7 +73,9 @@ impl Client {
     /// error and panic (the Go library's `WithLock`).
     ///
     /// Without [`LockOptions::wait_timeout`] or [`LockOptions::wait_forever`] it tries once and
-    /// fails with an already-held error. The closure's own error comes back as
+    /// fails with an already-held error. If the lease is lost while the closure runs, the
+    /// closure is stopped (its future dropped) and the result is a lock error of kind
+    /// [`ErrorKind::LeaseLost`]. The closure's own error comes back as
     /// [`WithLockError::Closure`], lock failures as [`WithLockError::Lock`].
     pub async fn with_lock<T, E, F>(
         &self,
@@ -90,12 +92,22 @@ impl Client {
         };
         let mut lock = self.new_lock(target, options);
         lock.acquire_with(wait).await.map_err(WithLockError::Lock)?;
-        // A panic in `run` unwinds through `lock`, whose `Drop` releases it.
-        let outcome = run(&lock).await;
+        // A panic in `run` unwinds through `lock`, whose `Drop` releases it. A lost lease
+        // stops the closure: its future is dropped at its next await point.
+        let outcome = tokio::select! {
+            outcome = run(&lock) => Some(outcome),
+            _ = lock.lost() => None,
+        };
         let released = lock.release().await;
         match outcome {
-            Err(e) => Err(WithLockError::Closure(e)),
-            Ok(value) => released.map(|()| value).map_err(WithLockError::Lock),
+            None => Err(WithLockError::Lock(released.err().unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::LeaseLost,
+                    "the lease was lost while the closure ran",
+                )
+            }))),
+            Some(Err(e)) => Err(WithLockError::Closure(e)),
+            Some(Ok(value)) => released.map(|()| value).map_err(WithLockError::Lock),
         }
     }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -15,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
 use vfslock_proto::{
-    codec, frame, AcquireRequest, ClientFrame, Event, Request, RequestId, Response, ServerFrame,
-    Welcome,
+    codec, frame, AcquireRequest, ClientFrame, Event, Grant, Request, RequestId, Response,
+    ServerFrame, Welcome,
 };
 
 use crate::error::{Error, ErrorKind};
@@ -32,7 +33,9 @@ pub(crate) enum AcquireUpdate {
     Position(u32),
     /// The lock is stale: may it be taken?
     StaleQuestion(LockMetadata),
-    /// The final answer.
+    /// The lock is held; the lease is watched from the moment the grant arrived.
+    Granted(Box<Grant>, LeaseWatch),
+    /// The final answer, when it is not a grant.
     Done(Result<Response, Error>),
 }
 
@@ -41,14 +44,52 @@ enum Route {
     Acquire(mpsc::UnboundedSender<AcquireUpdate>),
 }
 
-/// Why a held lock stopped being held, published to whoever watches it.
-pub(crate) type LossWatch = watch::Receiver<Option<String>>;
+/// What a holder knows about its lease, kept current by the reader task.
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseState {
+    /// Why the lease was lost, once it was.
+    pub lost: Option<String>,
+    /// Until when the lease is certainly valid, on this process's monotonic clock; `None`
+    /// never expires.
+    pub valid_until: Option<Instant>,
+}
+
+impl LeaseState {
+    /// Why the lease is not held now, if it is not: lost, or its validity ran out without a
+    /// renewal confirmed by the daemon (a frozen or partitioned daemon looks like this).
+    pub fn loss(&self) -> Option<String> {
+        if let Some(reason) = &self.lost {
+            return Some(reason.clone());
+        }
+        match self.valid_until {
+            Some(until) if Instant::now() >= until => {
+                Some("the lease ran out: vfslockd confirmed no renewal in time".to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The lease of one holding, published to whoever watches it.
+pub(crate) type LeaseWatch = watch::Receiver<LeaseState>;
 
 #[derive(Default)]
 struct Routes {
     pending: HashMap<RequestId, Route>,
-    held: HashMap<RequestId, watch::Sender<Option<String>>>,
+    held: HashMap<RequestId, watch::Sender<LeaseState>>,
     closed: bool,
+}
+
+fn mark_lost(lease: &watch::Sender<LeaseState>, reason: String) {
+    // The first reason is the true one: a connection that closes after the daemon said why
+    // must not overwrite that.
+    lease.send_if_modified(|state| {
+        if state.lost.is_some() {
+            return false;
+        }
+        state.lost = Some(reason);
+        true
+    });
 }
 
 pub(crate) struct Connection {
@@ -164,17 +205,6 @@ impl Connection {
     /// for it is released by the reader.
     pub(crate) fn abandon(&self, id: RequestId) {
         self.routes.lock().expect("routes lock").pending.remove(&id);
-    }
-
-    /// Starts watching the lease of a granted acquire.
-    pub(crate) fn watch_lease(&self, id: RequestId) -> LossWatch {
-        let mut routes = self.routes.lock().expect("routes lock");
-        let (tx, rx) = watch::channel(None);
-        if routes.closed {
-            tx.send_replace(Some(Error::connection_lost().message().to_owned()));
-        }
-        routes.held.insert(id, tx);
-        rx
     }
 
     /// Stops watching the lease of a released lock.
@@ -325,15 +355,7 @@ async fn read_loop(
         }
     }
     for (_, lease) in routes.held.drain() {
-        // A lease the daemon already said it lost (a shutdown, a stolen file) keeps that
-        // reason: the connection closing right after is a consequence, not the cause.
-        lease.send_if_modified(|reason| {
-            if reason.is_some() {
-                return false;
-            }
-            *reason = Some(Error::connection_lost().message().to_owned());
-            true
-        });
+        mark_lost(&lease, Error::connection_lost().message().to_owned());
     }
 }
 
@@ -348,11 +370,24 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                     let _ = tx.send(result);
                 }
                 Some(Route::Acquire(tx)) => {
-                    if let Err(tokio::sync::mpsc::error::SendError(AcquireUpdate::Done(Ok(
-                        Response::Granted(grant),
-                    )))) = tx.send(AcquireUpdate::Done(result))
+                    let update = match result {
+                        Ok(Response::Granted(grant)) => {
+                            // Watch the lease from now on, so that an event right behind the
+                            // grant (a shutdown) is not missed before the caller looks.
+                            let (lease, watch) = watch::channel(LeaseState {
+                                lost: None,
+                                valid_until: grant.valid_for.map(|v| Instant::now() + v),
+                            });
+                            routes.held.insert(id, lease);
+                            AcquireUpdate::Granted(Box::new(grant), watch)
+                        }
+                        other => AcquireUpdate::Done(other),
+                    };
+                    if let Err(mpsc::error::SendError(AcquireUpdate::Granted(grant, _))) =
+                        tx.send(update)
                     {
-                        return Some(release_of(grant));
+                        routes.held.remove(&id);
+                        return Some(release_of(*grant));
                     }
                 }
                 // A grant that crossed our cancel: nobody wants it, give it back at once.
@@ -367,7 +402,20 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
         ServerFrame::Event { id, event } => match event {
             Event::LeaseLost { reason } | Event::Releasing { reason } => {
                 if let Some(lease) = routes.held.get(&id) {
-                    lease.send_replace(Some(reason));
+                    mark_lost(lease, reason);
+                }
+                None
+            }
+            Event::LeaseRenewed { valid_for } => {
+                if let Some(lease) = routes.held.get(&id) {
+                    let until = Instant::now() + valid_for;
+                    lease.send_if_modified(|state| {
+                        if state.lost.is_some() {
+                            return false;
+                        }
+                        state.valid_until = Some(until);
+                        true
+                    });
                 }
                 None
             }

@@ -36,6 +36,11 @@ pub enum ErrorKind {
     Cancelled,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The lease was lost (stolen or broken, not renewed in time, or the connection dropped)
+    /// before the operation.
+    LeaseLost,
+    /// The store cannot do this in its mode.
+    Unsupported,
     /// A limit of the daemon was reached.
     LimitExceeded,
     /// The caller may not do this.
@@ -81,6 +86,13 @@ impl Error {
         Error::new(
             ErrorKind::ConnectionLost,
             "the connection to vfslockd was lost; locks held through it are released",
+        )
+    }
+
+    pub(crate) fn lease_lost(target: &str, reason: &str) -> Self {
+        Error::new(
+            ErrorKind::LeaseLost,
+            format!("the lock on {target} was lost before it was released: {reason}"),
         )
     }
 
@@ -131,6 +143,8 @@ impl From<WireError> for Error {
             W::Protocol => ErrorKind::Protocol,
             W::Cancelled => ErrorKind::Cancelled,
             W::ShuttingDown => ErrorKind::ShuttingDown,
+            W::LeaseLost => ErrorKind::LeaseLost,
+            W::Unsupported => ErrorKind::Unsupported,
             W::LimitExceeded => ErrorKind::LimitExceeded,
             W::PermissionDenied => ErrorKind::PermissionDenied,
             W::Internal => ErrorKind::Other,

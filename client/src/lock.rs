@@ -4,9 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use vfslock_proto::{AcquireRequest, ClientFrame, Request, RequestId, Response, WaitMode};
+use vfslock_proto::{AcquireRequest, ClientFrame, Request, RequestId, WaitMode};
 
-use crate::connection::{AcquireUpdate, LossWatch};
+use crate::connection::{AcquireUpdate, LeaseWatch};
 use crate::error::{Error, ErrorKind};
 use crate::{Client, LockMetadata};
 
@@ -91,7 +91,8 @@ struct Held {
     acquire_id: RequestId,
     target: String,
     metadata: LockMetadata,
-    lost: LossWatch,
+    token: u64,
+    lease: LeaseWatch,
 }
 
 /// A lock on one target. Locks are not re-entrant: two `Lock`s on one target exclude each
@@ -207,47 +208,55 @@ impl Lock {
                         reason: verdict.err().unwrap_or_default(),
                     });
                 }
-                Some(AcquireUpdate::Done(result)) => break result,
+                Some(AcquireUpdate::Granted(grant, lease)) => break Ok((grant, lease)),
+                Some(AcquireUpdate::Done(result)) => {
+                    break Err(result.err().unwrap_or_else(|| {
+                        Error::new(
+                            ErrorKind::Protocol,
+                            "vfslockd answered an acquire with something other than a grant",
+                        )
+                    }))
+                }
                 None => break Err(Error::connection_lost()),
             }
         };
         pending.finished = true;
-        match outcome? {
-            Response::Granted(grant) => {
-                // A second acquire of a held `Lock` cannot be granted (locks are not
-                // re-entrant), so there is never an old holding to overwrite here.
-                let lost = conn.watch_lease(id);
-                self.held = Some(Held {
-                    acquire_id: id,
-                    target: grant.target,
-                    metadata: LockMetadata::from_wire(grant.metadata),
-                    lost,
-                });
-                Ok(())
-            }
-            other => Err(Error::new(
-                ErrorKind::Protocol,
-                format!("vfslockd answered an acquire with {other:?}"),
-            )),
-        }
+        let (grant, lease) = outcome?;
+        // A second acquire of a held `Lock` cannot be granted (locks are not re-entrant), so
+        // there is never an old holding to overwrite here.
+        self.held = Some(Held {
+            acquire_id: id,
+            target: grant.target,
+            metadata: LockMetadata::from_wire(grant.metadata),
+            token: grant.token,
+            lease,
+        });
+        Ok(())
     }
 
     /// Releases the lock. Releasing a lock that is not held does nothing and is not an error,
-    /// as with the Go library's `Release`.
+    /// as with the Go library's `Release`; but if the lease had already been lost (stolen,
+    /// broken, not renewed in time), the release reports it with [`ErrorKind::LeaseLost`].
     pub async fn release(&mut self) -> Result<(), Error> {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
+        let loss = held.lease.borrow().loss();
         let conn = &self.client.conn;
         conn.unwatch_lease(held.acquire_id);
         let lock_id = held.metadata.lock_id.clone().unwrap_or_default();
-        match conn
+        // Even after a loss the daemon is told: it deletes the lock file if, and only if, it
+        // is still the one it wrote.
+        let answer = conn
             .request(Request::Release {
-                target: held.target,
+                target: held.target.clone(),
                 lock_id,
             })
-            .await
-        {
+            .await;
+        if let Some(reason) = loss {
+            return Err(Error::lease_lost(&held.target, &reason));
+        }
+        match answer {
             Ok(_) => Ok(()),
             // The daemon releases everything of a closed connection by itself.
             Err(e) if e.kind() == ErrorKind::ConnectionLost => Ok(()),
@@ -255,23 +264,48 @@ impl Lock {
         }
     }
 
-    /// Whether this `Lock` holds its lock and has not heard that the lease was lost.
+    /// Whether this `Lock` holds its lock: granted, not told that the lease was lost, and
+    /// within the validity the daemon last confirmed, measured on this process's own
+    /// monotonic clock (so a frozen daemon cannot keep it true).
     pub fn is_held(&self) -> bool {
         self.held
             .as_ref()
-            .is_some_and(|held| held.lost.borrow().is_none())
+            .is_some_and(|held| held.lease.borrow().loss().is_none())
     }
 
-    /// Waits until the held lease is lost (connection to the daemon lost, lock file stolen or
-    /// broken, daemon shutting down) and says why. Returns at once if nothing is held.
-    pub async fn lost(&mut self) -> String {
-        let Some(held) = self.held.as_mut() else {
+    /// Waits until the held lease is lost and says why: the daemon says so (lock file stolen
+    /// or broken, renewal failed until the deadline, shutdown), the connection drops, or the
+    /// lease's confirmed validity runs out. Returns at once if nothing is held.
+    pub async fn lost(&self) -> String {
+        let Some(held) = self.held.as_ref() else {
             return "the lock is not held".to_owned();
         };
-        match held.lost.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => Error::connection_lost().message().to_owned(),
+        let mut lease = held.lease.clone();
+        loop {
+            let state = lease.borrow_and_update().clone();
+            if let Some(reason) = state.loss() {
+                return reason;
+            }
+            let expiry = async {
+                match state.valid_until {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = lease.changed() => if changed.is_err() {
+                    return Error::connection_lost().message().to_owned();
+                },
+                _ = expiry => {}
+            }
         }
+    }
+
+    /// The fencing token of the current holding: greater than every token issued before for
+    /// this target, by any daemon sharing the store. Pass it to the resource the lock
+    /// protects, so that it can refuse the late writes of a holder whose lease ran out.
+    pub fn token(&self) -> Option<u64> {
+        self.held.as_ref().map(|held| held.token)
     }
 
     /// The lock file as this `Lock` wrote it when it took the lock.

@@ -28,6 +28,8 @@ pub struct LockMetadata {
     pub lock_id: Option<String>,
     /// Instance id of the daemon that wrote the file.
     pub daemon_id: Option<String>,
+    /// Fencing token of the holding (vfslock files only).
+    pub token: Option<u64>,
     /// Who wrote the file.
     pub format: LockFileFormat,
     /// Whether the daemon judged the lock stale when it read it.
@@ -60,6 +62,7 @@ impl LockMetadata {
             owner_id: wire.owner_id,
             lock_id: wire.lock_id,
             daemon_id: wire.daemon_id,
+            token: wire.token,
             format: wire.format,
             stale: wire.stale,
         }

@@ -44,6 +44,12 @@ struct RawLocks {
     recheck_min: Option<String>,
     recheck_max: Option<String>,
     shutdown_timeout: Option<String>,
+    skew_allowance: Option<String>,
+    lease_margin: Option<String>,
+    store_timeout: Option<String>,
+    handoff_max_count: Option<u32>,
+    handoff_max_time: Option<String>,
+    handoff_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -56,8 +62,27 @@ struct RawLimits {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawStores {
-    file: Option<bool>,
-    mem: Option<bool>,
+    #[serde(default)]
+    file: RawStore,
+    #[serde(default)]
+    mem: RawStore,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawStore {
+    enabled: Option<bool>,
+    stale_rule: Option<StaleRule>,
+}
+
+/// How a store judges a lock stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaleRule {
+    /// The Go library's rule: `createdAt + ttl` (plus the skew allowance) has passed.
+    Seed,
+    /// This daemon watched the file unchanged for a whole TTL on its monotonic clock.
+    Watched,
 }
 
 /// A configuration that cannot be used.
@@ -90,10 +115,26 @@ pub struct Settings {
     pub max_frame: usize,
     /// Handshake and partial-frame timeout.
     pub io_timeout: Duration,
-    /// Whether `file://` is served.
-    pub file_store: bool,
-    /// Whether `mem://` is served.
-    pub mem_store: bool,
+    /// How far another host's clock may run ahead of ours.
+    pub skew_allowance: Duration,
+    /// Least safety margin between a lease's deadline and its expiry.
+    pub lease_margin: Duration,
+    /// Timeout of every store request.
+    pub store_timeout: Duration,
+    /// Most consecutive handoffs to local waiters.
+    pub handoff_max_count: u32,
+    /// Longest streak of handoffs to local waiters.
+    pub handoff_max_time: Duration,
+    /// How long local waiters hold back after a capped streak.
+    pub handoff_cooldown: Duration,
+    /// `file://` served, with this stale rule.
+    pub file_store: Option<StaleRule>,
+    /// `mem://` served, with this stale rule.
+    pub mem_store: Option<StaleRule>,
+    /// Added to the wall clock, in nanoseconds. Not in the config file: only the hidden
+    /// `--clock-offset` flag sets it, so that tests can give one daemon a skewed clock without
+    /// touching the system's.
+    pub clock_offset_ns: i64,
 }
 
 fn merge<T: Clone>(base: &mut Option<T>, over: &Option<T>) {
@@ -118,10 +159,21 @@ impl RawConfig {
         merge(&mut l.recheck_min, &o.recheck_min);
         merge(&mut l.recheck_max, &o.recheck_max);
         merge(&mut l.shutdown_timeout, &o.shutdown_timeout);
+        merge(&mut l.skew_allowance, &o.skew_allowance);
+        merge(&mut l.lease_margin, &o.lease_margin);
+        merge(&mut l.store_timeout, &o.store_timeout);
+        merge(&mut l.handoff_max_count, &o.handoff_max_count);
+        merge(&mut l.handoff_max_time, &o.handoff_max_time);
+        merge(&mut l.handoff_cooldown, &o.handoff_cooldown);
         merge(&mut self.limits.max_frame, &over.limits.max_frame);
         merge(&mut self.limits.io_timeout, &over.limits.io_timeout);
-        merge(&mut self.stores.file, &over.stores.file);
-        merge(&mut self.stores.mem, &over.stores.mem);
+        for (base, over) in [
+            (&mut self.stores.file, &over.stores.file),
+            (&mut self.stores.mem, &over.stores.mem),
+        ] {
+            merge(&mut base.enabled, &over.enabled);
+            merge(&mut base.stale_rule, &over.stale_rule);
+        }
         self
     }
 }
@@ -134,6 +186,12 @@ fn required<T: Clone>(value: &Option<T>, key: &str) -> Result<T, ConfigError> {
 
 fn duration_of(value: &Option<String>, key: &str) -> Result<Duration, ConfigError> {
     duration::parse(&required(value, key)?).map_err(|e| ConfigError(format!("`{key}`: {e}")))
+}
+
+fn store_of(raw: &RawStore, key: &str) -> Result<Option<StaleRule>, ConfigError> {
+    let enabled = required(&raw.enabled, &format!("{key}.enabled"))?;
+    let rule = required(&raw.stale_rule, &format!("{key}.stale-rule"))?;
+    Ok(enabled.then_some(rule))
 }
 
 fn non_empty(value: &Option<String>) -> Option<String> {
@@ -183,12 +241,28 @@ impl Settings {
             recheck_min: duration_of(&l.recheck_min, "locks.recheck-min")?,
             recheck_max: duration_of(&l.recheck_max, "locks.recheck-max")?,
             shutdown_timeout: duration_of(&l.shutdown_timeout, "locks.shutdown-timeout")?,
+            skew_allowance: duration_of(&l.skew_allowance, "locks.skew-allowance")?,
+            lease_margin: duration_of(&l.lease_margin, "locks.lease-margin")?,
+            store_timeout: duration_of(&l.store_timeout, "locks.store-timeout")?,
+            handoff_max_count: required(&l.handoff_max_count, "locks.handoff-max-count")?,
+            handoff_max_time: duration_of(&l.handoff_max_time, "locks.handoff-max-time")?,
+            handoff_cooldown: match non_empty(&l.handoff_cooldown) {
+                None => duration_of(&l.recheck_max, "locks.recheck-max")?,
+                Some(text) => duration::parse(&text)
+                    .map_err(|e| ConfigError(format!("`locks.handoff-cooldown`: {e}")))?,
+            },
             max_frame: usize::try_from(required(&raw.limits.max_frame, "limits.max-frame")?)
                 .map_err(|_| ConfigError("`limits.max-frame` is too large".into()))?,
             io_timeout: duration_of(&raw.limits.io_timeout, "limits.io-timeout")?,
-            file_store: required(&raw.stores.file, "stores.file")?,
-            mem_store: required(&raw.stores.mem, "stores.mem")?,
+            file_store: store_of(&raw.stores.file, "stores.file")?,
+            mem_store: store_of(&raw.stores.mem, "stores.mem")?,
+            clock_offset_ns: 0,
         };
+        if settings.store_timeout.is_zero() {
+            return Err(ConfigError(
+                "`locks.store-timeout` must be above zero".into(),
+            ));
+        }
         if settings.recheck_min.is_zero() || settings.recheck_min > settings.recheck_max {
             return Err(ConfigError(
                 "`locks.recheck-min` must be above zero and at most `locks.recheck-max`".into(),
@@ -225,14 +299,26 @@ impl Settings {
                 recheck_min: Some(duration::format(self.recheck_min)),
                 recheck_max: Some(duration::format(self.recheck_max)),
                 shutdown_timeout: Some(duration::format(self.shutdown_timeout)),
+                skew_allowance: Some(duration::format(self.skew_allowance)),
+                lease_margin: Some(duration::format(self.lease_margin)),
+                store_timeout: Some(duration::format(self.store_timeout)),
+                handoff_max_count: Some(self.handoff_max_count),
+                handoff_max_time: Some(duration::format(self.handoff_max_time)),
+                handoff_cooldown: Some(duration::format(self.handoff_cooldown)),
             },
             limits: RawLimits {
                 max_frame: Some(self.max_frame as u64),
                 io_timeout: Some(duration::format(self.io_timeout)),
             },
             stores: RawStores {
-                file: Some(self.file_store),
-                mem: Some(self.mem_store),
+                file: RawStore {
+                    enabled: Some(self.file_store.is_some()),
+                    stale_rule: Some(self.file_store.unwrap_or(StaleRule::Seed)),
+                },
+                mem: RawStore {
+                    enabled: Some(self.mem_store.is_some()),
+                    stale_rule: Some(self.mem_store.unwrap_or(StaleRule::Seed)),
+                },
             },
         };
         toml::to_string(&raw).expect("settings serialize")
@@ -246,7 +332,9 @@ mod tests {
     #[test]
     fn the_embedded_default_serves_file_and_mem() {
         let settings = Settings::defaults();
-        assert!(settings.file_store && settings.mem_store);
+        assert_eq!(settings.file_store, Some(StaleRule::Seed));
+        assert_eq!(settings.mem_store, Some(StaleRule::Seed));
+        assert_eq!(settings.handoff_cooldown, settings.recheck_max);
         assert_eq!(settings.default_ttl, Duration::from_secs(30));
         assert_eq!(settings.max_frame, 1 << 20);
     }
@@ -257,6 +345,14 @@ mod tests {
             Settings::from_toml(Some(("[locks]\ndefault-ttl = \"5m\"\n", "test"))).unwrap();
         assert_eq!(settings.default_ttl, Duration::from_secs(300));
         assert_eq!(settings.corrupt_grace, Settings::defaults().corrupt_grace);
+    }
+
+    #[test]
+    fn a_store_can_be_switched_off_or_given_the_watched_rule() {
+        let text = "[stores.mem]\nenabled = false\n[stores.file]\nstale-rule = \"watched\"\n";
+        let settings = Settings::from_toml(Some((text, "test"))).unwrap();
+        assert_eq!(settings.mem_store, None);
+        assert_eq!(settings.file_store, Some(StaleRule::Watched));
     }
 
     #[test]

@@ -54,6 +54,44 @@ pub struct Context {
     pub registry: Registry,
     /// Set once shutdown has begun: new acquires are refused.
     shutting_down: AtomicBool,
+    /// What the watched stale rule has seen, kept here so it outlives idle target actors.
+    pub watched: Watched,
+}
+
+/// For the watched stale rule: each lock file's content as last seen, and since when it has
+/// been seen unchanged, on the monotonic clock.
+#[derive(Debug, Default)]
+pub struct Watched {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>,
+}
+
+/// More entries than this and the table starts afresh: forgetting only delays a steal.
+const WATCHED_CAPACITY: usize = 100_000;
+
+impl Watched {
+    /// Records a sighting of `bytes` at `key`; returns how long that exact content has been
+    /// seen there without a change.
+    pub fn unchanged_for(&self, key: &str, bytes: &[u8]) -> std::time::Duration {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let digest = hasher.finish();
+        let now = Instant::now();
+        let mut seen = self.seen.lock().expect("watched lock");
+        if seen.len() >= WATCHED_CAPACITY && !seen.contains_key(key) {
+            seen.clear();
+        }
+        let entry = seen.entry(key.to_owned()).or_insert((digest, now));
+        if entry.0 != digest {
+            *entry = (digest, now);
+        }
+        now - entry.1
+    }
+
+    /// Forgets `key` (the file is gone or ours).
+    pub fn forget(&self, key: &str) {
+        self.seen.lock().expect("watched lock").remove(key);
+    }
 }
 
 impl Context {
@@ -68,6 +106,7 @@ impl Context {
             stats: Stats::default(),
             registry: Registry::default(),
             shutting_down: AtomicBool::new(false),
+            watched: Watched::default(),
         }
     }
 
@@ -81,9 +120,22 @@ impl Context {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// The wall clock. One place, so tests of clock skew can move it later.
+    /// The wall clock, moved by the configured offset (tests of clock skew only).
     pub fn now(&self) -> SystemTime {
-        SystemTime::now()
+        let now = SystemTime::now();
+        let offset = self.settings.clock_offset_ns;
+        let shift = std::time::Duration::from_nanos(offset.unsigned_abs());
+        if offset >= 0 {
+            now + shift
+        } else {
+            now - shift
+        }
+    }
+
+    /// The least fencing token to issue now: the wall clock in microseconds, so that tokens
+    /// keep increasing even where a counter was lost (`mem://` after a restart).
+    pub fn token_floor(&self) -> u64 {
+        u64::try_from(crate::lockfile::unix_ns(self.now()) / 1000).unwrap_or(0)
     }
 }
 

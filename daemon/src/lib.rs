@@ -46,8 +46,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     prepare_socket_dir(&socket)?;
     #[cfg(unix)]
     let _instance = instance::InstanceLock::acquire(&socket)?;
-    let stores = store::Stores::new(settings.file_store, settings.mem_store)
-        .map_err(|e| ServerError(e.to_string()))?;
+    let stores = store::Stores::new(&settings).map_err(|e| ServerError(e.to_string()))?;
     let host_id = settings.host_id.clone().unwrap_or_else(context::hostname);
     let ctx = Arc::new(Context::new(settings, stores, host_id));
     let listener = server::bind(&socket)?;

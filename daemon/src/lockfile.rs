@@ -41,6 +41,8 @@ pub struct LockRecord {
     pub lock_id: String,
     /// Instance id of the daemon writing the file.
     pub daemon_id: String,
+    /// Fencing token of this holding; `None` on a store that cannot stand behind one.
+    pub token: Option<u64>,
 }
 
 /// The on-disk shape. Field order is part of the format: the Go names first, so the file reads
@@ -65,6 +67,8 @@ struct WireRecord<'a> {
     daemon_id: &'a str,
     #[serde(rename = "acquiredAt")]
     acquired_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<u64>,
 }
 
 impl LockRecord {
@@ -89,6 +93,7 @@ impl LockRecord {
             lock_id: &self.lock_id,
             daemon_id: &self.daemon_id,
             acquired_at: &acquired_at,
+            token: self.token,
         };
         serde_json::to_vec_pretty(&wire).expect("strings and integers always serialize")
     }
@@ -114,6 +119,8 @@ pub struct ParsedLock {
     pub lock_id: Option<String>,
     /// `daemonId` (vfslock files only).
     pub daemon_id: Option<String>,
+    /// `token` (vfslock files only).
+    pub token: Option<u64>,
     /// Who wrote the file, as far as its content tells.
     pub format: LockFileFormat,
 }
@@ -129,6 +136,7 @@ impl ParsedLock {
             owner_id: None,
             lock_id: None,
             daemon_id: None,
+            token: None,
             format,
         }
     }
@@ -148,9 +156,10 @@ enum Field {
     LockId,
     DaemonId,
     AcquiredAt,
+    Token,
 }
 
-const FIELDS: [(&str, Field); 11] = [
+const FIELDS: [(&str, Field); 12] = [
     ("createdAt", Field::CreatedAt),
     ("created_at", Field::CreatedAtV10),
     ("ttl", Field::Ttl),
@@ -162,6 +171,7 @@ const FIELDS: [(&str, Field); 11] = [
     ("lockId", Field::LockId),
     ("daemonId", Field::DaemonId),
     ("acquiredAt", Field::AcquiredAt),
+    ("token", Field::Token),
 ];
 
 impl Field {
@@ -177,7 +187,7 @@ impl Field {
     fn is_go_field(self) -> bool {
         !matches!(
             self,
-            Field::Vfslock | Field::LockId | Field::DaemonId | Field::AcquiredAt
+            Field::Vfslock | Field::LockId | Field::DaemonId | Field::AcquiredAt | Field::Token
         )
     }
 
@@ -292,6 +302,7 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
         owner_id: non_empty(Field::OwnerId).or_else(|| non_empty(Field::OwnerIdV10)),
         lock_id: non_empty(Field::LockId),
         daemon_id: non_empty(Field::DaemonId),
+        token: get(Field::Token).and_then(Value::as_u64),
         format,
     }
 }
@@ -384,6 +395,7 @@ pub fn to_wire(lock: &ParsedLock, modified: Option<SystemTime>, stale: bool) -> 
         owner_id: lock.owner_id.clone(),
         lock_id: lock.lock_id.clone(),
         daemon_id: lock.daemon_id.clone(),
+        token: lock.token,
         format: lock.format,
         stale,
     }
@@ -727,6 +739,7 @@ mod tests {
             owner_id: Some("svc".into()),
             lock_id: "lock-1".into(),
             daemon_id: "daemon-1".into(),
+            token: Some(1_754_299_812_345_679),
         }
     }
 
@@ -745,6 +758,7 @@ mod tests {
                 owner_id: Some("svc".into()),
                 lock_id: Some("lock-1".into()),
                 daemon_id: Some("daemon-1".into()),
+                token: Some(1_754_299_812_345_679),
                 format: LockFileFormat::Vfslock(FORMAT_VERSION),
             }
         );
@@ -764,7 +778,8 @@ mod tests {
   "vfslock": 1,
   "lockId": "lock-1",
   "daemonId": "daemon-1",
-  "acquiredAt": "2025-08-04T09:00:00Z"
+  "acquiredAt": "2025-08-04T09:00:00Z",
+  "token": 1754299812345679
 }"#;
         assert_eq!(json, expected);
         assert!(!json.ends_with('\n'));
@@ -994,6 +1009,7 @@ mod tests {
                 owner_id: Some("svc".into()),
                 lock_id: Some("lock-1".into()),
                 daemon_id: Some("daemon-1".into()),
+                token: Some(1_754_299_812_345_679),
                 format: LockFileFormat::Vfslock(FORMAT_VERSION),
                 stale: true,
             }

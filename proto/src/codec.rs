@@ -74,6 +74,7 @@ mod tests {
             owner_id: Some("ingestion-service-1".into()),
             lock_id: None,
             daemon_id: None,
+            token: Some(17),
             format: LockFileFormat::Go,
             stale: true,
         }
@@ -128,6 +129,8 @@ mod tests {
                 lock_id: "id".into(),
                 metadata: sample_metadata(),
                 stole: Some(sample_metadata()),
+                token: 1_764_000_000_000_001,
+                valid_for: Some(Duration::from_secs(27)),
             }),
             Response::Cancelled,
             Response::Released { held: true },
@@ -141,6 +144,7 @@ mod tests {
                 owner_id: None,
                 held_for: Some(Duration::from_secs(2)),
                 ttl: Duration::from_secs(30),
+                token: Some(9),
                 waiters: 3,
             }]),
             Response::Status(StatusInfo {
@@ -179,6 +183,9 @@ mod tests {
             Event::QueuePosition { position: 2 },
             Event::StaleQuestion {
                 holder: sample_metadata(),
+            },
+            Event::LeaseRenewed {
+                valid_for: Duration::from_millis(2500),
             },
             Event::LeaseLost {
                 reason: "gone".into(),

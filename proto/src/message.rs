@@ -163,9 +163,16 @@ pub struct Grant {
     pub metadata: LockMetadata,
     /// The stale lock file that was replaced, if the lock was stolen.
     pub stole: Option<LockMetadata>,
+    /// The fencing token of this holding: greater than every token issued before for this
+    /// target, by any daemon sharing the store.
+    pub token: u64,
+    /// How long the lease is certainly valid from the moment the daemon sent this grant;
+    /// `None` for a lease that never expires.
+    pub valid_for: Option<Duration>,
 }
 
 /// Announcements about a request.
+#[allow(clippy::large_enum_variant)] // as for `ServerFrame`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The acquire waits behind `position - 1` other waiters of this daemon (1 = next).
@@ -178,6 +185,12 @@ pub enum Event {
     StaleQuestion {
         /// The stale lock file.
         holder: LockMetadata,
+    },
+    /// The lease granted to this acquire was renewed: it is valid for `valid_for` from the
+    /// moment the daemon sent this event.
+    LeaseRenewed {
+        /// Remaining certain validity.
+        valid_for: Duration,
     },
     /// The lock granted to this acquire is no longer held.
     LeaseLost {
@@ -213,6 +226,8 @@ pub struct LockMetadata {
     pub lock_id: Option<String>,
     /// `daemonId`: the instance id of the daemon that wrote it (vfslock files only).
     pub daemon_id: Option<String>,
+    /// `token`: the fencing token of the holding (vfslock files only).
+    pub token: Option<u64>,
     /// Who wrote the file, as far as its content tells.
     pub format: LockFileFormat,
     /// Whether the daemon judged the lock stale when it read it.
@@ -249,6 +264,8 @@ pub struct ListEntry {
     pub held_for: Option<Duration>,
     /// The holder's TTL.
     pub ttl: Duration,
+    /// The holder's fencing token.
+    pub token: Option<u64>,
     /// Waiters queued on this daemon.
     pub waiters: u32,
 }
@@ -332,6 +349,10 @@ pub enum ErrorKind {
     Cancelled,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The lease had already been lost (stolen, broken, or not renewed in time).
+    LeaseLost,
+    /// The store cannot do this in its mode (for example a steal on a create-only store).
+    Unsupported,
     /// A configured limit was reached.
     LimitExceeded,
     /// The caller is not allowed to do this.

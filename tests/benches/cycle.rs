@@ -85,6 +85,7 @@ fn lock_bytes() -> Vec<u8> {
         owner_id: None,
         lock_id: "0123456789abcdef0123456789abcdef".into(),
         daemon_id: "fedcba9876543210fedcba9876543210".into(),
+        token: Some(1),
     }
     .to_json()
 }
@@ -120,7 +121,7 @@ async fn run() {
     );
 
     // Store floors, in process.
-    let stores = Stores::new(true, true).expect("stores");
+    let stores = Stores::new(&vfslockd::config::Settings::defaults()).expect("stores");
     let bytes = lock_bytes();
     for (label, scheme, path) in [
         (
@@ -150,10 +151,12 @@ async fn run() {
         let (path, bytes) = (&path, &bytes);
         figures.push(
             measure(label, async || {
-                assert_eq!(
-                    store.create(path, bytes.clone()).await.unwrap(),
-                    Created::Won
-                );
+                let fixed = bytes.clone();
+                let created = store
+                    .create(path, 0, Box::new(move |_| fixed))
+                    .await
+                    .unwrap();
+                assert!(matches!(created, Created::Won(_)));
                 assert_eq!(store.delete(path, bytes).await.unwrap(), Conditional::Done);
             })
             .await,

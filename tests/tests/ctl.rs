@@ -637,14 +637,23 @@ async fn show_of_an_unlocked_target_exits_1() {
 }
 
 #[tokio::test]
-async fn a_lost_lease_is_reported_and_the_command_still_finishes() {
+async fn a_lost_lease_is_reported_and_with_on_loss_none_the_command_still_finishes() {
     let mut daemon = Daemon::start();
     let target = daemon.file_target("data.csv");
     let started = daemon.data_dir().join("started");
     let go = daemon.data_dir().join("go");
     let script = format!("touch '{}'; {}", started.display(), wait_for_script(&go));
     let mut run = ctl(&daemon)
-        .args(["run", &target, "--", "sh", "-c", &script])
+        .args([
+            "run",
+            "--on-loss",
+            "none",
+            &target,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -676,4 +685,48 @@ async fn a_lost_lease_is_reported_and_the_command_still_finishes() {
         .await
         .expect("read stderr");
     assert_eq!(rest, None, "only one line on stderr");
+}
+
+#[tokio::test]
+async fn a_lost_lease_sends_the_command_sigterm_and_it_sees_its_token() {
+    let mut daemon = Daemon::start();
+    let target = daemon.file_target("data.csv");
+    let started = daemon.data_dir().join("started");
+    let go = daemon.data_dir().join("go");
+    let script = format!(
+        "echo \"$VFSLOCK_TOKEN\" > '{}'; {}",
+        started.display(),
+        wait_for_script(&go)
+    );
+    let mut run = ctl(&daemon)
+        .args(["run", &target, "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vfslockctl");
+    eventually("the command to start", || {
+        std::fs::read_to_string(&started).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let token: u64 = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("VFSLOCK_TOKEN is a number");
+    let written = std::fs::read_to_string(lock_file(&target)).unwrap();
+    assert!(
+        written.contains(&format!("\"token\": {token}")),
+        "{written}"
+    );
+
+    // Stopping the daemon ends the lease: the command is told with SIGTERM (143), without
+    // anyone creating `go`.
+    assert!(daemon.terminate().success());
+    assert_eq!(wait(&mut run).await.code(), Some(128 + libc::SIGTERM));
+    let mut errors = BufReader::new(run.stderr.take().expect("piped stderr")).lines();
+    let warning = within("the lost-lock warning", errors.next_line())
+        .await
+        .expect("read stderr")
+        .expect("a warning line");
+    assert!(warning.contains("sending it signal 15"), "{warning}");
 }

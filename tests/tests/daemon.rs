@@ -20,8 +20,8 @@ fn print_config_shows_the_embedded_defaults_and_a_files_overrides() {
     let printed = String::from_utf8(output.stdout).unwrap();
     for line in [
         "default-ttl = \"30s\"",
-        "file = true",
-        "mem = true",
+        "[stores.file]\nenabled = true\nstale-rule = \"seed\"",
+        "[stores.mem]\nenabled = true",
         "max-frame = 1048576",
     ] {
         assert!(printed.contains(line), "missing {line:?} in:\n{printed}");

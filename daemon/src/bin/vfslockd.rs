@@ -17,9 +17,28 @@ struct Args {
     /// $XDG_RUNTIME_DIR/vfslock/vfslockd.sock otherwise.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Host identity written into lock files as `hostname` (default: the config's `host-id`,
+    /// else the machine's hostname). Daemons sharing a store must have different ones.
+    #[arg(long, value_name = "NAME")]
+    host_id: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    /// Tests only: move this daemon's wall clock by a signed duration (`+1h`, `-30s`).
+    #[arg(long, hide = true, value_name = "OFFSET", allow_hyphen_values = true)]
+    clock_offset: Option<String>,
+}
+
+/// Parses `+1h`, `-30s` or `5m` into signed nanoseconds.
+fn parse_offset(text: &str) -> Result<i64, String> {
+    let (sign, magnitude) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let duration = vfslockd::duration::parse(magnitude)?;
+    i64::try_from(duration.as_nanos())
+        .map(|ns| sign * ns)
+        .map_err(|_| format!("`{text}` is too large a clock offset"))
 }
 
 /// `sysexits.h`'s EX_CONFIG: systemd should not restart a daemon whose config is wrong.
@@ -34,13 +53,25 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let settings = match Settings::load(args.config.as_deref()) {
+    let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("vfslockd: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(host_id) = args.host_id.filter(|h| !h.is_empty()) {
+        settings.host_id = Some(host_id);
+    }
+    if let Some(offset) = args.clock_offset {
+        match parse_offset(&offset) {
+            Ok(ns) => settings.clock_offset_ns = ns,
+            Err(e) => {
+                eprintln!("vfslockd: --clock-offset: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     if args.print_config {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;

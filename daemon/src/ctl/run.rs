@@ -10,9 +10,11 @@
 //! Decisions the flock(1) model leaves open:
 //! - `-n` and `-w` exclude each other (a usage error) rather than the last one winning.
 //! - The command may follow TARGET directly or after `--`.
-//! - If the lease is lost while the command runs (daemon stopped, lock file removed by hand),
-//!   the command is not stopped: a warning goes to stderr and `run` still exits with the
-//!   command's status.
+//! - If the lease is lost while the command runs (lock file stolen or broken, renewal failed
+//!   until its deadline, daemon stopped), a warning goes to stderr and the command gets
+//!   SIGTERM (`--on-loss SIGNAL` chooses another signal, `--on-loss none` lets it run on);
+//!   `run` still exits with the command's status. The command finds its fencing token in
+//!   `$VFSLOCK_TOKEN`, to hand to whatever the lock protects.
 //! - A release that fails after the command ended is reported on stderr but does not change
 //!   the exit status: the daemon frees the lock anyway when this process exits and closes the
 //!   connection.
@@ -29,6 +31,44 @@ use crate::duration;
 
 /// Environment variable naming the locked target, as given, for the command.
 pub(super) const TARGET_ENV: &str = "VFSLOCK_TARGET";
+
+/// Environment variable carrying the holding's fencing token, for the command.
+pub(super) const TOKEN_ENV: &str = "VFSLOCK_TOKEN";
+
+/// What to do to the command when the lease is lost while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OnLoss {
+    /// Send this signal.
+    Signal(i32),
+    /// Let it run on (only warn).
+    Nothing,
+}
+
+fn parse_on_loss(text: &str) -> Result<OnLoss, String> {
+    let name = text.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    #[cfg(unix)]
+    let signal = match name {
+        "NONE" | "IGNORE" => return Ok(OnLoss::Nothing),
+        "TERM" => libc::SIGTERM,
+        "KILL" => libc::SIGKILL,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        _ => {
+            return Err(format!(
+                "`{text}` is not one of TERM, KILL, INT, HUP, USR1, USR2, none"
+            ))
+        }
+    };
+    #[cfg(not(unix))]
+    let signal = match name {
+        "NONE" | "IGNORE" => return Ok(OnLoss::Nothing),
+        _ => 15,
+    };
+    Ok(OnLoss::Signal(signal))
+}
 
 /// Arguments of `vfslockctl run`.
 #[derive(Args, Debug)]
@@ -55,6 +95,10 @@ pub(super) struct RunArgs {
         default_value_t = EXIT_CONFLICT
     )]
     conflict_exit_code: u8,
+    /// What to do to the command when the lease is lost while it runs: a signal to send
+    /// (TERM, KILL, INT, HUP, USR1, USR2) or `none` to let it run on.
+    #[arg(long = "on-loss", value_name = "SIGNAL", default_value = "TERM", value_parser = parse_on_loss)]
+    pub(super) on_loss: OnLoss,
     /// Do not pass the lock on to the command: it is then released as soon as vfslockctl
     /// exits or is killed, even while the command still runs.
     #[arg(short = 'o', long = "close")]
@@ -98,12 +142,15 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
         return Err(conflict(e, &args));
     }
     let outcome = platform::run_child(&client, &mut lock, &args).await;
-    if let Err(e) = lock.release().await {
-        eprintln!(
+    match lock.release().await {
+        Ok(()) => {}
+        // Already reported while the command ran.
+        Err(e) if e.kind() == ErrorKind::LeaseLost => {}
+        Err(e) => eprintln!(
             "vfslockctl: could not release the lock on {}: {e} (vfslockd releases it when \
              vfslockctl exits)",
             args.target
-        );
+        ),
     }
     outcome
 }
@@ -128,7 +175,7 @@ mod platform {
     use tokio::signal::unix::{signal, Signal, SignalKind};
     use vfslock::{Client, Lock};
 
-    use super::{RunArgs, TARGET_ENV};
+    use super::{OnLoss, RunArgs, TARGET_ENV, TOKEN_ENV};
     use crate::ctl::{Failure, EXIT_SOFTWARE};
 
     /// Shell conventions (POSIX `sh`, `env(1)`) for a command that could not be started.
@@ -159,6 +206,9 @@ mod platform {
         let (program, rest) = args.command.split_first().expect("clap requires CMD");
         let mut command = Command::new(program);
         command.args(rest).env(TARGET_ENV, &args.target);
+        if let Some(token) = lock.token() {
+            command.env(TOKEN_ENV, token.to_string());
+        }
         if !args.close {
             let fd = client.as_raw_fd();
             // SAFETY: runs between fork and exec, where only async-signal-safe calls are
@@ -179,19 +229,20 @@ mod platform {
                 format!("cannot run `{}`: {e}", program.to_string_lossy()),
             )
         })?;
-        let status = supervise(&mut child, lock, &mut signals, &args.target)
+        let status = supervise(&mut child, lock, &mut signals, &args.target, args.on_loss)
             .await
             .map_err(|e| Failure::software(format!("cannot wait for the command: {e}")))?;
         Ok(exit_code(status))
     }
 
-    /// Waits for the child, passing on the stop signals we receive and warning once if the
-    /// lock is lost meanwhile.
+    /// Waits for the child, passing on the stop signals we receive; if the lock is lost
+    /// meanwhile, warns once and sends the child the `--on-loss` signal.
     async fn supervise(
         child: &mut Child,
         lock: &mut Lock,
         signals: &mut [(Signal, libc::c_int)],
         target: &str,
+        on_loss: OnLoss,
     ) -> std::io::Result<ExitStatus> {
         // The pid cannot be reused before `wait` below reaps the child, so signalling it from
         // the other branches always reaches our child (or its zombie, harmlessly).
@@ -208,10 +259,22 @@ mod platform {
                 _ = hup.recv() => *hup_no,
                 reason = lock.lost(), if !lost_reported => {
                     lost_reported = true;
-                    eprintln!(
-                        "vfslockctl: lost the lock on {target} while the command runs: {reason}"
-                    );
-                    continue;
+                    match on_loss {
+                        OnLoss::Nothing => {
+                            eprintln!(
+                                "vfslockctl: lost the lock on {target} while the command runs: \
+                                 {reason}"
+                            );
+                            continue;
+                        }
+                        OnLoss::Signal(number) => {
+                            eprintln!(
+                                "vfslockctl: lost the lock on {target} while the command runs: \
+                                 {reason}; sending it signal {number}"
+                            );
+                            number
+                        }
+                    }
                 }
             };
             if let Some(pid) = pid {

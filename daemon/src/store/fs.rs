@@ -8,19 +8,32 @@
 //! - no fsync: after a power loss the holders are gone too, and a lock file that survives
 //!   one is only a stale lock (README, "Limits").
 //!
+//! # Across daemons: the fence
+//!
+//! Every write (create, replace, delete) happens while holding an exclusive open-file-
+//! description lock (`fcntl(F_OFD_SETLKW)`, a POSIX record lock that NFSv4 carries to the
+//! server) on the companion file `<lock>.fence`. Under it, replace and delete re-read the lock
+//! file and act only if it still holds the expected bytes, so "check, then replace" is one step
+//! for every daemon on every host that shares the directory: of several daemons stealing the
+//! same stale lock, exactly one finds the bytes it judged; the others find the winner's.
+//! Nothing is ever deleted and then re-created. The fence also holds the fencing-token counter
+//! (a decimal number): a fresh token is committed to it before the lock file that carries the
+//! token is written, so the counter is never below a token in any lock file, even if the
+//! daemon dies between the two writes. The kernel drops the OS lock when its holder dies.
+//!
 //! The calls run on Tokio's blocking pool: a local disk answers in microseconds, but an NFS
 //! mount can hang, and a hung call must not stall the runtime that serves every other target.
-//!
-//! Within one daemon the target actor serializes all calls for a lock file, which makes the
-//! read-compare-then-rename of `replace` and `delete` safe among its clients. Across daemons
-//! sharing a directory they are not yet atomic (see the safety issue).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::{Conditional, Created, Observed, StoreError};
+use super::{
+    next_token, token_in, Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token,
+    Written, FENCE_SUFFIX,
+};
 
 /// The local filesystem store. Stateless: paths are absolute.
 #[derive(Debug, Clone, Copy)]
@@ -84,14 +97,15 @@ fn create_exclusive(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes a new file; returns its last-modified time.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<Option<std::time::SystemTime>> {
     let mut file = create_exclusive(path)?;
     if let Err(e) = file.write_all(bytes) {
         drop(file);
         let _ = fs::remove_file(path);
         return Err(e);
     }
-    Ok(())
+    Ok(file.metadata().and_then(|m| m.modified()).ok())
 }
 
 /// A temporary name beside `path`, hidden, unique to this write.
@@ -107,13 +121,122 @@ fn temp_path(path: &str) -> String {
         .into_owned()
 }
 
+/// The exclusive OS lock on `<lock>.fence`, and the token counter inside it. Released when
+/// dropped (the descriptor closes) or when the process dies.
+struct Fence {
+    file: File,
+    path: String,
+}
+
+impl Fence {
+    fn lock(lock_path: &str) -> Result<Fence, StoreError> {
+        let path = format!("{lock_path}{FENCE_SUFFIX}");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| describe("open the fence of", lock_path, &e))?;
+        lock_exclusive(&file).map_err(|e| describe("lock the fence of", lock_path, &e))?;
+        Ok(Fence { file, path })
+    }
+
+    /// The last token committed; 0 for a new (or unreadable) fence, which the time floor of
+    /// [`Token::Fresh`] covers.
+    fn counter(&mut self) -> u64 {
+        let mut text = String::new();
+        let _ = self.file.rewind();
+        let _ = self.file.read_to_string(&mut text);
+        text.trim().parse().unwrap_or(0)
+    }
+
+    fn commit(&mut self, token: u64) -> Result<(), StoreError> {
+        let text = format!("{token}\n");
+        let fail = |e: io::Error| {
+            StoreError::new(format!(
+                "cannot commit fencing token {token} to {}: {e}",
+                self.path
+            ))
+        };
+        self.file.rewind().map_err(fail)?;
+        self.file.write_all(text.as_bytes()).map_err(fail)?;
+        self.file.set_len(text.len() as u64).map_err(fail)
+    }
+
+    /// Commits a token for a new holding, replacing the lock file that carries `replaced`.
+    fn issue(&mut self, replaced: Option<u64>, floor: u64) -> Result<u64, StoreError> {
+        let token = next_token(self.counter(), replaced, floor);
+        self.commit(token)?;
+        Ok(token)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: `flock` is plain data; all-zero is a valid value that we then fill in.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as _;
+    request.l_whence = libc::SEEK_SET as _;
+    loop {
+        // SAFETY: valid descriptor and a valid pointer to an initialized `flock`.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &request) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: valid descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Replaces the file at `path` with `bytes` by writing a temporary file and renaming it over.
+fn swap_in(path: &str, bytes: &[u8]) -> Result<Option<std::time::SystemTime>, StoreError> {
+    let temp = temp_path(path);
+    let modified = write_new(Path::new(&temp), bytes).map_err(|e| describe("write", &temp, &e))?;
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(describe("replace", path, &e));
+    }
+    Ok(modified)
+}
+
 impl FsStore {
-    pub(super) async fn create(&self, path: &str, bytes: Vec<u8>) -> Result<Created, StoreError> {
+    pub(super) async fn create(
+        &self,
+        path: &str,
+        floor: u64,
+        make: MakeLock,
+    ) -> Result<Created, StoreError> {
         let path = path.to_owned();
-        blocking(move || match write_new(Path::new(&path), &bytes) {
-            Ok(()) => Ok(Created::Won),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::Exists),
-            Err(e) => Err(describe("create", &path, &e)),
+        blocking(move || {
+            let mut fence = Fence::lock(&path)?;
+            // Committed before the lock file exists: if it turns out to exist, a token is
+            // skipped, which costs nothing; the order keeps the counter above every token.
+            let token = fence.issue(None, floor)?;
+            let bytes = make(Some(token));
+            match write_new(Path::new(&path), &bytes) {
+                Ok(modified) => Ok(Created::Won(Written {
+                    bytes,
+                    token: Some(token),
+                    modified,
+                })),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::Exists),
+                Err(e) => Err(describe("create", &path, &e)),
+            }
         })
         .await
     }
@@ -126,23 +249,29 @@ impl FsStore {
     pub(super) async fn replace(
         &self,
         path: &str,
-        bytes: Vec<u8>,
         expected: &[u8],
-    ) -> Result<Conditional, StoreError> {
+        token: Token,
+        make: MakeLock,
+    ) -> Result<Replaced, StoreError> {
         let path = path.to_owned();
         let expected = expected.to_owned();
         blocking(move || {
+            let mut fence = Fence::lock(&path)?;
             match read_now(&path)? {
                 Some(current) if current.bytes == expected => {}
-                _ => return Ok(Conditional::Changed),
+                _ => return Ok(Replaced::Changed),
             }
-            let temp = temp_path(&path);
-            write_new(Path::new(&temp), &bytes).map_err(|e| describe("write", &temp, &e))?;
-            if let Err(e) = fs::rename(&temp, &path) {
-                let _ = fs::remove_file(&temp);
-                return Err(describe("replace", &path, &e));
-            }
-            Ok(Conditional::Done)
+            let token = match token {
+                Token::Fresh { floor } => Some(fence.issue(token_in(&expected), floor)?),
+                Token::Keep => None,
+            };
+            let bytes = make(token);
+            let modified = swap_in(&path, &bytes)?;
+            Ok(Replaced::Done(Written {
+                bytes,
+                token,
+                modified,
+            }))
         })
         .await
     }
@@ -155,6 +284,7 @@ impl FsStore {
         let path = path.to_owned();
         let expected = expected.to_owned();
         blocking(move || {
+            let _fence = Fence::lock(&path)?;
             match read_now(&path)? {
                 Some(current) if current.bytes == expected => {}
                 _ => return Ok(Conditional::Changed),
@@ -180,48 +310,136 @@ mod tests {
             .into_owned()
     }
 
+    fn fixed(bytes: &'static [u8]) -> MakeLock {
+        Box::new(move |_| bytes.to_vec())
+    }
+
+    fn won(created: Created) -> Written {
+        match created {
+            Created::Won(written) => written,
+            Created::Exists => panic!("expected to win the create"),
+        }
+    }
+
     #[tokio::test]
     async fn create_is_exclusive_and_replace_delete_are_conditional() {
         let dir = tempfile::tempdir().unwrap();
         let path = lock_path(&dir);
         let store = FsStore;
+        let first = won(store.create(&path, 0, fixed(b"one")).await.unwrap());
+        assert_eq!(first.bytes, b"one");
         assert_eq!(
-            store.create(&path, b"one".to_vec()).await.unwrap(),
-            Created::Won
-        );
-        assert_eq!(
-            store.create(&path, b"two".to_vec()).await.unwrap(),
+            store.create(&path, 0, fixed(b"two")).await.unwrap(),
             Created::Exists
         );
         assert_eq!(store.read(&path).await.unwrap().unwrap().bytes, b"one");
 
+        let keep = Token::Keep;
         assert_eq!(
             store
-                .replace(&path, b"three".to_vec(), b"two")
+                .replace(&path, b"two", keep, fixed(b"3"))
                 .await
                 .unwrap(),
-            Conditional::Changed
+            Replaced::Changed
         );
-        assert_eq!(
+        assert!(matches!(
             store
-                .replace(&path, b"three".to_vec(), b"one")
+                .replace(&path, b"one", keep, fixed(b"3"))
                 .await
                 .unwrap(),
-            Conditional::Done
-        );
-        assert_eq!(store.read(&path).await.unwrap().unwrap().bytes, b"three");
+            Replaced::Done(Written { token: None, .. })
+        ));
+        assert_eq!(store.read(&path).await.unwrap().unwrap().bytes, b"3");
         assert_eq!(
             store.delete(&path, b"one").await.unwrap(),
             Conditional::Changed
         );
         assert!(store.read(&path).await.unwrap().is_some());
-        assert_eq!(
-            store.delete(&path, b"three").await.unwrap(),
-            Conditional::Done
-        );
+        assert_eq!(store.delete(&path, b"3").await.unwrap(), Conditional::Done);
         assert_eq!(store.read(&path).await.unwrap(), None);
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        let left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["data.csv.lock.fence"], "only the fence persists");
+    }
+
+    #[tokio::test]
+    async fn tokens_strictly_increase_and_survive_a_lost_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let store = FsStore;
+        let mut last = 0;
+        for round in 0..5 {
+            let written = won(store
+                .create(&path, 0, Box::new(|t| t.unwrap().to_string().into_bytes()))
+                .await
+                .unwrap());
+            let token = written.token.unwrap();
+            assert!(token > last, "round {round}: {token} after {last}");
+            last = token;
+            // A fresh token on replace is above the counter too.
+            let replaced = store
+                .replace(
+                    &path,
+                    &written.bytes,
+                    Token::Fresh { floor: 0 },
+                    Box::new(|t| t.unwrap().to_string().into_bytes()),
+                )
+                .await
+                .unwrap();
+            let Replaced::Done(replaced) = replaced else {
+                panic!("replace of our own bytes")
+            };
+            assert!(replaced.token.unwrap() > last);
+            last = replaced.token.unwrap();
+            assert_eq!(
+                store.delete(&path, &replaced.bytes).await.unwrap(),
+                Conditional::Done
+            );
+        }
+        // The counter is lost: the floor (the time in microseconds) keeps tokens moving up.
+        fs::remove_file(format!("{path}{FENCE_SUFFIX}")).unwrap();
+        let floor = last + 1000;
+        let written = won(store.create(&path, floor, fixed(b"x")).await.unwrap());
+        assert_eq!(written.token, Some(floor));
+    }
+
+    #[test]
+    fn of_many_racing_steals_of_one_version_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(16)
+            .build()
+            .unwrap();
+        for round in 0..50 {
+            let stale = format!("stale {round}").into_bytes();
+            fs::write(&path, &stale).unwrap();
+            let winners: usize = runtime.block_on(async {
+                let mut racers = Vec::new();
+                for racer in 0..8 {
+                    let (path, stale) = (path.clone(), stale.clone());
+                    racers.push(tokio::spawn(async move {
+                        let mine: MakeLock =
+                            Box::new(move |_| format!("racer {racer}").into_bytes());
+                        FsStore
+                            .replace(&path, &stale, Token::Fresh { floor: 0 }, mine)
+                            .await
+                            .unwrap()
+                    }));
+                }
+                let mut winners = 0;
+                for racer in racers {
+                    if let Replaced::Done(_) = racer.await.unwrap() {
+                        winners += 1;
+                    }
+                }
+                winners
+            });
+            assert_eq!(winners, 1, "round {round}");
+        }
     }
 
     #[tokio::test]
@@ -233,7 +451,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &path).unwrap();
         let store = FsStore;
         assert_eq!(
-            store.create(&path, b"x".to_vec()).await.unwrap(),
+            store.create(&path, 0, fixed(b"x")).await.unwrap(),
             Created::Exists
         );
         let err = store.read(&path).await.unwrap_err();
@@ -246,7 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope/data.csv.lock");
         let err = FsStore
-            .create(path.to_str().unwrap(), b"x".to_vec())
+            .create(path.to_str().unwrap(), 0, fixed(b"x"))
             .await
             .unwrap_err();
         assert!(err.message.contains("must exist"), "{err}");

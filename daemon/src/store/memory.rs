@@ -2,16 +2,25 @@
 //!
 //! Only this daemon's target actors touch it, one actor per lock file, so the read-compare-write
 //! of `replace` and `delete` cannot interleave with another writer. Create uses OpenDAL's
-//! `if_not_exists`, the same call the object stores will use.
+//! `if_not_exists`, the same call the object stores will use. Fencing counters live beside the
+//! operator; after a restart they are gone, and the time floor of [`Token::Fresh`] keeps
+//! tokens from going backwards.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use opendal::{services::Memory, ErrorKind, Operator};
 
-use super::{Conditional, Created, Observed, StoreError};
+use super::{
+    next_token, token_in, Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token,
+    Written,
+};
 
 /// The in-memory store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MemoryStore {
     operator: Operator,
+    counters: Mutex<HashMap<String, u64>>,
 }
 
 fn failed(action: &str, path: &str, e: opendal::Error) -> StoreError {
@@ -28,17 +37,38 @@ impl MemoryStore {
     pub fn new() -> Result<Self, StoreError> {
         let operator = Operator::new(Memory::default())
             .map_err(|e| StoreError::new(format!("cannot set up the memory store: {e}")))?;
-        Ok(MemoryStore { operator })
+        Ok(MemoryStore {
+            operator,
+            counters: Mutex::new(HashMap::new()),
+        })
     }
 
-    pub(super) async fn create(&self, path: &str, bytes: Vec<u8>) -> Result<Created, StoreError> {
+    fn issue(&self, path: &str, replaced: Option<u64>, floor: u64) -> u64 {
+        let mut counters = self.counters.lock().expect("counters lock");
+        let counter = counters.entry(path.to_owned()).or_default();
+        *counter = next_token(*counter, replaced, floor);
+        *counter
+    }
+
+    pub(super) async fn create(
+        &self,
+        path: &str,
+        floor: u64,
+        make: MakeLock,
+    ) -> Result<Created, StoreError> {
+        let token = self.issue(path, None, floor);
+        let bytes = make(Some(token));
         match self
             .operator
-            .write_with(key(path), bytes)
+            .write_with(key(path), bytes.clone())
             .if_not_exists(true)
             .await
         {
-            Ok(_) => Ok(Created::Won),
+            Ok(_) => Ok(Created::Won(Written {
+                bytes,
+                token: Some(token),
+                modified: None,
+            })),
             Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(Created::Exists),
             Err(e) => Err(failed("create", path, e)),
         }
@@ -65,17 +95,27 @@ impl MemoryStore {
     pub(super) async fn replace(
         &self,
         path: &str,
-        bytes: Vec<u8>,
         expected: &[u8],
-    ) -> Result<Conditional, StoreError> {
+        token: Token,
+        make: MakeLock,
+    ) -> Result<Replaced, StoreError> {
         if !self.holds(path, expected).await? {
-            return Ok(Conditional::Changed);
+            return Ok(Replaced::Changed);
         }
+        let token = match token {
+            Token::Fresh { floor } => Some(self.issue(path, token_in(expected), floor)),
+            Token::Keep => None,
+        };
+        let bytes = make(token);
         self.operator
-            .write(key(path), bytes)
+            .write(key(path), bytes.clone())
             .await
             .map_err(|e| failed("replace", path, e))?;
-        Ok(Conditional::Done)
+        Ok(Replaced::Done(Written {
+            bytes,
+            token,
+            modified: None,
+        }))
     }
 
     pub(super) async fn delete(
@@ -98,26 +138,36 @@ impl MemoryStore {
 mod tests {
     use super::*;
 
+    fn fixed(bytes: &'static [u8]) -> MakeLock {
+        Box::new(move |_| bytes.to_vec())
+    }
+
     #[tokio::test]
     async fn create_is_exclusive_and_replace_delete_are_conditional() {
         let store = MemoryStore::new().unwrap();
         let path = "/inbox/data.csv.lock";
+        let Created::Won(first) = store.create(path, 0, fixed(b"one")).await.unwrap() else {
+            panic!("first create wins")
+        };
         assert_eq!(
-            store.create(path, b"one".to_vec()).await.unwrap(),
-            Created::Won
-        );
-        assert_eq!(
-            store.create(path, b"two".to_vec()).await.unwrap(),
+            store.create(path, 0, fixed(b"two")).await.unwrap(),
             Created::Exists
         );
         assert_eq!(
-            store.replace(path, b"3".to_vec(), b"two").await.unwrap(),
-            Conditional::Changed
+            store
+                .replace(path, b"two", Token::Keep, fixed(b"3"))
+                .await
+                .unwrap(),
+            Replaced::Changed
         );
-        assert_eq!(
-            store.replace(path, b"3".to_vec(), b"one").await.unwrap(),
-            Conditional::Done
-        );
+        let Replaced::Done(stolen) = store
+            .replace(path, b"one", Token::Fresh { floor: 0 }, fixed(b"3"))
+            .await
+            .unwrap()
+        else {
+            panic!("replace of the expected bytes")
+        };
+        assert!(stolen.token > first.token);
         assert_eq!(
             store.delete(path, b"one").await.unwrap(),
             Conditional::Changed

@@ -17,9 +17,13 @@ use vfslock_proto::{
 
 use super::{Holding, PendingSteal, SessionLink, TargetLockState, Waiter};
 use crate::address::{Address, Scheme};
+use crate::config::StaleRule;
 use crate::context::{random_id, Context, Stats};
 use crate::lockfile::{self, LockRecord};
-use crate::store::{Conditional, Created, Observed, Store};
+use crate::store::{
+    Conditional, Created, MakeLock, Observed, Replaced, Store, StoreError, Token, Written,
+};
+use vfslock_proto::LockFileFormat;
 
 /// The actor. Holds only read-only configuration; everything that changes is in
 /// [`TargetLockState`].
@@ -182,6 +186,8 @@ impl Actor for TargetLock {
             handled: 0,
             idle_since: Some(Instant::now()),
             idle_check_scheduled: false,
+            streak: None,
+            cooldown_until: None,
         })
     }
 
@@ -222,10 +228,12 @@ impl Actor for TargetLock {
                     .holder
                     .as_ref()
                     .is_some_and(|h| h.session.id == session.id && h.record.lock_id == lock_id);
-                if held {
-                    self.release_holder(state).await;
-                }
-                session.reply(id, Ok(Response::Released { held }));
+                let result = if held {
+                    self.release_holder(&myself, state).await
+                } else {
+                    Ok(Response::Released { held: false })
+                };
+                session.reply(id, result);
                 self.serve_queue(&myself, state).await;
             }
             TargetLockMessage::Cancel {
@@ -233,7 +241,7 @@ impl Actor for TargetLock {
                 id,
                 acquire_id,
             } => {
-                self.cancel(state, session.id, acquire_id).await;
+                self.cancel(&myself, state, session.id, acquire_id).await;
                 session.reply(id, Ok(Response::Cancelled));
                 self.serve_queue(&myself, state).await;
             }
@@ -264,7 +272,7 @@ impl Actor for TargetLock {
                 session.reply(id, result.map(Response::Metadata));
             }
             TargetLockMessage::SessionClosed { session_id } => {
-                self.drop_session(state, session_id).await;
+                self.drop_session(&myself, state, session_id).await;
                 self.serve_queue(&myself, state).await;
             }
             TargetLockMessage::Snapshot(reply) => {
@@ -440,21 +448,30 @@ impl TargetLock {
         // and our steal, is raced by someone else: look again, a few times.
         for _ in 0..4 {
             let record = self.new_record(&waiter, None);
-            let bytes = record.to_json();
-            match store.create(&state.lock_path, bytes.clone()).await {
+            let sent = Instant::now();
+            let created = self
+                .within(store.create(
+                    &state.lock_path,
+                    self.ctx.token_floor(),
+                    maker(record.clone()),
+                ))
+                .await;
+            match created {
                 Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e.message)),
-                Ok(Created::Won) => {
-                    self.grant(myself, state, waiter, record, bytes, None);
+                Ok(Created::Won(written)) => {
+                    self.log_skew(state, &written);
+                    state.streak = None;
+                    self.grant(myself, state, waiter, record, written, sent, None);
                     return Attempt::Granted;
                 }
                 Ok(Created::Exists) => {}
             }
-            let observed = match store.read(&state.lock_path).await {
+            let observed = match self.within(store.read(&state.lock_path)).await {
                 Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e.message)),
                 Ok(None) => continue,
                 Ok(Some(observed)) => observed,
             };
-            let (holder, stale) = self.judge(&observed);
+            let (holder, stale) = self.judge(state, &observed);
             if !stale {
                 return Attempt::Held(Box::new(waiter), holder);
             }
@@ -481,8 +498,9 @@ impl TargetLock {
             }
             match self.steal(myself, state, waiter, observed, holder).await {
                 Ok(()) => return Attempt::Granted,
+                // Someone else replaced or removed the file we judged: look at it afresh.
                 Err(StealLost::Changed(back)) => {
-                    return self.retry_after_lost_steal(myself, state, *back).await
+                    return Box::pin(self.attempt(myself, state, *back)).await
                 }
                 Err(StealLost::Failed(back, error)) => return Attempt::Failed(back, error),
             }
@@ -496,49 +514,76 @@ impl TargetLock {
         )
     }
 
-    /// After a steal found the file changed: look at it afresh, once, without recursion.
-    async fn retry_after_lost_steal(
+    /// Bounds a store call by the configured store timeout.
+    async fn within<T>(
         &self,
-        myself: &ActorRef<TargetLockMessage>,
-        state: &mut TargetLockState,
-        waiter: Waiter,
-    ) -> Attempt {
-        let store = self.store(state);
-        match store.read(&state.lock_path).await {
-            Err(e) => Attempt::Failed(Box::new(waiter), store_error(e.message)),
-            Ok(Some(observed)) => {
-                let (holder, _) = self.judge(&observed);
-                Attempt::Held(Box::new(waiter), holder)
-            }
-            Ok(None) => {
-                let record = self.new_record(&waiter, None);
-                let bytes = record.to_json();
-                match store.create(&state.lock_path, bytes.clone()).await {
-                    Ok(Created::Won) => {
-                        self.grant(myself, state, waiter, record, bytes, None);
-                        Attempt::Granted
-                    }
-                    Ok(Created::Exists) => Attempt::Held(Box::new(waiter), self.unknown_holder()),
-                    Err(e) => Attempt::Failed(Box::new(waiter), store_error(e.message)),
-                }
-            }
-        }
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.within_for(self.ctx.settings.store_timeout, call).await
     }
 
-    fn unknown_holder(&self) -> LockMetadata {
-        lockfile::to_wire(&lockfile::parse(b""), None, false)
+    async fn within_for<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(StoreError::new(format!(
+                "the store did not answer within {limit:?}"
+            )))
+        })
     }
 
-    /// Parses a lock file and judges it stale or not, now.
-    fn judge(&self, observed: &Observed) -> (LockMetadata, bool) {
+    /// Parses a lock file and judges it stale or not, now, by the store's rule.
+    ///
+    /// The seed rule trusts the writer's clock (with the skew allowance); the watched rule
+    /// trusts only this daemon's monotonic clock: stale once it has itself seen the same bytes
+    /// for a whole TTL. A `createdAt` further in the future than the allowance can only come
+    /// from a skewed clock, so it is judged by the watched rule whatever the store's rule.
+    fn judge(&self, state: &TargetLockState, observed: &Observed) -> (LockMetadata, bool) {
+        let settings = &self.ctx.settings;
         let parsed = lockfile::parse(&observed.bytes);
-        let stale = lockfile::is_stale(
-            &parsed,
-            observed.modified,
-            self.ctx.now(),
-            self.ctx.settings.corrupt_grace,
-        );
+        let now = self.ctx.now();
+        let from_future = parsed
+            .created_at
+            .is_some_and(|created| created > now + settings.skew_allowance);
+        let stale = if self.store(state).stale_rule() == StaleRule::Watched || from_future {
+            let needed = match parsed.format {
+                LockFileFormat::Foreign => None,
+                LockFileFormat::Corrupt => Some(settings.corrupt_grace),
+                _ if parsed.ttl_ns == 0 => None,
+                _ if parsed.created_at.is_none() => Some(settings.corrupt_grace),
+                _ => Some(Duration::from_nanos(parsed.ttl_ns.max(0) as u64)),
+            };
+            let watched = self.ctx.watched.unchanged_for(&state.key, &observed.bytes);
+            needed.is_some_and(|needed| watched >= needed)
+        } else {
+            let judged_at = now.checked_sub(settings.skew_allowance).unwrap_or(now);
+            lockfile::is_stale(
+                &parsed,
+                observed.modified,
+                judged_at,
+                settings.corrupt_grace,
+            )
+        };
         (lockfile::to_wire(&parsed, observed.modified, stale), stale)
+    }
+
+    /// Logs how far the store's clock (the file's last-modified time) is from ours.
+    fn log_skew(&self, state: &TargetLockState, written: &Written) {
+        let Some(modified) = written.modified else {
+            return;
+        };
+        let now = self.ctx.now();
+        let (skew, ahead) = match modified.duration_since(now) {
+            Ok(store_ahead) => (store_ahead, "ahead of"),
+            Err(behind) => (behind.duration(), "behind"),
+        };
+        if skew > self.ctx.settings.skew_allowance {
+            tracing::warn!(target = %state.url, ?skew, "the store's clock is {ahead} ours by more than the skew allowance");
+        } else {
+            tracing::trace!(target = %state.url, ?skew, "store clock {ahead} ours");
+        }
     }
 
     /// Replaces the stale file `judged` (exactly that version) with the waiter's lock.
@@ -551,18 +596,26 @@ impl TargetLock {
         holder: LockMetadata,
     ) -> Result<(), StealLost> {
         let record = self.new_record(&waiter, None);
-        let bytes = record.to_json();
-        match self
-            .store(state)
-            .replace(&state.lock_path, bytes.clone(), &judged.bytes)
-            .await
-        {
-            Ok(Conditional::Done) => {
+        let sent = Instant::now();
+        let replaced = self
+            .within(self.store(state).replace(
+                &state.lock_path,
+                &judged.bytes,
+                Token::Fresh {
+                    floor: self.ctx.token_floor(),
+                },
+                maker(record.clone()),
+            ))
+            .await;
+        match replaced {
+            Ok(Replaced::Done(written)) => {
                 tracing::info!(target = %state.url, stale_pid = holder.pid, stale_host = %holder.hostname, "took over a stale lock");
-                self.grant(myself, state, waiter, record, bytes, Some(holder));
+                self.ctx.watched.forget(&state.key);
+                state.streak = None;
+                self.grant(myself, state, waiter, record, written, sent, Some(holder));
                 Ok(())
             }
-            Ok(Conditional::Changed) => Err(StealLost::Changed(Box::new(waiter))),
+            Ok(Replaced::Changed) => Err(StealLost::Changed(Box::new(waiter))),
             Err(e) => Err(StealLost::Failed(Box::new(waiter), store_error(e.message))),
         }
     }
@@ -632,26 +685,44 @@ impl TargetLock {
             owner_id: waiter.request.owner_id.clone().filter(|o| !o.is_empty()),
             lock_id: random_id(),
             daemon_id: self.ctx.instance_id.clone(),
+            token: None,
         }
     }
 
+    /// Until when a lease confirmed by a write sent at `sent` is certainly valid: the TTL minus
+    /// a margin (the larger of a tenth of the TTL and `lease-margin`, at most half the TTL) for
+    /// clock drift and the time the holder needs to hear about a loss.
+    fn valid_until(&self, sent: Instant, ttl: Duration) -> Option<Instant> {
+        if ttl.is_zero() {
+            return None;
+        }
+        let margin = (ttl / 10).max(self.ctx.settings.lease_margin).min(ttl / 2);
+        Some(sent + (ttl - margin))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn grant(
         &self,
         myself: &ActorRef<TargetLockMessage>,
         state: &mut TargetLockState,
         waiter: Waiter,
-        record: LockRecord,
-        written: Vec<u8>,
+        mut record: LockRecord,
+        written: Written,
+        sent: Instant,
         stole: Option<LockMetadata>,
     ) {
-        let metadata = lockfile::to_wire(&lockfile::parse(&written), None, false);
+        record.token = written.token;
+        let ttl = record.ttl;
+        let valid_until = self.valid_until(sent, ttl);
+        let metadata = lockfile::to_wire(&lockfile::parse(&written.bytes), None, false);
         let grant = Grant {
             target: state.url.clone(),
             lock_id: record.lock_id.clone(),
             metadata,
             stole,
+            token: written.token.unwrap_or_default(),
+            valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
         };
-        let ttl = record.ttl;
         waiter
             .session
             .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
@@ -659,89 +730,256 @@ impl TargetLock {
             session: waiter.session,
             acquire_id: waiter.acquire_id,
             record,
-            written,
+            written: written.bytes,
             since: Instant::now(),
+            valid_until,
+            retry_delay: RENEW_RETRY_MIN,
         });
         Stats::add(&self.ctx.stats.held, 1);
         state.recheck_delay = self.ctx.settings.recheck_min;
         state.renew_generation += 1;
         if !ttl.is_zero() {
             let generation = state.renew_generation;
-            myself.send_after(ttl / 3, move || TargetLockMessage::Renew { generation });
+            let next = (ttl / 3).saturating_sub(sent.elapsed());
+            myself.send_after(next, move || TargetLockMessage::Renew { generation });
         }
     }
 
-    /// Deletes the holder's lock file (if it is still ours) and forgets the holder.
-    async fn release_holder(&self, state: &mut TargetLockState) {
+    /// Ends the current holding at its holder's request: hands the lock straight to the next
+    /// waiter of this daemon if the streak of such handoffs allows, else deletes the lock file
+    /// (if it is still ours). Answers what the releaser is told.
+    async fn release_holder(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+    ) -> Result<Response, WireError> {
+        let Some(holding) = state.holder.take() else {
+            return Ok(Response::Released { held: false });
+        };
+        Stats::add(&self.ctx.stats.held, -1);
+        state.renew_generation += 1;
+        if holding
+            .valid_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            // Past its deadline the lease may already be someone else's; only the conditional
+            // delete is allowed, and the releaser learns that it had lost the lease.
+            self.delete_if_ours(state, &holding.written).await;
+            return Err(lease_lost_at_release(
+                &state.url,
+                "it was not renewed in time",
+            ));
+        }
+        if let Some(waiter) = self.next_handoff(state) {
+            let record = self.new_record(&waiter, None);
+            let sent = Instant::now();
+            let replaced = self
+                .within(self.store(state).replace(
+                    &state.lock_path,
+                    &holding.written,
+                    Token::Fresh {
+                        floor: self.ctx.token_floor(),
+                    },
+                    maker(record.clone()),
+                ))
+                .await;
+            match replaced {
+                Ok(Replaced::Done(written)) => {
+                    let streak = state.streak.get_or_insert((0, Instant::now()));
+                    streak.0 += 1;
+                    self.grant(myself, state, waiter, record, written, sent, None);
+                    return Ok(Response::Released { held: true });
+                }
+                Ok(Replaced::Changed) => {
+                    state.waiters.push_front(waiter);
+                    Stats::add(&self.ctx.stats.waiting, 1);
+                    return Err(lease_lost_at_release(
+                        &state.url,
+                        "the lock file was replaced or removed by someone else",
+                    ));
+                }
+                Err(e) => {
+                    state.waiters.push_front(waiter);
+                    Stats::add(&self.ctx.stats.waiting, 1);
+                    tracing::warn!(target = %state.url, error = %e, "handoff failed; releasing instead");
+                }
+            }
+        }
+        let outcome = self.delete_if_ours(state, &holding.written).await;
+        if state.streak.take().is_some() && !state.waiters.is_empty() {
+            // A capped streak: let other hosts' waiters, which poll, find the lock free.
+            let cooldown = self.ctx.settings.handoff_cooldown;
+            state.cooldown_until = Some(Instant::now() + cooldown);
+        }
+        match outcome {
+            Some(Conditional::Changed) => Err(lease_lost_at_release(
+                &state.url,
+                "the lock file was replaced or removed by someone else",
+            )),
+            _ => Ok(Response::Released { held: true }),
+        }
+    }
+
+    /// The next local waiter to hand the lock to, if the handoff streak allows one more.
+    fn next_handoff(&self, state: &mut TargetLockState) -> Option<Waiter> {
+        let settings = &self.ctx.settings;
+        let allowed = match state.streak {
+            None => settings.handoff_max_count > 0,
+            Some((count, since)) => {
+                count < settings.handoff_max_count && since.elapsed() < settings.handoff_max_time
+            }
+        };
+        if !allowed {
+            return None;
+        }
+        while let Some(waiter) = state.waiters.pop_front() {
+            Stats::add(&self.ctx.stats.waiting, -1);
+            if !waiter.session.is_closed() {
+                return Some(waiter);
+            }
+        }
+        None
+    }
+
+    /// Deletes the lock file if it still holds `written`; logs what else happened.
+    async fn delete_if_ours(&self, state: &TargetLockState, written: &[u8]) -> Option<Conditional> {
+        match self
+            .within(self.store(state).delete(&state.lock_path, written))
+            .await
+        {
+            Ok(Conditional::Done) => Some(Conditional::Done),
+            Ok(Conditional::Changed) => {
+                tracing::warn!(
+                    target = %state.url,
+                    "the lock file was no longer the one this daemon wrote; left it alone"
+                );
+                Some(Conditional::Changed)
+            }
+            Err(e) => {
+                tracing::error!(
+                    target = %state.url,
+                    error = %e,
+                    "could not delete the lock file; it goes stale when its TTL runs out"
+                );
+                None
+            }
+        }
+    }
+
+    /// Ends the holding because its lease is lost: the holder is told first, then (if the
+    /// file may still be ours) a conditional delete is the only write left.
+    async fn lose(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+        reason: String,
+        try_delete: bool,
+    ) {
         let Some(holding) = state.holder.take() else {
             return;
         };
         Stats::add(&self.ctx.stats.held, -1);
         state.renew_generation += 1;
-        match self
-            .store(state)
-            .delete(&state.lock_path, &holding.written)
-            .await
-        {
-            Ok(Conditional::Done) => {}
-            Ok(Conditional::Changed) => tracing::warn!(
-                target = %state.url,
-                "at release the lock file was no longer the one this daemon wrote; left it alone"
-            ),
-            Err(e) => tracing::error!(
-                target = %state.url,
-                error = %e,
-                "could not delete the lock file at release; it goes stale when its TTL runs out"
-            ),
+        tracing::warn!(target = %state.url, %reason, "lease lost");
+        holding
+            .session
+            .event(holding.acquire_id, Event::LeaseLost { reason });
+        if try_delete {
+            self.delete_if_ours(state, &holding.written).await;
         }
+        self.serve_queue(myself, state).await;
     }
 
     async fn renew(&self, myself: &ActorRef<TargetLockMessage>, state: &mut TargetLockState) {
         let Some(holding) = state.holder.as_ref() else {
             return;
         };
+        let sent = Instant::now();
+        let remaining = holding
+            .valid_until
+            .map(|until| until.saturating_duration_since(sent));
+        if remaining == Some(Duration::ZERO) {
+            let reason = format!(
+                "the lease on {} could not be renewed before its deadline",
+                state.url
+            );
+            return self.lose(myself, state, reason, true).await;
+        }
         let mut record = holding.record.clone();
         record.created_at = self.ctx.now();
-        let bytes = record.to_json();
         let ttl = record.ttl;
+        let limit = remaining.map_or(self.ctx.settings.store_timeout, |r| {
+            r.min(self.ctx.settings.store_timeout)
+        });
         let outcome = self
-            .store(state)
-            .replace(&state.lock_path, bytes.clone(), &holding.written)
+            .within_for(
+                limit,
+                self.store(state).replace(
+                    &state.lock_path,
+                    &holding.written,
+                    Token::Keep,
+                    maker(record.clone()),
+                ),
+            )
             .await;
         let generation = state.renew_generation;
         match outcome {
-            Ok(Conditional::Done) => {
+            Ok(Replaced::Done(written)) => {
+                let valid_until = self.valid_until(sent, ttl);
                 let holding = state.holder.as_mut().expect("checked above");
                 holding.record = record;
-                holding.written = bytes;
-                myself.send_after(ttl / 3, move || TargetLockMessage::Renew { generation });
+                holding.written = written.bytes;
+                holding.valid_until = valid_until;
+                holding.retry_delay = RENEW_RETRY_MIN;
+                if let Some(until) = valid_until {
+                    holding.session.event(
+                        holding.acquire_id,
+                        Event::LeaseRenewed {
+                            valid_for: until.saturating_duration_since(Instant::now()),
+                        },
+                    );
+                }
+                let next = (ttl / 3).saturating_sub(sent.elapsed());
+                myself.send_after(next, move || TargetLockMessage::Renew { generation });
             }
-            Ok(Conditional::Changed) => {
-                let holding = state.holder.take().expect("checked above");
-                Stats::add(&self.ctx.stats.held, -1);
-                state.renew_generation += 1;
-                tracing::warn!(target = %state.url, "lease lost: the lock file was replaced or removed by someone else");
-                holding.session.event(
-                    holding.acquire_id,
-                    Event::LeaseLost {
-                        reason: format!(
-                            "the lock file of {} was replaced or removed by someone else",
-                            state.url
-                        ),
-                    },
+            Ok(Replaced::Changed) => {
+                let reason = format!(
+                    "the lock file of {} was replaced or removed by someone else",
+                    state.url
                 );
-                self.serve_queue(myself, state).await;
+                self.lose(myself, state, reason, false).await;
             }
             Err(e) => {
-                // Try again soon; the safety issue bounds this by the lease deadline.
-                tracing::warn!(target = %state.url, error = %e, "renewal failed; retrying");
-                myself.send_after(ttl / 10, move || TargetLockMessage::Renew { generation });
+                // Retry with backoff while the deadline allows; the retry that finds the
+                // deadline passed declares the loss.
+                let holding = state.holder.as_mut().expect("checked above");
+                let left = holding.valid_until.map_or(Duration::MAX, |until| {
+                    until.saturating_duration_since(Instant::now())
+                });
+                let delay = holding.retry_delay.min(left);
+                holding.retry_delay = (holding.retry_delay * 2).min(ttl / 3);
+                tracing::warn!(target = %state.url, error = %e, retry_in = ?delay, "renewal failed");
+                myself.send_after(delay, move || TargetLockMessage::Renew { generation });
             }
         }
     }
 
     /// Grants the lock to waiters in order while nobody here holds it.
     async fn serve_queue(&self, myself: &ActorRef<TargetLockMessage>, state: &mut TargetLockState) {
+        if let Some(until) = state.cooldown_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() && !state.waiters.is_empty() {
+                // Holding back after a capped handoff streak; look again when it ends.
+                if !state.recheck_scheduled {
+                    state.recheck_generation += 1;
+                    state.recheck_scheduled = true;
+                    let generation = state.recheck_generation;
+                    myself.send_after(left, move || TargetLockMessage::Recheck { generation });
+                }
+                return;
+            }
+            state.cooldown_until = None;
+        }
         while state.holder.is_none() && state.steal.is_none() {
             let Some(waiter) = state.waiters.pop_front() else {
                 break;
@@ -804,7 +1042,13 @@ impl TargetLock {
         ))
     }
 
-    async fn cancel(&self, state: &mut TargetLockState, session_id: u64, acquire_id: RequestId) {
+    async fn cancel(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+        session_id: u64,
+        acquire_id: RequestId,
+    ) {
         if let Some(waiter) = state.remove_waiter(session_id, acquire_id) {
             Stats::add(&self.ctx.stats.waiting, -1);
             waiter.session.reply(
@@ -833,11 +1077,16 @@ impl TargetLock {
             .is_some_and(|h| h.session.id == session_id && h.acquire_id == acquire_id)
         {
             // The grant crossed the cancel: nobody wants it, so give it back at once.
-            self.release_holder(state).await;
+            let _ = self.release_holder(myself, state).await;
         }
     }
 
-    async fn drop_session(&self, state: &mut TargetLockState, session_id: u64) {
+    async fn drop_session(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+        session_id: u64,
+    ) {
         let before = state.waiters.len();
         state.waiters.retain(|w| w.session.id != session_id);
         Stats::add(
@@ -856,7 +1105,7 @@ impl TargetLock {
             .as_ref()
             .is_some_and(|h| h.session.id == session_id)
         {
-            self.release_holder(state).await;
+            let _ = self.release_holder(myself, state).await;
         }
     }
 
@@ -864,9 +1113,9 @@ impl TargetLock {
         &self,
         state: &TargetLockState,
     ) -> Result<Option<LockMetadata>, WireError> {
-        match self.store(state).read(&state.lock_path).await {
+        match self.within(self.store(state).read(&state.lock_path)).await {
             Ok(None) => Ok(None),
-            Ok(Some(observed)) => Ok(Some(self.judge(&observed).0)),
+            Ok(Some(observed)) => Ok(Some(self.judge(state, &observed).0)),
             Err(e) => Err(store_error(e.message)),
         }
     }
@@ -899,6 +1148,7 @@ impl TargetLock {
             owner_id: holder.and_then(|h| h.record.owner_id.clone()),
             held_for: holder.map(|h| h.since.elapsed()),
             ttl: holder.map(|h| h.record.ttl).unwrap_or_default(),
+            token: holder.and_then(|h| h.record.token),
             waiters: state.waiters.len() as u32,
         })
     }
@@ -915,15 +1165,17 @@ impl TargetLock {
                 .session
                 .reply(pending.waiter.acquire_id, Err(refusal()));
         }
-        if let Some(holding) = &state.holder {
+        if let Some(holding) = state.holder.take() {
+            Stats::add(&self.ctx.stats.held, -1);
+            state.renew_generation += 1;
             holding.session.event(
                 holding.acquire_id,
                 Event::Releasing {
                     reason: "vfslockd is shutting down and releases this lock".into(),
                 },
             );
+            self.delete_if_ours(state, &holding.written).await;
         }
-        self.release_holder(state).await;
     }
 
     /// Keeps an idle-check timer running while the actor is idle.
@@ -973,6 +1225,28 @@ enum StealLost {
     Changed(Box<Waiter>),
     /// The store failed.
     Failed(Box<Waiter>, WireError),
+}
+
+/// First delay before retrying a failed renewal.
+const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
+
+/// The lock file's bytes for `record`, with the token the store issues (or the record's own
+/// when renewing).
+fn maker(record: LockRecord) -> MakeLock {
+    Box::new(move |token| {
+        let mut record = record;
+        if token.is_some() {
+            record.token = token;
+        }
+        record.to_json()
+    })
+}
+
+fn lease_lost_at_release(url: &str, why: &str) -> WireError {
+    WireError::new(
+        ErrorKind::LeaseLost,
+        format!("the lease on {url} had been lost before the release: {why}; the lock file was left alone"),
+    )
 }
 
 /// ±25 % of `delay`, so waiters of many daemons do not poll in step.

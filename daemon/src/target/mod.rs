@@ -97,6 +97,11 @@ pub struct Holding {
     pub written: Vec<u8>,
     /// When it was granted, on the monotonic clock.
     pub since: Instant,
+    /// Until when the lease is certainly valid: when the last confirmed write was sent, plus
+    /// the TTL, minus the safety margin. `None` never expires.
+    pub valid_until: Option<Instant>,
+    /// Delay before the next renewal retry after a failure.
+    pub retry_delay: Duration,
 }
 
 /// A stale lock file whose steal waits for the acquirer's on-stale decision.
@@ -141,6 +146,10 @@ pub struct TargetLockState {
     pub idle_since: Option<Instant>,
     /// Whether an idle check is scheduled.
     pub idle_check_scheduled: bool,
+    /// Consecutive handoffs to local waiters, and since when.
+    pub streak: Option<(u32, Instant)>,
+    /// After a capped streak, local waiters hold back until then.
+    pub cooldown_until: Option<Instant>,
 }
 
 impl TargetLockState {
