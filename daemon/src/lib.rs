@@ -49,6 +49,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     let stores = store::Stores::new(&settings).map_err(|e| ServerError(e.to_string()))?;
     let host_id = settings.host_id.clone().unwrap_or_else(context::hostname);
     let ctx = Arc::new(Context::new(settings, stores, host_id));
+    for store in ctx.stores.all() {
+        let info = store.describe();
+        tracing::info!(scheme = %info.scheme, "store: {}", info.description);
+    }
     let listener = server::bind(&socket)?;
     tracing::info!(
         socket = %socket.display(),

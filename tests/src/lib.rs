@@ -48,6 +48,8 @@ pub struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
     socket: PathBuf,
+    data: PathBuf,
+    args: Vec<String>,
 }
 
 /// Test settings: actors retire quickly and foreign holders are re-checked often, so tests
@@ -68,17 +70,33 @@ impl Daemon {
 
     /// Starts a daemon with this config file content.
     pub fn start_with(config: &str) -> Daemon {
+        Daemon::start_host(config, None, &[])
+    }
+
+    /// Starts one "host" of several: a daemon with its own socket, log and config, whose
+    /// `file://` targets live in `shared` (when given) instead of a directory of its own, and
+    /// with extra command-line arguments (`--host-id NAME`, `--clock-offset +1h`).
+    pub fn start_host(config: &str, shared: Option<&Path>, args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("vfslock-test-")
             .tempdir()
             .expect("temporary directory");
-        std::fs::create_dir(dir.path().join("data")).expect("data directory");
+        let data = match shared {
+            Some(shared) => shared.to_owned(),
+            None => {
+                let own = dir.path().join("data");
+                std::fs::create_dir(&own).expect("data directory");
+                own
+            }
+        };
         let socket = dir.path().join("vfslockd.sock");
         std::fs::write(dir.path().join("vfslockd.toml"), config).expect("config file");
         let mut daemon = Daemon {
             child: None,
             dir,
             socket,
+            data,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         daemon.restart();
         daemon
@@ -97,6 +115,7 @@ impl Daemon {
             .arg(self.dir.path().join("vfslockd.toml"))
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.args)
             .env("RUST_LOG", "vfslockd=debug,info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -152,7 +171,7 @@ impl Daemon {
 
     /// A directory for `file://` targets.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     /// An absolute path inside [`Daemon::data_dir`], as a target string.
@@ -175,6 +194,12 @@ impl Daemon {
         vfslock::Client::connect(&self.socket)
             .await
             .expect("connect to the test daemon")
+    }
+
+    /// Sends `signal` to the daemon (SIGSTOP and SIGCONT freeze and thaw it).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain syscall on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
     }
 
     /// Sends SIGTERM and waits for the daemon to exit.

@@ -403,15 +403,20 @@ impl TargetLock {
     ) {
         match waiter.request.wait {
             WaitMode::Try => {
-                let mut error = WireError::new(
-                    ErrorKind::AlreadyHeld,
-                    format!(
+                let message = match &holder {
+                    Some(_) => format!(
                         "{} is already locked{}; run `vfslockctl show {}` to see who holds it",
                         state.url,
                         describe_holder(holder.as_ref()),
                         state.url
                     ),
-                );
+                    None => format!(
+                        "{} is busy: {} acquire(s) wait for it on this daemon",
+                        state.url,
+                        state.waiters.len()
+                    ),
+                };
+                let mut error = WireError::new(ErrorKind::AlreadyHeld, message);
                 error.holder = holder.map(Box::new);
                 waiter.session.reply(waiter.acquire_id, Err(error));
             }
@@ -441,7 +446,7 @@ impl TargetLock {
         &self,
         myself: &ActorRef<TargetLockMessage>,
         state: &mut TargetLockState,
-        waiter: Waiter,
+        mut waiter: Waiter,
     ) -> Attempt {
         let store = self.store(state);
         // A file that vanishes between our create and our read, or changes between our read
@@ -499,9 +504,7 @@ impl TargetLock {
             match self.steal(myself, state, waiter, observed, holder).await {
                 Ok(()) => return Attempt::Granted,
                 // Someone else replaced or removed the file we judged: look at it afresh.
-                Err(StealLost::Changed(back)) => {
-                    return Box::pin(self.attempt(myself, state, *back)).await
-                }
+                Err(StealLost::Changed(back)) => waiter = *back,
                 Err(StealLost::Failed(back, error)) => return Attempt::Failed(back, error),
             }
         }
@@ -740,7 +743,13 @@ impl TargetLock {
         state.renew_generation += 1;
         if !ttl.is_zero() {
             let generation = state.renew_generation;
-            let next = (ttl / 3).saturating_sub(sent.elapsed());
+            // A store so slow that the lease is over by the time it answered: the renewal
+            // that runs at once finds the deadline passed and reports the loss.
+            let next = if valid_until.is_some_and(|until| until <= Instant::now()) {
+                Duration::ZERO
+            } else {
+                (ttl / 3).saturating_sub(sent.elapsed())
+            };
             myself.send_after(next, move || TargetLockMessage::Renew { generation });
         }
     }
