@@ -376,7 +376,10 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                             // grant (a shutdown) is not missed before the caller looks.
                             let (lease, watch) = watch::channel(LeaseState {
                                 lost: None,
-                                valid_until: grant.valid_for.map(|v| Instant::now() + v),
+                                valid_until: deadline(
+                                    grant.valid_for,
+                                    grant.valid_until_monotonic_ns,
+                                ),
                             });
                             routes.held.insert(id, lease);
                             AcquireUpdate::Granted(Box::new(grant), watch)
@@ -406,9 +409,13 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                 }
                 None
             }
-            Event::LeaseRenewed { valid_for } => {
+            Event::LeaseRenewed {
+                valid_for,
+                valid_until_monotonic_ns,
+            } => {
                 if let Some(lease) = routes.held.get(&id) {
-                    let until = Instant::now() + valid_for;
+                    let until = deadline(Some(valid_for), valid_until_monotonic_ns)
+                        .expect("a renewed lease has a deadline");
                     lease.send_if_modified(|state| {
                         if state.lost.is_some() {
                             return false;
@@ -436,6 +443,41 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
             }
         },
     }
+}
+
+/// A lease deadline on this process's clock. The daemon's absolute monotonic deadline is
+/// preferred: counting `valid_for` from the moment we read the frame would stretch the lease by
+/// however long the frame waited unread (a frozen VM, a busy runtime).
+fn deadline(valid_for: Option<std::time::Duration>, monotonic_ns: Option<u64>) -> Option<Instant> {
+    let valid_for = valid_for?;
+    let now = Instant::now();
+    match (monotonic_ns, monotonic_now_ns()) {
+        (Some(until), Some(now_ns)) => {
+            Some(now + std::time::Duration::from_nanos(until.saturating_sub(now_ns)))
+        }
+        _ => Some(now + valid_for),
+    }
+}
+
+/// This host's `CLOCK_MONOTONIC` in nanoseconds: the clock `Instant` reads on Linux, shared by
+/// every process of the host, hence by the daemon.
+#[cfg(target_os = "linux")]
+pub(crate) fn monotonic_now_ns() -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return None;
+    }
+    Some(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}
+
+/// Elsewhere the deadline is counted from the moment the frame is read.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn monotonic_now_ns() -> Option<u64> {
+    None
 }
 
 fn release_of(grant: vfslock_proto::Grant) -> ClientFrame {

@@ -158,3 +158,32 @@ pub fn hostname() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
+
+/// This host's `CLOCK_MONOTONIC` reading for `instant`, in nanoseconds: sent with lease
+/// deadlines so that a client on the same host measures them on the same clock, however late it
+/// reads the frame. `None` where there is no such shared clock.
+pub fn monotonic_ns(instant: Instant) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let taken = Instant::now();
+        // SAFETY: a valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+            return None;
+        }
+        let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        // `Instant` reads CLOCK_MONOTONIC on Linux; only the offset to `instant` is converted.
+        Some(match instant.checked_duration_since(taken) {
+            Some(ahead) => now_ns.saturating_add(ahead.as_nanos() as u64),
+            None => now_ns.saturating_sub(taken.duration_since(instant).as_nanos() as u64),
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = instant;
+        None
+    }
+}

@@ -131,6 +131,7 @@ mod tests {
                 stole: Some(sample_metadata()),
                 token: 1_764_000_000_000_001,
                 valid_for: Some(Duration::from_secs(27)),
+                valid_until_monotonic_ns: Some(123_456_789_000),
             }),
             Response::Cancelled,
             Response::Released { held: true },
@@ -186,6 +187,7 @@ mod tests {
             },
             Event::LeaseRenewed {
                 valid_for: Duration::from_millis(2500),
+                valid_until_monotonic_ns: None,
             },
             Event::LeaseLost {
                 reason: "gone".into(),

@@ -169,6 +169,10 @@ pub struct Grant {
     /// How long the lease is certainly valid from the moment the daemon sent this grant;
     /// `None` for a lease that never expires.
     pub valid_for: Option<Duration>,
+    /// The same deadline as an absolute `CLOCK_MONOTONIC` reading in nanoseconds, where the
+    /// platform has one. Daemon and client share the host, hence the clock; a client that
+    /// reads this grant late must not count the validity from its late reading.
+    pub valid_until_monotonic_ns: Option<u64>,
 }
 
 /// Announcements about a request.
@@ -191,6 +195,9 @@ pub enum Event {
     LeaseRenewed {
         /// Remaining certain validity.
         valid_for: Duration,
+        /// The deadline as an absolute `CLOCK_MONOTONIC` reading; see
+        /// [`Grant::valid_until_monotonic_ns`].
+        valid_until_monotonic_ns: Option<u64>,
     },
     /// The lock granted to this acquire is no longer held.
     LeaseLost {

@@ -144,13 +144,35 @@ impl Fence {
         Ok(Fence { file, path })
     }
 
-    /// The last token committed; 0 for a new (or unreadable) fence, which the time floor of
-    /// [`Token::Fresh`] covers.
-    fn counter(&mut self) -> u64 {
+    /// The last token committed; 0 for a new, empty fence, which the time floor of
+    /// [`Token::Fresh`] covers. A fence whose content is not a number is refused rather than
+    /// read as 0: a counter silently reset could issue a token below one already handed out.
+    fn counter(&mut self) -> Result<u64, StoreError> {
         let mut text = String::new();
-        let _ = self.file.rewind();
-        let _ = self.file.read_to_string(&mut text);
-        text.trim().parse().unwrap_or(0)
+        let read = self
+            .file
+            .rewind()
+            .and_then(|_| self.file.read_to_string(&mut text));
+        let text = match read {
+            Ok(_) => text,
+            Err(e) => {
+                return Err(StoreError::new(format!(
+                    "cannot read the token counter in {}: {e}",
+                    self.path
+                )))
+            }
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(0);
+        }
+        text.parse().map_err(|_| {
+            StoreError::new(format!(
+                "the fence file {} holds no token counter ({text:?}): delete it to let tokens \
+                 continue from the clock floor",
+                self.path
+            ))
+        })
     }
 
     fn commit(&mut self, token: u64) -> Result<(), StoreError> {
@@ -168,7 +190,7 @@ impl Fence {
 
     /// Commits a token for a new holding, replacing the lock file that carries `replaced`.
     fn issue(&mut self, replaced: Option<u64>, floor: u64) -> Result<u64, StoreError> {
-        let token = next_token(self.counter(), replaced, floor);
+        let token = next_token(self.counter()?, replaced, floor);
         self.commit(token)?;
         Ok(token)
     }
@@ -440,6 +462,20 @@ mod tests {
             });
             assert_eq!(winners, 1, "round {round}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_fence_without_a_number_is_refused_not_read_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        fs::write(format!("{path}{FENCE_SUFFIX}"), "garbage").unwrap();
+        let err = FsStore.create(&path, 0, fixed(b"x")).await.unwrap_err();
+        assert!(err.message.contains("holds no token counter"), "{err}");
+        assert_eq!(
+            FsStore.read(&path).await.unwrap(),
+            None,
+            "nothing was created"
+        );
     }
 
     #[tokio::test]

@@ -725,6 +725,7 @@ impl TargetLock {
             stole,
             token: written.token.unwrap_or_default(),
             valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
+            valid_until_monotonic_ns: valid_until.and_then(crate::context::monotonic_ns),
         };
         waiter
             .session
@@ -945,6 +946,7 @@ impl TargetLock {
                         holding.acquire_id,
                         Event::LeaseRenewed {
                             valid_for: until.saturating_duration_since(Instant::now()),
+                            valid_until_monotonic_ns: crate::context::monotonic_ns(until),
                         },
                     );
                 }

@@ -1,0 +1,316 @@
+//! `mutex_checker`: checks vfslock's promises under load and crashes — never two holders of
+//! one lock at once, and fencing tokens that strictly increase — with several daemons (one per
+//! "host") sharing one directory of `file://` targets.
+//!
+//! ```text
+//! mutex_checker run [--daemons N] [--clients M] [--targets K] [--duration SECS]
+//!                   [--hold-ms MS] [--kill-every-ms MS] [--kill-holder-percent P]
+//!                   [--ttl SECS] [--dir DIR]
+//!                   [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
+//! mutex_checker worker --socket S --resource R --data DIR --targets K --hold-ms MS
+//!                      --ttl SECS --log FILE --id NAME [--mem]
+//! ```
+//!
+//! `run` (the coordinator) starts N `vfslockd`s, a guarded resource that rejects writes with
+//! a lower fencing token than it has seen, and N×M workers (this binary, mode `worker`); it
+//! SIGKILLs and restarts a random worker every kill interval, stops everything, looks for
+//! orphan lock files and analyses the workers' records. It prints one summary line on stdout
+//! (details on stderr) and exits 0 only if no violation was found.
+
+#[path = "mutex_checker/analysis.rs"]
+mod analysis;
+#[path = "mutex_checker/coordinator.rs"]
+mod coordinator;
+#[path = "mutex_checker/records.rs"]
+mod records;
+#[path = "mutex_checker/resource.rs"]
+mod resource;
+#[path = "mutex_checker/worker.rs"]
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use coordinator::RunArgs;
+use worker::WorkerArgs;
+
+const USAGE: &str = "usage:
+  mutex_checker run [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
+                    [--kill-every-ms MS] [--kill-holder-percent P] [--ttl SECS] [--dir DIR]
+                    [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
+  mutex_checker worker --socket S --resource R --data DIR --targets K --hold-ms MS --ttl SECS
+                       --log FILE --id NAME [--mem]
+
+  Defaults: 3 daemons, 3 clients per daemon, 2 targets, 6 s, hold 2 ms, a SIGKILL every 400 ms
+  (50% of them aimed at the holder of a random target), ttl 5 s.
+  --pause-daemon-every-ms/--pause-daemon-ms: SIGSTOP a random daemon that often, for that long
+  (a frozen host; leases must run out on the clients' clocks before another daemon steals).
+  --keep: keep the working directory after a clean run. --mem: lock mem:// targets, which each
+  daemon keeps apart, so that with several daemons the run must fail (the checker's self-test).";
+
+/// A small xorshift64* generator: the choices here need no more than that.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock and the process id.
+    pub(crate) fn seeded() -> Rng {
+        let seed =
+            records::now_ns() ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        Rng(seed.max(1))
+    }
+
+    /// A number in `0..n` (`n` ≥ 1).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+/// The arguments after the mode, as `--name value` pairs (and bare `--flag`s).
+struct Flags {
+    pairs: Vec<(String, Option<String>)>,
+}
+
+impl Flags {
+    fn parse(args: &[String], bare: &[&str]) -> Result<Flags, String> {
+        let mut pairs = Vec::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            let (name, value) = match name.split_once('=') {
+                Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+                None if bare.contains(&name) => (name.to_owned(), None),
+                None => {
+                    let value = args
+                        .next()
+                        .ok_or_else(|| format!("--{name} needs a value"))?;
+                    (name.to_owned(), Some(value.clone()))
+                }
+            };
+            pairs.push((name, value));
+        }
+        Ok(Flags { pairs })
+    }
+
+    /// Checks that every flag is one of `known`.
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self
+            .pairs
+            .iter()
+            .find(|(n, _)| !known.contains(&n.as_str()))
+        {
+            Some((name, _)) => Err(format!("unknown option --{name}")),
+            None => Ok(()),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(n, _)| n == name)
+    }
+
+    /// The last value given for `name`, parsed.
+    fn get<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.pairs.iter().rev().find(|(n, _)| n == name) {
+            None => Ok(None),
+            Some((_, None)) => Err(format!("--{name} needs a value")),
+            Some((_, Some(value))) => value
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("--{name} {value:?}: {e}")),
+        }
+    }
+
+    fn require<T: std::str::FromStr>(&self, name: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)?
+            .ok_or_else(|| format!("--{name} is required"))
+    }
+}
+
+fn seconds(value: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|e| format!("--{name} {value}: {e}"))
+}
+
+fn run_args(flags: &Flags) -> Result<RunArgs, String> {
+    flags.only(&[
+        "daemons",
+        "clients",
+        "targets",
+        "duration",
+        "hold-ms",
+        "kill-every-ms",
+        "kill-holder-percent",
+        "ttl",
+        "dir",
+        "pause-daemon-every-ms",
+        "pause-daemon-ms",
+        "keep",
+        "mem",
+    ])?;
+    let defaults = RunArgs::default();
+    let millis = |name: &str, default: Duration| -> Result<Duration, String> {
+        Ok(flags
+            .get::<u64>(name)?
+            .map_or(default, Duration::from_millis))
+    };
+    Ok(RunArgs {
+        daemons: flags.get("daemons")?.unwrap_or(defaults.daemons),
+        clients: flags.get("clients")?.unwrap_or(defaults.clients),
+        targets: flags.get("targets")?.unwrap_or(defaults.targets),
+        duration: match flags.get::<f64>("duration")? {
+            Some(secs) => seconds(secs, "duration")?,
+            None => defaults.duration,
+        },
+        hold: millis("hold-ms", defaults.hold)?,
+        kill_every: millis("kill-every-ms", defaults.kill_every)?,
+        kill_holder_percent: match flags.get::<u8>("kill-holder-percent")? {
+            Some(p) if p > 100 => return Err("--kill-holder-percent is at most 100".into()),
+            Some(p) => p,
+            None => defaults.kill_holder_percent,
+        },
+        ttl: match flags.get::<f64>("ttl")? {
+            Some(secs) => seconds(secs, "ttl")?,
+            None => defaults.ttl,
+        },
+        dir: flags.get::<PathBuf>("dir")?,
+        pause_every: millis("pause-daemon-every-ms", defaults.pause_every)?,
+        pause_for: millis("pause-daemon-ms", defaults.pause_for)?,
+        keep: flags.has("keep"),
+        mem: flags.has("mem"),
+    })
+}
+
+fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
+    flags.only(&[
+        "socket", "resource", "data", "targets", "hold-ms", "ttl", "log", "id", "mem",
+    ])?;
+    let targets: usize = flags.require("targets")?;
+    if targets == 0 {
+        return Err("--targets must be at least 1".into());
+    }
+    Ok(WorkerArgs {
+        socket: flags.require("socket")?,
+        resource: flags.require("resource")?,
+        data: flags.require("data")?,
+        targets,
+        hold: Duration::from_millis(flags.require("hold-ms")?),
+        ttl: seconds(flags.require("ttl")?, "ttl")?,
+        log: flags.require("log")?,
+        id: flags.require("id")?,
+        mem: flags.has("mem"),
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match args.first().map(String::as_str) {
+        Some("run") => Flags::parse(&args[1..], &["keep", "mem"])
+            .and_then(|flags| run_args(&flags))
+            .map(|a| {
+                Box::new(move || ExitCode::from(coordinator::main(a)))
+                    as Box<dyn FnOnce() -> ExitCode>
+            }),
+        Some("worker") => Flags::parse(&args[1..], &["mem"])
+            .and_then(|flags| worker_args(&flags))
+            .map(|a| Box::new(move || worker::main(a)) as Box<dyn FnOnce() -> ExitCode>),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => Err("expected a mode: run or worker".to_owned()),
+    };
+    match parsed {
+        Ok(mode) => mode(),
+        Err(e) => {
+            eprintln!("mutex_checker: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str], bare: &[&str]) -> Flags {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Flags::parse(&args, bare).unwrap()
+    }
+
+    #[test]
+    fn run_arguments_have_defaults_and_the_last_value_wins() {
+        let args = run_args(&flags(&[], &["keep"])).unwrap();
+        assert_eq!((args.daemons, args.clients, args.targets), (3, 3, 2));
+        assert_eq!(args.duration, Duration::from_secs(6));
+        assert_eq!(args.kill_every, Duration::from_millis(400));
+        assert!(!args.keep);
+
+        let args = run_args(&flags(
+            &[
+                "--duration",
+                "300",
+                "--daemons",
+                "4",
+                "--clients=8",
+                "--daemons",
+                "5",
+                "--ttl",
+                "0.5",
+                "--keep",
+            ],
+            &["keep"],
+        ))
+        .unwrap();
+        assert_eq!((args.daemons, args.clients), (5, 8));
+        assert_eq!(args.duration, Duration::from_secs(300));
+        assert_eq!(args.ttl, Duration::from_millis(500));
+        assert!(args.keep);
+
+        assert!(run_args(&flags(&["--bogus", "1"], &[])).is_err());
+        assert!(run_args(&flags(&["--daemons", "x"], &[])).is_err());
+    }
+
+    #[test]
+    fn worker_arguments_are_all_required() {
+        let full = [
+            "--socket",
+            "s",
+            "--resource",
+            "r",
+            "--data",
+            "d",
+            "--targets",
+            "2",
+            "--hold-ms",
+            "2",
+            "--ttl",
+            "5",
+            "--log",
+            "l",
+            "--id",
+            "h0-c0",
+        ];
+        let args = worker_args(&flags(&full, &[])).unwrap();
+        assert_eq!(args.targets, 2);
+        assert_eq!(args.ttl, Duration::from_secs(5));
+        assert!(worker_args(&flags(&full[..14], &[])).is_err());
+    }
+
+    #[test]
+    fn the_generator_stays_in_range_and_varies() {
+        let mut rng = Rng::seeded();
+        let draws: Vec<u64> = (0..1000).map(|_| rng.below(7)).collect();
+        assert!(draws.iter().all(|&d| d < 7));
+        assert!((0..7).all(|v| draws.contains(&v)));
+    }
+}

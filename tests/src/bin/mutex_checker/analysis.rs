@@ -1,0 +1,534 @@
+//! From the workers' records to the verdict: critical sections, overlaps between them, the
+//! order of their fencing tokens, and lease losses heard too late.
+//!
+//! A critical section is one holding of one target by one worker process: it starts at the
+//! worker's `enter` record (written after the grant arrived, so it starts no earlier than the
+//! holding) and ends at the first of its `exit` record (written before the release is sent),
+//! its `lost` record, or the kill of its process (the time is taken just before `kill(2)`, so
+//! no earlier than the process could still act). The recorded interval therefore lies inside
+//! the real holding: any two recorded intervals of one target that intersect are a real
+//! violation of mutual exclusion, never an artefact of the recording.
+
+use std::collections::BTreeMap;
+
+use crate::records::Record;
+
+/// How many problems are described in full; the rest are only counted.
+const MAX_PROBLEMS: usize = 40;
+
+/// The records of one worker process (one incarnation of a worker identity).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Instance {
+    /// The worker identity, stable across restarts (`h0-c1`).
+    pub(crate) client: String,
+    /// Which process of that identity (0 for the first, +1 per restart).
+    pub(crate) incarnation: u32,
+    /// Its records, in the order it wrote them.
+    pub(crate) records: Vec<Record>,
+    /// When the coordinator killed it with SIGKILL (taken just before the `kill`), if it did.
+    pub(crate) killed_at: Option<u64>,
+}
+
+/// What ended a critical section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EndedBy {
+    /// The worker's `exit` record.
+    Exit,
+    /// The worker heard that its lease was lost.
+    Lost,
+    /// The worker's process was killed.
+    Kill,
+    /// Nothing: the section counts until the end of the run.
+    RunEnd,
+}
+
+/// One holding of one target.
+#[derive(Clone, Debug)]
+pub(crate) struct Section {
+    /// The target's index.
+    pub(crate) target: usize,
+    /// `client#incarnation`.
+    pub(crate) holder: String,
+    /// The holding's fencing token.
+    pub(crate) token: Option<u64>,
+    /// When it began (monotonic ns).
+    pub(crate) enter: u64,
+    /// When it ended (monotonic ns).
+    pub(crate) end: u64,
+    /// What ended it.
+    pub(crate) ended_by: EndedBy,
+}
+
+/// The verdict over all records of a run.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Analysis {
+    /// Critical sections.
+    pub(crate) acquisitions: u64,
+    /// Pairs of sections of one target whose intervals intersect.
+    pub(crate) overlaps: u64,
+    /// Successive sections of one target (by enter time) whose token decreased.
+    pub(crate) order_violations: u64,
+    /// Successive sections of one target with equal tokens.
+    pub(crate) equal_tokens: u64,
+    /// Sections ended by a lease-lost event.
+    pub(crate) lost_leases: u64,
+    /// Sections ended by the kill of their process (killed while holding).
+    pub(crate) killed_holding: u64,
+    /// Sections whose holder heard of the loss only after the next holder had entered.
+    pub(crate) lost_late: u64,
+    /// Sections without a token.
+    pub(crate) missing_tokens: u64,
+    /// Sections with no end record and no kill (counted until the end of the run).
+    pub(crate) unended: u64,
+    /// Releases that failed with `LeaseLost` after a hold that `lost()` did not interrupt:
+    /// the lease ran out while the release was on its way (a frozen daemon answers late), or
+    /// a loss that `lost()` did not report. Not a violation by itself (the section ended at
+    /// its exit record, and an overlap would show); reported for the record.
+    pub(crate) release_losses: u64,
+    /// Enter records that arrived while the same process still had a section open.
+    pub(crate) malformed: u64,
+    /// Descriptions of the first problems found.
+    pub(crate) problems: Vec<String>,
+    /// Problems found beyond [`MAX_PROBLEMS`].
+    pub(crate) problems_left_off: u64,
+}
+
+impl Analysis {
+    /// Whether the run kept every promise the analysis checks.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.overlaps == 0
+            && self.order_violations == 0
+            && self.equal_tokens == 0
+            && self.lost_late == 0
+            && self.missing_tokens == 0
+    }
+
+    fn problem(&mut self, description: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(description);
+        } else {
+            self.problems_left_off += 1;
+        }
+    }
+}
+
+/// Milliseconds since `origin`, for problem descriptions.
+fn ms(t: u64, origin: u64) -> String {
+    format!("{:.3}ms", t.saturating_sub(origin) as f64 / 1e6)
+}
+
+fn describe(section: &Section, origin: u64) -> String {
+    format!(
+        "t{} {} token={} [{} .. {}] ended by {:?}",
+        section.target,
+        section.holder,
+        section
+            .token
+            .map_or_else(|| "none".to_owned(), |t| t.to_string()),
+        ms(section.enter, origin),
+        ms(section.end, origin),
+        section.ended_by,
+    )
+}
+
+/// The critical sections of every instance; `run_end` ends those that nothing ended.
+pub(crate) fn sections(
+    instances: &[Instance],
+    run_end: u64,
+    analysis: &mut Analysis,
+    origin: u64,
+) -> Vec<Section> {
+    let mut all = Vec::new();
+    for instance in instances {
+        let holder = format!("{}#{}", instance.client, instance.incarnation);
+        let mut open: Option<Section> = None;
+        // The last closed section ended by an exit, and not yet released: a release that
+        // fails with `LeaseLost` after it found a loss that `lost()` did not interrupt.
+        let mut exited_unreleased = false;
+        for record in &instance.records {
+            match record {
+                Record::Enter {
+                    t, target, token, ..
+                } => {
+                    if let Some(mut previous) = open.take() {
+                        // The worker is sequential: this cannot happen unless its log is
+                        // damaged. End the previous section here, and say so.
+                        previous.end = *t;
+                        analysis.malformed += 1;
+                        analysis.problem(format!(
+                            "malformed log: {holder} entered t{target} with a section open: {}",
+                            describe(&previous, origin)
+                        ));
+                        all.push(previous);
+                    }
+                    exited_unreleased = false;
+                    open = Some(Section {
+                        target: *target,
+                        holder: holder.clone(),
+                        token: *token,
+                        enter: *t,
+                        end: u64::MAX,
+                        ended_by: EndedBy::RunEnd,
+                    });
+                }
+                Record::Lost { t, target, .. } | Record::Exit { t, target } => {
+                    if let Some(mut section) = open.take_if(|s| s.target == *target) {
+                        section.end = *t;
+                        let lost = matches!(record, Record::Lost { .. });
+                        section.ended_by = if lost { EndedBy::Lost } else { EndedBy::Exit };
+                        exited_unreleased = !lost;
+                        all.push(section);
+                    }
+                }
+                Record::Released { lease_lost, .. } => {
+                    if *lease_lost && exited_unreleased {
+                        analysis.release_losses += 1;
+                    }
+                    exited_unreleased = false;
+                }
+                _ => {}
+            }
+        }
+        if let Some(mut section) = open {
+            match instance.killed_at {
+                Some(killed) => {
+                    section.end = killed;
+                    section.ended_by = EndedBy::Kill;
+                }
+                None => {
+                    section.end = run_end;
+                    analysis.unended += 1;
+                    analysis.problem(format!(
+                        "{holder} never ended its section (no exit, no lost, not killed): {}",
+                        describe(&section, origin)
+                    ));
+                }
+            }
+            all.push(section);
+        }
+    }
+    all
+}
+
+/// Checks the records of a run. `origin` is the run's start (for descriptions only).
+pub(crate) fn analyze(instances: &[Instance], run_end: u64, origin: u64) -> Analysis {
+    let mut analysis = Analysis::default();
+    let all = sections(instances, run_end, &mut analysis, origin);
+    analysis.acquisitions = all.len() as u64;
+    let mut by_target: BTreeMap<usize, Vec<Section>> = BTreeMap::new();
+    for section in all {
+        if section.token.is_none() {
+            analysis.missing_tokens += 1;
+            analysis.problem(format!("no token: {}", describe(&section, origin)));
+        }
+        match section.ended_by {
+            EndedBy::Lost => analysis.lost_leases += 1,
+            EndedBy::Kill => analysis.killed_holding += 1,
+            EndedBy::Exit | EndedBy::RunEnd => {}
+        }
+        by_target.entry(section.target).or_default().push(section);
+    }
+    for sections in by_target.values_mut() {
+        sections.sort_by_key(|s| (s.enter, s.end));
+        // Overlaps: sorted by enter, every later section that enters before this one ends.
+        for (i, a) in sections.iter().enumerate() {
+            for b in sections[i + 1..].iter().take_while(|b| b.enter <= a.end) {
+                analysis.overlaps += 1;
+                analysis.problem(format!(
+                    "overlap: {} and {}",
+                    describe(a, origin),
+                    describe(b, origin)
+                ));
+            }
+        }
+        // Token order: strictly increasing in enter order.
+        let mut previous: Option<&Section> = None;
+        for section in sections.iter() {
+            let Some(token) = section.token else { continue };
+            if let Some(before) = previous {
+                let before_token = before.token.expect("only sections with tokens");
+                if token < before_token {
+                    analysis.order_violations += 1;
+                    analysis.problem(format!(
+                        "token decreased: {} then {}",
+                        describe(before, origin),
+                        describe(section, origin)
+                    ));
+                } else if token == before_token {
+                    analysis.equal_tokens += 1;
+                    analysis.problem(format!(
+                        "equal tokens: {} then {}",
+                        describe(before, origin),
+                        describe(section, origin)
+                    ));
+                }
+            }
+            previous = Some(section);
+        }
+        // Late losses: the holder must hear of the loss before the next holder enters.
+        for pair in sections.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.ended_by == EndedBy::Lost && a.end > b.enter {
+                analysis.lost_late += 1;
+                analysis.problem(format!(
+                    "lease loss heard late: {} heard at {}, but {} entered at {}",
+                    a.holder,
+                    ms(a.end, origin),
+                    b.holder,
+                    ms(b.enter, origin)
+                ));
+            }
+        }
+    }
+    analysis
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// A builder of one instance's records on target `target`.
+    struct Worker {
+        instance: Instance,
+    }
+
+    impl Worker {
+        fn new(client: &str) -> Worker {
+            Worker {
+                instance: Instance {
+                    client: client.to_owned(),
+                    incarnation: 0,
+                    records: vec![Record::Start {
+                        t: 0,
+                        client: client.to_owned(),
+                        pid: 1,
+                    }],
+                    killed_at: None,
+                },
+            }
+        }
+
+        fn enter(mut self, target: usize, t: u64, token: u64) -> Self {
+            self.instance.records.push(Record::Enter {
+                t: t * MS,
+                target,
+                client: self.instance.client.clone(),
+                token: Some(token),
+            });
+            self.instance.records.push(Record::Write {
+                t: t * MS + 1,
+                target,
+                token: Some(token),
+                accepted: Some(true),
+            });
+            self
+        }
+
+        fn exit(self, target: usize, t: u64) -> Self {
+            self.exit_only(target, t).released(target, t, false)
+        }
+
+        fn exit_only(mut self, target: usize, t: u64) -> Self {
+            self.instance
+                .records
+                .push(Record::Exit { t: t * MS, target });
+            self
+        }
+
+        fn lost(mut self, target: usize, t: u64) -> Self {
+            self.instance.records.push(Record::Lost {
+                t: t * MS,
+                target,
+                reason: "the lease ran out".into(),
+            });
+            self.released(target, t, true)
+        }
+
+        fn released(mut self, target: usize, t: u64, lease_lost: bool) -> Self {
+            self.instance.records.push(Record::Released {
+                t: t * MS + 2,
+                target,
+                error: lease_lost.then(|| "lease lost".to_owned()),
+                lease_lost,
+            });
+            self
+        }
+
+        fn killed(mut self, t: u64) -> Self {
+            self.instance.killed_at = Some(t * MS);
+            self
+        }
+
+        fn done(self) -> Instance {
+            self.instance
+        }
+    }
+
+    fn run(instances: &[Instance]) -> Analysis {
+        analyze(instances, 10_000 * MS, 0)
+    }
+
+    #[test]
+    fn a_clean_history_has_no_violations() {
+        let instances = [
+            Worker::new("a")
+                .enter(0, 10, 1)
+                .exit(0, 20)
+                .enter(1, 25, 1)
+                .exit(1, 30)
+                .enter(0, 60, 4)
+                .exit(0, 65)
+                .done(),
+            // Killed while holding: the kill ends the section before b enters.
+            Worker::new("b")
+                .enter(0, 21, 2)
+                .exit(0, 30)
+                .enter(0, 40, 3)
+                .killed(45)
+                .done(),
+            // Lost its lease, and heard it before anyone else entered.
+            Worker::new("c")
+                .enter(1, 31, 2)
+                .lost(1, 50)
+                .enter(1, 55, 3)
+                .exit(1, 56)
+                .done(),
+            Worker::new("d").enter(0, 71, 5).exit(0, 80).done(),
+        ];
+        let analysis = run(&instances);
+        assert_eq!(analysis.acquisitions, 8);
+        assert_eq!(analysis.overlaps, 0, "{:#?}", analysis.problems);
+        assert_eq!(analysis.order_violations, 0);
+        assert_eq!(analysis.equal_tokens, 0);
+        assert_eq!(analysis.lost_leases, 1);
+        assert_eq!(analysis.killed_holding, 1);
+        assert_eq!(analysis.lost_late, 0);
+        assert_eq!(analysis.missing_tokens, 0);
+        assert_eq!(analysis.unended, 0);
+        assert_eq!(analysis.release_losses, 0);
+        assert!(analysis.is_clean());
+        assert!(analysis.problems.is_empty(), "{:#?}", analysis.problems);
+    }
+
+    #[test]
+    fn intersecting_sections_of_one_target_are_an_overlap() {
+        let instances = [
+            Worker::new("a").enter(0, 10, 1).exit(0, 20).done(),
+            Worker::new("b").enter(0, 15, 2).exit(0, 25).done(),
+            // Another target at the same time is no overlap.
+            Worker::new("c").enter(1, 12, 1).exit(1, 22).done(),
+        ];
+        let analysis = run(&instances);
+        assert_eq!(analysis.acquisitions, 3);
+        assert_eq!(analysis.overlaps, 1);
+        assert_eq!(analysis.order_violations, 0);
+        assert_eq!(analysis.equal_tokens, 0);
+        assert_eq!(analysis.lost_late, 0);
+        assert!(!analysis.is_clean());
+        assert!(analysis.problems[0].starts_with("overlap: t0 a#0"));
+    }
+
+    #[test]
+    fn one_long_section_overlapping_two_counts_twice() {
+        let instances = [
+            Worker::new("a").enter(0, 10, 1).exit(0, 100).done(),
+            Worker::new("b")
+                .enter(0, 20, 2)
+                .exit(0, 30)
+                .enter(0, 40, 3)
+                .exit(0, 50)
+                .done(),
+        ];
+        assert_eq!(run(&instances).overlaps, 2);
+    }
+
+    #[test]
+    fn a_decreasing_token_is_an_order_violation() {
+        let instances = [
+            Worker::new("a").enter(0, 10, 5).exit(0, 20).done(),
+            Worker::new("b").enter(0, 30, 4).exit(0, 40).done(),
+            Worker::new("c").enter(0, 50, 6).exit(0, 60).done(),
+        ];
+        let analysis = run(&instances);
+        assert_eq!(analysis.order_violations, 1);
+        assert_eq!(analysis.equal_tokens, 0);
+        assert_eq!(analysis.overlaps, 0);
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn equal_tokens_are_counted_apart() {
+        let instances = [
+            Worker::new("a").enter(0, 10, 3).exit(0, 20).done(),
+            Worker::new("b").enter(0, 30, 3).exit(0, 40).done(),
+        ];
+        let analysis = run(&instances);
+        assert_eq!(analysis.equal_tokens, 1);
+        assert_eq!(analysis.order_violations, 0);
+        assert_eq!(analysis.overlaps, 0);
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn a_loss_heard_after_the_next_enter_is_late() {
+        let instances = [
+            Worker::new("a").enter(0, 10, 1).lost(0, 300).done(),
+            Worker::new("b").enter(0, 200, 2).exit(0, 400).done(),
+        ];
+        let analysis = run(&instances);
+        assert_eq!(analysis.lost_leases, 1);
+        assert_eq!(analysis.lost_late, 1);
+        // The late holder was still in its section: that is an overlap too.
+        assert_eq!(analysis.overlaps, 1);
+        assert_eq!(analysis.order_violations, 0);
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn an_open_section_ends_at_the_kill_or_else_at_the_end_of_the_run() {
+        let killed = [
+            Worker::new("a").enter(0, 10, 1).killed(150).done(),
+            Worker::new("b").enter(0, 200, 2).exit(0, 210).done(),
+        ];
+        let analysis = run(&killed);
+        assert_eq!(analysis.overlaps, 0);
+        assert_eq!(analysis.unended, 0);
+        assert_eq!(analysis.killed_holding, 1);
+
+        let not_killed = [
+            Worker::new("a").enter(0, 10, 1).done(),
+            Worker::new("b").enter(0, 200, 2).exit(0, 210).done(),
+        ];
+        let analysis = run(&not_killed);
+        assert_eq!(analysis.unended, 1);
+        assert_eq!(analysis.overlaps, 1);
+    }
+
+    #[test]
+    fn a_release_that_finds_the_lease_lost_after_a_quiet_hold_is_counted() {
+        let instances = [Worker::new("a")
+            .enter(0, 10, 1)
+            .exit_only(0, 20)
+            .released(0, 20, true)
+            .done()];
+        let analysis = run(&instances);
+        assert_eq!(analysis.release_losses, 1);
+        // Not a safety violation by itself.
+        assert!(analysis.is_clean());
+    }
+
+    #[test]
+    fn a_section_without_a_token_is_counted() {
+        let mut a = Worker::new("a").enter(0, 10, 1).exit(0, 20).done();
+        if let Record::Enter { token, .. } = &mut a.records[1] {
+            *token = None;
+        }
+        let b = Worker::new("b").enter(0, 30, 2).exit(0, 40).done();
+        let analysis = run(&[a, b]);
+        assert_eq!(analysis.missing_tokens, 1);
+        assert_eq!(analysis.order_violations, 0);
+        assert!(!analysis.is_clean());
+    }
+}

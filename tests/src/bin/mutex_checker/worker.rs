@@ -1,0 +1,226 @@
+//! The worker process: takes locks on random targets through one daemon, writes to the
+//! guarded resource with each holding's fencing token, and records every step.
+//!
+//! Each record is appended to the log before the next step, so a SIGKILL loses at most the
+//! step in progress. SIGTERM lets the current step finish, then the worker stops.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use vfslock::{Client, ErrorKind, LockOptions};
+
+use crate::records::{now_ns, Record, RecordLog};
+use crate::resource::ResourceClient;
+use crate::Rng;
+
+/// A wait for a lock longer than this is reported as an acquire error (and retried).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pause before reconnecting to a daemon or the resource that did not answer.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+
+/// The worker's settings (`mutex_checker worker …`).
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerArgs {
+    /// The daemon's socket.
+    pub(crate) socket: PathBuf,
+    /// The guarded resource's socket.
+    pub(crate) resource: PathBuf,
+    /// The directory of the targets `t0` … `t{targets-1}`.
+    pub(crate) data: PathBuf,
+    /// How many targets.
+    pub(crate) targets: usize,
+    /// How long each holding lasts.
+    pub(crate) hold: Duration,
+    /// The lease asked for.
+    pub(crate) ttl: Duration,
+    /// The record log.
+    pub(crate) log: PathBuf,
+    /// The worker's identity.
+    pub(crate) id: String,
+    /// Lock `mem:///mutex-checker/t{i}` instead of the files in `data`: each daemon has a
+    /// memory store of its own, so with several daemons this breaks mutual exclusion on
+    /// purpose (the checker's self-test).
+    pub(crate) mem: bool,
+}
+
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_signal: libc::c_int) {
+    TERMINATED.store(true, Ordering::SeqCst);
+}
+
+fn install_sigterm_handler() {
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler only
+    // stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        let rc = libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        assert_eq!(rc, 0, "sigaction(SIGTERM)");
+    }
+}
+
+fn terminated() -> bool {
+    TERMINATED.load(Ordering::SeqCst)
+}
+
+/// Resolves once SIGTERM has arrived.
+async fn termination() {
+    while !terminated() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs the worker until SIGTERM.
+pub(crate) fn main(args: WorkerArgs) -> ExitCode {
+    install_sigterm_handler();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(args))
+}
+
+async fn run(args: WorkerArgs) -> ExitCode {
+    let mut log = match RecordLog::open(&args.log) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!(
+                "worker {}: cannot open {}: {e}",
+                args.id,
+                args.log.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    log.append(&Record::Start {
+        t: now_ns(),
+        client: args.id.clone(),
+        pid: std::process::id(),
+    });
+    let mut rng = Rng::seeded();
+    let mut client: Option<Client> = None;
+    let mut resource: Option<ResourceClient> = None;
+    let targets: Vec<String> = (0..args.targets)
+        .map(|i| {
+            if args.mem {
+                format!("mem:///mutex-checker/t{i}")
+            } else {
+                args.data
+                    .join(format!("t{i}"))
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        })
+        .collect();
+    let options = LockOptions::default()
+        .ttl(args.ttl)
+        .owner_id(args.id.clone());
+    while !terminated() {
+        let Some(daemon) = client.clone() else {
+            tokio::select! {
+                connected = Client::connect(&args.socket) => match connected {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        eprintln!("worker {}: connect to the daemon: {e}", args.id);
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                    }
+                },
+                () = termination() => {}
+            }
+            continue;
+        };
+        if resource.is_none() {
+            match ResourceClient::connect(&args.resource).await {
+                Ok(r) => resource = Some(r),
+                Err(e) => {
+                    eprintln!("worker {}: connect to the resource: {e}", args.id);
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        let target = rng.below(args.targets as u64) as usize;
+        let mut lock = daemon.new_lock(targets[target].clone(), options.clone());
+        let acquired = tokio::select! {
+            acquired = lock.acquire_timeout(ACQUIRE_TIMEOUT) => acquired,
+            // Dropping the pending acquire cancels it.
+            () = termination() => break,
+        };
+        if let Err(e) = acquired {
+            log.append(&Record::AcquireError {
+                t: now_ns(),
+                target,
+                kind: format!("{:?}", e.kind()),
+                message: e.message().to_owned(),
+            });
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionLost | ErrorKind::DaemonUnavailable | ErrorKind::ShuttingDown
+            ) {
+                client = None;
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            continue;
+        }
+        // The critical section.
+        let token = lock.token();
+        log.append(&Record::Enter {
+            t: now_ns(),
+            target,
+            client: args.id.clone(),
+            token,
+        });
+        let accepted = match resource
+            .as_mut()
+            .expect("connected above")
+            .write(target, token, &args.id)
+            .await
+        {
+            Ok(accepted) => Some(accepted),
+            Err(e) => {
+                eprintln!("worker {}: write to the resource: {e}", args.id);
+                resource = None;
+                None
+            }
+        };
+        log.append(&Record::Write {
+            t: now_ns(),
+            target,
+            token,
+            accepted,
+        });
+        let lost = tokio::select! {
+            biased;
+            reason = lock.lost() => Some(reason),
+            () = tokio::time::sleep(args.hold) => None,
+        };
+        match lost {
+            Some(reason) => log.append(&Record::Lost {
+                t: now_ns(),
+                target,
+                reason,
+            }),
+            None => log.append(&Record::Exit {
+                t: now_ns(),
+                target,
+            }),
+        }
+        let released = lock.release().await;
+        log.append(&Record::Released {
+            t: now_ns(),
+            target,
+            lease_lost: released
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::LeaseLost),
+            error: released.err().map(|e| format!("{:?}: {e}", e.kind())),
+        });
+    }
+    log.append(&Record::Stop { t: now_ns() });
+    ExitCode::SUCCESS
+}
