@@ -91,7 +91,7 @@ struct Held {
     acquire_id: RequestId,
     target: String,
     metadata: LockMetadata,
-    token: u64,
+    token: Option<u64>,
     lease: LeaseWatch,
 }
 
@@ -304,8 +304,11 @@ impl Lock {
     /// The fencing token of the current holding: greater than every token issued before for
     /// this target, by any daemon sharing the store. Pass it to the resource the lock
     /// protects, so that it can refuse the late writes of a holder whose lease ran out.
+    ///
+    /// `None` when the store cannot stand behind tokens (an SFTP store in create-only mode, or
+    /// fencing switched off for the store).
     pub fn token(&self) -> Option<u64> {
-        self.held.as_ref().map(|held| held.token)
+        self.held.as_ref().and_then(|held| held.token)
     }
 
     /// The lock file as this `Lock` wrote it when it took the lock.

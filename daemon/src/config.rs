@@ -25,6 +25,16 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     stores: RawStores,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    faults: Option<RawFaults>,
+}
+
+/// `[faults]`: fault injection, honoured only by builds with the `faults` cargo feature.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFaults {
+    /// Share (0..=1) of object-store writes applied and then reported as failed.
+    write_then_fail: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -66,6 +76,88 @@ struct RawStores {
     file: RawStore,
     #[serde(default)]
     mem: RawStore,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    object: Vec<RawObjectStore>,
+}
+
+/// One `[[stores.object]]` table: an object store (or SFTP server) serving a URL prefix.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawObjectStore {
+    prefix: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    virtual_host_style: Option<bool>,
+    account_name: Option<String>,
+    account_key: Option<String>,
+    credential_path: Option<String>,
+    skip_signature: Option<bool>,
+    key: Option<String>,
+    known_hosts: Option<String>,
+    root: Option<String>,
+    fencing: Option<bool>,
+    stale_rule: Option<StaleRule>,
+    accept_weak: Option<bool>,
+    request_timeout: Option<String>,
+}
+
+/// A secret from the config: a literal, or `env:NAME` read from the daemon's environment.
+/// Its `Debug` never shows the value, so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the store builder only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A validated object store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStoreSettings {
+    /// The prefix as written in the config.
+    pub prefix: String,
+    /// The prefix parsed: scheme, bucket/container/host, key or path prefix.
+    pub parsed: crate::address::Prefix,
+    /// Service endpoint (`http://127.0.0.1:9100`; SFTP: none, the prefix names the host).
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// S3 access key id.
+    pub access_key_id: Option<Secret>,
+    /// S3 secret access key.
+    pub secret_access_key: Option<Secret>,
+    /// S3 virtual-host-style addressing instead of path style.
+    pub virtual_host_style: bool,
+    /// Azure account name.
+    pub account_name: Option<String>,
+    /// Azure account key.
+    pub account_key: Option<Secret>,
+    /// GCS service-account credential file.
+    pub credential_path: Option<String>,
+    /// GCS: send unsigned requests (emulators).
+    pub skip_signature: bool,
+    /// SFTP: private key file.
+    pub key: Option<String>,
+    /// SFTP: `strict` (default), `accept` or `add`.
+    pub known_hosts: Option<String>,
+    /// Issue fencing tokens (default true; create-only stores never do).
+    pub fencing: bool,
+    /// Stale rule.
+    pub stale_rule: StaleRule,
+    /// Accept a store whose startup probe finds a missing capability.
+    pub accept_weak: bool,
+    /// Timeout of one request to the store.
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -131,6 +223,12 @@ pub struct Settings {
     pub file_store: Option<StaleRule>,
     /// `mem://` served, with this stale rule.
     pub mem_store: Option<StaleRule>,
+    /// Object stores, by prefix.
+    pub object_stores: Vec<ObjectStoreSettings>,
+    /// Whether the config file holds secrets while others can read it (warned at startup).
+    pub secrets_readable_by_others: bool,
+    /// Tests only (`faults` feature): share of object-store writes applied, then failed.
+    pub faults_write_then_fail: Option<f64>,
     /// Added to the wall clock, in nanoseconds. Not in the config file: only the hidden
     /// `--clock-offset` flag sets it, so that tests can give one daemon a skewed clock without
     /// touching the system's.
@@ -174,6 +272,12 @@ impl RawConfig {
             merge(&mut base.enabled, &over.enabled);
             merge(&mut base.stale_rule, &over.stale_rule);
         }
+        self.stores
+            .object
+            .extend(over.stores.object.iter().cloned());
+        if over.faults.is_some() {
+            self.faults.clone_from(&over.faults);
+        }
         self
     }
 }
@@ -186,6 +290,94 @@ fn required<T: Clone>(value: &Option<T>, key: &str) -> Result<T, ConfigError> {
 
 fn duration_of(value: &Option<String>, key: &str) -> Result<Duration, ConfigError> {
     duration::parse(&required(value, key)?).map_err(|e| ConfigError(format!("`{key}`: {e}")))
+}
+
+fn secret(value: &Option<String>, key: &str) -> Result<Option<Secret>, ConfigError> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some(text) => match text.strip_prefix("env:") {
+            Some(name) => std::env::var(name).map(|v| Some(Secret(v))).map_err(|_| {
+                ConfigError(format!(
+                    "`{key}` names the environment variable {name}, which is not set"
+                ))
+            }),
+            None => Ok(Some(Secret(text.to_owned()))),
+        },
+    }
+}
+
+fn object_store_of(
+    raw: &RawObjectStore,
+    default_timeout: Duration,
+) -> Result<ObjectStoreSettings, ConfigError> {
+    use crate::address::{Address, Scheme};
+    let at = format!("[[stores.object]] prefix = {:?}", raw.prefix);
+    let parsed =
+        Address::parse_prefix(&raw.prefix).map_err(|e| ConfigError(format!("{at}: {e}")))?;
+    if !parsed.0.is_object_store() && parsed.0 != Scheme::Sftp {
+        return Err(ConfigError(format!(
+            "{at}: only s3://, gs://, azblob:// and sftp:// prefixes are object stores \
+             (file:// and mem:// are configured under [stores.file] and [stores.mem])"
+        )));
+    }
+    if parsed.1.is_empty() {
+        return Err(ConfigError(format!(
+            "{at}: the prefix must name the bucket, container or host"
+        )));
+    }
+    if raw
+        .root
+        .as_deref()
+        .is_some_and(|root| !root.is_empty() && root != "/")
+    {
+        // A root would move our lock objects away from where a Go peer using the same
+        // bucket looks for them.
+        return Err(ConfigError(format!(
+            "{at}: `root` cannot be set: lock keys must stay where the target URL puts them"
+        )));
+    }
+    if parsed.0 != Scheme::Sftp && raw.endpoint.is_none() && parsed.0 != Scheme::S3 {
+        return Err(ConfigError(format!("{at}: `endpoint` is required")));
+    }
+    if parsed.0 == Scheme::S3 && raw.region.is_none() {
+        return Err(ConfigError(format!(
+            "{at}: `region` is required for S3 (e.g. \"us-east-1\")"
+        )));
+    }
+    let request_timeout = match &raw.request_timeout {
+        None => default_timeout,
+        Some(text) => duration::parse(text)
+            .map_err(|e| ConfigError(format!("{at}: `request-timeout`: {e}")))?,
+    };
+    Ok(ObjectStoreSettings {
+        prefix: raw.prefix.clone(),
+        parsed,
+        endpoint: raw.endpoint.clone(),
+        region: raw.region.clone(),
+        access_key_id: secret(&raw.access_key_id, "access-key-id")?,
+        secret_access_key: secret(&raw.secret_access_key, "secret-access-key")?,
+        virtual_host_style: raw.virtual_host_style.unwrap_or(false),
+        account_name: raw.account_name.clone(),
+        account_key: secret(&raw.account_key, "account-key")?,
+        credential_path: raw.credential_path.clone(),
+        skip_signature: raw.skip_signature.unwrap_or(false),
+        key: raw.key.clone(),
+        known_hosts: raw.known_hosts.clone(),
+        fencing: raw.fencing.unwrap_or(true),
+        stale_rule: raw.stale_rule.unwrap_or(StaleRule::Seed),
+        accept_weak: raw.accept_weak.unwrap_or(false),
+        request_timeout,
+    })
+}
+
+/// Whether any object store has a secret written in the file itself (not `env:`).
+fn has_literal_secrets(raw: &RawConfig) -> bool {
+    raw.stores.object.iter().any(|s| {
+        [&s.access_key_id, &s.secret_access_key, &s.account_key]
+            .into_iter()
+            .flatten()
+            .any(|v| !v.starts_with("env:"))
+    })
 }
 
 fn store_of(raw: &RawStore, key: &str) -> Result<Option<StaleRule>, ConfigError> {
@@ -212,7 +404,17 @@ impl Settings {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("cannot read config file {}: {e}", path.display()))
                 })?;
-                Settings::from_toml(Some((&text, &path.display().to_string())))
+                let mut settings = Settings::from_toml(Some((&text, &path.display().to_string())))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let shared = std::fs::metadata(path)
+                        .map(|m| m.permissions().mode() & 0o077 != 0)
+                        .unwrap_or(false);
+                    let raw = RawConfig::parse(&text, "")?;
+                    settings.secrets_readable_by_others = shared && has_literal_secrets(&raw);
+                }
+                Ok(settings)
             }
         }
     }
@@ -256,8 +458,32 @@ impl Settings {
             io_timeout: duration_of(&raw.limits.io_timeout, "limits.io-timeout")?,
             file_store: store_of(&raw.stores.file, "stores.file")?,
             mem_store: store_of(&raw.stores.mem, "stores.mem")?,
+            object_stores: Vec::new(),
+            secrets_readable_by_others: false,
+            faults_write_then_fail: raw.faults.as_ref().and_then(|f| f.write_then_fail),
             clock_offset_ns: 0,
         };
+        if settings.faults_write_then_fail.is_some() && !cfg!(feature = "faults") {
+            return Err(ConfigError(
+                "[faults] needs a vfslockd built with the `faults` cargo feature (tests only)"
+                    .into(),
+            ));
+        }
+        let mut settings = settings;
+        for raw_store in &raw.stores.object {
+            let store = object_store_of(raw_store, settings.store_timeout)?;
+            if settings
+                .object_stores
+                .iter()
+                .any(|s| s.parsed == store.parsed)
+            {
+                return Err(ConfigError(format!(
+                    "the store prefix {} is configured twice",
+                    store.prefix
+                )));
+            }
+            settings.object_stores.push(store);
+        }
         if settings.store_timeout.is_zero() {
             return Err(ConfigError(
                 "`locks.store-timeout` must be above zero".into(),
@@ -310,7 +536,15 @@ impl Settings {
                 max_frame: Some(self.max_frame as u64),
                 io_timeout: Some(duration::format(self.io_timeout)),
             },
+            faults: self.faults_write_then_fail.map(|rate| RawFaults {
+                write_then_fail: Some(rate),
+            }),
             stores: RawStores {
+                object: self
+                    .object_stores
+                    .iter()
+                    .map(ObjectStoreSettings::to_raw)
+                    .collect(),
                 file: RawStore {
                     enabled: Some(self.file_store.is_some()),
                     stale_rule: Some(self.file_store.unwrap_or(StaleRule::Seed)),
@@ -322,6 +556,32 @@ impl Settings {
             },
         };
         toml::to_string(&raw).expect("settings serialize")
+    }
+}
+
+impl ObjectStoreSettings {
+    /// Back to the file's shape, secrets redacted (for `--print-config`).
+    fn to_raw(&self) -> RawObjectStore {
+        let redacted = |s: &Option<Secret>| s.as_ref().map(|_| "<redacted>".to_owned());
+        RawObjectStore {
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: redacted(&self.access_key_id),
+            secret_access_key: redacted(&self.secret_access_key),
+            virtual_host_style: Some(self.virtual_host_style),
+            account_name: self.account_name.clone(),
+            account_key: redacted(&self.account_key),
+            credential_path: self.credential_path.clone(),
+            skip_signature: Some(self.skip_signature),
+            key: self.key.clone(),
+            known_hosts: self.known_hosts.clone(),
+            root: None,
+            fencing: Some(self.fencing),
+            stale_rule: Some(self.stale_rule),
+            accept_weak: Some(self.accept_weak),
+            request_timeout: Some(duration::format(self.request_timeout)),
+        }
     }
 }
 
@@ -353,6 +613,42 @@ mod tests {
         let settings = Settings::from_toml(Some((text, "test"))).unwrap();
         assert_eq!(settings.mem_store, None);
         assert_eq!(settings.file_store, Some(StaleRule::Watched));
+    }
+
+    #[test]
+    fn object_stores_are_validated_and_print_without_secrets() {
+        let text = r#"
+[[stores.object]]
+prefix = "s3://locks/"
+endpoint = "http://127.0.0.1:9100"
+region = "us-east-1"
+access-key-id = "AKIAEXAMPLE"
+secret-access-key = "very-secret"
+"#;
+        let settings = Settings::from_toml(Some((text, "test"))).unwrap();
+        let store = &settings.object_stores[0];
+        assert_eq!(store.parsed.1, "locks");
+        assert_eq!(
+            store.secret_access_key.as_ref().unwrap().expose(),
+            "very-secret"
+        );
+        assert!(!format!("{settings:?}").contains("very-secret"));
+        let printed = settings.to_toml();
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+
+        let no_region = text.replace("region = \"us-east-1\"\n", "");
+        let err = Settings::from_toml(Some((&no_region, "test"))).unwrap_err();
+        assert!(err.to_string().contains("region"), "{err}");
+        let rooted = format!("{text}root = \"/elsewhere\"\n");
+        let err = Settings::from_toml(Some((&rooted, "test"))).unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+        let from_env = text.replace("\"very-secret\"", "\"env:VFSLOCK_TEST_SURELY_UNSET\"");
+        let err = Settings::from_toml(Some((&from_env, "test"))).unwrap_err();
+        assert!(
+            err.to_string().contains("VFSLOCK_TEST_SURELY_UNSET"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -129,7 +129,7 @@ mod tests {
                 lock_id: "id".into(),
                 metadata: sample_metadata(),
                 stole: Some(sample_metadata()),
-                token: 1_764_000_000_000_001,
+                token: Some(1_764_000_000_000_001),
                 valid_for: Some(Duration::from_secs(27)),
                 valid_until_monotonic_ns: Some(123_456_789_000),
             }),
@@ -158,6 +158,7 @@ mod tests {
                 stores: vec![StoreInfo {
                     scheme: "mem".into(),
                     description: "memory".into(),
+                    counters: vec![("creates".into(), 2)],
                 }],
                 held: 1,
                 waiting: 2,

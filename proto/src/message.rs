@@ -164,8 +164,9 @@ pub struct Grant {
     /// The stale lock file that was replaced, if the lock was stolen.
     pub stole: Option<LockMetadata>,
     /// The fencing token of this holding: greater than every token issued before for this
-    /// target, by any daemon sharing the store.
-    pub token: u64,
+    /// target, by any daemon sharing the store. `None` on a store that cannot stand behind
+    /// one (create-only mode, or fencing switched off in the config).
+    pub token: Option<u64>,
     /// How long the lease is certainly valid from the moment the daemon sent this grant;
     /// `None` for a lease that never expires.
     pub valid_for: Option<Duration>,
@@ -307,10 +308,13 @@ pub struct StatusInfo {
 /// One configured store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreInfo {
-    /// URL scheme it serves.
+    /// URL scheme (or, for object stores, the URL prefix) it serves.
     pub scheme: String,
-    /// Human description: kind and mode.
+    /// Human description: kind, mode, stale rule.
     pub description: String,
+    /// Requests made, by operation (object stores): `creates`, `reads`, `replaces`, `deletes`,
+    /// `fences`, `ambiguous`, and `requests` (HTTP requests or SFTP round trips in all).
+    pub counters: Vec<(String, u64)>,
 }
 
 /// The daemon's first frame after an accepted handshake.

@@ -121,7 +121,9 @@ async fn run() {
     );
 
     // Store floors, in process.
-    let stores = Stores::new(&vfslockd::config::Settings::defaults()).expect("stores");
+    let stores = Stores::new(&vfslockd::config::Settings::defaults())
+        .await
+        .expect("stores");
     let bytes = lock_bytes();
     for (label, scheme, path) in [
         (
@@ -147,17 +149,29 @@ async fn run() {
                 .into_owned(),
         ),
     ] {
-        let store = stores.get(scheme).expect("store");
+        let target = match scheme {
+            vfslockd::address::Scheme::Mem => "mem:///bench/data.csv".to_owned(),
+            _ => path.trim_end_matches(".lock").to_owned(),
+        };
+        let address = vfslockd::address::Address::parse(&target).expect("bench target");
+        let store = stores.for_address(&address).expect("store");
+        let store = &*store;
         let (path, bytes) = (&path, &bytes);
         figures.push(
             measure(label, async || {
                 let fixed = bytes.clone();
                 let created = store
-                    .create(path, 0, Box::new(move |_| fixed))
+                    .create(path, 0, Box::new(move |_| fixed.clone()))
                     .await
                     .unwrap();
-                assert!(matches!(created, Created::Won(_)));
-                assert_eq!(store.delete(path, bytes).await.unwrap(), Conditional::Done);
+                let Created::Won(written) = created else {
+                    panic!("uncontended create")
+                };
+                let version = written.version();
+                assert_eq!(
+                    store.delete(path, &version).await.unwrap(),
+                    Conditional::Done
+                );
             })
             .await,
         );

@@ -200,12 +200,14 @@ impl Session {
     fn address(&self, target: &str) -> Result<Address, WireError> {
         let address = Address::parse(target)
             .map_err(|e| WireError::new(ErrorKind::InvalidTarget, e.to_string()))?;
-        if self.ctx.stores.get(address.scheme()).is_none() {
+        if self.ctx.stores.for_address(&address).is_none() {
             return Err(WireError::new(
                 ErrorKind::InvalidTarget,
                 format!(
-                    "{} targets are not served by this vfslockd: enable the store in its config",
-                    address.url().split("://").next().unwrap_or_default()
+                    "no store of this vfslockd serves {}: it serves {}; add a store for it to \
+                     the daemon's config",
+                    address.url(),
+                    self.ctx.stores.prefixes().join(", ")
                 ),
             ));
         }

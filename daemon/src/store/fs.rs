@@ -32,7 +32,7 @@ use std::path::Path;
 
 use super::{
     next_token, token_in, Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token,
-    Written, FENCE_SUFFIX,
+    Version, Written, FENCE_SUFFIX,
 };
 
 /// The local filesystem store. Stateless: paths are absolute.
@@ -85,7 +85,11 @@ fn read_now(path: &str) -> Result<Option<Observed>, StoreError> {
     file.read_to_end(&mut bytes)
         .map_err(|e| describe("read", path, &e))?;
     let modified = file.metadata().and_then(|m| m.modified()).ok();
-    Ok(Some(Observed { bytes, modified }))
+    Ok(Some(Observed {
+        bytes,
+        tag: None,
+        modified,
+    }))
 }
 
 fn create_exclusive(path: &Path) -> io::Result<File> {
@@ -255,6 +259,7 @@ impl FsStore {
                     bytes,
                     token: Some(token),
                     modified,
+                    tag: None,
                 })),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::Exists),
                 Err(e) => Err(describe("create", &path, &e)),
@@ -271,12 +276,12 @@ impl FsStore {
     pub(super) async fn replace(
         &self,
         path: &str,
-        expected: &[u8],
+        expected: &Version,
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
         let path = path.to_owned();
-        let expected = expected.to_owned();
+        let expected = expected.bytes.clone();
         blocking(move || {
             let mut fence = Fence::lock(&path)?;
             match read_now(&path)? {
@@ -293,6 +298,7 @@ impl FsStore {
                 bytes,
                 token,
                 modified,
+                tag: None,
             }))
         })
         .await
@@ -301,10 +307,10 @@ impl FsStore {
     pub(super) async fn delete(
         &self,
         path: &str,
-        expected: &[u8],
+        expected: &Version,
     ) -> Result<Conditional, StoreError> {
         let path = path.to_owned();
-        let expected = expected.to_owned();
+        let expected = expected.bytes.clone();
         blocking(move || {
             let _fence = Fence::lock(&path)?;
             match read_now(&path)? {
@@ -324,6 +330,13 @@ impl FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v(bytes: &[u8]) -> Version {
+        Version {
+            bytes: bytes.to_vec(),
+            tag: None,
+        }
+    }
 
     fn lock_path(dir: &tempfile::TempDir) -> String {
         dir.path()
@@ -359,25 +372,28 @@ mod tests {
         let keep = Token::Keep;
         assert_eq!(
             store
-                .replace(&path, b"two", keep, fixed(b"3"))
+                .replace(&path, &v(b"two"), keep, fixed(b"3"))
                 .await
                 .unwrap(),
             Replaced::Changed
         );
         assert!(matches!(
             store
-                .replace(&path, b"one", keep, fixed(b"3"))
+                .replace(&path, &v(b"one"), keep, fixed(b"3"))
                 .await
                 .unwrap(),
             Replaced::Done(Written { token: None, .. })
         ));
         assert_eq!(store.read(&path).await.unwrap().unwrap().bytes, b"3");
         assert_eq!(
-            store.delete(&path, b"one").await.unwrap(),
+            store.delete(&path, &v(b"one")).await.unwrap(),
             Conditional::Changed
         );
         assert!(store.read(&path).await.unwrap().is_some());
-        assert_eq!(store.delete(&path, b"3").await.unwrap(), Conditional::Done);
+        assert_eq!(
+            store.delete(&path, &v(b"3")).await.unwrap(),
+            Conditional::Done
+        );
         assert_eq!(store.read(&path).await.unwrap(), None);
         let left: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
@@ -404,7 +420,7 @@ mod tests {
             let replaced = store
                 .replace(
                     &path,
-                    &written.bytes,
+                    &written.version(),
                     Token::Fresh { floor: 0 },
                     Box::new(|t| t.unwrap().to_string().into_bytes()),
                 )
@@ -416,7 +432,7 @@ mod tests {
             assert!(replaced.token.unwrap() > last);
             last = replaced.token.unwrap();
             assert_eq!(
-                store.delete(&path, &replaced.bytes).await.unwrap(),
+                store.delete(&path, &replaced.version()).await.unwrap(),
                 Conditional::Done
             );
         }
@@ -447,7 +463,7 @@ mod tests {
                         let mine: MakeLock =
                             Box::new(move |_| format!("racer {racer}").into_bytes());
                         FsStore
-                            .replace(&path, &stale, Token::Fresh { floor: 0 }, mine)
+                            .replace(&path, &v(&stale), Token::Fresh { floor: 0 }, mine)
                             .await
                             .unwrap()
                     }));

@@ -13,7 +13,7 @@ use opendal::{services::Memory, ErrorKind, Operator};
 
 use super::{
     next_token, token_in, Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token,
-    Written,
+    Version, Written,
 };
 
 /// The in-memory store.
@@ -68,6 +68,7 @@ impl MemoryStore {
                 bytes,
                 token: Some(token),
                 modified: None,
+                tag: None,
             })),
             Err(e) if e.kind() == ErrorKind::ConditionNotMatch => Ok(Created::Exists),
             Err(e) => Err(failed("create", path, e)),
@@ -78,6 +79,7 @@ impl MemoryStore {
         match self.operator.read(key(path)).await {
             Ok(buffer) => Ok(Some(Observed {
                 bytes: buffer.to_vec(),
+                tag: None,
                 modified: None,
             })),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -95,15 +97,15 @@ impl MemoryStore {
     pub(super) async fn replace(
         &self,
         path: &str,
-        expected: &[u8],
+        expected: &Version,
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
-        if !self.holds(path, expected).await? {
+        if !self.holds(path, &expected.bytes).await? {
             return Ok(Replaced::Changed);
         }
         let token = match token {
-            Token::Fresh { floor } => Some(self.issue(path, token_in(expected), floor)),
+            Token::Fresh { floor } => Some(self.issue(path, token_in(&expected.bytes), floor)),
             Token::Keep => None,
         };
         let bytes = make(token);
@@ -115,15 +117,16 @@ impl MemoryStore {
             bytes,
             token,
             modified: None,
+            tag: None,
         }))
     }
 
     pub(super) async fn delete(
         &self,
         path: &str,
-        expected: &[u8],
+        expected: &Version,
     ) -> Result<Conditional, StoreError> {
-        if !self.holds(path, expected).await? {
+        if !self.holds(path, &expected.bytes).await? {
             return Ok(Conditional::Changed);
         }
         self.operator
@@ -137,6 +140,13 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v(bytes: &[u8]) -> Version {
+        Version {
+            bytes: bytes.to_vec(),
+            tag: None,
+        }
+    }
 
     fn fixed(bytes: &'static [u8]) -> MakeLock {
         Box::new(move |_| bytes.to_vec())
@@ -155,13 +165,13 @@ mod tests {
         );
         assert_eq!(
             store
-                .replace(path, b"two", Token::Keep, fixed(b"3"))
+                .replace(path, &v(b"two"), Token::Keep, fixed(b"3"))
                 .await
                 .unwrap(),
             Replaced::Changed
         );
         let Replaced::Done(stolen) = store
-            .replace(path, b"one", Token::Fresh { floor: 0 }, fixed(b"3"))
+            .replace(path, &v(b"one"), Token::Fresh { floor: 0 }, fixed(b"3"))
             .await
             .unwrap()
         else {
@@ -169,10 +179,13 @@ mod tests {
         };
         assert!(stolen.token > first.token);
         assert_eq!(
-            store.delete(path, b"one").await.unwrap(),
+            store.delete(path, &v(b"one")).await.unwrap(),
             Conditional::Changed
         );
-        assert_eq!(store.delete(path, b"3").await.unwrap(), Conditional::Done);
+        assert_eq!(
+            store.delete(path, &v(b"3")).await.unwrap(),
+            Conditional::Done
+        );
         assert_eq!(store.read(path).await.unwrap(), None);
     }
 }

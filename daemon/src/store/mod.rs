@@ -7,12 +7,17 @@
 //! and either truncates in place or, with `atomic_write_dir`, turns create-if-not-exists into
 //! check-then-rename. Memory goes through OpenDAL ([`memory`]), as the object stores will.
 
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod fs;
 pub mod memory;
+pub mod object;
 
 use std::time::SystemTime;
 
-use crate::address::Scheme;
+use std::sync::Arc;
+
+use crate::address::{Address, Prefix, Scheme};
 use crate::config::StaleRule;
 
 /// Suffix of the companion file beside each lock file (`data.csv.lock.fence`): the OS lock
@@ -20,13 +25,38 @@ use crate::config::StaleRule;
 /// persists, and is not an orphan.
 pub const FENCE_SUFFIX: &str = ".fence";
 
-/// A lock file as read: its bytes, and when the store says it was last written.
+/// One version of a lock file, as a conditional write names it: its bytes and, where the store
+/// has one, its version tag (an ETag, a generation). Stores with tags compare the tag (the
+/// server does, atomically); the others compare the bytes. Every lock file carries a unique
+/// `lockId`, so equal bytes or tags never mean two different holdings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The whole file.
+    pub bytes: Vec<u8>,
+    /// The store's version tag, if it has one.
+    pub tag: Option<String>,
+}
+
+/// A lock file as read: its bytes, its version tag, and when the store says it was last
+/// written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     /// The whole file.
     pub bytes: Vec<u8>,
+    /// The store's version tag, if it has one.
+    pub tag: Option<String>,
     /// Last-modified time, where the store keeps one.
     pub modified: Option<SystemTime>,
+}
+
+impl Observed {
+    /// The version a conditional write must find to act.
+    pub fn version(&self) -> Version {
+        Version {
+            bytes: self.bytes.clone(),
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 /// A lock file as written by [`Store::create`] or [`Store::replace`].
@@ -39,6 +69,18 @@ pub struct Written {
     /// The store's last-modified time right after the write, where it keeps one (to see the
     /// skew between our clock and the store's).
     pub modified: Option<SystemTime>,
+    /// The store's version tag of what was written, if it has one.
+    pub tag: Option<String>,
+}
+
+impl Written {
+    /// The version a later conditional write must find to act.
+    pub fn version(&self) -> Version {
+        Version {
+            bytes: self.bytes.clone(),
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 /// The outcome of an atomic create.
@@ -82,8 +124,9 @@ pub enum Token {
     Keep,
 }
 
-/// Builds the lock file's bytes once the token is known (`None` with [`Token::Keep`]).
-pub type MakeLock = Box<dyn FnOnce(Option<u64>) -> Vec<u8> + Send>;
+/// Builds the lock file's bytes once the token is known (`None` with [`Token::Keep`]). Called
+/// again if a token has to be re-issued.
+pub type MakeLock = Box<dyn Fn(Option<u64>) -> Vec<u8> + Send + Sync>;
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +134,22 @@ pub type MakeLock = Box<dyn FnOnce(Option<u64>) -> Vec<u8> + Send>;
 pub struct StoreError {
     /// What happened and what to do.
     pub message: String,
+    /// Whether the store cannot do this at all in its mode (rather than failed this time).
+    pub unsupported: bool,
 }
 
 impl StoreError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         StoreError {
             message: message.into(),
+            unsupported: false,
+        }
+    }
+
+    pub(crate) fn unsupported(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            unsupported: true,
         }
     }
 }
@@ -120,12 +173,15 @@ pub fn token_in(bytes: &[u8]) -> Option<u64> {
 pub struct Store {
     backend: Backend,
     stale_rule: StaleRule,
+    /// The URL prefix it serves (`file:///`, `mem://`, `s3://locks/`).
+    prefix: String,
 }
 
 #[derive(Debug)]
 enum Backend {
     Fs(fs::FsStore),
     Memory(memory::MemoryStore),
+    Object(object::ObjectStore),
 }
 
 impl Store {
@@ -139,6 +195,7 @@ impl Store {
         match &self.backend {
             Backend::Fs(s) => s.create(path, floor, make).await,
             Backend::Memory(s) => s.create(path, floor, make).await,
+            Backend::Object(s) => s.create(path, floor, make).await,
         }
     }
 
@@ -147,6 +204,7 @@ impl Store {
         match &self.backend {
             Backend::Fs(s) => s.read(path).await,
             Backend::Memory(s) => s.read(path).await,
+            Backend::Object(s) => s.read(path).await,
         }
     }
 
@@ -154,27 +212,43 @@ impl Store {
     pub async fn replace(
         &self,
         path: &str,
-        expected: &[u8],
+        expected: &Version,
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
         match &self.backend {
             Backend::Fs(s) => s.replace(path, expected, token, make).await,
             Backend::Memory(s) => s.replace(path, expected, token, make).await,
+            Backend::Object(s) => s.replace(path, expected, token, make).await,
         }
     }
 
     /// Deletes `path` if it still holds `expected`.
-    pub async fn delete(&self, path: &str, expected: &[u8]) -> Result<Conditional, StoreError> {
+    pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
         match &self.backend {
             Backend::Fs(s) => s.delete(path, expected).await,
             Backend::Memory(s) => s.delete(path, expected).await,
+            Backend::Object(s) => s.delete(path, expected).await,
         }
     }
 
     /// How this store judges a lock stale.
     pub fn stale_rule(&self) -> StaleRule {
         self.stale_rule
+    }
+
+    /// Whether a lock file can be replaced by another holder (steal, handoff). False on a
+    /// create-only store.
+    pub fn can_replace(&self) -> bool {
+        match &self.backend {
+            Backend::Object(s) => s.can_replace(),
+            _ => true,
+        }
+    }
+
+    /// The URL prefix this store serves.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// What `vfslockctl status` shows about this store.
@@ -184,6 +258,30 @@ impl Store {
             StaleRule::Watched => "stale rule: watched unchanged for a whole ttl",
         };
         let (scheme, what) = match &self.backend {
+            Backend::Object(s) => {
+                let mode = match s.mode() {
+                    object::Mode::Full => "conditional create, overwrite and delete verified at \
+                                           startup; steals, handoff and fencing tokens"
+                        .to_owned(),
+                    object::Mode::CreateOnly => "create-only mode (no compare-and-swap): no \
+                                                 steals, handoff or fencing tokens"
+                        .to_owned(),
+                    object::Mode::Weak(missing) => format!(
+                        "WEAK mode accepted by the config: {missing}; mutual exclusion is NOT \
+                         guaranteed"
+                    ),
+                };
+                let fencing = if s.fencing() {
+                    ""
+                } else {
+                    "; fencing tokens off"
+                };
+                return vfslock_proto::StoreInfo {
+                    scheme: self.prefix.clone(),
+                    description: format!("{mode}{fencing}; {rule}"),
+                    counters: s.counters.snapshot(),
+                };
+            }
             Backend::Fs(_) => (
                 "file",
                 "local filesystem: O_EXCL create; replace and delete under an OFD lock on \
@@ -199,46 +297,84 @@ impl Store {
         vfslock_proto::StoreInfo {
             scheme: scheme.into(),
             description: format!("{what}; {rule}"),
+            counters: Vec::new(),
         }
     }
 }
 
-/// The stores this daemon serves, by scheme.
+/// The stores this daemon serves: `file://`, `mem://`, and object stores by URL prefix.
 #[derive(Debug, Default)]
 pub struct Stores {
-    fs: Option<Store>,
-    memory: Option<Store>,
+    fs: Option<Arc<Store>>,
+    memory: Option<Arc<Store>>,
+    objects: Vec<(Prefix, Arc<Store>)>,
 }
 
 impl Stores {
-    /// The stores enabled by the settings.
-    pub fn new(settings: &crate::config::Settings) -> Result<Stores, StoreError> {
-        Ok(Stores {
-            fs: settings.file_store.map(|stale_rule| Store {
-                backend: Backend::Fs(fs::FsStore),
-                stale_rule,
+    /// The stores enabled by the settings. Each object store is probed first: a store that
+    /// does not enforce what the lock protocol needs is refused, unless the config accepts the
+    /// weaker mode.
+    pub async fn new(settings: &crate::config::Settings) -> Result<Stores, StoreError> {
+        let mut stores = Stores {
+            fs: settings.file_store.map(|stale_rule| {
+                Arc::new(Store {
+                    backend: Backend::Fs(fs::FsStore),
+                    stale_rule,
+                    prefix: "file://".into(),
+                })
             }),
             memory: match settings.mem_store {
-                Some(stale_rule) => Some(Store {
+                Some(stale_rule) => Some(Arc::new(Store {
                     backend: Backend::Memory(memory::MemoryStore::new()?),
                     stale_rule,
-                }),
+                    prefix: "mem://".into(),
+                })),
                 None => None,
             },
-        })
+            objects: Vec::new(),
+        };
+        for config in &settings.object_stores {
+            let store = object::open(config, settings).await?;
+            stores.objects.push((
+                config.parsed.clone(),
+                Arc::new(Store {
+                    backend: Backend::Object(store),
+                    stale_rule: config.stale_rule,
+                    prefix: config.prefix.clone(),
+                }),
+            ));
+        }
+        // The longest prefix wins when several cover a target.
+        stores
+            .objects
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.2.len()));
+        Ok(stores)
     }
 
-    /// The store serving `scheme`, if it is configured.
-    pub fn get(&self, scheme: Scheme) -> Option<&Store> {
-        match scheme {
-            Scheme::File => self.fs.as_ref(),
-            Scheme::Mem => self.memory.as_ref(),
+    /// The store serving `address`, if one is configured.
+    pub fn for_address(&self, address: &Address) -> Option<Arc<Store>> {
+        match address.scheme() {
+            Scheme::File => self.fs.clone(),
+            Scheme::Mem => self.memory.clone(),
+            _ => self
+                .objects
+                .iter()
+                .find(|(prefix, _)| address.has_prefix(prefix))
+                .map(|(_, store)| store.clone()),
         }
     }
 
+    /// The configured prefixes, for the error that refuses an unserved target.
+    pub fn prefixes(&self) -> Vec<String> {
+        self.all().map(|s| s.prefix.clone()).collect()
+    }
+
     /// Every configured store.
-    pub fn all(&self) -> impl Iterator<Item = &Store> {
-        self.fs.iter().chain(self.memory.iter())
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Store>> {
+        self.fs
+            .iter()
+            .chain(self.memory.iter())
+            .chain(self.objects.iter().map(|(_, store)| store))
     }
 }
 

@@ -146,8 +146,13 @@ enum Attempt {
     Failed(Box<Waiter>, WireError),
 }
 
-fn store_error(message: impl Into<String>) -> WireError {
-    WireError::new(ErrorKind::Store, message)
+fn store_error(error: StoreError) -> WireError {
+    let kind = if error.unsupported {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Store
+    };
+    WireError::new(kind, error.message)
 }
 
 /// Where a target's lock file lives inside its store. `mem://` volumes get their own prefix so
@@ -157,6 +162,9 @@ fn store_path(address: &Address) -> String {
         Scheme::File => address.lock_path(),
         Scheme::Mem if address.authority().is_empty() => format!("root{}", address.lock_path()),
         Scheme::Mem => format!("vol/{}{}", address.authority(), address.lock_path()),
+        Scheme::S3 | Scheme::Gcs | Scheme::Azblob => address.lock_key(),
+        // OpenDAL paths are relative to the operator's root, which is `/`.
+        Scheme::Sftp => address.lock_path().trim_start_matches('/').to_owned(),
     }
 }
 
@@ -170,10 +178,15 @@ impl Actor for TargetLock {
         _myself: ActorRef<Self::Msg>,
         address: Address,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let store = self
+            .ctx
+            .stores
+            .for_address(&address)
+            .ok_or_else(|| format!("no store serves {}", address.url()))?;
         Stats::add(&self.ctx.stats.targets, 1);
         Ok(TargetLockState {
             url: address.url(),
-            scheme: address.scheme(),
+            store,
             key: address.key(),
             lock_path: store_path(&address),
             holder: None,
@@ -348,11 +361,8 @@ fn describe_holder(holder: Option<&LockMetadata>) -> String {
 }
 
 impl TargetLock {
-    fn store(&self, state: &TargetLockState) -> &Store {
-        self.ctx
-            .stores
-            .get(state.scheme)
-            .expect("sessions route only targets of configured stores")
+    fn store(&self, state: &TargetLockState) -> Arc<Store> {
+        state.store.clone()
     }
 
     async fn on_acquire(
@@ -462,7 +472,7 @@ impl TargetLock {
                 ))
                 .await;
             match created {
-                Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e.message)),
+                Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e)),
                 Ok(Created::Won(written)) => {
                     self.log_skew(state, &written);
                     state.streak = None;
@@ -472,7 +482,7 @@ impl TargetLock {
                 Ok(Created::Exists) => {}
             }
             let observed = match self.within(store.read(&state.lock_path)).await {
-                Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e.message)),
+                Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e)),
                 Ok(None) => continue,
                 Ok(Some(observed)) => observed,
             };
@@ -510,10 +520,10 @@ impl TargetLock {
         }
         Attempt::Failed(
             Box::new(waiter),
-            store_error(format!(
+            store_error(StoreError::new(format!(
                 "the lock file of {} kept changing while it was being taken; try again",
                 state.url
-            )),
+            ))),
         )
     }
 
@@ -603,7 +613,7 @@ impl TargetLock {
         let replaced = self
             .within(self.store(state).replace(
                 &state.lock_path,
-                &judged.bytes,
+                &judged.version(),
                 Token::Fresh {
                     floor: self.ctx.token_floor(),
                 },
@@ -619,7 +629,7 @@ impl TargetLock {
                 Ok(())
             }
             Ok(Replaced::Changed) => Err(StealLost::Changed(Box::new(waiter))),
-            Err(e) => Err(StealLost::Failed(Box::new(waiter), store_error(e.message))),
+            Err(e) => Err(StealLost::Failed(Box::new(waiter), store_error(e))),
         }
     }
 
@@ -723,7 +733,7 @@ impl TargetLock {
             lock_id: record.lock_id.clone(),
             metadata,
             stole,
-            token: written.token.unwrap_or_default(),
+            token: written.token,
             valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
             valid_until_monotonic_ns: valid_until.and_then(crate::context::monotonic_ns),
         };
@@ -734,7 +744,7 @@ impl TargetLock {
             session: waiter.session,
             acquire_id: waiter.acquire_id,
             record,
-            written: written.bytes,
+            written: written.version(),
             since: Instant::now(),
             valid_until,
             retry_delay: RENEW_RETRY_MIN,
@@ -833,6 +843,9 @@ impl TargetLock {
     /// The next local waiter to hand the lock to, if the handoff streak allows one more.
     fn next_handoff(&self, state: &mut TargetLockState) -> Option<Waiter> {
         let settings = &self.ctx.settings;
+        if !state.store.can_replace() {
+            return None;
+        }
         let allowed = match state.streak {
             None => settings.handoff_max_count > 0,
             Some((count, since)) => {
@@ -852,7 +865,11 @@ impl TargetLock {
     }
 
     /// Deletes the lock file if it still holds `written`; logs what else happened.
-    async fn delete_if_ours(&self, state: &TargetLockState, written: &[u8]) -> Option<Conditional> {
+    async fn delete_if_ours(
+        &self,
+        state: &TargetLockState,
+        written: &crate::store::Version,
+    ) -> Option<Conditional> {
         match self
             .within(self.store(state).delete(&state.lock_path, written))
             .await
@@ -938,7 +955,7 @@ impl TargetLock {
                 let valid_until = self.valid_until(sent, ttl);
                 let holding = state.holder.as_mut().expect("checked above");
                 holding.record = record;
-                holding.written = written.bytes;
+                holding.written = written.version();
                 holding.valid_until = valid_until;
                 holding.retry_delay = RENEW_RETRY_MIN;
                 if let Some(until) = valid_until {
@@ -1127,7 +1144,7 @@ impl TargetLock {
         match self.within(self.store(state).read(&state.lock_path)).await {
             Ok(None) => Ok(None),
             Ok(Some(observed)) => Ok(Some(self.judge(state, &observed).0)),
-            Err(e) => Err(store_error(e.message)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -1135,7 +1152,7 @@ impl TargetLock {
     async fn holder_metadata(&self, state: &TargetLockState) -> Option<LockMetadata> {
         if let Some(holding) = &state.holder {
             return Some(lockfile::to_wire(
-                &lockfile::parse(&holding.written),
+                &lockfile::parse(&holding.written.bytes),
                 None,
                 false,
             ));
@@ -1245,7 +1262,7 @@ const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
 /// when renewing).
 fn maker(record: LockRecord) -> MakeLock {
     Box::new(move |token| {
-        let mut record = record;
+        let mut record = record.clone();
         if token.is_some() {
             record.token = token;
         }

@@ -93,8 +93,8 @@ pub struct Holding {
     pub acquire_id: RequestId,
     /// What the lock file says.
     pub record: LockRecord,
-    /// The exact bytes last written: renewal and release act only if the file still holds them.
-    pub written: Vec<u8>,
+    /// The version last written: renewal and release act only if the file still is it.
+    pub written: crate::store::Version,
     /// When it was granted, on the monotonic clock.
     pub since: Instant,
     /// Until when the lease is certainly valid: when the last confirmed write was sent, plus
@@ -120,8 +120,8 @@ pub struct PendingSteal {
 pub struct TargetLockState {
     /// Normalized target URL.
     pub url: String,
-    /// Which store serves it.
-    pub scheme: crate::address::Scheme,
+    /// The store that serves it.
+    pub store: Arc<crate::store::Store>,
     /// Registry key.
     pub key: String,
     /// Where the lock file is in its store.
