@@ -16,7 +16,14 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<u8, Failure> {
         let stores: Vec<_> = status
             .stores
             .iter()
-            .map(|s| json!({ "scheme": s.scheme, "description": s.description }))
+            .map(|s| {
+                let counters: serde_json::Map<String, serde_json::Value> = s
+                    .counters
+                    .iter()
+                    .map(|(name, value)| (name.clone(), json!(value)))
+                    .collect();
+                json!({ "scheme": s.scheme, "description": s.description, "counters": counters })
+            })
             .collect();
         emit_json(&json!({
             "socket": socket,
@@ -58,6 +65,17 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<u8, Failure> {
             key,
             format!("{:<width$}  {}", store.scheme, store.description),
         ));
+        if !store.counters.is_empty() {
+            let counters: Vec<String> = store
+                .counters
+                .iter()
+                .map(|(name, value)| format!("{name} {value}"))
+                .collect();
+            rows.push((
+                "",
+                format!("{:<width$}  requests: {}", "", counters.join(", ")),
+            ));
+        }
     }
     rows.extend([
         ("held", status.held.to_string()),

@@ -15,7 +15,7 @@
 //! # Fencing tokens
 //!
 //! The counter lives in a companion object `<lock key>.fence` (body and user metadata
-//! `vfslock-token`: the last token committed). A token is committed only once the lock is won,
+//! `vfslocktoken`: the last token committed). A token is committed only once the lock is won,
 //! by a conditional write on the fence's version read before the lock was created: a holder
 //! can thus never hand out a token smaller than a holder before it, and if the commit finds the
 //! fence moved on, a larger token is issued and the (still ours) lock file rewritten with it
@@ -131,6 +131,10 @@ pub struct ObjectStore {
     request_timeout: Duration,
     /// Requests made, shown by `vfslockctl status`.
     pub counters: Counters,
+    /// The fence version and counter this daemon last committed, per lock key: the expected
+    /// version of the next commit, which saves reading the fence first. If another daemon
+    /// committed since, the commit's compare-and-swap fails and the fence is read afresh.
+    fences: std::sync::Mutex<std::collections::HashMap<String, (Option<Version>, u64)>>,
     #[cfg(feature = "faults")]
     faults: Option<super::faults::Faults>,
 }
@@ -141,7 +145,8 @@ enum Put {
     Refused,
 }
 
-const TOKEN_METADATA: &str = "vfslock-token";
+/// User-metadata name of the counter; Azure allows only C# identifiers there.
+const TOKEN_METADATA: &str = "vfslocktoken";
 const FENCE_SUFFIX: &str = super::FENCE_SUFFIX;
 const ATTEMPTS: usize = 4;
 
@@ -182,6 +187,7 @@ impl ObjectStore {
             fencing: fencing && service != Service::Sftp,
             request_timeout,
             counters: Counters::default(),
+            fences: Default::default(),
             #[cfg(feature = "faults")]
             faults: None,
         }
@@ -293,6 +299,17 @@ impl ObjectStore {
         )))
     }
 
+    /// Just the bytes (one request), for comparing with what we wrote.
+    async fn read_body(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Counters::bump(&self.counters.reads);
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match self.timed("read", key, self.operator.read(key)).await? {
+            Ok(body) => Ok(Some(body.to_vec())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(failed("read", key, e)),
+        }
+    }
+
     /// One conditional write; an unknown outcome is resolved by reading back.
     async fn put(
         &self,
@@ -337,6 +354,8 @@ impl ObjectStore {
         match outcome {
             Ok(Ok(meta)) => Ok(Put::Written(self.tag_of(&meta))),
             Ok(Err(e)) if lost_condition(&e) => Ok(Put::Refused),
+            // A permanent error (a 4xx other than a lost condition) did not apply.
+            Ok(Err(e)) if !e.is_temporary() => Err(failed("write", key, e)),
             Ok(Err(e)) => {
                 tracing::warn!(key, error = %e, "ambiguous write; reading back");
                 self.resolve(key, bytes).await
@@ -354,6 +373,15 @@ impl ObjectStore {
         match self.read_versioned(key).await? {
             Some(now) if now.bytes == bytes => Ok(Put::Written(now.tag)),
             _ => Ok(Put::Refused),
+        }
+    }
+
+    /// The fence as this daemon last committed it, or as read from the store.
+    async fn fence(&self, key: &str) -> Result<(Option<Version>, u64), StoreError> {
+        let cached = self.fences.lock().expect("fences lock").get(key).cloned();
+        match cached {
+            Some(known) => Ok(known),
+            None => self.read_fence(key).await,
         }
     }
 
@@ -406,7 +434,24 @@ impl ObjectStore {
                 Some((TOKEN_METADATA.to_owned(), text.clone())),
             )
             .await?;
-        Ok(matches!(put, Put::Written(_)))
+        let mut fences = self.fences.lock().expect("fences lock");
+        if fences.len() >= 100_000 {
+            fences.clear();
+        }
+        match put {
+            Put::Written(tag) => {
+                let version = Version {
+                    bytes: text.into_bytes(),
+                    tag,
+                };
+                fences.insert(key.to_owned(), (Some(version), token));
+                Ok(true)
+            }
+            Put::Refused => {
+                fences.remove(key);
+                Ok(false)
+            }
+        }
     }
 
     /// Commits a fresh token for the lock we just wrote at `key` (version `written`), issuing a
@@ -414,15 +459,39 @@ impl ObjectStore {
     async fn commit_token(
         &self,
         key: &str,
-        mut fence: Option<Version>,
-        mut token: u64,
+        fence: Option<Version>,
+        token: u64,
         mut written: Written,
         floor: u64,
         make: &MakeLock,
     ) -> Result<Option<Written>, StoreError> {
+        match self
+            .try_commit_token(key, fence, token, &mut written, floor, make)
+            .await
+        {
+            Ok(true) => Ok(Some(written)),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                // A lock we wrote but cannot fence is not handed out; take it back so that it
+                // does not block everyone until its TTL runs out.
+                let _ = self.delete(key, &written.version()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_commit_token(
+        &self,
+        key: &str,
+        mut fence: Option<Version>,
+        mut token: u64,
+        written: &mut Written,
+        floor: u64,
+        make: &MakeLock,
+    ) -> Result<bool, StoreError> {
         for _ in 0..ATTEMPTS {
             if self.commit_fence(key, &fence, token).await? {
-                return Ok(Some(written));
+                return Ok(true);
             }
             let (moved, counter) = self.read_fence(key).await?;
             fence = moved;
@@ -434,7 +503,7 @@ impl ObjectStore {
             {
                 Put::Written(tag) => {
                     Counters::bump(&self.counters.replaces);
-                    written = Written {
+                    *written = Written {
                         bytes,
                         token: Some(token),
                         modified: None,
@@ -442,7 +511,7 @@ impl ObjectStore {
                     };
                 }
                 // Our lock file is no longer ours: nothing to hand out.
-                Put::Refused => return Ok(None),
+                Put::Refused => return Ok(false),
             }
         }
         Err(StoreError::new(format!(
@@ -457,7 +526,7 @@ impl ObjectStore {
         make: MakeLock,
     ) -> Result<Created, StoreError> {
         let (fence, counter) = if self.fencing {
-            self.read_fence(key).await?
+            self.fence(key).await?
         } else {
             (None, 0)
         };
@@ -503,7 +572,7 @@ impl ObjectStore {
         }
         let fresh = match token {
             Token::Fresh { floor } if self.fencing => {
-                let (fence, counter) = self.read_fence(key).await?;
+                let (fence, counter) = self.fence(key).await?;
                 let token = next_token(counter, token_in(&expected.bytes), floor);
                 Some((fence, token, floor))
             }
@@ -548,9 +617,8 @@ impl ObjectStore {
                  are not handed off; remove a dead holder's lock file by hand"
             )));
         }
-        match self.read(key).await? {
-            Some(current) if current.bytes == expected.bytes => {}
-            _ => return Ok(Replaced::Changed),
+        if self.read_body(key).await?.as_deref() != Some(&expected.bytes[..]) {
+            return Ok(Replaced::Changed);
         }
         let bytes = make(None);
         Counters::bump(&self.counters.replaces);
@@ -572,9 +640,8 @@ impl ObjectStore {
         expected: &Version,
     ) -> Result<Conditional, StoreError> {
         if self.service == Service::Sftp {
-            match self.read(key).await? {
-                Some(current) if current.bytes == expected.bytes => {}
-                _ => return Ok(Conditional::Changed),
+            if self.read_body(key).await?.as_deref() != Some(&expected.bytes[..]) {
+                return Ok(Conditional::Changed);
             }
             Counters::bump(&self.counters.deletes);
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -699,6 +766,8 @@ pub async fn open(
     settings: &crate::config::Settings,
 ) -> Result<ObjectStore, StoreError> {
     use crate::address::Scheme;
+    // The HTTP services need a process-wide transport (reqwest, rustls); idempotent.
+    opendal::install_default();
     let (scheme, authority, start) = &config.parsed;
     let at = |e: opendal::Error| StoreError::new(format!("store {}: {e}", config.prefix));
     let (operator, service) = match scheme {
