@@ -369,3 +369,35 @@ async fn the_blocking_api_works_from_spawn_blocking_too() {
     .expect("the blocking task");
     assert!(outcome.is_already_held(), "{outcome:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_lock_stops_the_closure_when_the_lease_is_lost() {
+    let mut daemon = Daemon::start();
+    let client = daemon.client().await;
+    let target = daemon.file_target("job.csv");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let finished_in_closure = finished.clone();
+    let job = tokio::spawn(async move {
+        client
+            .with_lock(&target, LockOptions::default(), async move |_lock| {
+                let _ = started_tx.send(());
+                // Work that would never end by itself.
+                std::future::pending::<()>().await;
+                finished_in_closure.store(true, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+    });
+    within("the closure to start", started_rx)
+        .await
+        .expect("closure started");
+    // Stopping the daemon ends the lease (it tells the holder, then the connection closes).
+    assert!(daemon.terminate().success());
+    let outcome = within("with_lock to return", job).await.expect("task");
+    match outcome {
+        Err(WithLockError::Lock(e)) => assert_eq!(e.kind(), ErrorKind::LeaseLost, "{e}"),
+        other => panic!("expected a lease-lost lock error, got {other:?}"),
+    }
+    assert!(!finished.load(Ordering::SeqCst), "the closure was stopped, not finished");
+}
