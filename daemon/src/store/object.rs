@@ -543,15 +543,28 @@ impl ObjectStore {
             modified: None,
             tag,
         };
-        let Some(token) = token else {
-            return Ok(Created::Won(written));
-        };
-        match self
-            .commit_token(key, fence, token, written, floor, &make)
-            .await?
-        {
+        let fresh = token.map(|token| (fence, token, floor));
+        match self.fenced(key, written, fresh, &make).await? {
             Some(written) => Ok(Created::Won(written)),
             None => Ok(Created::Exists),
+        }
+    }
+
+    /// A lock just written, with a fresh token to commit (if any): the lock as handed out, or
+    /// `None` when it turned out not to be ours any more.
+    async fn fenced(
+        &self,
+        key: &str,
+        written: Written,
+        fresh: Option<(Option<Version>, u64, u64)>,
+        make: &MakeLock,
+    ) -> Result<Option<Written>, StoreError> {
+        match fresh {
+            None => Ok(Some(written)),
+            Some((fence, token, floor)) => {
+                self.commit_token(key, fence, token, written, floor, make)
+                    .await
+            }
         }
     }
 
@@ -590,13 +603,7 @@ impl ObjectStore {
             modified: None,
             tag,
         };
-        let Some((fence, token, floor)) = fresh else {
-            return Ok(Replaced::Done(written));
-        };
-        match self
-            .commit_token(key, fence, token, written, floor, &make)
-            .await?
-        {
+        match self.fenced(key, written, fresh, &make).await? {
             Some(written) => Ok(Replaced::Done(written)),
             None => Ok(Replaced::Changed),
         }

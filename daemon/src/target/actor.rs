@@ -608,18 +608,7 @@ impl TargetLock {
         judged: Observed,
         holder: LockMetadata,
     ) -> Result<(), StealLost> {
-        let record = self.new_record(&waiter, None);
-        let sent = Instant::now();
-        let replaced = self
-            .within(self.store(state).replace(
-                &state.lock_path,
-                &judged.version(),
-                Token::Fresh {
-                    floor: self.ctx.token_floor(),
-                },
-                maker(record.clone()),
-            ))
-            .await;
+        let (record, sent, replaced) = self.take_over(state, &waiter, &judged.version()).await;
         match replaced {
             Ok(Replaced::Done(written)) => {
                 tracing::info!(target = %state.url, stale_pid = holder.pid, stale_host = %holder.hostname, "took over a stale lock");
@@ -631,6 +620,30 @@ impl TargetLock {
             Ok(Replaced::Changed) => Err(StealLost::Changed(Box::new(waiter))),
             Err(e) => Err(StealLost::Failed(Box::new(waiter), store_error(e))),
         }
+    }
+
+    /// Replaces the lock file `expected` (a stale one, or the releasing holder's) with a new
+    /// holding for `waiter`, with a fresh token. Returns the new record, when its write was
+    /// sent (the lease is measured from then), and what the store did.
+    async fn take_over(
+        &self,
+        state: &TargetLockState,
+        waiter: &Waiter,
+        expected: &crate::store::Version,
+    ) -> (LockRecord, Instant, Result<Replaced, StoreError>) {
+        let record = self.new_record(waiter, None);
+        let sent = Instant::now();
+        let replaced = self
+            .within(self.store(state).replace(
+                &state.lock_path,
+                expected,
+                Token::Fresh {
+                    floor: self.ctx.token_floor(),
+                },
+                maker(record.clone()),
+            ))
+            .await;
+        (record, sent, replaced)
     }
 
     async fn decide_steal(
@@ -791,18 +804,7 @@ impl TargetLock {
             ));
         }
         if let Some(waiter) = self.next_handoff(state) {
-            let record = self.new_record(&waiter, None);
-            let sent = Instant::now();
-            let replaced = self
-                .within(self.store(state).replace(
-                    &state.lock_path,
-                    &holding.written,
-                    Token::Fresh {
-                        floor: self.ctx.token_floor(),
-                    },
-                    maker(record.clone()),
-                ))
-                .await;
+            let (record, sent, replaced) = self.take_over(state, &waiter, &holding.written).await;
             match replaced {
                 Ok(Replaced::Done(written)) => {
                     let streak = state.streak.get_or_insert((0, Instant::now()));
