@@ -1,20 +1,47 @@
 #!/usr/bin/env bash
 # The mutual-exclusion checker, long form, on the release binaries: several daemons sharing
-# one directory of file:// targets, many workers, random SIGKILLs; prints one summary line
-# and exits 0 only if no two holders ever overlapped, fencing tokens strictly increased, no
-# late write was rejected, no lease loss was heard late and no lock file was left behind.
+# one directory of file:// targets (or one prefix in a bucket of a test object store), many
+# workers, random SIGKILLs; prints one summary line and exits 0 only if no two holders ever
+# overlapped, fencing tokens strictly increased, no late write was rejected, no lease loss was
+# heard late and no lock file (or lock object) was left behind.
 #
 #   tests/mutex-checker.sh                                   # 2 minutes, 4 daemons × 8 clients
 #   tests/mutex-checker.sh --duration 300 --daemons 4 --clients 8 --targets 3
 #   tests/mutex-checker.sh --ttl 2 --pause-daemon-every-ms 5000 --pause-daemon-ms 3000
 #
+# On an object store (S3 on moto, GCS on cloudbox, Azure Blob on Azurite): start the test
+# servers first (tests/servers/start.sh; this script reads their tests/servers/run/env). The
+# targets are s3://<bucket>/mutex-checker-<time>-<pid>/t0…; the servers are slow (moto serves
+# one request at a time), so ask for fewer daemons and workers than on file://:
+#
+#   tests/mutex-checker.sh --store s3 --daemons 2 --clients 4 --targets 2 --hold-ms 5
+#   tests/mutex-checker.sh --store gcs --duration 60 --daemons 3 --clients 3
+#   tests/mutex-checker.sh --store azblob --duration 60 --daemons 3 --clients 3
+#   tests/mutex-checker.sh --store s3 --daemons 2 --clients 3 --faults 0.2
+#
+# `--faults RATE` makes each daemon apply that share of its object-store writes and then
+# report them failed ([faults] write-then-fail); it needs the `faults` feature, which this
+# script then builds in. The summary line ends with `store=<name>` (and `injected=<n>`, the
+# daemons' ambiguous writes, with --faults).
+#
 # Arguments are passed to `mutex_checker run` after the defaults below (the last value of an
 # option wins); `--dir DIR` keeps the records and daemon logs there, `--keep` keeps the
-# temporary directory. See `mutex_checker --help`.
+# temporary directory (and the run's objects). See `mutex_checker --help`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --release --bins --locked
+features=()
+for arg in "$@"; do
+    case "$arg" in
+        --faults | --faults=*) features=(--features vfslockd/faults) ;;
+    esac
+done
+if [[ -f tests/servers/run/env ]]; then
+    # shellcheck source=/dev/null
+    . tests/servers/run/env
+fi
+
+cargo build --release --bins --locked "${features[@]}"
 bin_dir="${CARGO_TARGET_DIR:-target}/release"
 exec env VFSLOCK_BIN_DIR="$bin_dir" "$bin_dir/mutex_checker" run \
     --duration 120 --daemons 4 --clients 8 --targets 3 "$@"

@@ -8,7 +8,7 @@ use vfslock_proto::{ListEntry, Request, Response, StatusInfo, WaitMode, Welcome}
 
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, WithLockError};
-use crate::{socket, Lock, LockMetadata, LockOptions};
+use crate::{socket, DetachedLease, Lock, LockMetadata, LockOptions};
 
 /// A connection to the local `vfslockd`. Cheap to clone; every clone and every [`Lock`] made
 /// from it share one socket, and the daemon releases everything held through it when the last
@@ -108,6 +108,97 @@ impl Client {
             }))),
             Some(Err(e)) => Err(WithLockError::Closure(e)),
             Some(Ok(value)) => released.map(|()| value).map_err(WithLockError::Lock),
+        }
+    }
+
+    /// Takes a detached lease on `target`: it belongs to this process's uid and the returned
+    /// lock id, not to this connection, so it outlives the connection and the daemon's restart.
+    /// It is not renewed: it lasts `ttl` (required, above zero) unless
+    /// [`renew_detached`](Client::renew_detached) extends it or
+    /// [`release_detached`](Client::release_detached) ends it. With `wait`, waits up to that long
+    /// (`Some(None)`: for ever) instead of failing at once when the lock is held.
+    pub async fn acquire_detached(
+        &self,
+        target: impl Into<String>,
+        ttl: Duration,
+        owner_id: Option<String>,
+        wait: Option<Option<Duration>>,
+    ) -> Result<DetachedLease, Error> {
+        if ttl.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Other,
+                "a detached lease needs a TTL above zero: nothing renews it",
+            ));
+        }
+        let mut options = LockOptions::default().ttl(ttl);
+        options.owner_id = owner_id;
+        options.detached = true;
+        let mut lock = self.new_lock(target, options);
+        let wait = match wait {
+            None => WaitMode::Try,
+            Some(timeout) => WaitMode::Wait { timeout },
+        };
+        lock.acquire_with(wait).await?;
+        lock.into_detached()
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "granted without a holding"))
+    }
+
+    /// Ends a detached lease by its lock id (this uid's, or any for an admin). Ending one that
+    /// is gone already is not an error.
+    pub async fn release_detached(&self, target: &str, lock_id: &str) -> Result<bool, Error> {
+        match self
+            .conn
+            .request(Request::Release {
+                target: target.to_owned(),
+                lock_id: lock_id.to_owned(),
+            })
+            .await?
+        {
+            Response::Released { held } => Ok(held),
+            other => Err(unexpected("a release", other)),
+        }
+    }
+
+    /// Extends a detached lease by its TTL (or `ttl`) from now; returns the lock file as now
+    /// written.
+    pub async fn renew_detached(
+        &self,
+        target: &str,
+        lock_id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<LockMetadata, Error> {
+        match self
+            .conn
+            .request(Request::Renew {
+                target: target.to_owned(),
+                lock_id: lock_id.to_owned(),
+                ttl,
+            })
+            .await?
+        {
+            Response::Renewed(meta) => Ok(LockMetadata::from_wire(meta)),
+            other => Err(unexpected("a renewal", other)),
+        }
+    }
+
+    /// Removes whoever holds `target`'s lock (like `terraform force-unlock`). Only root and
+    /// members of the daemon's admin group may; `reason` goes to the daemon's log. Returns the
+    /// lock file that was removed.
+    pub async fn break_lock(
+        &self,
+        target: &str,
+        reason: &str,
+    ) -> Result<Option<LockMetadata>, Error> {
+        match self
+            .conn
+            .request(Request::Break {
+                target: target.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+        {
+            Response::Broken(meta) => Ok(meta.map(LockMetadata::from_wire)),
+            other => Err(unexpected("a break", other)),
         }
     }
 

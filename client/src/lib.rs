@@ -61,3 +61,17 @@ pub use error::{Error, ErrorKind, WithLockError};
 pub use lock::{Lock, LockOptions, DEFAULT_TTL};
 pub use metadata::{LockFileFormat, LockMetadata};
 pub use vfslock_proto::{ListEntry, StatusInfo, StoreInfo, Welcome};
+
+/// A detached lease: held by a uid and a lock id rather than a connection; see
+/// [`Client::acquire_detached`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetachedLease {
+    /// The normalized target.
+    pub target: String,
+    /// The lease's lock id, which releases and renews it.
+    pub lock_id: String,
+    /// Its fencing token, where the store gives one.
+    pub token: Option<u64>,
+    /// The lock file as written.
+    pub metadata: LockMetadata,
+}

@@ -26,6 +26,7 @@ pub struct LockOptions {
     pub(crate) on_stale: Option<StaleHandler>,
     pub(crate) on_queue_position: Option<PositionHandler>,
     pub(crate) wait: Option<Option<Duration>>,
+    pub(crate) detached: bool,
 }
 
 impl fmt::Debug for LockOptions {
@@ -182,6 +183,7 @@ impl Lock {
             owner_id: self.options.owner_id.clone(),
             wait,
             ask_on_stale: self.options.on_stale.is_some(),
+            detached: self.options.detached,
         })?;
         let mut pending = PendingAcquire {
             client: &self.client,
@@ -232,6 +234,18 @@ impl Lock {
             lease,
         });
         Ok(())
+    }
+
+    /// Turns a granted detached acquire into its lease, without releasing anything.
+    pub(crate) fn into_detached(mut self) -> Option<crate::DetachedLease> {
+        let held = self.held.take()?;
+        self.client.conn.unwatch_lease(held.acquire_id);
+        Some(crate::DetachedLease {
+            target: held.target,
+            lock_id: held.metadata.lock_id.clone().unwrap_or_default(),
+            token: held.token,
+            metadata: held.metadata,
+        })
     }
 
     /// Releases the lock. Releasing a lock that is not held does nothing and is not an error,

@@ -30,6 +30,10 @@ pub struct LockMetadata {
     pub daemon_id: Option<String>,
     /// Fencing token of the holding (vfslock files only).
     pub token: Option<u64>,
+    /// User id of the holder (vfslock files only).
+    pub uid: Option<u32>,
+    /// Whether it is a detached lease (vfslock files only).
+    pub detached: bool,
     /// Who wrote the file.
     pub format: LockFileFormat,
     /// Whether the daemon judged the lock stale when it read it.
@@ -63,6 +67,8 @@ impl LockMetadata {
             lock_id: wire.lock_id,
             daemon_id: wire.daemon_id,
             token: wire.token,
+            uid: wire.uid,
+            detached: wire.detached,
             format: wire.format,
             stale: wire.stale,
         }

@@ -42,6 +42,7 @@ struct RawFaults {
 struct RawDaemon {
     socket: Option<String>,
     host_id: Option<String>,
+    admin_group: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -189,6 +190,8 @@ pub struct Settings {
     pub socket: Option<PathBuf>,
     /// Host identity from the config file, if set.
     pub host_id: Option<String>,
+    /// Group whose members may break locks and end others' detached leases (besides root).
+    pub admin_group: Option<String>,
     /// Lease given when none is asked for.
     pub default_ttl: Duration,
     /// How long a corrupt lock file counts as held.
@@ -249,6 +252,7 @@ impl RawConfig {
     fn overlay(mut self, over: &RawConfig) -> RawConfig {
         merge(&mut self.daemon.socket, &over.daemon.socket);
         merge(&mut self.daemon.host_id, &over.daemon.host_id);
+        merge(&mut self.daemon.admin_group, &over.daemon.admin_group);
         let (l, o) = (&mut self.locks, &over.locks);
         merge(&mut l.default_ttl, &o.default_ttl);
         merge(&mut l.corrupt_grace, &o.corrupt_grace);
@@ -433,6 +437,7 @@ impl Settings {
         let settings = Settings {
             socket: non_empty(&raw.daemon.socket).map(PathBuf::from),
             host_id: non_empty(&raw.daemon.host_id),
+            admin_group: non_empty(&raw.daemon.admin_group),
             default_ttl: duration_of(&l.default_ttl, "locks.default-ttl")?,
             corrupt_grace: duration_of(&l.corrupt_grace, "locks.corrupt-grace")?,
             stale_answer_timeout: duration_of(
@@ -516,6 +521,7 @@ impl Settings {
                         .unwrap_or_default(),
                 ),
                 host_id: Some(self.host_id.clone().unwrap_or_default()),
+                admin_group: Some(self.admin_group.clone().unwrap_or_default()),
             },
             locks: RawLocks {
                 default_ttl: Some(duration::format(self.default_ttl)),

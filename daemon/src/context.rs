@@ -56,6 +56,8 @@ pub struct Context {
     shutting_down: AtomicBool,
     /// What the watched stale rule has seen, kept here so it outlives idle target actors.
     pub watched: Watched,
+    /// The admin group's id, resolved at startup.
+    pub admin_gid: Option<u32>,
 }
 
 /// For the watched stale rule: each lock file's content as last seen, and since when it has
@@ -97,7 +99,12 @@ impl Watched {
 impl Context {
     /// A context for a daemon with these settings.
     pub fn new(settings: Settings, stores: Stores, host_id: String) -> Self {
+        let admin_gid = settings.admin_group.as_deref().and_then(group_id);
+        if let (Some(group), None) = (&settings.admin_group, admin_gid) {
+            tracing::warn!(%group, "the admin group does not exist: only root may break locks");
+        }
         Context {
+            admin_gid,
             settings,
             stores,
             host_id,
@@ -186,4 +193,25 @@ pub fn monotonic_ns(instant: Instant) -> Option<u64> {
         let _ = instant;
         None
     }
+}
+
+/// The id of the group named `name` (or given as a number), if it exists.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    #[cfg(unix)]
+    {
+        let name = std::ffi::CString::new(name).ok()?;
+        // SAFETY: a valid C string; getgrnam's static result is read at once, and this runs
+        // once at startup, before any other thread looks up groups.
+        let group = unsafe { libc::getgrnam(name.as_ptr()) };
+        if group.is_null() {
+            return None;
+        }
+        // SAFETY: non-null result of getgrnam.
+        Some(unsafe { (*group).gr_gid })
+    }
+    #[cfg(not(unix))]
+    None
 }

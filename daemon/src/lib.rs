@@ -16,6 +16,7 @@
 //! | [`config`]   | TOML → defaults merged → validated settings                          |
 //! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
+//! | [`systemd`]  | a socket passed by systemd, readiness/status/watchdog, journal log lines |
 //! | [`ctl`]      | `vfslockctl` commands, each a small module over the `vfslock` client |
 //!
 //! The binaries (`src/bin/`) only parse arguments, set up logging and call [`run`] or
@@ -32,6 +33,7 @@ pub mod lockfile;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod target;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +44,23 @@ use context::Context;
 use server::ServerError;
 
 /// Runs the daemon on `socket` until SIGTERM or SIGINT, then releases every lock and returns.
+///
+/// Under systemd it serves the socket systemd passed (whose path then replaces `socket`) and
+/// notifies the service manager ([`systemd`]); elsewhere it binds `socket` itself.
 pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError> {
+    // First, while nothing else runs: both remove their variables from the environment.
+    let passed = systemd::take_passed_socket()?;
+    let notifier = systemd::Notifier::from_env();
+    let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
+        Some(path) => {
+            if path != socket {
+                tracing::info!(passed = %path.display(), ignored = %socket.display(), "serving the socket systemd passed");
+            }
+            path
+        }
+        None => socket,
+    };
+    // The instance lock lives beside the socket even when systemd created the socket.
     prepare_socket_dir(&socket)?;
     #[cfg(unix)]
     let _instance = instance::InstanceLock::acquire(&socket)?;
@@ -58,7 +76,17 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
         let info = store.describe();
         tracing::info!(scheme = %info.scheme, "store: {}", info.description);
     }
-    let listener = server::bind(&socket)?;
+    // A passed socket is systemd's: never replaced, chmod-ed or removed by us.
+    let (listener, own_socket) = match passed {
+        Some(passed) => {
+            tracing::info!(
+                name = passed.name.as_deref().unwrap_or(""),
+                "socket passed by systemd"
+            );
+            (passed.listener, None)
+        }
+        None => (server::bind(&socket)?, Some(socket.clone())),
+    };
     tracing::info!(
         socket = %socket.display(),
         host = %ctx.host_id,
@@ -66,7 +94,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
         "vfslockd {} serving",
         env!("CARGO_PKG_VERSION")
     );
-    server::serve(ctx, listener, socket, stop_signal()).await;
+    server::serve(ctx, listener, own_socket, notifier, stop_signal()).await;
     Ok(())
 }
 

@@ -43,6 +43,10 @@ pub struct LockRecord {
     pub daemon_id: String,
     /// Fencing token of this holding; `None` on a store that cannot stand behind one.
     pub token: Option<u64>,
+    /// User id of the holder, where the platform tells.
+    pub uid: Option<u32>,
+    /// A detached lease: it belongs to `uid` and `lock_id`, not to a connection.
+    pub detached: bool,
 }
 
 /// The on-disk shape. Field order is part of the format: the Go names first, so the file reads
@@ -69,6 +73,10 @@ struct WireRecord<'a> {
     acquired_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    detached: bool,
 }
 
 impl LockRecord {
@@ -94,6 +102,8 @@ impl LockRecord {
             daemon_id: &self.daemon_id,
             acquired_at: &acquired_at,
             token: self.token,
+            uid: self.uid,
+            detached: self.detached,
         };
         serde_json::to_vec_pretty(&wire).expect("strings and integers always serialize")
     }
@@ -121,6 +131,10 @@ pub struct ParsedLock {
     pub daemon_id: Option<String>,
     /// `token` (vfslock files only).
     pub token: Option<u64>,
+    /// `uid` (vfslock files only).
+    pub uid: Option<u32>,
+    /// `detached` (vfslock files only).
+    pub detached: bool,
     /// Who wrote the file, as far as its content tells.
     pub format: LockFileFormat,
 }
@@ -137,6 +151,8 @@ impl ParsedLock {
             lock_id: None,
             daemon_id: None,
             token: None,
+            uid: None,
+            detached: false,
             format,
         }
     }
@@ -157,9 +173,11 @@ enum Field {
     DaemonId,
     AcquiredAt,
     Token,
+    Uid,
+    Detached,
 }
 
-const FIELDS: [(&str, Field); 12] = [
+const FIELDS: [(&str, Field); 14] = [
     ("createdAt", Field::CreatedAt),
     ("created_at", Field::CreatedAtV10),
     ("ttl", Field::Ttl),
@@ -172,6 +190,8 @@ const FIELDS: [(&str, Field); 12] = [
     ("daemonId", Field::DaemonId),
     ("acquiredAt", Field::AcquiredAt),
     ("token", Field::Token),
+    ("uid", Field::Uid),
+    ("detached", Field::Detached),
 ];
 
 impl Field {
@@ -187,7 +207,13 @@ impl Field {
     fn is_go_field(self) -> bool {
         !matches!(
             self,
-            Field::Vfslock | Field::LockId | Field::DaemonId | Field::AcquiredAt | Field::Token
+            Field::Vfslock
+                | Field::LockId
+                | Field::DaemonId
+                | Field::AcquiredAt
+                | Field::Token
+                | Field::Uid
+                | Field::Detached
         )
     }
 
@@ -303,6 +329,12 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
         lock_id: non_empty(Field::LockId),
         daemon_id: non_empty(Field::DaemonId),
         token: get(Field::Token).and_then(Value::as_u64),
+        uid: get(Field::Uid)
+            .and_then(Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok()),
+        detached: get(Field::Detached)
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         format,
     }
 }
@@ -396,6 +428,8 @@ pub fn to_wire(lock: &ParsedLock, modified: Option<SystemTime>, stale: bool) -> 
         lock_id: lock.lock_id.clone(),
         daemon_id: lock.daemon_id.clone(),
         token: lock.token,
+        uid: lock.uid,
+        detached: lock.detached,
         format: lock.format,
         stale,
     }
@@ -740,6 +774,8 @@ mod tests {
             lock_id: "lock-1".into(),
             daemon_id: "daemon-1".into(),
             token: Some(1_754_299_812_345_679),
+            uid: Some(1000),
+            detached: false,
         }
     }
 
@@ -759,6 +795,8 @@ mod tests {
                 lock_id: Some("lock-1".into()),
                 daemon_id: Some("daemon-1".into()),
                 token: Some(1_754_299_812_345_679),
+                uid: Some(1000),
+                detached: false,
                 format: LockFileFormat::Vfslock(FORMAT_VERSION),
             }
         );
@@ -779,7 +817,8 @@ mod tests {
   "lockId": "lock-1",
   "daemonId": "daemon-1",
   "acquiredAt": "2025-08-04T09:00:00Z",
-  "token": 1754299812345679
+  "token": 1754299812345679,
+  "uid": 1000
 }"#;
         assert_eq!(json, expected);
         assert!(!json.ends_with('\n'));
@@ -1010,6 +1049,8 @@ mod tests {
                 lock_id: Some("lock-1".into()),
                 daemon_id: Some("daemon-1".into()),
                 token: Some(1_754_299_812_345_679),
+                uid: Some(1000),
+                detached: false,
                 format: LockFileFormat::Vfslock(FORMAT_VERSION),
                 stale: true,
             }

@@ -75,6 +75,8 @@ mod tests {
             lock_id: None,
             daemon_id: None,
             token: Some(17),
+            uid: Some(1000),
+            detached: false,
             format: LockFileFormat::Go,
             stale: true,
         }
@@ -91,7 +93,17 @@ mod tests {
                     timeout: Some(Duration::from_millis(1500)),
                 },
                 ask_on_stale: true,
+                detached: false,
             }),
+            Request::Renew {
+                target: "/tmp/x".into(),
+                lock_id: "abc".into(),
+                ttl: Some(Duration::from_secs(60)),
+            },
+            Request::Break {
+                target: "/tmp/x".into(),
+                reason: "stuck".into(),
+            },
             Request::Cancel {
                 target: "/tmp/x".into(),
                 acquire_id: 3,
@@ -165,6 +177,8 @@ mod tests {
                 sessions: 3,
                 targets: 4,
             }),
+            Response::Renewed(sample_metadata()),
+            Response::Broken(None),
             Response::Pong,
         ];
         for (id, response) in responses.into_iter().enumerate() {

@@ -53,13 +53,34 @@ pub enum Request {
         /// The id of the acquire request to cancel.
         acquire_id: RequestId,
     },
-    /// Release a lock this connection holds. Answers [`Response::Released`]; releasing a lock
-    /// that is not held is not an error (`held: false`).
+    /// Release a lock this connection holds, or a detached lease of the caller's uid (any uid
+    /// for an admin). Answers [`Response::Released`]; releasing a lock that is not held is not
+    /// an error (`held: false`).
     Release {
         /// The target as given to acquire.
         target: String,
         /// The lock id from [`Grant::lock_id`].
         lock_id: String,
+    },
+    /// Extend a detached lease by its TTL (or `ttl`) from now. Answers [`Response::Renewed`],
+    /// or an error of kind [`ErrorKind::LeaseLost`] (not that lease any more) or
+    /// [`ErrorKind::PermissionDenied`] (another uid's lease, caller not an admin).
+    Renew {
+        /// The target.
+        target: String,
+        /// The detached lease's lock id.
+        lock_id: String,
+        /// A new TTL; `None` keeps the lease's.
+        ttl: Option<Duration>,
+    },
+    /// Remove whoever holds the target's lock (an admin's `vfslockctl break`). Only root and
+    /// members of the daemon's admin group may; the caller's identity comes from the socket.
+    /// Answers [`Response::Broken`] with the lock file removed (`None` if there was none).
+    Break {
+        /// The target.
+        target: String,
+        /// Why, for the log.
+        reason: String,
     },
     /// Read a target's lock file, whoever wrote it. Answers [`Response::Metadata`].
     Metadata {
@@ -89,6 +110,11 @@ pub struct AcquireRequest {
     /// Whether the daemon must ask the client ([`Event::StaleQuestion`]) before taking a stale
     /// lock; without it a stale lock is taken.
     pub ask_on_stale: bool,
+    /// A detached lease: it belongs to the caller's uid and its lock id, not to the
+    /// connection. It is not released when the connection closes nor at daemon shutdown, is not
+    /// renewed, and lasts its TTL (required, non-zero) unless released or renewed by lock id
+    /// ([`Request::Release`], [`Request::Renew`]) by the same uid or an admin.
+    pub detached: bool,
 }
 
 /// How long an acquire may wait for the lock.
@@ -148,6 +174,10 @@ pub enum Response {
     List(Vec<ListEntry>),
     /// The daemon's status.
     Status(StatusInfo),
+    /// A detached lease was extended; its lock file as now written.
+    Renewed(LockMetadata),
+    /// A lock was broken; the lock file that was removed.
+    Broken(Option<LockMetadata>),
     /// Answer to [`Request::Ping`].
     Pong,
 }
@@ -236,6 +266,10 @@ pub struct LockMetadata {
     pub daemon_id: Option<String>,
     /// `token`: the fencing token of the holding (vfslock files only).
     pub token: Option<u64>,
+    /// `uid`: the holder's user id (vfslock files only).
+    pub uid: Option<u32>,
+    /// `detached`: a detached lease, which belongs to its uid and lock id (vfslock files only).
+    pub detached: bool,
     /// Who wrote the file, as far as its content tells.
     pub format: LockFileFormat,
     /// Whether the daemon judged the lock stale when it read it.

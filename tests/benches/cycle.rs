@@ -86,6 +86,8 @@ fn lock_bytes() -> Vec<u8> {
         lock_id: "0123456789abcdef0123456789abcdef".into(),
         daemon_id: "fedcba9876543210fedcba9876543210".into(),
         token: Some(1),
+        uid: None,
+        detached: false,
     }
     .to_json()
 }

@@ -299,3 +299,318 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
         Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stores: the same end-to-end tests against every kind of store vfslockd serves
+// ---------------------------------------------------------------------------------------------
+
+/// A store kind the store-parametrized tests (`tests/stores.rs`) run against. The object stores
+/// are the real local servers that `tests/servers/start.sh` starts; their addresses and keys
+/// come from its `VFSLOCK_TEST_*` variables (`tests/servers/run/env`), and a missing variable
+/// fails the test instead of skipping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Store {
+    /// `file://` targets on the local filesystem.
+    File,
+    /// `mem://` targets in the daemon's memory.
+    Mem,
+    /// `s3://` targets on the moto server.
+    S3,
+    /// `gs://` targets on the cloudbox GCS server.
+    Gcs,
+    /// `azblob://` targets on Azurite.
+    Azblob,
+    /// `sftp://` targets on the OpenSSH server (create-only mode).
+    Sftp,
+}
+
+/// The value of a `VFSLOCK_TEST_*` variable; fails the test when the servers' env is missing.
+pub fn test_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: the object-store tests need the local test servers. Run \
+             `tests/servers/start.sh`, then `. tests/servers/run/env` before `cargo test` \
+             (tests/run.sh does both)"
+        ),
+    }
+}
+
+/// Quotes `value` as a TOML basic string.
+fn toml_string(value: &str) -> String {
+    serde_json::Value::from(value).to_string()
+}
+
+impl Store {
+    /// Every store.
+    pub const ALL: [Store; 6] = [
+        Store::File,
+        Store::Mem,
+        Store::S3,
+        Store::Gcs,
+        Store::Azblob,
+        Store::Sftp,
+    ];
+
+    /// The object stores, which need a `[[stores.object]]` table and a server.
+    pub const OBJECT: [Store; 4] = [Store::S3, Store::Gcs, Store::Azblob, Store::Sftp];
+
+    /// The URL scheme of its targets.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Store::File => "file",
+            Store::Mem => "mem",
+            Store::S3 => "s3",
+            Store::Gcs => "gs",
+            Store::Azblob => "azblob",
+            Store::Sftp => "sftp",
+        }
+    }
+
+    /// Whether it is configured as a `[[stores.object]]` table.
+    pub fn is_object(self) -> bool {
+        Store::OBJECT.contains(&self)
+    }
+
+    /// Whether another holder can replace a lock (stale steals, handoff): not on SFTP, which
+    /// runs in create-only mode.
+    pub fn can_steal(self) -> bool {
+        self != Store::Sftp
+    }
+
+    /// Whether grants carry fencing tokens: not on SFTP (create-only mode).
+    pub fn has_tokens(self) -> bool {
+        self != Store::Sftp
+    }
+
+    /// Whether the test process can read and write the store's lock objects itself: every store
+    /// but `mem://`, which lives inside the daemon.
+    pub fn has_raw_access(self) -> bool {
+        self != Store::Mem
+    }
+
+    /// The `[[stores.object]]` prefix of an object store (as `vfslockctl status` names it), the
+    /// scheme's root otherwise.
+    pub fn prefix(self) -> String {
+        match self {
+            Store::File => "file://".into(),
+            Store::Mem => "mem://".into(),
+            Store::S3 => format!("s3://{}/", test_env("VFSLOCK_TEST_S3_BUCKET")),
+            Store::Gcs => format!("gs://{}/", test_env("VFSLOCK_TEST_GCS_BUCKET")),
+            Store::Azblob => format!("azblob://{}/", test_env("VFSLOCK_TEST_AZBLOB_CONTAINER")),
+            Store::Sftp => format!(
+                "sftp://{}{}/",
+                Store::sftp_authority(),
+                test_env("VFSLOCK_TEST_SFTP_ROOT").trim_end_matches('/')
+            ),
+        }
+    }
+
+    /// `user@host:port` of the SFTP server, from `VFSLOCK_TEST_SFTP_ENDPOINT` (`ssh://...`).
+    pub fn sftp_authority() -> String {
+        let endpoint = test_env("VFSLOCK_TEST_SFTP_ENDPOINT");
+        endpoint
+            .strip_prefix("ssh://")
+            .unwrap_or(&endpoint)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The `[[stores.object]]` table serving [`Store::prefix`] (empty for `file` and `mem`,
+    /// which are served by default). Secrets are passed as `env:NAME`, which the daemon reads
+    /// from the environment it inherits from the test.
+    pub fn config(self) -> String {
+        self.config_at(&self.prefix(), None)
+    }
+
+    /// The `[[stores.object]]` table for `prefix`, with the server's endpoint or `endpoint`.
+    pub fn config_at(self, prefix: &str, endpoint: Option<&str>) -> String {
+        let endpoint =
+            |var: &str| toml_string(&endpoint.map_or_else(|| test_env(var), str::to_owned));
+        let lines = match self {
+            Store::File | Store::Mem => return String::new(),
+            Store::S3 => {
+                test_env("VFSLOCK_TEST_S3_ACCESS_KEY_ID");
+                test_env("VFSLOCK_TEST_S3_SECRET_ACCESS_KEY");
+                format!(
+                    "endpoint = {}\nregion = {}\n\
+                     access-key-id = \"env:VFSLOCK_TEST_S3_ACCESS_KEY_ID\"\n\
+                     secret-access-key = \"env:VFSLOCK_TEST_S3_SECRET_ACCESS_KEY\"\n",
+                    endpoint("VFSLOCK_TEST_S3_ENDPOINT"),
+                    toml_string(&test_env("VFSLOCK_TEST_S3_REGION")),
+                )
+            }
+            Store::Gcs => format!(
+                "endpoint = {}\nskip-signature = true\n",
+                endpoint("VFSLOCK_TEST_GCS_ENDPOINT")
+            ),
+            Store::Azblob => {
+                test_env("VFSLOCK_TEST_AZBLOB_KEY");
+                format!(
+                    "endpoint = {}\naccount-name = {}\n\
+                     account-key = \"env:VFSLOCK_TEST_AZBLOB_KEY\"\n",
+                    endpoint("VFSLOCK_TEST_AZBLOB_ENDPOINT"),
+                    toml_string(&test_env("VFSLOCK_TEST_AZBLOB_ACCOUNT")),
+                )
+            }
+            Store::Sftp => format!(
+                "key = {}\nknown-hosts = \"strict\"\n",
+                toml_string(&test_env("VFSLOCK_TEST_SFTP_KEY"))
+            ),
+        };
+        format!(
+            "\n[[stores.object]]\nprefix = {}\n{lines}",
+            toml_string(prefix)
+        )
+    }
+
+    /// A daemon config: [`TEST_CONFIG`]'s `[locks]` plus `locks` (more `[locks]` keys), this
+    /// store's table, and `tail` (more tables, such as `[faults]`).
+    pub fn daemon_config(self, locks: &str, tail: &str) -> String {
+        format!("{TEST_CONFIG}{locks}\n{}\n{tail}\n", self.config())
+    }
+
+    /// A target of this store that no other test uses: `<scheme>://<bucket>/<test>-<unique>/
+    /// data.csv` for the HTTP object stores, `<sftp root>/<test>-<unique>-data.csv` (an existing
+    /// directory) for SFTP, a file in a fresh temporary directory, or a `mem:///` path.
+    pub fn target(self, test: &str) -> StoreTarget {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let unique = format!(
+            "{test}-{}-{}-{nanos:08x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut dir = None;
+        let (url, lock_key) = match self {
+            Store::File => {
+                let temp = tempfile::Builder::new()
+                    .prefix("vfslock-stores-")
+                    .tempdir()
+                    .expect("temporary directory");
+                let path = temp.path().join(format!("{unique}-data.csv"));
+                let path = path.to_string_lossy().into_owned();
+                dir = Some(std::sync::Arc::new(temp));
+                (path.clone(), Some(format!("{path}.lock")))
+            }
+            Store::Mem => (format!("mem:///{unique}/data.csv"), None),
+            Store::S3 | Store::Gcs | Store::Azblob => {
+                let key = format!("{unique}/data.csv");
+                (
+                    format!("{}{key}", self.prefix()),
+                    Some(format!("{key}.lock")),
+                )
+            }
+            Store::Sftp => {
+                let root = test_env("VFSLOCK_TEST_SFTP_ROOT");
+                let path = format!("{}/{unique}-data.csv", root.trim_end_matches('/'));
+                (
+                    format!("sftp://{}{path}", Store::sftp_authority()),
+                    Some(format!("{}.lock", path.trim_start_matches('/'))),
+                )
+            }
+        };
+        StoreTarget {
+            store: self,
+            url,
+            lock_key,
+            _dir: dir,
+        }
+    }
+}
+
+/// A target of one store, unique to one test.
+#[derive(Clone, Debug)]
+pub struct StoreTarget {
+    /// Its store.
+    pub store: Store,
+    /// The target URL (or absolute path, for `file`) that clients lock.
+    pub url: String,
+    /// Where its lock object lives, for raw access from the test: the key in the bucket or
+    /// container; for SFTP the path relative to `/`; for `file` the absolute path of the lock
+    /// file; `None` for `mem`.
+    pub lock_key: Option<String>,
+    _dir: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+impl StoreTarget {
+    /// The lock object's key; fails for `mem`, which the test cannot reach.
+    pub fn key(&self) -> &str {
+        self.lock_key
+            .as_deref()
+            .unwrap_or_else(|| panic!("{:?} lock objects live inside the daemon", self.store))
+    }
+}
+
+impl Daemon {
+    /// Whether this handle's daemon process runs (it was started and not yet stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Stops the daemon, if it runs, with SIGTERM (so that it closes its store connections,
+    /// e.g. the SSH master an SFTP store starts), and SIGKILL after [`DEADLINE`]. Never panics,
+    /// so that it can run in a `Drop`.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: plain syscall on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Runs `vfslockd` with `config`, which must make it refuse to start: returns its exit status
+/// and everything it logged. Fails if it starts serving, or does not exit within [`DEADLINE`].
+pub fn start_refused(config: &str) -> (ExitStatus, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("vfslock-test-")
+        .tempdir()
+        .expect("temporary directory");
+    let (config_path, socket, log_path) = (
+        dir.path().join("vfslockd.toml"),
+        dir.path().join("vfslockd.sock"),
+        dir.path().join("vfslockd.log"),
+    );
+    std::fs::write(&config_path, config).expect("config file");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(bin("vfslockd"))
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--socket")
+        .arg(&socket)
+        .env("RUST_LOG", "vfslockd=debug,info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start vfslockd");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for vfslockd") {
+            return (status, read_log());
+        }
+        if start.elapsed() > DEADLINE || handshake_answers(&socket) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vfslockd did not refuse to start within {DEADLINE:?}:\n{}",
+                read_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -548,6 +548,7 @@ async fn list_shows_held_locks() {
     assert_eq!(entry["owner_id"], "lister");
     assert_eq!(entry["lock_id"], lock.lock_id().expect("held"));
     assert_eq!(entry["ttl_seconds"], 300.0);
+    assert_eq!(entry["token"], lock.token().expect("a token"));
     assert_eq!(entry["waiters"], 0);
     assert!(entry["age_seconds"].as_f64().expect("age") >= 0.0);
 
@@ -558,13 +559,15 @@ async fn list_shows_held_locks() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "WAITERS"]
+        ["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS"]
     );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row[0], url, "{text}");
     assert_eq!(row[1], std::process::id().to_string(), "{text}");
     assert_eq!(row[3], "lister", "{text}");
-    assert_eq!(row[row.len() - 2], "5m", "{text}");
+    assert_eq!(row[row.len() - 3], "5m", "{text}");
+    let token = lock.token().expect("a token").to_string();
+    assert_eq!(row[row.len() - 2], token, "{text}");
     assert_eq!(row[row.len() - 1], "0", "{text}");
 
     lock.release().await.expect("release");

@@ -235,6 +235,7 @@ fn an_on_stale_question_left_unanswered_counts_as_a_veto() {
             owner_id: None,
             wait: WaitMode::Try,
             ask_on_stale: true,
+            detached: false,
         }),
     };
     stream

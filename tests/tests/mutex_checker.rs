@@ -1,16 +1,19 @@
 //! The mutual-exclusion checker, short form: three daemons sharing one directory, nine
 //! workers, random SIGKILLs; no two holders at once, strictly increasing fencing tokens, no
-//! orphan lock files. And its self-test: on `mem://` targets, which each daemon keeps apart,
-//! it must find the overlaps.
+//! orphan lock files. The same with two daemons on each test object store (S3, GCS, Azure
+//! Blob). And its self-test: on `mem://` targets, which each daemon keeps apart, it must find
+//! the overlaps.
 //!
 //! `mutex_checker` finds `vfslockd` next to itself: build the binaries first
-//! (`cargo build --workspace --bins`; `tests/run.sh` does it).
+//! (`cargo build --workspace --bins --features vfslockd/faults`; `tests/run.sh` does it). The
+//! object-store runs need the test servers and their `VFSLOCK_TEST_*` variables
+//! (`tests/servers/start.sh`, then `. tests/servers/run/env`; `tests/run.sh` does both).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Generous: the short run takes about 7 s.
+/// Generous: the short runs take about 5–7 s.
 const RUN_DEADLINE: Duration = Duration::from_secs(90);
 
 struct Outcome {
@@ -124,4 +127,96 @@ fn the_checker_finds_the_overlaps_of_daemons_that_do_not_share_a_store() {
     assert!(!outcome.success, "a broken run passed: {context}");
     assert!(outcome.count("overlaps") > 0, "{context}");
     assert_eq!(outcome.count("kills"), 0, "{context}");
+}
+
+/// Fails (rather than skips) when the test servers' variables are missing.
+fn require_servers(vars: &[&str]) {
+    let missing: Vec<&str> = vars
+        .iter()
+        .copied()
+        .filter(|name| std::env::var_os(name).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not set: start the test servers with tests/servers/start.sh and source \
+         tests/servers/run/env (tests/run.sh does both)",
+        missing.join(", ")
+    );
+}
+
+/// A short run on an object store with its defaults (2 daemons × 3 workers, 2 targets,
+/// 5 s, 5 ms holdings), which must keep every promise.
+fn object_store_run(store: &str, vars: &[&str], extra: &[&str]) -> Outcome {
+    require_servers(vars);
+    let mut args = vec!["--store", store];
+    args.extend_from_slice(extra);
+    let outcome = checker(&args);
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    assert_eq!(
+        outcome.summary.get("store").map(String::as_str),
+        Some(store),
+        "{context}"
+    );
+    for key in [
+        "overlaps",
+        "order_violations",
+        "equal_tokens",
+        "rejected_writes",
+        "lost_late",
+        "orphans",
+    ] {
+        assert_eq!(outcome.count(key), 0, "{key}: {context}");
+    }
+    assert!(outcome.count("acquisitions") > 20, "{context}");
+    assert!(outcome.count("kills") > 0, "{context}");
+    assert!(outcome.success, "mutex_checker failed: {context}");
+    outcome
+}
+
+const S3_VARS: &[&str] = &[
+    "VFSLOCK_TEST_S3_ENDPOINT",
+    "VFSLOCK_TEST_S3_BUCKET",
+    "VFSLOCK_TEST_S3_REGION",
+    "VFSLOCK_TEST_S3_ACCESS_KEY_ID",
+    "VFSLOCK_TEST_S3_SECRET_ACCESS_KEY",
+];
+
+#[test]
+fn daemons_sharing_an_s3_bucket_keep_mutual_exclusion_while_clients_are_killed() {
+    object_store_run("s3", S3_VARS, &[]);
+}
+
+#[test]
+fn daemons_sharing_a_gcs_bucket_keep_mutual_exclusion_while_clients_are_killed() {
+    object_store_run(
+        "gcs",
+        &["VFSLOCK_TEST_GCS_ENDPOINT", "VFSLOCK_TEST_GCS_BUCKET"],
+        &[],
+    );
+}
+
+#[test]
+fn daemons_sharing_an_azure_container_keep_mutual_exclusion_while_clients_are_killed() {
+    object_store_run(
+        "azblob",
+        &[
+            "VFSLOCK_TEST_AZBLOB_ENDPOINT",
+            "VFSLOCK_TEST_AZBLOB_CONTAINER",
+            "VFSLOCK_TEST_AZBLOB_ACCOUNT",
+            "VFSLOCK_TEST_AZBLOB_KEY",
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn daemons_on_s3_keep_mutual_exclusion_when_writes_land_but_report_failure() {
+    let outcome = object_store_run("s3", S3_VARS, &["--faults", "0.2"]);
+    // The daemons resolved the injected faults by reading back.
+    assert!(
+        outcome.count("injected") > 0,
+        "{}\n{}",
+        outcome.line,
+        outcome.stderr
+    );
 }

@@ -399,5 +399,8 @@ async fn with_lock_stops_the_closure_when_the_lease_is_lost() {
         Err(WithLockError::Lock(e)) => assert_eq!(e.kind(), ErrorKind::LeaseLost, "{e}"),
         other => panic!("expected a lease-lost lock error, got {other:?}"),
     }
-    assert!(!finished.load(Ordering::SeqCst), "the closure was stopped, not finished");
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the closure was stopped, not finished"
+    );
 }

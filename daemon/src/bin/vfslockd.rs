@@ -46,17 +46,28 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let logging = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // Under systemd the journal timestamps each line and reads its priority from a `<N>`
+    // prefix; elsewhere, the human format.
+    let journal = vfslockd::systemd::logs_to_journal();
+    if journal {
+        logging
+            .with_ansi(false)
+            .event_format(vfslockd::systemd::JournalFormat::default())
+            .init();
+    } else {
+        logging.init();
+    }
+    let error = vfslockd::systemd::error_prefix(journal);
     let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("vfslockd: {e}");
+            eprintln!("{error}vfslockd: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -67,7 +78,7 @@ fn main() -> ExitCode {
         match parse_offset(&offset) {
             Ok(ns) => settings.clock_offset_ns = ns,
             Err(e) => {
-                eprintln!("vfslockd: --clock-offset: {e}");
+                eprintln!("{error}vfslockd: --clock-offset: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -86,14 +97,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("vfslockd: cannot start the runtime: {e}");
+            eprintln!("{error}vfslockd: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(vfslockd::run(settings, socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vfslockd: {e}");
+            eprintln!("{error}vfslockd: {e}");
             ExitCode::FAILURE
         }
     }

@@ -4,6 +4,7 @@
 //! With nothing held or queued the table is just its header, so that scripts reading the
 //! human output see the same shape either way (`--json` prints `[]`).
 
+use clap::Args;
 use serde_json::json;
 use vfslock::{Client, ListEntry};
 
@@ -11,10 +12,27 @@ use super::output::{emit, emit_json, or_dash, seconds, table};
 use super::Failure;
 use crate::duration;
 
+/// Arguments of `vfslockctl list`.
+#[derive(Args, Debug)]
+pub(super) struct ListArgs {
+    /// Only targets whose normalized URL starts with PREFIX (e.g. `s3://locks/team-a/`).
+    #[arg(long = "target", value_name = "PREFIX")]
+    prefix: Option<String>,
+}
+
 /// Prints the locks held and queued through the daemon; see the module docs of [`super`] for
 /// the JSON fields.
-pub(super) async fn list(client: &Client, json: bool) -> Result<u8, Failure> {
+pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<u8, Failure> {
     let mut entries = client.list().await?;
+    if let Some(prefix) = &args.prefix {
+        // A plain path prefix means the same as its file:// URL, as targets do.
+        let url = if prefix.starts_with('/') {
+            format!("file://{prefix}")
+        } else {
+            prefix.clone()
+        };
+        entries.retain(|e| e.target.starts_with(&url));
+    }
     entries.sort_by(|a, b| a.target.cmp(&b.target));
     if json {
         emit_json(&serde_json::Value::Array(
@@ -24,7 +42,9 @@ pub(super) async fn list(client: &Client, json: bool) -> Result<u8, Failure> {
     }
     let rows: Vec<Vec<String>> = entries.iter().map(entry_row).collect();
     emit(&table(
-        &["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "WAITERS"],
+        &[
+            "TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS",
+        ],
         &rows,
     ))?;
     Ok(0)
@@ -44,6 +64,7 @@ fn entry_json(entry: &ListEntry) -> serde_json::Value {
         "owner_id": entry.owner_id,
         "age_seconds": entry.held_for.map(seconds),
         "ttl_seconds": held_here(entry).then(|| seconds(entry.ttl)),
+        "token": entry.token,
         "waiters": entry.waiters,
     })
 }
@@ -63,6 +84,7 @@ fn entry_row(entry: &ListEntry) -> Vec<String> {
         or_dash(entry.owner_id.as_deref()),
         or_dash(entry.held_for.map(duration::humanize)),
         ttl,
+        or_dash(entry.token),
         entry.waiters.to_string(),
     ]
 }

@@ -10,8 +10,13 @@
 //! |---------|------|
 //! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
 //! | `status` | the daemon's identity, uptime, stores and counters ([`status`]) |
-//! | `list` | locks held and queued through this daemon ([`list`]) |
+//! | `list [--target PREFIX]` | locks held and queued through this daemon ([`list`]) |
 //! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
+//! | `break TARGET [--reason TEXT]` | removes any holder's lock; root or the admin group only ([`break_lock`]) |
+//! | `acquire TARGET --ttl DURATION [--owner ID] [-w DURATION]` | takes a detached lease, prints its lock id and token ([`lease`]) |
+//! | `release TARGET --lock-id ID` | ends a detached lease ([`lease`]) |
+//! | `renew TARGET --lock-id ID [--ttl DURATION]` | extends a detached lease ([`lease`]) |
+//! | `completions SHELL`, `man [SUBCOMMAND]` | shell completions and man pages ([`docs`]) |
 //!
 //! Global options: `--socket PATH` (default: `$VFSLOCK_SOCKET`, else the system daemon's
 //! socket if it exists, else the user's) and `--json` (machine output of `status`, `list` and
@@ -39,20 +44,29 @@
 //! strings, durations are seconds as numbers, and unknown values are `null`.
 //!
 //! `status` prints one object: `socket`, `daemon_version`, `protocol_version`, `pid`,
-//! `hostname`, `instance_id`, `uptime_seconds`, `stores` (array of `{scheme, description}`),
+//! `hostname`, `instance_id`, `uptime_seconds`, `stores` (array of `{scheme, description,
+//! counters}`, `counters` an object of request counts by operation for object stores),
 //! `held`, `waiting`, `sessions`, `targets`.
 //!
 //! `list` prints an array (`[]` when nothing is held or queued) of objects: `target`
 //! (normalized URL), `lock_id`, `pid`, `uid`, `owner_id`, `age_seconds`, `ttl_seconds`
-//! (0: never expires), `waiters`. The holder's fields are `null` for a target that only has
+//! (0: never expires), `token`, `waiters`. The holder's fields are `null` for a target that only has
 //! waiters (its holder is outside this daemon).
 //!
 //! `show` prints one object: `target` (as given) and `locked`; when `locked` is true also
 //! `format` (`"vfslock"`, `"go"`, `"foreign"` or `"corrupt"`), `format_version` (vfslock
 //! files only), `hostname`, `pid`, `owner_id`, `created_at`, `acquired_at` (vfslock files
 //! only), `age_seconds`, `ttl_seconds` (0: never expires; negative: already stale, as the Go
-//! library reads it), `never_expires`, `expires_at`, `stale`, `lock_id`, `daemon_id`.
+//! library reads it), `never_expires`, `expires_at`, `stale`, `lock_id`, `daemon_id`, `token`,
+//! `uid`, `detached`.
+//!
+//! `acquire` prints `{target, lock_id, token, ttl_seconds}`; `release` prints `{target,
+//! lock_id, released}`; `renew` prints `{target, lock_id, ttl_seconds, expires_at}`; `break`
+//! prints `{target, broken, hostname, pid, owner_id, lock_id}`.
 
+mod break_lock;
+mod docs;
+mod lease;
 mod list;
 mod output;
 mod run;
@@ -103,9 +117,29 @@ enum Command {
     /// Show the daemon's version, identity, uptime, stores and counters.
     Status,
     /// List the locks held and queued through this daemon.
-    List,
+    List(list::ListArgs),
     /// Show TARGET's lock file, whoever wrote it; exits 1 when TARGET is not locked.
     Show(show::ShowArgs),
+    /// Remove whoever holds TARGET's lock (root or the daemon's admin group only); the break
+    /// is logged with who and why, and a holder served by a vfslockd learns its lease is lost.
+    Break(break_lock::BreakArgs),
+    /// Take a detached lease for scripts: it outlives this command and belongs to your uid and
+    /// the printed lock id; it lasts --ttl unless renewed or released.
+    Acquire(lease::AcquireArgs),
+    /// End a detached lease by its lock id (your own, or any as an admin).
+    Release(lease::LeaseArgs),
+    /// Extend a detached lease by its TTL (or --ttl) from now.
+    Renew(lease::LeaseArgs),
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of vfslockctl, or of one subcommand.
+    Man {
+        /// A subcommand, for its own page.
+        subcommand: Option<String>,
+    },
 }
 
 /// Why a command failed: the line for stderr and the exit code.
@@ -175,10 +209,18 @@ async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Fai
     match command {
         Command::Run(args) => run::run(socket, args).await,
         Command::Status => status::status(&Client::connect(socket).await?, json).await,
-        Command::List => list::list(&Client::connect(socket).await?, json).await,
+        Command::List(args) => list::list(&Client::connect(socket).await?, args, json).await,
         Command::Show(args) => {
             show::show(&Client::connect(socket).await?, &args.target, json).await
         }
+        Command::Break(args) => {
+            break_lock::break_lock(&Client::connect(socket).await?, args, json).await
+        }
+        Command::Acquire(args) => lease::acquire(&Client::connect(socket).await?, args, json).await,
+        Command::Release(args) => lease::release(&Client::connect(socket).await?, args, json).await,
+        Command::Renew(args) => lease::renew(&Client::connect(socket).await?, args, json).await,
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { subcommand } => docs::man(subcommand.as_deref()),
     }
 }
 

@@ -83,6 +83,9 @@ fn to_json(target: &str, meta: &LockMetadata) -> serde_json::Value {
         "stale": meta.stale,
         "lock_id": meta.lock_id,
         "daemon_id": meta.daemon_id,
+        "token": meta.token,
+        "uid": meta.uid,
+        "detached": meta.detached,
     })
 }
 
@@ -129,6 +132,14 @@ fn to_rows(target: &str, meta: &LockMetadata) -> Vec<(&'static str, String)> {
         ("stale", if meta.stale { "yes" } else { "no" }.to_owned()),
         ("lock id", or_dash(meta.lock_id.as_deref())),
         ("daemon id", or_dash(meta.daemon_id.as_deref())),
+        ("token", or_dash(meta.token)),
+        ("uid", or_dash(meta.uid)),
     ]);
+    if meta.detached {
+        rows.push((
+            "detached",
+            "yes: ends by `vfslockctl release --lock-id`, or its TTL".into(),
+        ));
+    }
     rows
 }

@@ -87,13 +87,21 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
 }
 
 /// Accepts connections until `stop` fires, then shuts down in order (module docs).
+///
+/// `socket` is the socket file to remove at exit: `None` for a socket systemd passed, which
+/// stays for the next daemon. `notifier` hears `READY=1` now and `STOPPING=1` when shutdown
+/// begins ([`crate::systemd`]).
 pub async fn serve(
     ctx: Arc<Context>,
     listener: Listener,
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    notifier: crate::systemd::Notifier,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Listening and the stores are up (`run`): ready. Keeps STATUS= and the watchdog going
+    // until it is dropped at the end of this function.
+    let reporter = crate::systemd::Reporter::start(notifier, ctx.clone());
     let mut sessions = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -115,8 +123,11 @@ pub async fn serve(
     }
     tracing::info!("shutting down: releasing held locks");
     ctx.begin_shutdown();
+    reporter.stopping();
     drop(listener);
-    let _ = std::fs::remove_file(&socket);
+    if let Some(socket) = &socket {
+        let _ = std::fs::remove_file(socket);
+    }
     let released = tokio::time::timeout(ctx.settings.shutdown_timeout, release_all(&ctx)).await;
     if released.is_err() {
         tracing::error!(
@@ -129,6 +140,7 @@ pub async fn serve(
         while sessions.join_next().await.is_some() {}
     })
     .await;
+    drop(reporter);
     tracing::info!("stopped");
 }
 

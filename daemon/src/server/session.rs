@@ -28,7 +28,7 @@ use crate::target::{Peer, SessionLink, TargetLockMessage};
 
 /// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
 pub async fn serve(ctx: Arc<Context>, stream: Stream, shutdown: watch::Receiver<bool>) {
-    let peer = peer_of(&stream);
+    let peer = peer_of(&ctx, &stream);
     let id = ctx.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::debug_span!("session", id, pid = peer.pid);
     serve_as(ctx, stream, shutdown, id, peer)
@@ -102,20 +102,80 @@ async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<(), String> {
     }
 }
 
-fn peer_of(stream: &Stream) -> Peer {
+/// Who the client is, from the kernel: pid, uid, and whether it is an admin (root, or in the
+/// admin group by its effective or any supplementary group). Nothing the client sends counts.
+fn peer_of(ctx: &Context, stream: &Stream) -> Peer {
     match stream.peer_creds() {
-        Ok(creds) => Peer {
-            pid: creds.pid().map(i64::from).unwrap_or(0),
+        Ok(creds) => {
             #[cfg(unix)]
-            uid: creds.euid(),
+            let (uid, groups) = {
+                let mut groups = peer_groups(stream);
+                groups.extend(creds.egid());
+                (creds.euid(), groups)
+            };
             #[cfg(not(unix))]
-            uid: None,
-        },
+            let (uid, groups): (Option<u32>, Vec<u32>) = (None, Vec::new());
+            let admin =
+                uid == Some(0) || ctx.admin_gid.is_some_and(|admin| groups.contains(&admin));
+            Peer {
+                pid: creds.pid().map(i64::from).unwrap_or(0),
+                uid,
+                admin,
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the peer's credentials");
-            Peer { pid: 0, uid: None }
+            Peer {
+                pid: 0,
+                uid: None,
+                admin: false,
+            }
         }
     }
+}
+
+/// The peer's supplementary groups (`SO_PEERGROUPS`, Linux 4.13+), which `interprocess` does not
+/// report.
+#[cfg(target_os = "linux")]
+fn peer_groups(stream: &Stream) -> Vec<u32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    // The generic value; the architectures that differ (sparc, mips) are not ours to build.
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let Stream::UdSocket(inner) = stream;
+    let fd = inner.as_fd().as_raw_fd();
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: valid descriptor; the buffer is valid for `len` bytes, which the kernel
+        // updates to what it wrote (or needs).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+            && count > groups.len()
+            && count <= 65_536
+        {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Vec::new();
+    }
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn peer_groups(_stream: &Stream) -> Vec<u32> {
+    Vec::new()
 }
 
 struct Session {
@@ -290,6 +350,56 @@ impl Session {
                 }
                 Err(e) => self.reply(id, Err(e)),
             },
+            Request::Renew {
+                target,
+                lock_id,
+                ttl,
+            } => match self.address(&target) {
+                Ok(address) => {
+                    let message = TargetLockMessage::RenewDetached {
+                        session,
+                        id,
+                        lock_id,
+                        ttl,
+                    };
+                    self.route(id, &address, message).await;
+                }
+                Err(e) => self.reply(id, Err(e)),
+            },
+            Request::Break { target, reason } => {
+                let peer = self.link.peer;
+                if !peer.admin {
+                    tracing::warn!(uid = ?peer.uid, pid = peer.pid, %target, %reason, "refused a break: not an admin");
+                    let group = self
+                        .ctx
+                        .settings
+                        .admin_group
+                        .as_deref()
+                        .map(|g| format!(" or a member of the group {g}"))
+                        .unwrap_or_default();
+                    return self.reply(
+                        id,
+                        Err(WireError::new(
+                            ErrorKind::PermissionDenied,
+                            format!(
+                                "breaking a lock needs root{group}; you are uid {}",
+                                peer.uid.map_or("unknown".to_owned(), |u| u.to_string())
+                            ),
+                        )),
+                    );
+                }
+                match self.address(&target) {
+                    Ok(address) => {
+                        let message = TargetLockMessage::Break {
+                            session,
+                            id,
+                            reason,
+                        };
+                        self.route(id, &address, message).await;
+                    }
+                    Err(e) => self.reply(id, Err(e)),
+                }
+            }
             Request::Metadata { target } => match self.address(&target) {
                 Ok(address) => {
                     self.route(id, &address, TargetLockMessage::Metadata { session, id })

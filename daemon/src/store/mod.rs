@@ -136,6 +136,9 @@ pub struct StoreError {
     pub message: String,
     /// Whether the store cannot do this at all in its mode (rather than failed this time).
     pub unsupported: bool,
+    /// Whether it failed only because others kept changing the lock file meanwhile: busy, not
+    /// broken; a waiter should wait on.
+    pub contended: bool,
 }
 
 impl StoreError {
@@ -143,13 +146,21 @@ impl StoreError {
         StoreError {
             message: message.into(),
             unsupported: false,
+            contended: false,
         }
     }
 
     pub(crate) fn unsupported(message: impl Into<String>) -> Self {
         StoreError {
-            message: message.into(),
             unsupported: true,
+            ..StoreError::new(message)
+        }
+    }
+
+    pub(crate) fn contended(message: impl Into<String>) -> Self {
+        StoreError {
+            contended: true,
+            ..StoreError::new(message)
         }
     }
 }
@@ -279,7 +290,7 @@ impl Store {
                 return vfslock_proto::StoreInfo {
                     scheme: self.prefix.clone(),
                     description: format!("{mode}{fencing}; {rule}"),
-                    counters: s.counters.snapshot(),
+                    counters: s.counter_snapshot(),
                 };
             }
             Backend::Fs(_) => (

@@ -105,7 +105,7 @@ impl Counters {
     }
 
     /// The counters as name/value pairs, for `vfslockctl status`.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
+    fn snapshot(&self) -> Vec<(String, u64)> {
         [
             ("creates", &self.creates),
             ("reads", &self.reads),
@@ -205,6 +205,21 @@ impl ObjectStore {
         &self.mode
     }
 
+    /// The request counters (and, with the `faults` feature, faults injected), for
+    /// `vfslockctl status`.
+    pub fn counter_snapshot(&self) -> Vec<(String, u64)> {
+        #[allow(unused_mut)]
+        let mut counters = self.counters.snapshot();
+        #[cfg(feature = "faults")]
+        if let Some(faults) = &self.faults {
+            counters.push((
+                "injected".to_owned(),
+                faults.injected.load(Ordering::Relaxed),
+            ));
+        }
+        counters
+    }
+
     /// Whether fresh fencing tokens are issued.
     pub fn fencing(&self) -> bool {
         self.fencing
@@ -294,8 +309,8 @@ impl ObjectStore {
                 }));
             }
         }
-        Err(StoreError::new(format!(
-            "{key} kept changing while it was being read; try again"
+        Err(StoreError::contended(format!(
+            "{key} kept changing while it was being read"
         )))
     }
 
@@ -344,10 +359,12 @@ impl ObjectStore {
         let outcome = match (&self.faults, outcome) {
             (Some(faults), Ok(Ok(meta))) if faults.fail_after_write() => {
                 let _ = meta;
+                // Temporary, as a dropped connection or a 503 would be: the outcome is unknown.
                 Ok(Err(opendal::Error::new(
                     ErrorKind::Unexpected,
                     "injected fault: the write was applied, then failed",
-                )))
+                )
+                .set_temporary()))
             }
             (_, outcome) => outcome,
         };
@@ -693,6 +710,15 @@ impl ObjectStore {
     /// Checks by a live probe on a throwaway object that the store enforces what the lock
     /// protocol needs. Returns the missing capability, if any.
     pub async fn probe(&self, scratch_key: &str) -> Result<Option<String>, StoreError> {
+        let outcome = self.probe_steps(scratch_key).await;
+        // Whatever happened, the throwaway object goes.
+        let _ = self
+            .timed("probe", scratch_key, self.operator.delete(scratch_key))
+            .await;
+        outcome
+    }
+
+    async fn probe_steps(&self, scratch_key: &str) -> Result<Option<String>, StoreError> {
         let a = b"vfslock probe a".to_vec();
         let first = match self.put(scratch_key, &a, None, None).await? {
             Put::Written(tag) => tag,

@@ -73,6 +73,27 @@ pub enum TargetLockMessage {
         /// Why not.
         reason: String,
     },
+    /// Request: extend the detached lease `lock_id` (the caller's uid's, or any for an admin).
+    RenewDetached {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+        /// The detached lease.
+        lock_id: String,
+        /// A new TTL, or the lease's own.
+        ttl: Option<Duration>,
+    },
+    /// Request: remove whoever holds the lock (the session checked that the caller is an
+    /// admin).
+    Break {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+        /// Why, for the log and the holder.
+        reason: String,
+    },
     /// Request: read the lock file.
     Metadata {
         /// Who asks.
@@ -141,7 +162,7 @@ enum Attempt {
     /// The waiter's on-stale decision was asked; it is parked in the state.
     Asked,
     /// Someone else holds it; the waiter comes back.
-    Held(Box<Waiter>, LockMetadata),
+    Held(Box<Waiter>, Box<LockMetadata>),
     /// The store failed; the waiter comes back with the error.
     Failed(Box<Waiter>, WireError),
 }
@@ -244,8 +265,26 @@ impl Actor for TargetLock {
                 let result = if held {
                     self.release_holder(&myself, state).await
                 } else {
-                    Ok(Response::Released { held: false })
+                    self.release_detached(state, &session, &lock_id).await
                 };
+                session.reply(id, result);
+                self.serve_queue(&myself, state).await;
+            }
+            TargetLockMessage::RenewDetached {
+                session,
+                id,
+                lock_id,
+                ttl,
+            } => {
+                let result = self.renew_detached(state, &session, &lock_id, ttl).await;
+                session.reply(id, result);
+            }
+            TargetLockMessage::Break {
+                session,
+                id,
+                reason,
+            } => {
+                let result = self.break_lock(&myself, state, &session, &reason).await;
                 session.reply(id, result);
                 self.serve_queue(&myself, state).await;
             }
@@ -374,6 +413,13 @@ impl TargetLock {
         request: AcquireRequest,
     ) {
         let ttl = request.ttl.unwrap_or(self.ctx.settings.default_ttl);
+        if request.detached && ttl.is_zero() {
+            let error = WireError::new(
+                ErrorKind::InvalidTarget,
+                "a detached lease needs a TTL above zero: nothing renews it",
+            );
+            return session.reply(id, Err(error));
+        }
         let waiter = Waiter {
             session,
             acquire_id: id,
@@ -394,7 +440,7 @@ impl TargetLock {
             Attempt::Granted | Attempt::Asked => {}
             Attempt::Held(waiter, holder) => {
                 let queued = matches!(waiter.request.wait, WaitMode::Wait { .. });
-                self.refuse_or_queue(myself, state, *waiter, Some(holder.clone()));
+                self.refuse_or_queue(myself, state, *waiter, Some((*holder).clone()));
                 if queued {
                     self.schedule_recheck(myself, state, Some(&holder));
                 }
@@ -482,13 +528,15 @@ impl TargetLock {
                 Ok(Created::Exists) => {}
             }
             let observed = match self.within(store.read(&state.lock_path)).await {
+                // Others kept rewriting it (handoffs, renewals): it is held; wait or say so.
+                Err(e) if e.contended => return busy(waiter, &state.url),
                 Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e)),
                 Ok(None) => continue,
                 Ok(Some(observed)) => observed,
             };
             let (holder, stale) = self.judge(state, &observed);
             if !stale {
-                return Attempt::Held(Box::new(waiter), holder);
+                return Attempt::Held(Box::new(waiter), Box::new(holder));
             }
             if waiter.request.ask_on_stale {
                 waiter.session.event(
@@ -518,13 +566,8 @@ impl TargetLock {
                 Err(StealLost::Failed(back, error)) => return Attempt::Failed(back, error),
             }
         }
-        Attempt::Failed(
-            Box::new(waiter),
-            store_error(StoreError::new(format!(
-                "the lock file of {} kept changing while it was being taken; try again",
-                state.url
-            ))),
-        )
+        // The file kept changing under us: someone is busy with it, which is being held.
+        busy(waiter, &state.url)
     }
 
     /// Bounds a store call by the configured store timeout.
@@ -712,6 +755,8 @@ impl TargetLock {
             lock_id: random_id(),
             daemon_id: self.ctx.instance_id.clone(),
             token: None,
+            uid: waiter.session.peer.uid,
+            detached: waiter.request.detached,
         }
     }
 
@@ -753,6 +798,12 @@ impl TargetLock {
         waiter
             .session
             .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
+        if record.detached {
+            // A detached lease belongs to its uid and lock id, not to this actor's session
+            // bookkeeping: nothing renews or releases it here; its lock file is its state.
+            tracing::info!(target = %state.url, uid = ?record.uid, lock_id = %record.lock_id, ttl = ?record.ttl, "detached lease granted");
+            return;
+        }
         state.holder = Some(Holding {
             session: waiter.session,
             acquire_id: waiter.acquire_id,
@@ -840,6 +891,180 @@ impl TargetLock {
             )),
             _ => Ok(Response::Released { held: true }),
         }
+    }
+
+    /// Reads the lock file and checks that it is the detached lease `lock_id` and that
+    /// `session` may act on it.
+    async fn detached_lease(
+        &self,
+        state: &TargetLockState,
+        session: &SessionLink,
+        lock_id: &str,
+    ) -> Result<Option<(Observed, lockfile::ParsedLock)>, WireError> {
+        let Some(observed) = self
+            .within(self.store(state).read(&state.lock_path))
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let parsed = lockfile::parse(&observed.bytes);
+        if !parsed.detached || parsed.lock_id.as_deref() != Some(lock_id) {
+            return Ok(None);
+        }
+        let peer = session.peer;
+        if !(peer.admin || (peer.uid.is_some() && peer.uid == parsed.uid)) {
+            tracing::warn!(target = %state.url, uid = ?peer.uid, owner = ?parsed.uid, "refused an action on another user's detached lease");
+            return Err(WireError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "the detached lease {lock_id} on {} belongs to uid {}; only that user or an \
+                     admin may release or renew it",
+                    state.url,
+                    parsed.uid.map_or("unknown".to_owned(), |u| u.to_string())
+                ),
+            ));
+        }
+        Ok(Some((observed, parsed)))
+    }
+
+    async fn release_detached(
+        &self,
+        state: &TargetLockState,
+        session: &SessionLink,
+        lock_id: &str,
+    ) -> Result<Response, WireError> {
+        let Some((observed, _)) = self.detached_lease(state, session, lock_id).await? else {
+            return Ok(Response::Released { held: false });
+        };
+        match self.delete_if_ours(state, &observed.version()).await {
+            Some(Conditional::Done) => {
+                tracing::info!(target = %state.url, %lock_id, "detached lease released");
+                Ok(Response::Released { held: true })
+            }
+            _ => Ok(Response::Released { held: false }),
+        }
+    }
+
+    async fn renew_detached(
+        &self,
+        state: &TargetLockState,
+        session: &SessionLink,
+        lock_id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Response, WireError> {
+        let gone = || {
+            WireError::new(
+                ErrorKind::LeaseLost,
+                format!(
+                    "{} holds no detached lease {lock_id}: it ran out, was released or was \
+                     broken",
+                    state.url
+                ),
+            )
+        };
+        let Some((observed, parsed)) = self.detached_lease(state, session, lock_id).await? else {
+            return Err(gone());
+        };
+        let now = self.ctx.now();
+        let record = LockRecord {
+            created_at: now,
+            acquired_at: parsed.acquired_at.unwrap_or(now),
+            ttl: ttl.unwrap_or(Duration::from_nanos(parsed.ttl_ns.max(1) as u64)),
+            hostname: self.ctx.host_id.clone(),
+            pid: parsed.pid,
+            owner_id: parsed.owner_id.clone(),
+            lock_id: lock_id.to_owned(),
+            daemon_id: self.ctx.instance_id.clone(),
+            token: parsed.token,
+            uid: parsed.uid,
+            detached: true,
+        };
+        if record.ttl.is_zero() {
+            return Err(WireError::new(
+                ErrorKind::InvalidTarget,
+                "a detached lease needs a TTL above zero",
+            ));
+        }
+        let (_, stale) = self.judge(state, &observed);
+        if stale {
+            return Err(gone());
+        }
+        match self
+            .within(self.store(state).replace(
+                &state.lock_path,
+                &observed.version(),
+                Token::Keep,
+                maker(record),
+            ))
+            .await
+        {
+            Ok(Replaced::Done(written)) => Ok(Response::Renewed(lockfile::to_wire(
+                &lockfile::parse(&written.bytes),
+                written.modified,
+                false,
+            ))),
+            Ok(Replaced::Changed) => Err(gone()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// An admin's break: the holder of this daemon is told its lease is lost; any other
+    /// holder's file (another host's, a Go peer's, a detached lease) is deleted if it is still
+    /// the version read, and its holder, if a vfslockd serves it, learns at its next renewal.
+    async fn break_lock(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+        session: &SessionLink,
+        reason: &str,
+    ) -> Result<Response, WireError> {
+        let who = format!(
+            "uid {} (pid {})",
+            session
+                .peer
+                .uid
+                .map_or("unknown".to_owned(), |u| u.to_string()),
+            session.peer.pid
+        );
+        if let Some(holding) = &state.holder {
+            let broken = lockfile::to_wire(&lockfile::parse(&holding.written.bytes), None, false);
+            tracing::warn!(target = %state.url, by = %who, %reason, holder_pid = broken.pid, "lock broken by an admin");
+            let why = format!("the lock on {} was broken by {who}: {reason}", state.url);
+            self.lose(myself, state, why, true).await;
+            return Ok(Response::Broken(Some(broken)));
+        }
+        for _ in 0..4 {
+            let observed = self
+                .within(self.store(state).read(&state.lock_path))
+                .await
+                .map_err(store_error)?;
+            let Some(observed) = observed else {
+                return Ok(Response::Broken(None));
+            };
+            match self
+                .within(
+                    self.store(state)
+                        .delete(&state.lock_path, &observed.version()),
+                )
+                .await
+                .map_err(store_error)?
+            {
+                Conditional::Done => {
+                    let (broken, _) = self.judge(state, &observed);
+                    tracing::warn!(target = %state.url, by = %who, %reason, holder_pid = broken.pid, holder_host = %broken.hostname, "lock broken by an admin");
+                    return Ok(Response::Broken(Some(broken)));
+                }
+                Conditional::Changed => continue,
+            }
+        }
+        Err(WireError::new(
+            ErrorKind::Store,
+            format!(
+                "the lock file of {} kept changing while it was being broken; try again",
+                state.url
+            ),
+        ))
     }
 
     /// The next local waiter to hand the lock to, if the handoff streak allows one more.
@@ -1270,6 +1495,14 @@ fn maker(record: LockRecord) -> MakeLock {
         }
         record.to_json()
     })
+}
+
+/// The answer for a lock file others keep changing faster than we can read it: held, by
+/// someone we could not pin down.
+fn busy(waiter: Waiter, url: &str) -> Attempt {
+    let mut holder = lockfile::to_wire(&lockfile::parse(b"{}"), None, false);
+    holder.hostname = format!("(busy: the lock file of {url} kept changing)");
+    Attempt::Held(Box::new(waiter), Box::new(holder))
 }
 
 fn lease_lost_at_release(url: &str, why: &str) -> WireError {

@@ -34,6 +34,9 @@ pub struct Peer {
     pub pid: i64,
     /// The client's user id, where the platform tells.
     pub uid: Option<u32>,
+    /// Root, or a member of the daemon's admin group (supplementary groups included): may
+    /// break any lock and end any detached lease.
+    pub admin: bool,
 }
 
 /// A session as target actors see it: where to send answers and events.

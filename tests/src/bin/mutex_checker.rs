@@ -1,21 +1,23 @@
 //! `mutex_checker`: checks vfslock's promises under load and crashes — never two holders of
 //! one lock at once, and fencing tokens that strictly increase — with several daemons (one per
-//! "host") sharing one directory of `file://` targets.
+//! "host") sharing one directory of `file://` targets, or one prefix in a bucket of a test
+//! object store (S3, GCS, Azure Blob; `tests/servers/start.sh` starts them).
 //!
 //! ```text
-//! mutex_checker run [--daemons N] [--clients M] [--targets K] [--duration SECS]
+//! mutex_checker run [--store file|s3|gcs|azblob] [--faults RATE]
+//!                   [--daemons N] [--clients M] [--targets K] [--duration SECS]
 //!                   [--hold-ms MS] [--kill-every-ms MS] [--kill-holder-percent P]
 //!                   [--ttl SECS] [--dir DIR]
 //!                   [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
-//! mutex_checker worker --socket S --resource R --data DIR --targets K --hold-ms MS
-//!                      --ttl SECS --log FILE --id NAME [--mem]
+//! mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
+//!                      --hold-ms MS --ttl SECS --log FILE --id NAME [--mem]
 //! ```
 //!
 //! `run` (the coordinator) starts N `vfslockd`s, a guarded resource that rejects writes with
 //! a lower fencing token than it has seen, and N×M workers (this binary, mode `worker`); it
 //! SIGKILLs and restarts a random worker every kill interval, stops everything, looks for
-//! orphan lock files and analyses the workers' records. It prints one summary line on stdout
-//! (details on stderr) and exits 0 only if no violation was found.
+//! orphan lock files (or objects) and analyses the workers' records. It prints one summary
+//! line on stdout (details on stderr) and exits 0 only if no violation was found.
 
 #[path = "mutex_checker/analysis.rs"]
 mod analysis;
@@ -25,6 +27,8 @@ mod coordinator;
 mod records;
 #[path = "mutex_checker/resource.rs"]
 mod resource;
+#[path = "mutex_checker/store.rs"]
+mod store;
 #[path = "mutex_checker/worker.rs"]
 mod worker;
 
@@ -33,17 +37,24 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use coordinator::RunArgs;
+use store::StoreKind;
 use worker::WorkerArgs;
 
 const USAGE: &str = "usage:
-  mutex_checker run [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
+  mutex_checker run [--store file|s3|gcs|azblob] [--faults RATE]
+                    [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
                     [--kill-every-ms MS] [--kill-holder-percent P] [--ttl SECS] [--dir DIR]
                     [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
-  mutex_checker worker --socket S --resource R --data DIR --targets K --hold-ms MS --ttl SECS
-                       --log FILE --id NAME [--mem]
+  mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
+                       --hold-ms MS --ttl SECS --log FILE --id NAME [--mem]
 
   Defaults: 3 daemons, 3 clients per daemon, 2 targets, 6 s, hold 2 ms, a SIGKILL every 400 ms
   (50% of them aimed at the holder of a random target), ttl 5 s.
+  --store s3|gcs|azblob: targets in a run-unique prefix of the test server's bucket, as the
+  VFSLOCK_TEST_* variables of tests/servers/run/env say (tests/servers/start.sh); defaults
+  there: 2 daemons, 3 clients per daemon, 2 targets, 5 s, hold 5 ms.
+  --faults RATE (object stores; vfslockd built with the `faults` feature): each daemon applies
+  that share of its store writes, then reports them failed ([faults] write-then-fail).
   --pause-daemon-every-ms/--pause-daemon-ms: SIGSTOP a random daemon that often, for that long
   (a frozen host; leases must run out on the clients' clocks before another daemon steals).
   --keep: keep the working directory after a clean run. --mem: lock mem:// targets, which each
@@ -156,8 +167,11 @@ fn run_args(flags: &Flags) -> Result<RunArgs, String> {
         "pause-daemon-ms",
         "keep",
         "mem",
+        "store",
+        "faults",
     ])?;
-    let defaults = RunArgs::default();
+    let store: StoreKind = flags.get("store")?.unwrap_or(StoreKind::File);
+    let defaults = RunArgs::defaults_for(store);
     let millis = |name: &str, default: Duration| -> Result<Duration, String> {
         Ok(flags
             .get::<u64>(name)?
@@ -187,12 +201,19 @@ fn run_args(flags: &Flags) -> Result<RunArgs, String> {
         pause_for: millis("pause-daemon-ms", defaults.pause_for)?,
         keep: flags.has("keep"),
         mem: flags.has("mem"),
+        store,
+        faults: match flags.get::<f64>("faults")? {
+            Some(rate) if !(0.0..=1.0).contains(&rate) => {
+                return Err(format!("--faults {rate}: a share between 0 and 1"))
+            }
+            rate => rate,
+        },
     })
 }
 
 fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
     flags.only(&[
-        "socket", "resource", "data", "targets", "hold-ms", "ttl", "log", "id", "mem",
+        "socket", "resource", "data", "base", "targets", "hold-ms", "ttl", "log", "id", "mem",
     ])?;
     let targets: usize = flags.require("targets")?;
     if targets == 0 {
@@ -202,6 +223,7 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
         socket: flags.require("socket")?,
         resource: flags.require("resource")?,
         data: flags.require("data")?,
+        base: flags.get("base")?,
         targets,
         hold: Duration::from_millis(flags.require("hold-ms")?),
         ttl: seconds(flags.require("ttl")?, "ttl")?,
@@ -277,6 +299,21 @@ mod tests {
         assert!(args.keep);
 
         assert!(run_args(&flags(&["--bogus", "1"], &[])).is_err());
+        assert!(run_args(&flags(&["--store", "nfs"], &[])).is_err());
+        assert!(run_args(&flags(&["--faults", "1.5"], &[])).is_err());
+    }
+
+    #[test]
+    fn an_object_store_has_its_own_defaults_which_flags_override() {
+        let args = run_args(&flags(&["--store", "s3", "--faults", "0.2"], &[])).unwrap();
+        assert_eq!(args.store, StoreKind::S3);
+        assert_eq!((args.daemons, args.clients, args.targets), (2, 3, 2));
+        assert_eq!(args.hold, Duration::from_millis(5));
+        assert_eq!(args.faults, Some(0.2));
+        let args = run_args(&flags(&["--store=azblob", "--daemons", "3"], &[])).unwrap();
+        assert_eq!((args.store, args.daemons), (StoreKind::Azblob, 3));
+        assert_eq!(args.faults, None);
+        assert_eq!(run_args(&flags(&[], &[])).unwrap().store, StoreKind::File);
         assert!(run_args(&flags(&["--daemons", "x"], &[])).is_err());
     }
 

@@ -1,6 +1,7 @@
-//! The coordinator (`mutex_checker run`): starts the daemons sharing one data directory, the
-//! guarded resource and the workers; kills random workers while they run; stops everything;
-//! looks for orphan lock files; analyses the records and prints the verdict.
+//! The coordinator (`mutex_checker run`): starts the daemons sharing one data directory (or
+//! one prefix in an object store's bucket), the guarded resource and the workers; kills random
+//! workers while they run; stops everything; looks for orphan lock files (or objects);
+//! analyses the records and prints the verdict.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::analysis::{analyze, Analysis, Instance};
 use crate::records::{now_ns, read_log, Record};
 use crate::resource::{ResourceServer, ResourceStats};
+use crate::store::{ObjectStore, StoreKind};
 use crate::Rng;
 
 /// How long a process gets to start serving or to exit after SIGTERM.
@@ -21,6 +23,13 @@ const ORPHAN_MARGIN: Duration = Duration::from_secs(2);
 
 /// The daemons' config: waiters on another daemon's holder re-check quickly.
 const DAEMON_CONFIG: &str = "[locks]\nrecheck-min = \"5ms\"\nrecheck-max = \"50ms\"\n";
+
+/// The same on an object store, where a re-check costs three requests (stat, read, stat) to
+/// a server that may serve one request at a time.
+const OBJECT_DAEMON_CONFIG: &str = "[locks]\nrecheck-min = \"10ms\"\nrecheck-max = \"100ms\"\n";
+
+/// How often the orphan check lists an object store.
+const LIST_EVERY: Duration = Duration::from_millis(100);
 
 /// The run's settings (`mutex_checker run …`).
 #[derive(Clone, Debug)]
@@ -53,6 +62,12 @@ pub(crate) struct RunArgs {
     /// Lock `mem://` targets, which each daemon keeps apart: with several daemons, mutual
     /// exclusion is broken on purpose, and the run must fail (the checker's self-test).
     pub(crate) mem: bool,
+    /// Where the targets are: the shared directory, or a run-unique prefix in a bucket of a
+    /// test object store.
+    pub(crate) store: StoreKind,
+    /// The share of object-store writes each daemon applies and then reports as failed
+    /// (`[faults] write-then-fail`; needs daemons built with the `faults` feature).
+    pub(crate) faults: Option<f64>,
 }
 
 impl Default for RunArgs {
@@ -71,6 +86,29 @@ impl Default for RunArgs {
             pause_for: Duration::ZERO,
             keep: false,
             mem: false,
+            store: StoreKind::File,
+            faults: None,
+        }
+    }
+}
+
+impl RunArgs {
+    /// The defaults for a run on `store`. An object store answers in milliseconds, not
+    /// microseconds (moto serves one request at a time): fewer daemons and workers, longer
+    /// holdings, so that a short run still has enough acquisitions and stays short.
+    pub(crate) fn defaults_for(store: StoreKind) -> RunArgs {
+        let file = RunArgs::default();
+        match store {
+            StoreKind::File => file,
+            StoreKind::S3 | StoreKind::Gcs | StoreKind::Azblob => RunArgs {
+                daemons: 2,
+                clients: 3,
+                targets: 2,
+                duration: Duration::from_secs(5),
+                hold: Duration::from_millis(5),
+                store,
+                ..file
+            },
         }
     }
 }
@@ -262,6 +300,8 @@ struct Run {
     pauses: u64,
     unexpected_exits: Vec<String>,
     daemon_failures: Vec<String>,
+    /// The object store the targets are in (`None`: the shared directory).
+    object: Option<ObjectStore>,
 }
 
 impl Drop for Run {
@@ -314,6 +354,13 @@ impl Run {
             .arg(self.dir.join("resource.sock"))
             .arg("--data")
             .arg(self.data())
+            .args(
+                self.object
+                    .as_ref()
+                    .map(|store| ["--base".to_owned(), store.base_url()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--targets")
             .arg(self.args.targets.to_string())
             .arg("--hold-ms")
@@ -348,7 +395,10 @@ impl Run {
     /// ours.
     fn holder_of_random_target(&mut self) -> Option<usize> {
         let target = self.rng.below(self.args.targets as u64);
-        let bytes = std::fs::read(self.data().join(format!("t{target}.lock"))).ok()?;
+        let bytes = match &self.object {
+            Some(store) => store.read_lock(target as usize)?,
+            None => std::fs::read(self.data().join(format!("t{target}.lock"))).ok()?,
+        };
         let meta: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let pid = u32::try_from(meta.get("pid")?.as_u64()?).ok()?;
         self.workers
@@ -503,16 +553,70 @@ impl Run {
         }
     }
 
-    /// Waits up to the TTL plus a margin for the lock files to go; those left are orphans.
-    fn orphans(&self) -> Vec<PathBuf> {
+    /// Waits up to the TTL plus a margin for the lock files (or objects) to go; those left
+    /// are orphans, given as name and content.
+    fn orphans(&self) -> Result<Vec<(String, String)>, String> {
         let deadline = Instant::now() + self.args.ttl + ORPHAN_MARGIN;
+        let one_line = |text: String| text.split_whitespace().collect::<Vec<_>>().join(" ");
         loop {
-            let files = lock_files(&self.data());
-            if files.is_empty() || Instant::now() >= deadline {
-                return files;
+            let last = Instant::now() >= deadline;
+            match &self.object {
+                None => {
+                    let files = lock_files(&self.data());
+                    if files.is_empty() || last {
+                        return Ok(files
+                            .iter()
+                            .map(|path| {
+                                let text = std::fs::read_to_string(path).unwrap_or_default();
+                                (path.display().to_string(), one_line(text))
+                            })
+                            .collect());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Some(store) => {
+                    let keys = store.lock_objects()?;
+                    if keys.is_empty() || last {
+                        return Ok(keys
+                            .iter()
+                            .map(|key| (store.url_of(key), one_line(store.read_text(key))))
+                            .collect());
+                    }
+                    std::thread::sleep(LIST_EVERY);
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The sum over the running daemons of their object store's `ambiguous` counter (writes
+    /// whose outcome was resolved by reading back, injected faults among them); `None` if a
+    /// daemon did not answer.
+    fn ambiguous_writes(&self) -> Option<u64> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let mut total = 0;
+        for daemon in self.daemons.iter().filter(|d| d.child.is_some()) {
+            let status = runtime.block_on(async {
+                let ask = async {
+                    let client = vfslock::Client::connect(&daemon.socket).await.ok()?;
+                    client.status().await.ok()
+                };
+                tokio::time::timeout(Duration::from_secs(5), ask)
+                    .await
+                    .ok()
+                    .flatten()
+            })?;
+            total += status
+                .stores
+                .iter()
+                .flat_map(|store| &store.counters)
+                .filter(|(name, _)| name == "ambiguous")
+                .map(|(_, value)| value)
+                .sum::<u64>();
+        }
+        Some(total)
     }
 
     fn stop_daemons(&mut self) {
@@ -580,6 +684,28 @@ fn run(args: RunArgs) -> Result<bool, String> {
     if args.daemons == 0 || args.clients == 0 || args.targets == 0 {
         return Err("--daemons, --clients and --targets must be at least 1".into());
     }
+    if args.mem && args.store != StoreKind::File {
+        return Err("--mem locks mem:// targets: it does not go with --store".into());
+    }
+    if let Some(rate) = args.faults {
+        if args.store == StoreKind::File {
+            return Err("--faults acts on object-store writes: give --store s3|gcs|azblob".into());
+        }
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("--faults {rate}: a share between 0 and 1"));
+        }
+    }
+    let object = match args.store {
+        StoreKind::File => None,
+        kind => Some(ObjectStore::from_env(kind)?),
+    };
+    let mut daemon_config = match &object {
+        None => DAEMON_CONFIG.to_owned(),
+        Some(store) => format!("{OBJECT_DAEMON_CONFIG}\n{}", store.config_table()),
+    };
+    if let Some(rate) = args.faults {
+        daemon_config.push_str(&format!("\n[faults]\nwrite-then-fail = {rate:?}\n"));
+    }
     let vfslockd = find_bin("vfslockd")?;
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let (dir, temp) = match &args.dir {
@@ -604,7 +730,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{sub}: {e}"))?;
     }
     let leftovers = lock_files(&dir.join("data"));
-    if !leftovers.is_empty() {
+    if object.is_none() && !leftovers.is_empty() {
         eprintln!(
             "mutex-checker: warning: lock files left from an earlier run (stale after their \
              TTL): {leftovers:?}"
@@ -627,10 +753,14 @@ fn run(args: RunArgs) -> Result<bool, String> {
         pauses: 0,
         unexpected_exits: Vec::new(),
         daemon_failures: Vec::new(),
+        object,
     };
+    if let Some(store) = &run.object {
+        eprintln!("mutex-checker: targets {}/t0..", store.base_url());
+    }
     for index in 0..args.daemons {
         let config = dir.join(format!("daemon-{index}.toml"));
-        std::fs::write(&config, DAEMON_CONFIG).map_err(|e| format!("config: {e}"))?;
+        std::fs::write(&config, &daemon_config).map_err(|e| format!("config: {e}"))?;
         let mut daemon = Daemon {
             index,
             child: None,
@@ -658,21 +788,13 @@ fn run(args: RunArgs) -> Result<bool, String> {
     run.drive()?;
     run.stop_workers();
     let run_end = now_ns();
-    let orphans = run.orphans();
+    let orphans = run.orphans()?;
     let orphan_contents: Vec<String> = orphans
         .iter()
-        .map(|path| {
-            format!(
-                "{}: {}",
-                path.display(),
-                std::fs::read_to_string(path)
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
-        })
+        .map(|(name, content)| format!("{name}: {content}"))
         .collect();
+    // Asked before the daemons stop: the counters go with them.
+    let ambiguous = run.object.as_ref().and_then(|_| run.ambiguous_writes());
     run.stop_daemons();
 
     let mut instances = Vec::new();
@@ -696,6 +818,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         stats: &stats,
         kills: run.kills,
         orphans: orphans.len(),
+        injected: ambiguous.filter(|_| args.faults.is_some()),
     };
     // A daemon that died, or a worker that exited by itself (a panic, in the client library
     // or here), fails the run too, though the summary line has no column for it.
@@ -703,12 +826,30 @@ fn run(args: RunArgs) -> Result<bool, String> {
         report.passes() && run.daemon_failures.is_empty() && run.unexpected_exits.is_empty();
 
     print_details(&run, &instances, &analysis, &stats, torn, &orphan_contents);
+    if let Some(ambiguous) = ambiguous {
+        eprintln!("mutex-checker: ambiguous_writes={ambiguous} (the daemons' store counters)");
+    }
     eprintln!(
         "mutex-checker: ran {:.1}s in {}",
         started.elapsed().as_secs_f64(),
         dir.display()
     );
     println!("{}", report.summary());
+    // The run's objects (the fence counters, which stay by design) go after a clean run.
+    if let Some(store) = run.object.as_ref().filter(|_| clean && !args.keep) {
+        match store.remove_run() {
+            Ok(removed) => eprintln!(
+                "mutex-checker: removed the {removed} objects under {}/",
+                store.base_url()
+            ),
+            Err(e) => eprintln!(
+                "mutex-checker: warning: cannot remove {}/: {e}",
+                store.base_url()
+            ),
+        }
+    } else if let Some(store) = &run.object {
+        eprintln!("mutex-checker: objects kept under {}/", store.base_url());
+    }
     drop(run);
     if let Some(temp) = temp {
         if clean && !args.keep {
@@ -728,6 +869,8 @@ struct Report<'a> {
     stats: &'a ResourceStats,
     kills: u64,
     orphans: usize,
+    /// With `--faults`: the daemons' ambiguous writes (injected faults among them).
+    injected: Option<u64>,
 }
 
 impl Report<'_> {
@@ -736,7 +879,7 @@ impl Report<'_> {
         format!(
             "mutex-checker: daemons={} clients={} targets={} acquisitions={} overlaps={} \
              order_violations={} equal_tokens={} rejected_writes={} lost_leases={} \
-             lost_late={} kills={} orphans={}",
+             lost_late={} kills={} orphans={} store={}{}",
             self.args.daemons,
             self.args.daemons * self.args.clients,
             self.args.targets,
@@ -748,7 +891,10 @@ impl Report<'_> {
             a.lost_leases,
             a.lost_late,
             self.kills,
-            self.orphans
+            self.orphans,
+            self.args.store.name(),
+            self.injected
+                .map_or_else(String::new, |n| format!(" injected={n}"))
         )
     }
 
@@ -873,13 +1019,25 @@ mod tests {
             stats: &stats,
             kills: 14,
             orphans: 0,
+            injected: None,
         };
         assert_eq!(
             report.summary(),
             "mutex-checker: daemons=3 clients=9 targets=2 acquisitions=1234 overlaps=0 \
              order_violations=0 equal_tokens=0 rejected_writes=0 lost_leases=2 lost_late=0 \
-             kills=14 orphans=0"
+             kills=14 orphans=0 store=file"
         );
+        let faulty = Report {
+            injected: Some(3),
+            ..report
+        };
+        assert!(faulty
+            .summary()
+            .ends_with(" orphans=0 store=file injected=3"));
+        let report = Report {
+            injected: None,
+            ..faulty
+        };
         assert!(report.passes());
         let orphaned = Report {
             orphans: 1,

@@ -30,6 +30,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) resource: PathBuf,
     /// The directory of the targets `t0` … `t{targets-1}`.
     pub(crate) data: PathBuf,
+    /// The targets are `<base>/t0` … instead (an object-store URL prefix such as
+    /// `s3://locks/mutex-checker-…`).
+    pub(crate) base: Option<String>,
     /// How many targets.
     pub(crate) targets: usize,
     /// How long each holding lasts.
@@ -110,6 +113,8 @@ async fn run(args: WorkerArgs) -> ExitCode {
         .map(|i| {
             if args.mem {
                 format!("mem:///mutex-checker/t{i}")
+            } else if let Some(base) = &args.base {
+                format!("{}/t{i}", base.trim_end_matches('/'))
             } else {
                 args.data
                     .join(format!("t{i}"))

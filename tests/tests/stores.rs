@@ -1,0 +1,1010 @@
+//! The lock protocol end to end on every kind of store: `file://`, `mem://`, and the object
+//! stores `s3://`, `gs://`, `azblob://` and `sftp://` on the real local servers that
+//! `tests/servers/start.sh` starts (a missing server fails these tests: run that script, or
+//! `tests/run.sh`). Each case runs once per store, as `<case>::<store>`:
+//!
+//! 1. acquire and release, and a second acquire is already-held with the holder's metadata;
+//! 2. of 9 clients on 3 daemons racing for a stale lock, exactly one wins, every round (on SFTP,
+//!    which is create-only, nobody steals it and every acquire says why);
+//! 3. fencing tokens strictly increase across daemons sharing the store and across a restart,
+//!    and equal the lock object's `token` (SFTP issues none);
+//! 4. a holder whose lock object is replaced behind its back learns it at its next renewal,
+//!    and leaves the new object alone;
+//! 5. a queued waiter gets the lock when the holder releases it (a handoff where the store can
+//!    replace) and when the holder's connection drops;
+//! 6. writes that land but report a failure (the `faults` feature) are resolved by reading back;
+//! 7. store requests per uncontended acquire + release;
+//! 8. a target no store serves is refused, and a store whose server is unreachable stops the
+//!    daemon at startup.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Barrier;
+use vfslock::{Client, ErrorKind, Lock, LockOptions};
+use vfslock_tests::{
+    fixture, next_position, start_refused, test_env, watch_queue, within, Daemon, Store,
+    StoreTarget, DEADLINE,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// One test per (case, store): `case::store`, so that a failure names its store.
+macro_rules! per_store {
+    ($(#[$attr:meta])* $case:ident, [$($name:ident => $store:ident),+ $(,)?]) => {
+        mod $case {
+            per_store!(@tests [$(#[$attr])*] $case; $($name => $store),+);
+        }
+    };
+    (@tests [$($attrs:tt)*] $case:ident;
+        $name:ident => $store:ident $(, $more:ident => $stores:ident)*) => {
+        #[tokio::test(flavor = "multi_thread")]
+        $($attrs)*
+        async fn $name() {
+            super::$case(vfslock_tests::Store::$store).await;
+        }
+        per_store!(@tests [$($attrs)*] $case; $($more => $stores),*);
+    };
+    (@tests [$($attrs:tt)*] $case:ident;) => {};
+}
+
+/// A daemon that is stopped with SIGTERM when dropped, so that it closes its store connections
+/// (an SFTP store's SSH master outlives a SIGKILL).
+struct Host(Daemon);
+
+impl std::ops::Deref for Host {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// A daemon serving `store`, with `locks` added to the test `[locks]` and `tail` appended.
+fn host_with(store: Store, id: &str, locks: &str, tail: &str) -> Host {
+    Host(Daemon::start_host(
+        &store.daemon_config(locks, tail),
+        None,
+        &["--host-id", id],
+    ))
+}
+
+/// A daemon serving `store` with the test settings.
+fn host(store: Store) -> Host {
+    host_with(store, "h0", "", "")
+}
+
+/// `count` daemons `h0`, `h1`, ... serving `store` (for `file://`, targets are absolute paths,
+/// so they share the filesystem; `mem://` cannot be shared).
+fn hosts(store: Store, count: usize) -> Vec<Host> {
+    (0..count)
+        .map(|i| host_with(store, &format!("h{i}"), "", ""))
+        .collect()
+}
+
+/// Reads, writes and deletes lock objects from the test process, past the daemon: OpenDAL
+/// operators built as the daemon builds its stores, or plain files.
+struct Raw {
+    store: Store,
+    operator: Option<opendal::Operator>,
+}
+
+impl Raw {
+    fn new(store: Store) -> Raw {
+        opendal::install_default();
+        let built = match store {
+            Store::File | Store::Mem => None,
+            Store::S3 => Some(opendal::Operator::new(
+                opendal::services::S3::default()
+                    .endpoint(&test_env("VFSLOCK_TEST_S3_ENDPOINT"))
+                    .region(&test_env("VFSLOCK_TEST_S3_REGION"))
+                    .bucket(&test_env("VFSLOCK_TEST_S3_BUCKET"))
+                    .access_key_id(&test_env("VFSLOCK_TEST_S3_ACCESS_KEY_ID"))
+                    .secret_access_key(&test_env("VFSLOCK_TEST_S3_SECRET_ACCESS_KEY"))
+                    .root("/")
+                    .disable_config_load(),
+            )),
+            Store::Gcs => Some(opendal::Operator::new(
+                opendal::services::Gcs::default()
+                    .endpoint(&test_env("VFSLOCK_TEST_GCS_ENDPOINT"))
+                    .bucket(&test_env("VFSLOCK_TEST_GCS_BUCKET"))
+                    .root("/")
+                    .skip_signature()
+                    .disable_config_load()
+                    .disable_vm_metadata(),
+            )),
+            Store::Azblob => Some(opendal::Operator::new(
+                opendal::services::Azblob::default()
+                    .endpoint(&test_env("VFSLOCK_TEST_AZBLOB_ENDPOINT"))
+                    .container(&test_env("VFSLOCK_TEST_AZBLOB_CONTAINER"))
+                    .account_name(&test_env("VFSLOCK_TEST_AZBLOB_ACCOUNT"))
+                    .account_key(&test_env("VFSLOCK_TEST_AZBLOB_KEY"))
+                    .root("/"),
+            )),
+            Store::Sftp => Some(opendal::Operator::new(
+                opendal::services::Sftp::default()
+                    .endpoint(&test_env("VFSLOCK_TEST_SFTP_ENDPOINT"))
+                    .key(&test_env("VFSLOCK_TEST_SFTP_KEY"))
+                    .root("/")
+                    .known_hosts_strategy("strict"),
+            )),
+        };
+        let operator = built.map(|op| op.unwrap_or_else(|e| panic!("{store:?} raw operator: {e}")));
+        Raw { store, operator }
+    }
+
+    fn op(&self) -> &opendal::Operator {
+        self.operator
+            .as_ref()
+            .unwrap_or_else(|| panic!("no raw operator for {:?}", self.store))
+    }
+
+    /// Runs one of the test's own (idempotent, unconditional) requests, again after a transport
+    /// failure: these are the test's tools, not what it tests.
+    async fn retried<T, F: std::future::Future<Output = opendal::Result<T>>>(
+        &self,
+        what: &str,
+        key: &str,
+        call: impl Fn() -> F,
+    ) -> opendal::Result<T> {
+        let mut attempt = 1;
+        loop {
+            match within(&format!("a raw {what}"), call()).await {
+                Err(e) if e.is_temporary() && attempt < 3 => {
+                    eprintln!("{:?}: raw {what} {key} failed, again: {e:?}", self.store);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// The bytes of the object at `key`, `None` if there is none.
+    async fn read(&self, key: &str) -> Option<Vec<u8>> {
+        match self.store {
+            Store::File => match std::fs::read(key) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("read {key}: {e}"),
+            },
+            Store::Mem => panic!("mem:// lock objects live inside the daemon"),
+            _ => match self.retried("read", key, || self.op().read(key)).await {
+                Ok(buffer) => Some(buffer.to_vec()),
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+                Err(e) => panic!("{:?}: read {key}: {e}", self.store),
+            },
+        }
+    }
+
+    /// The object at `key` as JSON; fails if there is none.
+    async fn json(&self, key: &str) -> serde_json::Value {
+        let bytes = self
+            .read(key)
+            .await
+            .unwrap_or_else(|| panic!("{:?}: no lock object at {key}", self.store));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{:?}: the lock object {key} is not JSON ({e}): {}",
+                self.store,
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    }
+
+    /// Overwrites (or creates) the object at `key` unconditionally, as a foreign writer would.
+    /// A lock file is replaced as another host would: under its fence, by a rename.
+    async fn write(&self, key: &str, bytes: &[u8]) {
+        match self.store {
+            Store::File => under_fence(Path::new(&format!("{key}.fence")), || {
+                let temp = format!("{key}.test-{}.tmp", std::process::id());
+                std::fs::write(&temp, bytes).expect("write the temporary lock file");
+                std::fs::rename(&temp, key).expect("rename it over the lock file");
+            }),
+            Store::Mem => panic!("mem:// lock objects live inside the daemon"),
+            _ => self
+                .retried("write", key, || self.op().write(key, bytes.to_vec()))
+                .await
+                .map(drop)
+                .unwrap_or_else(|e| panic!("{:?}: write {key}: {e}", self.store)),
+        }
+    }
+
+    /// Deletes the object at `key` (nothing if there is none).
+    async fn delete(&self, key: &str) {
+        match self.store {
+            Store::File => match std::fs::remove_file(key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("delete {key}: {e}"),
+            },
+            Store::Mem => panic!("mem:// lock objects live inside the daemon"),
+            _ => self
+                .retried("delete", key, || self.op().delete(key))
+                .await
+                .unwrap_or_else(|e| panic!("{:?}: delete {key}: {e}", self.store)),
+        }
+    }
+}
+
+/// Runs `f` holding the exclusive OFD lock on a `file://` lock's fence, as every vfslock host
+/// does around each write of the lock file beside it.
+fn under_fence<T>(fence: &Path, f: impl FnOnce() -> T) -> T {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(fence)
+        .unwrap_or_else(|e| panic!("open the fence {}: {e}", fence.display()));
+    // SAFETY: `flock` is plain data; all-zero is a valid value that we then fill in.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as _;
+    request.l_whence = libc::SEEK_SET as _;
+    loop {
+        // SAFETY: a valid descriptor and a valid pointer to an initialized `flock`.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &request) } == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "lock the fence: {e}"
+        );
+    }
+    f()
+}
+
+/// The lock as the daemon reads it now (answered only after the target's actor handled
+/// everything sent before).
+async fn daemon_view(client: &Client, target: &str) -> Option<vfslock::LockMetadata> {
+    within("a metadata request", client.metadata(target))
+        .await
+        .expect("metadata request")
+}
+
+/// Whether the target is locked, by the daemon's view and, where the test can look, by the
+/// store's (which must agree).
+async fn locked(client: &Client, raw: &Raw, target: &StoreTarget) -> bool {
+    let seen = daemon_view(client, &target.url).await.is_some();
+    if target.store.has_raw_access() {
+        let present = raw.read(target.key()).await.is_some();
+        assert_eq!(
+            present, seen,
+            "{:?}: the daemon and the store disagree about {}",
+            target.store, target.url
+        );
+    }
+    seen
+}
+
+/// The `(name, value)` counters `status` shows for the object store serving `store`'s prefix.
+async fn counters(client: &Client, store: Store) -> Vec<(String, u64)> {
+    let prefix = store.prefix();
+    let status = within("status", client.status()).await.expect("status");
+    status
+        .stores
+        .into_iter()
+        .find(|s| s.scheme == prefix)
+        .unwrap_or_else(|| panic!("status shows no store {prefix}"))
+        .counters
+}
+
+fn counter(counters: &[(String, u64)], name: &str) -> u64 {
+    counters
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no counter {name} in {counters:?}"))
+        .1
+}
+
+/// Checks a lock object against the holding `lock`: its `lockId`, and its `token` where the
+/// store issues tokens (absent where it does not).
+fn assert_object_is(store: Store, json: &serde_json::Value, lock: &Lock, what: &str) {
+    assert_eq!(
+        json["lockId"],
+        lock.lock_id().expect("held"),
+        "{store:?} {what}: {json}"
+    );
+    if store.has_tokens() {
+        let token = lock.token().expect("a token where the store issues them");
+        assert_eq!(json["token"], token, "{store:?} {what}: {json}");
+    } else {
+        assert_eq!(lock.token(), None, "{store:?} {what}");
+        assert!(json.get("token").is_none(), "{store:?} {what}: {json}");
+    }
+}
+
+/// An expired lock in the Go library's format, its owner named after `round` so that every
+/// round's bytes (and ETag) differ.
+fn go_stale_lock(round: usize) -> serde_json::Value {
+    let mut stale: serde_json::Value =
+        serde_json::from_slice(&fixture("go-lockfile-expired-ttl.lock")).expect("fixture");
+    stale["ownerId"] = format!("stale-owner-{round}").into();
+    stale
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Acquire and release
+// ---------------------------------------------------------------------------------------------
+
+async fn acquire_release(store: Store) {
+    let daemon = host(store);
+    let raw = Raw::new(store);
+    let target = store.target("acquire");
+    let client = daemon.client().await;
+    let other = daemon.client().await;
+    assert!(!locked(&client, &raw, &target).await);
+
+    let mut lock = client.new_lock(&target.url, LockOptions::default().owner_id("first"));
+    within("acquire", lock.acquire())
+        .await
+        .expect("acquire a free lock");
+    assert!(lock.is_held());
+    assert!(
+        locked(&client, &raw, &target).await,
+        "{store:?}: lock object after acquire"
+    );
+    let lock_id = lock.lock_id().expect("a held lock has an id").to_owned();
+    if store.has_raw_access() {
+        let json = raw.json(target.key()).await;
+        assert_object_is(store, &json, &lock, "after acquire");
+        assert_eq!(json["ownerId"], "first", "{store:?}: {json}");
+        assert_eq!(json["hostname"], "h0", "{store:?}: {json}");
+    }
+    let seen = daemon_view(&client, &target.url).await.expect("locked");
+    assert_eq!(seen.lock_id.as_deref(), Some(lock_id.as_str()), "{store:?}");
+    assert_eq!(seen.token, lock.token(), "{store:?}");
+
+    for (who, c) in [("same client", &client), ("other client", &other)] {
+        let mut second = c.new_lock(&target.url, LockOptions::default().owner_id("second"));
+        let err = within("a second acquire", second.acquire())
+            .await
+            .expect_err(who);
+        assert_eq!(
+            err.kind(),
+            ErrorKind::AlreadyHeld,
+            "{store:?} {who}: {err:?}"
+        );
+        let holder = err
+            .holder()
+            .unwrap_or_else(|| panic!("{store:?} {who}: no holder"));
+        assert_eq!(
+            holder.lock_id.as_deref(),
+            Some(lock_id.as_str()),
+            "{store:?} {who}"
+        );
+        assert_eq!(holder.owner_id.as_deref(), Some("first"), "{store:?} {who}");
+        assert_eq!(holder.pid, i64::from(std::process::id()), "{store:?} {who}");
+        assert_eq!(holder.hostname, "h0", "{store:?} {who}");
+        assert!(!second.is_held());
+    }
+
+    within("release", lock.release()).await.expect("release");
+    assert!(!lock.is_held());
+    assert!(
+        !locked(&client, &raw, &target).await,
+        "{store:?}: lock object after release"
+    );
+
+    let mut second = other.new_lock(&target.url, LockOptions::default());
+    within("acquire", second.acquire())
+        .await
+        .expect("acquire after release");
+    assert!(locked(&client, &raw, &target).await);
+    within("release", second.release()).await.expect("release");
+    assert!(!locked(&client, &raw, &target).await);
+}
+
+per_store!(acquire_release, [
+    file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
+]);
+
+// ---------------------------------------------------------------------------------------------
+// 2. Racing for a stale lock
+// ---------------------------------------------------------------------------------------------
+
+const RACE_DAEMONS: usize = 3;
+const RACE_CLIENTS_PER_DAEMON: usize = 3;
+const RACE_ROUNDS: usize = 20;
+
+/// Every client tries once, all at once; returns each one's lock and outcome, in order.
+async fn race(clients: &[Client], target: &str) -> Vec<(Lock, Result<(), vfslock::Error>)> {
+    let barrier = Arc::new(Barrier::new(clients.len()));
+    let racers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let mut lock = client.new_lock(
+                target,
+                LockOptions::default().owner_id(format!("racer-{i}")),
+            );
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let result = lock.acquire().await;
+                (lock, result)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for racer in racers {
+        outcomes.push(
+            within("a racer's acquire", racer)
+                .await
+                .expect("racer task"),
+        );
+    }
+    outcomes
+}
+
+async fn stale_steal_race(store: Store) {
+    let daemons = hosts(store, RACE_DAEMONS);
+    let raw = Raw::new(store);
+    let target = store.target("race");
+    let key = target.key();
+    let mut clients = Vec::new();
+    for i in 0..RACE_DAEMONS * RACE_CLIENTS_PER_DAEMON {
+        clients.push(daemons[i % RACE_DAEMONS].client().await);
+    }
+
+    if !store.can_steal() {
+        // Create-only: a stale lock cannot be replaced atomically, so nobody takes it, and
+        // every acquire says why instead of reporting it held.
+        let stale = serde_json::to_vec_pretty(&go_stale_lock(0)).unwrap();
+        raw.write(key, &stale).await;
+        for (i, (lock, result)) in race(&clients, &target.url).await.into_iter().enumerate() {
+            let err = result.expect_err("a stale lock is not stolen on a create-only store");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Unsupported,
+                "{store:?} racer {i}: {err:?}"
+            );
+            assert!(
+                err.message().contains("create-only"),
+                "{store:?} racer {i}: {err}"
+            );
+            assert!(!lock.is_held());
+        }
+        assert_eq!(
+            raw.read(key).await.as_deref(),
+            Some(&stale[..]),
+            "{store:?}: the stale lock was changed"
+        );
+        // Removed by hand, as the message says, it can be taken.
+        raw.delete(key).await;
+        let mut lock = clients[0].new_lock(&target.url, LockOptions::default());
+        within("acquire", lock.acquire())
+            .await
+            .expect("acquire once the stale lock is gone");
+        within("release", lock.release()).await.expect("release");
+        assert_eq!(raw.read(key).await, None);
+        return;
+    }
+
+    let mut last_token = 0;
+    for round in 0..RACE_ROUNDS {
+        // Even rounds: the Go library's expired lock. Odd rounds: a dead vfslock host's expired
+        // lock whose token is far above the fence's counter: the winner's must exceed it.
+        let mut stale = go_stale_lock(round);
+        let stale_token = (round % 2 == 1).then(|| last_token + 1_000_000_000);
+        if let Some(stale_token) = stale_token {
+            let created_at = stale["createdAt"].clone();
+            stale["created_at"] = created_at.clone();
+            stale["acquiredAt"] = created_at;
+            stale["vfslock"] = 1.into();
+            stale["lockId"] = format!("{round:032x}").into();
+            stale["daemonId"] = "dead".into();
+            stale["token"] = stale_token.into();
+        }
+        raw.write(key, &serde_json::to_vec_pretty(&stale).unwrap())
+            .await;
+
+        let mut winner = None;
+        let mut losers = Vec::new();
+        for (i, (lock, result)) in race(&clients, &target.url).await.into_iter().enumerate() {
+            match result {
+                Ok(()) => {
+                    if let Some((first, _)) = &winner {
+                        panic!("{store:?} round {round}: racers {first} and {i} both won");
+                    }
+                    winner = Some((i, lock));
+                }
+                Err(err) => losers.push((i, err)),
+            }
+        }
+        let Some((winner_index, mut lock)) = winner else {
+            panic!("{store:?} round {round}: nobody took the stale lock: {losers:?}");
+        };
+        let winner_id = lock.lock_id().expect("winner's lock id").to_owned();
+        for (i, err) in &losers {
+            assert!(
+                err.is_already_held(),
+                "{store:?} round {round}, racer {i}: {err:?}"
+            );
+            assert_eq!(
+                err.holder().and_then(|h| h.lock_id.as_deref()),
+                Some(winner_id.as_str()),
+                "{store:?} round {round}, racer {i}: the refusal must name the winner: {err:?}"
+            );
+        }
+        let token = lock.token().expect("winner's token");
+        assert!(
+            token > last_token,
+            "{store:?} round {round}: token {token} after {last_token}"
+        );
+        if let Some(stale_token) = stale_token {
+            assert!(
+                token > stale_token,
+                "{store:?} round {round}: token {token} not above the stale {stale_token}"
+            );
+        }
+        let json = raw.json(key).await;
+        assert_object_is(store, &json, &lock, &format!("round {round}"));
+        assert_eq!(
+            json["ownerId"],
+            format!("racer-{winner_index}"),
+            "{store:?} round {round}"
+        );
+        last_token = token;
+        within("the winner's release", lock.release())
+            .await
+            .expect("release");
+        assert_eq!(
+            raw.read(key).await,
+            None,
+            "{store:?} round {round}: lock object after release"
+        );
+    }
+}
+
+per_store!(stale_steal_race, [
+    file => File, s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
+]);
+
+// ---------------------------------------------------------------------------------------------
+// 3. Fencing tokens
+// ---------------------------------------------------------------------------------------------
+
+const FENCED_ROUNDS: usize = 6;
+
+/// Takes and releases the lock through `daemon`; returns the grant's token after checking it
+/// against the lock object (or, for `mem://`, the daemon's reading of it).
+async fn fenced_cycle(daemon: &Daemon, raw: &Raw, target: &StoreTarget) -> Option<u64> {
+    let store = target.store;
+    let client = daemon.client().await;
+    let mut lock = client.new_lock(&target.url, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    if store.has_raw_access() {
+        assert_object_is(store, &raw.json(target.key()).await, &lock, "fenced");
+    }
+    let seen = daemon_view(&client, &target.url).await.expect("locked");
+    assert_eq!(seen.token, lock.token(), "{store:?}: the daemon's reading");
+    assert_eq!(seen.lock_id.as_deref(), lock.lock_id(), "{store:?}");
+    let token = lock.token();
+    within("release", lock.release()).await.expect("release");
+    token
+}
+
+async fn fencing_order(store: Store) {
+    // `mem://` lives in one daemon: its tokens are checked across that daemon's restart.
+    let mut daemons = hosts(store, if store == Store::Mem { 1 } else { 2 });
+    let raw = Raw::new(store);
+    let target = store.target("fenced");
+    let mut tokens = Vec::new();
+    for round in 0..FENCED_ROUNDS {
+        tokens.push(fenced_cycle(&daemons[round % daemons.len()], &raw, &target).await);
+    }
+    daemons[0].stop();
+    daemons[0].restart();
+    for daemon in daemons.iter().rev() {
+        tokens.push(fenced_cycle(daemon, &raw, &target).await);
+    }
+    if !store.has_tokens() {
+        assert!(tokens.iter().all(Option::is_none), "{store:?}: {tokens:?}");
+        return;
+    }
+    let tokens: Vec<u64> = tokens
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|| panic!("{store:?}: a grant without a token")))
+        .collect();
+    for pair in tokens.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "{store:?}: tokens out of order: {tokens:?}"
+        );
+    }
+}
+
+per_store!(fencing_order, [
+    file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
+]);
+
+// ---------------------------------------------------------------------------------------------
+// 4. A lock object replaced behind the holder's back
+// ---------------------------------------------------------------------------------------------
+
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+async fn lease_lost(store: Store) {
+    let daemon = host(store);
+    let raw = Raw::new(store);
+    let target = store.target("lease-lost");
+    let key = target.key();
+    let client = daemon.client().await;
+    let mut lock = client.new_lock(&target.url, LockOptions::default().ttl(LEASE_TTL));
+    within("acquire", lock.acquire()).await.expect("acquire");
+
+    // Right after a renewal, so that the next one (a third of the TTL later) is the first to
+    // meet the foreign object; a create-only store's renewal is not atomic (read, compare,
+    // write), so an overwrite in the middle of one would be clobbered.
+    let first = raw.read(key).await.expect("the lock object");
+    let start = Instant::now();
+    let renewed = loop {
+        let now = raw.read(key).await.expect("the lock object");
+        if now != first {
+            break now;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{store:?}: the lease was never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut foreign: serde_json::Value = serde_json::from_slice(&renewed).expect("JSON");
+    let foreign_id = "0123456789abcdef0123456789abcdef";
+    foreign["lockId"] = foreign_id.into();
+    foreign["daemonId"] = "fedcba9876543210fedcba9876543210".into();
+    foreign["hostname"] = "other-host".into();
+    foreign["ttl"] = 3_600_000_000_000i64.into();
+    if let Some(token) = foreign["token"].as_u64() {
+        foreign["token"] = (token + 1).into();
+    }
+    let foreign = serde_json::to_vec_pretty(&foreign).unwrap();
+    raw.write(key, &foreign).await;
+    let replaced_at = Instant::now();
+
+    let reason = within("the holder to learn of the loss", lock.lost()).await;
+    assert!(
+        replaced_at.elapsed() < LEASE_TTL,
+        "{store:?}: learnt {:?} after the replacement, later than the next renewal",
+        replaced_at.elapsed()
+    );
+    assert!(
+        reason.contains("replaced or removed"),
+        "{store:?}: {reason}"
+    );
+    assert!(!lock.is_held());
+    let err = within("release", lock.release())
+        .await
+        .expect_err("the lease was lost");
+    assert_eq!(err.kind(), ErrorKind::LeaseLost, "{store:?}: {err}");
+
+    let seen = daemon_view(&client, &target.url)
+        .await
+        .expect("the foreign lock");
+    assert_eq!(seen.lock_id.as_deref(), Some(foreign_id), "{store:?}");
+    assert_eq!(
+        raw.read(key).await.as_deref(),
+        Some(&foreign[..]),
+        "{store:?}: the foreign object was changed"
+    );
+    let mut other = client.new_lock(&target.url, LockOptions::default());
+    let err = within("acquire", other.acquire())
+        .await
+        .expect_err("held by the foreign lock");
+    assert!(err.is_already_held(), "{store:?}: {err:?}");
+    assert_eq!(
+        err.holder().map(|h| h.hostname.as_str()),
+        Some("other-host")
+    );
+    assert_eq!(
+        raw.read(key).await.as_deref(),
+        Some(&foreign[..]),
+        "{store:?}: the foreign object was changed"
+    );
+    raw.delete(key).await;
+}
+
+per_store!(lease_lost, [
+    file => File, s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
+]);
+
+// ---------------------------------------------------------------------------------------------
+// 5. Handoff and release on disconnect
+// ---------------------------------------------------------------------------------------------
+
+/// A waiter on a client of its own, queued first in line behind the current holder.
+async fn queued_waiter(
+    daemon: &Daemon,
+    target: &str,
+    owner: &str,
+) -> (
+    Client,
+    tokio::task::JoinHandle<(Lock, Result<(), vfslock::Error>)>,
+) {
+    let client = daemon.client().await;
+    let (options, mut positions) = watch_queue(LockOptions::default().owner_id(owner));
+    let mut lock = client.new_lock(target, options);
+    let task = tokio::spawn(async move {
+        let result = lock.acquire_timeout(DEADLINE).await;
+        (lock, result)
+    });
+    assert_eq!(
+        next_position(&mut positions).await,
+        1,
+        "{owner} is first in line"
+    );
+    (client, task)
+}
+
+async fn granted(
+    store: Store,
+    task: tokio::task::JoinHandle<(Lock, Result<(), vfslock::Error>)>,
+) -> Lock {
+    let (lock, result) = within("the waiter's grant", task)
+        .await
+        .expect("waiter task");
+    result.unwrap_or_else(|e| panic!("{store:?}: the waiter was not granted the lock: {e:?}"));
+    assert!(lock.is_held());
+    lock
+}
+
+async fn handoff_and_disconnect(store: Store) {
+    let daemon = host(store);
+    let raw = Raw::new(store);
+    let target = store.target("handoff");
+    let observer = daemon.client().await;
+
+    let holder_client = daemon.client().await;
+    let mut holder = holder_client.new_lock(&target.url, LockOptions::default().owner_id("holder"));
+    within("acquire", holder.acquire()).await.expect("acquire");
+    let (heir_client, heir) = queued_waiter(&daemon, &target.url, "heir").await;
+    let before = if store.is_object() {
+        Some(counters(&observer, store).await)
+    } else {
+        None
+    };
+
+    // An explicit release: handed straight to the waiter where the store can replace a lock,
+    // released and created afresh where it cannot (SFTP).
+    within("release", holder.release()).await.expect("release");
+    let heir = granted(store, heir).await;
+    if let Some(before) = before {
+        let after = counters(&observer, store).await;
+        let delta = |name| counter(&after, name) - counter(&before, name);
+        if store.can_steal() {
+            assert_eq!(
+                delta("deletes"),
+                0,
+                "{store:?}: not handed off: {before:?} → {after:?}"
+            );
+            assert!(delta("replaces") >= 1, "{store:?}: {before:?} → {after:?}");
+        } else {
+            assert!(
+                delta("deletes") >= 1 && delta("creates") >= 1,
+                "{store:?}: {before:?} → {after:?}"
+            );
+        }
+    }
+    let seen = daemon_view(&observer, &target.url).await.expect("locked");
+    assert_eq!(seen.owner_id.as_deref(), Some("heir"), "{store:?}");
+    assert_eq!(seen.lock_id.as_deref(), heir.lock_id(), "{store:?}");
+    if store.has_raw_access() {
+        assert_object_is(
+            store,
+            &raw.json(target.key()).await,
+            &heir,
+            "after the handoff",
+        );
+    }
+
+    // The heir's connection drops without a word (no release frame): the next waiter gets it.
+    let (_last_client, last) = queued_waiter(&daemon, &target.url, "last").await;
+    // SAFETY: shuts down the heir client's own socket; the descriptor stays open and owned by it.
+    let rc = unsafe { libc::shutdown(heir_client.as_raw_fd(), libc::SHUT_RDWR) };
+    assert_eq!(rc, 0, "shutdown: {}", std::io::Error::last_os_error());
+    let mut last = granted(store, last).await;
+    let seen = daemon_view(&observer, &target.url).await.expect("locked");
+    assert_eq!(seen.owner_id.as_deref(), Some("last"), "{store:?}");
+    if store.has_raw_access() {
+        assert_object_is(
+            store,
+            &raw.json(target.key()).await,
+            &last,
+            "after the disconnect",
+        );
+    }
+    drop(heir);
+    within("release", last.release()).await.expect("release");
+    assert!(
+        !locked(&observer, &raw, &target).await,
+        "{store:?}: lock object after release"
+    );
+}
+
+per_store!(handoff_and_disconnect, [
+    file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
+]);
+
+// ---------------------------------------------------------------------------------------------
+// 6. Ambiguous writes
+// ---------------------------------------------------------------------------------------------
+
+const AMBIGUOUS_CYCLES: usize = 30;
+
+async fn ambiguous_writes(store: Store) {
+    let daemon = host_with(store, "h0", "", "[faults]\nwrite-then-fail = 0.5\n");
+    let raw = Raw::new(store);
+    let target = store.target("ambiguous");
+    let client = daemon.client().await;
+    for cycle in 0..AMBIGUOUS_CYCLES {
+        let mut lock = client.new_lock(&target.url, LockOptions::default());
+        within("acquire", lock.acquire())
+            .await
+            .unwrap_or_else(|e| panic!("{store:?} cycle {cycle}: acquire: {e:?}"));
+        assert_object_is(
+            store,
+            &raw.json(target.key()).await,
+            &lock,
+            &format!("cycle {cycle}"),
+        );
+        within("release", lock.release())
+            .await
+            .unwrap_or_else(|e| panic!("{store:?} cycle {cycle}: release: {e:?}"));
+    }
+    assert_eq!(
+        raw.read(target.key()).await,
+        None,
+        "{store:?}: a lock object was left"
+    );
+    let counters = counters(&client, store).await;
+    let ambiguous = counter(&counters, "ambiguous");
+    assert!(
+        ambiguous > 0,
+        "{store:?}: no write was ambiguous: {counters:?}"
+    );
+    // Every injected fault must have been resolved as an ambiguous write.
+    if let Some((_, injected)) = counters.iter().find(|(name, _)| name == "injected") {
+        assert!(ambiguous >= *injected, "{store:?}: {counters:?}");
+    }
+    eprintln!("{store:?} with write-then-fail = 0.5, {AMBIGUOUS_CYCLES} cycles: {counters:?}");
+}
+
+per_store!(ambiguous_writes, [s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp]);
+
+// ---------------------------------------------------------------------------------------------
+// 7. Requests per uncontended acquire + release
+// ---------------------------------------------------------------------------------------------
+
+const MEASURED_CYCLES: u64 = 10;
+
+async fn requests_per_cycle(store: Store) {
+    let most = match store {
+        Store::S3 | Store::Azblob => 4,
+        Store::Gcs => 5,
+        Store::Sftp => 3,
+        Store::File | Store::Mem => unreachable!("no request counters"),
+    };
+    let daemon = host(store);
+    let target = store.target("requests");
+    let client = daemon.client().await;
+    let before = counters(&client, store).await;
+    for _ in 0..MEASURED_CYCLES {
+        let mut lock = client.new_lock(&target.url, LockOptions::default());
+        within("acquire", lock.acquire()).await.expect("acquire");
+        within("release", lock.release()).await.expect("release");
+    }
+    let after = counters(&client, store).await;
+    let per_cycle: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, value)| {
+            let delta = value - counter(&before, name);
+            (name.clone(), delta as f64 / MEASURED_CYCLES as f64)
+        })
+        .collect();
+    eprintln!("{store:?}: per uncontended acquire + release: {per_cycle:?}");
+    let requests = (counter(&after, "requests") - counter(&before, "requests")) as f64
+        / MEASURED_CYCLES as f64;
+    assert!(
+        requests <= f64::from(most),
+        "{store:?}: {requests} requests per cycle, more than {most}: {per_cycle:?}"
+    );
+}
+
+per_store!(requests_per_cycle, [s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp]);
+
+// ---------------------------------------------------------------------------------------------
+// 8. Unserved targets and unreachable stores
+// ---------------------------------------------------------------------------------------------
+
+async fn unserved_target_is_refused(store: Store) {
+    let daemon = host(store);
+    let client = daemon.client().await;
+    // Same scheme, outside the configured prefix.
+    let outside = match store {
+        Store::Sftp => format!("sftp://{}/elsewhere/data.csv", Store::sftp_authority()),
+        _ => format!("{}://no-such-bucket/data.csv", store.scheme()),
+    };
+    let mut lock = client.new_lock(&outside, LockOptions::default());
+    let err = within("acquire", lock.acquire())
+        .await
+        .expect_err("no store serves it");
+    assert_eq!(err.kind(), ErrorKind::InvalidTarget, "{store:?}: {err:?}");
+    for prefix in [store.prefix().as_str(), "file://", "mem://"] {
+        assert!(
+            err.message().contains(prefix),
+            "{store:?}: {prefix} not named: {err}"
+        );
+    }
+    // The served prefix still works on the same connection.
+    let target = store.target("served");
+    let mut lock = client.new_lock(&target.url, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    within("release", lock.release()).await.expect("release");
+}
+
+per_store!(unserved_target_is_refused, [s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp]);
+
+async fn unreachable_store_stops_the_daemon(store: Store) {
+    // Port 9 (discard) is closed on loopback: every connection is refused.
+    let (prefix, endpoint) = match store {
+        Store::Sftp => {
+            let user = test_env("VFSLOCK_TEST_SFTP_USER");
+            let root = test_env("VFSLOCK_TEST_SFTP_ROOT");
+            (
+                format!("sftp://{user}@127.0.0.1:9{}/", root.trim_end_matches('/')),
+                None,
+            )
+        }
+        Store::Azblob => (
+            store.prefix(),
+            Some(format!(
+                "http://127.0.0.1:9/{}",
+                test_env("VFSLOCK_TEST_AZBLOB_ACCOUNT")
+            )),
+        ),
+        _ => (store.prefix(), Some("http://127.0.0.1:9".to_owned())),
+    };
+    let config = format!(
+        "{}{}",
+        vfslock_tests::TEST_CONFIG,
+        store.config_at(&prefix, endpoint.as_deref())
+    );
+    let started = Instant::now();
+    let (status, log) = tokio::task::spawn_blocking(move || start_refused(&config))
+        .await
+        .expect("start_refused");
+    assert!(!status.success(), "{store:?}: {status}\n{log}");
+    assert!(
+        log.contains(&prefix),
+        "{store:?}: the log does not name {prefix}:\n{log}"
+    );
+    eprintln!(
+        "{store:?}: refused in {:?}: {}",
+        started.elapsed(),
+        log.lines().last().unwrap_or_default()
+    );
+}
+
+per_store!(unreachable_store_stops_the_daemon, [
+    s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
+]);
