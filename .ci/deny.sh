@@ -47,7 +47,11 @@ else
     echo "################################################################################"
 fi
 
+# The inclusion graphs of the duplicate-version warnings run to ~1,600 lines: shown only on
+# request (DENY_GRAPHS=1). `cargo tree -i CRATE@VERSION` answers the same question.
+graphs=(--hide-inclusion-graph)
+[ "${DENY_GRAPHS:-0}" = 1 ] && graphs=()
 rc=0
-cargo deny --offline --locked --config .ci/deny.toml check "${checks[@]}" || rc=$?
+cargo deny --offline --locked --config .ci/deny.toml check "${graphs[@]}" "${checks[@]}" || rc=$?
 echo "cargo deny: checked ${checks[*]} in $((SECONDS - start)) s, exit $rc"
 exit "$rc"

@@ -52,9 +52,8 @@ for t in "${targets[@]}"; do
         failed+=("$t")
         line="$line, FAILED (exit $rc)"
         # The panic, libFuzzer's verdict and where it saved the input.
-        grep -E "panicked at|^thread '|^Error|ERROR: libFuzzer|SUMMARY|Test unit written to|artifact_prefix" \
-            "$logs/$t.log" | head -20 || true
-        tail -5 "$logs/$t.log"
+        grep -E -A3 "panicked at" "$logs/$t.log" | head -8 || true
+        grep -E "ERROR: libFuzzer|SUMMARY|Test unit written to|^Error" "$logs/$t.log" | head -8 || true
     else
         grep -E "^Done [0-9]+ runs" "$logs/$t.log" || true
     fi

@@ -123,8 +123,11 @@ impl Connection {
 
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let _reader = tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
+        #[cfg(unix)]
         tokio::spawn(write_loop(send, outbound_rx));
-        tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
+        #[cfg(not(unix))]
+        tokio::spawn(write_loop(send, outbound_rx, _reader.abort_handle()));
         Ok(Arc::new(Connection {
             next_id: AtomicU64::new(1),
             outbound,
@@ -313,7 +316,11 @@ async fn read_frame(reader: &mut BufReader<SharedStream>) -> std::io::Result<Opt
     Ok(Some(payload))
 }
 
-async fn write_loop(mut send: SharedStream, mut outbound: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop(
+    mut send: SharedStream,
+    mut outbound: mpsc::UnboundedReceiver<Vec<u8>>,
+    #[cfg(not(unix))] reader: tokio::task::AbortHandle,
+) {
     while let Some(bytes) = outbound.recv().await {
         if send.write_all(&bytes).await.is_err() {
             return;
@@ -322,6 +329,10 @@ async fn write_loop(mut send: SharedStream, mut outbound: mpsc::UnboundedReceive
     // Every handle is gone: tell the daemon we are done, so it releases what we held. The
     // reader still owns the socket until the daemon closes its side.
     send.shutdown_write();
+    // A named pipe has no half-close: stop the reader (nobody is left to hear it), so that the
+    // last reference to the stream goes and the pipe closes; the daemon then sees the end.
+    #[cfg(not(unix))]
+    reader.abort();
 }
 
 async fn read_loop(

@@ -59,9 +59,14 @@ pub fn client_default_socket_path() -> PathBuf {
     if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    let system = system_socket_path();
-    if system.exists() {
-        return system;
+    // On Windows both are the same pipe, and probing a pipe's metadata opens (and drops) a
+    // connection to it.
+    #[cfg(unix)]
+    {
+        let system = system_socket_path();
+        if system.exists() {
+            return system;
+        }
     }
     user_socket_path()
 }

@@ -35,6 +35,9 @@ struct RawConfig {
 struct RawFaults {
     /// Share (0..=1) of object-store writes applied and then reported as failed.
     write_then_fail: Option<f64>,
+    /// Send object-store writes and deletes without their conditions, as a server that
+    /// ignores them would behave (to see the startup probe refuse the store).
+    ignore_conditions: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -232,6 +235,9 @@ pub struct Settings {
     pub secrets_readable_by_others: bool,
     /// Tests only (`faults` feature): share of object-store writes applied, then failed.
     pub faults_write_then_fail: Option<f64>,
+    /// Tests only (`faults` feature): object-store conditions dropped, as a server that ignores
+    /// them would.
+    pub faults_ignore_conditions: bool,
     /// Added to the wall clock, in nanoseconds. Not in the config file: only the hidden
     /// `--clock-offset` flag sets it, so that tests can give one daemon a skewed clock without
     /// touching the system's.
@@ -374,7 +380,9 @@ fn object_store_of(
     })
 }
 
-/// Whether any object store has a secret written in the file itself (not `env:`).
+/// Whether any object store has a secret written in the file itself (not `env:`). Checked
+/// against the file's Unix mode only.
+#[cfg(unix)]
 fn has_literal_secrets(raw: &RawConfig) -> bool {
     raw.stores.object.iter().any(|s| {
         [&s.access_key_id, &s.secret_access_key, &s.account_key]
@@ -408,6 +416,8 @@ impl Settings {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("cannot read config file {}: {e}", path.display()))
                 })?;
+                // Only the Unix block below (the file's mode) changes it.
+                #[cfg_attr(not(unix), allow(unused_mut))]
                 let mut settings = Settings::from_toml(Some((&text, &path.display().to_string())))?;
                 #[cfg(unix)]
                 {
@@ -466,9 +476,16 @@ impl Settings {
             object_stores: Vec::new(),
             secrets_readable_by_others: false,
             faults_write_then_fail: raw.faults.as_ref().and_then(|f| f.write_then_fail),
+            faults_ignore_conditions: raw
+                .faults
+                .as_ref()
+                .and_then(|f| f.ignore_conditions)
+                .unwrap_or(false),
             clock_offset_ns: 0,
         };
-        if settings.faults_write_then_fail.is_some() && !cfg!(feature = "faults") {
+        if (settings.faults_write_then_fail.is_some() || settings.faults_ignore_conditions)
+            && !cfg!(feature = "faults")
+        {
             return Err(ConfigError(
                 "[faults] needs a vfslockd built with the `faults` cargo feature (tests only)"
                     .into(),
@@ -542,9 +559,12 @@ impl Settings {
                 max_frame: Some(self.max_frame as u64),
                 io_timeout: Some(duration::format(self.io_timeout)),
             },
-            faults: self.faults_write_then_fail.map(|rate| RawFaults {
-                write_then_fail: Some(rate),
-            }),
+            faults: (self.faults_write_then_fail.is_some() || self.faults_ignore_conditions).then(
+                || RawFaults {
+                    write_then_fail: self.faults_write_then_fail,
+                    ignore_conditions: Some(self.faults_ignore_conditions),
+                },
+            ),
             stores: RawStores {
                 object: self
                     .object_stores

@@ -154,6 +154,7 @@ pub fn random_id() -> String {
 }
 
 /// The machine's hostname.
+#[cfg(unix)]
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
@@ -164,6 +165,15 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The machine's name: `%COMPUTERNAME%`, which Windows sets for every process.
+#[cfg(not(unix))]
+pub fn hostname() -> String {
+    std::env::var("COMPUTERNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// This host's `CLOCK_MONOTONIC` reading for `instant`, in nanoseconds: sent with lease

@@ -36,7 +36,9 @@ pub mod store;
 pub mod systemd;
 pub mod target;
 
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use config::Settings;
@@ -60,7 +62,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
         }
         None => socket,
     };
-    // The instance lock lives beside the socket even when systemd created the socket.
+    // The instance lock lives beside the socket even when systemd created the socket. A named
+    // pipe (Windows) has no directory, and is its own instance lock (`server::bind`).
+    #[cfg(unix)]
     prepare_socket_dir(&socket)?;
     #[cfg(unix)]
     let _instance = instance::InstanceLock::acquire(&socket)?;
@@ -98,6 +102,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     Ok(())
 }
 
+#[cfg(unix)]
 fn prepare_socket_dir(socket: &Path) -> Result<(), ServerError> {
     let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());

@@ -213,6 +213,89 @@ async fn run() {
     }
     drop(daemon);
     print_table(&figures);
+    object_stores().await;
+}
+
+/// Requests the seed's algorithm spends per acquire + release on S3: exists check, temporary
+/// write, copy, temporary delete; exists check, delete.
+const SEED_S3_REQUESTS: f64 = 6.0;
+
+/// Object stores, when the test servers run (`tests/servers/start.sh`, then
+/// `. tests/servers/run/env`): time and store requests per uncontended cycle, from the
+/// daemon's own counters, next to the seed's.
+async fn object_stores() {
+    use vfslock_tests::Store;
+    if std::env::var_os("VFSLOCK_TEST_S3_ENDPOINT").is_none() {
+        println!(
+            "\nobject stores: skipped (start the test servers: tests/servers/start.sh, then \
+             . tests/servers/run/env)"
+        );
+        return;
+    }
+    const CYCLES: u32 = 200;
+    println!("\nobject stores, uncontended acquire + release, {CYCLES} cycles (test servers on loopback)\n");
+    println!(
+        "| {:<8} | {:>9} | {:>16} | {:>16} | {:>14} |",
+        "store", "ms/cycle", "requests (fence)", "requests (none)", "seed requests"
+    );
+    println!(
+        "|{:-<10}|{:->11}|{:->18}|{:->18}|{:->16}|",
+        "", "", "", "", ""
+    );
+    for store in [Store::S3, Store::Gcs, Store::Azblob, Store::Sftp] {
+        let mut per_cycle = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        for fencing in [true, false] {
+            let mut config = store.config();
+            if !fencing {
+                config = config.replace("[[stores.object]]", "[[stores.object]]\nfencing = false");
+            }
+            let daemon = Daemon::start_with(&config);
+            let client = daemon.client().await;
+            let target = store.target("bench");
+            let counted = |status: &vfslock::StatusInfo| {
+                status
+                    .stores
+                    .iter()
+                    .find(|s| s.scheme == store.prefix())
+                    .and_then(|s| s.counters.iter().find(|(name, _)| name == "requests"))
+                    .map_or(0, |(_, n)| *n)
+            };
+            let mut lock = client.new_lock(target.url.clone(), LockOptions::default());
+            // One warm-up cycle: the first reads the fence once.
+            lock.acquire().await.expect("acquire");
+            lock.release().await.expect("release");
+            let before = counted(&client.status().await.expect("status"));
+            let start = Instant::now();
+            for _ in 0..CYCLES {
+                lock.acquire().await.expect("uncontended acquire");
+                lock.release().await.expect("release");
+            }
+            if fencing {
+                elapsed = start.elapsed() / CYCLES;
+            }
+            let after = counted(&client.status().await.expect("status"));
+            per_cycle.push((after - before) as f64 / f64::from(CYCLES));
+        }
+        let fenced = if store == Store::Sftp {
+            "– (create-only)".to_owned()
+        } else {
+            format!("{:.1}", per_cycle[0])
+        };
+        let seed = if store == Store::S3 {
+            format!("{SEED_S3_REQUESTS:.0}")
+        } else {
+            "–".to_owned()
+        };
+        println!(
+            "| {:<8} | {:>9.2} | {:>16} | {:>16.1} | {:>14} |",
+            format!("{store:?}").to_lowercase(),
+            elapsed.as_secs_f64() * 1e3,
+            fenced,
+            per_cycle[1],
+            seed
+        );
+    }
 }
 
 fn micros(d: Duration) -> f64 {

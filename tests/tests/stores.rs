@@ -1008,3 +1008,37 @@ async fn unreachable_store_stops_the_daemon(store: Store) {
 per_store!(unreachable_store_stops_the_daemon, [
     s3 => S3, gcs => Gcs, azblob => Azblob, sftp => Sftp,
 ]);
+
+/// A server that ignores conditions (simulated by the fault layer dropping them from every
+/// write) is refused at startup by the probe, with the missing capability named; with
+/// `accept-weak` the daemon starts and `status` says WEAK.
+async fn a_store_that_ignores_conditions_is_refused_unless_accepted_weak(store: Store) {
+    let config = format!("{}\n[faults]\nignore-conditions = true\n", store.config());
+    let refused = config.clone();
+    let (status, log) = tokio::task::spawn_blocking(move || start_refused(&refused))
+        .await
+        .expect("start_refused");
+    assert!(!status.success(), "{store:?}: {status}\n{log}");
+    assert!(
+        log.contains("create-if-not-exists is not enforced") && log.contains("accept-weak"),
+        "{store:?}: {log}"
+    );
+
+    let weak = config.replace("[[stores.object]]", "[[stores.object]]\naccept-weak = true");
+    let daemon = Daemon::start_with(&weak);
+    let status = daemon.client().await.status().await.expect("status");
+    let described = status
+        .stores
+        .iter()
+        .find(|s| s.scheme == store.prefix())
+        .expect("the store is listed");
+    assert!(described.description.contains("WEAK"), "{described:?}");
+    assert!(
+        daemon.log().contains("WEAK mode"),
+        "the weak mode is logged"
+    );
+}
+
+per_store!(a_store_that_ignores_conditions_is_refused_unless_accepted_weak, [
+    s3 => S3, gcs => Gcs, azblob => Azblob,
+]);

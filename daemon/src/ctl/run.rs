@@ -30,9 +30,11 @@ use super::{Failure, EXIT_CONFLICT};
 use crate::duration;
 
 /// Environment variable naming the locked target, as given, for the command.
+#[cfg(unix)]
 pub(super) const TARGET_ENV: &str = "VFSLOCK_TARGET";
 
 /// Environment variable carrying the holding's fencing token, for the command.
+#[cfg(unix)]
 pub(super) const TOKEN_ENV: &str = "VFSLOCK_TOKEN";
 
 /// What to do to the command when the lease is lost while it runs.

@@ -9,6 +9,7 @@
 
 pub mod session;
 
+#[cfg(unix)]
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,8 +35,14 @@ const SOCKET_MODE: libc::mode_t = 0o660;
 
 /// Binds the listening socket at `path`, replacing a socket file left by a crashed daemon.
 ///
-/// Only call this while holding the instance lock ([`crate::instance`]): it is what makes
+/// Only call this while holding the instance lock (`crate::instance`, Unix): it is what makes
 /// removing an existing socket file safe.
+///
+/// On Windows `path` is a named pipe (`\\.\pipe\NAME`). Its first instance is created with
+/// `FILE_FLAG_FIRST_PIPE_INSTANCE` (by `interprocess`), so a second daemon on the same name is
+/// refused here: the pipe itself is the instance lock. It gets the default security descriptor
+/// (full control: LocalSystem, Administrators and the creating user; read only: Everyone) and
+/// refuses remote clients.
 pub fn bind(path: &Path) -> Result<Listener, ServerError> {
     #[cfg(unix)]
     remove_stale_socket(path)?;
@@ -48,9 +55,7 @@ pub fn bind(path: &Path) -> Result<Listener, ServerError> {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
         options.mode(SOCKET_MODE)
     };
-    let listener = options
-        .create_tokio()
-        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", path.display())))?;
+    let listener = options.create_tokio().map_err(|e| listen_error(path, &e))?;
     // The mode given to the listener is still masked by the umask when the file is created
     // (measured: 0640 under umask 022), so set it on the file itself. Until then it is only
     // stricter than intended.
@@ -62,6 +67,24 @@ pub fn bind(path: &Path) -> Result<Listener, ServerError> {
             .map_err(|e| ServerError(format!("cannot set the mode of {}: {e}", path.display())))?;
     }
     Ok(listener)
+}
+
+#[cfg(unix)]
+fn listen_error(path: &Path, e: &std::io::Error) -> ServerError {
+    ServerError(format!("cannot listen on {}: {e}", path.display()))
+}
+
+/// Windows: a name held by another pipe server fails with access denied (first instance).
+#[cfg(not(unix))]
+fn listen_error(path: &Path, e: &std::io::Error) -> ServerError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        return ServerError(format!(
+            "cannot listen on {}: another vfslockd (or another program) already serves this \
+             named pipe: stop it first, or give this one another --socket ({e})",
+            path.display()
+        ));
+    }
+    ServerError(format!("cannot listen on {}: {e}", path.display()))
 }
 
 #[cfg(unix)]
@@ -125,9 +148,13 @@ pub async fn serve(
     ctx.begin_shutdown();
     reporter.stopping();
     drop(listener);
+    // A named pipe (Windows) leaves no file behind.
+    #[cfg(unix)]
     if let Some(socket) = &socket {
         let _ = std::fs::remove_file(socket);
     }
+    #[cfg(not(unix))]
+    let _ = socket;
     let released = tokio::time::timeout(ctx.settings.shutdown_timeout, release_all(&ctx)).await;
     if released.is_err() {
         tracing::error!(

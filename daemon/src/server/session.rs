@@ -113,10 +113,19 @@ fn peer_of(ctx: &Context, stream: &Stream) -> Peer {
                 groups.extend(creds.egid());
                 (creds.euid(), groups)
             };
-            #[cfg(not(unix))]
-            let (uid, groups): (Option<u32>, Vec<u32>) = (None, Vec::new());
+            #[cfg(unix)]
             let admin =
                 uid == Some(0) || ctx.admin_gid.is_some_and(|admin| groups.contains(&admin));
+            // Windows gives the pid only. The pipe's default security descriptor
+            // (`server::bind`) lets only the daemon's own user, Administrators and LocalSystem
+            // open it for writing, and each of them can already do by hand what an admin may do
+            // here (delete lock files with the daemon's rights), so every peer is an admin. A
+            // wider descriptor would have to revisit this.
+            #[cfg(not(unix))]
+            let (uid, admin): (Option<u32>, bool) = {
+                let _ = ctx;
+                (None, true)
+            };
             Peer {
                 pid: creds.pid().map(i64::from).unwrap_or(0),
                 uid,
@@ -260,6 +269,18 @@ impl Session {
     fn address(&self, target: &str) -> Result<Address, WireError> {
         let address = Address::parse(target)
             .map_err(|e| WireError::new(ErrorKind::InvalidTarget, e.to_string()))?;
+        #[cfg(not(unix))]
+        if address.scheme() == crate::address::Scheme::File {
+            return Err(WireError::new(
+                ErrorKind::InvalidTarget,
+                format!(
+                    "{} is a file:// target: vfslockd has no file:// store on this platform (it \
+                     needs Unix's O_NOFOLLOW and OFD locks); it serves {}",
+                    address.url(),
+                    self.ctx.stores.prefixes().join(", ")
+                ),
+            ));
+        }
         if self.ctx.stores.for_address(&address).is_none() {
             return Err(WireError::new(
                 ErrorKind::InvalidTarget,

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Faults {
     /// Share of conditional writes that are applied and then reported as failed.
     pub write_then_fail: f64,
+    /// Drop the conditions of writes and deletes, as a server that ignores them would.
+    pub ignore_conditions: bool,
     /// Faults injected so far.
     pub injected: AtomicU64,
 }

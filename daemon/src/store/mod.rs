@@ -9,6 +9,9 @@
 
 #[cfg(feature = "faults")]
 pub mod faults;
+// O_NOFOLLOW creates and OFD locks: the file store exists on Unix only; elsewhere `file://`
+// targets are refused (`Stores::new`).
+#[cfg(unix)]
 pub mod fs;
 pub mod memory;
 pub mod object;
@@ -190,6 +193,7 @@ pub struct Store {
 
 #[derive(Debug)]
 enum Backend {
+    #[cfg(unix)]
     Fs(fs::FsStore),
     Memory(memory::MemoryStore),
     Object(object::ObjectStore),
@@ -204,6 +208,7 @@ impl Store {
         make: MakeLock,
     ) -> Result<Created, StoreError> {
         match &self.backend {
+            #[cfg(unix)]
             Backend::Fs(s) => s.create(path, floor, make).await,
             Backend::Memory(s) => s.create(path, floor, make).await,
             Backend::Object(s) => s.create(path, floor, make).await,
@@ -213,6 +218,7 @@ impl Store {
     /// Reads `path`; `None` when it does not exist.
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
         match &self.backend {
+            #[cfg(unix)]
             Backend::Fs(s) => s.read(path).await,
             Backend::Memory(s) => s.read(path).await,
             Backend::Object(s) => s.read(path).await,
@@ -228,6 +234,7 @@ impl Store {
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
         match &self.backend {
+            #[cfg(unix)]
             Backend::Fs(s) => s.replace(path, expected, token, make).await,
             Backend::Memory(s) => s.replace(path, expected, token, make).await,
             Backend::Object(s) => s.replace(path, expected, token, make).await,
@@ -237,6 +244,7 @@ impl Store {
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
         match &self.backend {
+            #[cfg(unix)]
             Backend::Fs(s) => s.delete(path, expected).await,
             Backend::Memory(s) => s.delete(path, expected).await,
             Backend::Object(s) => s.delete(path, expected).await,
@@ -293,6 +301,7 @@ impl Store {
                     counters: s.counter_snapshot(),
                 };
             }
+            #[cfg(unix)]
             Backend::Fs(_) => (
                 "file",
                 "local filesystem: O_EXCL create; replace and delete under an OFD lock on \
@@ -326,14 +335,26 @@ impl Stores {
     /// does not enforce what the lock protocol needs is refused, unless the config accepts the
     /// weaker mode.
     pub async fn new(settings: &crate::config::Settings) -> Result<Stores, StoreError> {
+        #[cfg(unix)]
+        let fs = settings.file_store.map(|stale_rule| {
+            Arc::new(Store {
+                backend: Backend::Fs(fs::FsStore),
+                stale_rule,
+                prefix: "file://".into(),
+            })
+        });
+        #[cfg(not(unix))]
+        let fs = {
+            if settings.file_store.is_some() {
+                tracing::warn!(
+                    "[stores.file] is enabled, but the file:// store exists only on Unix: \
+                     file:// targets are refused; set [stores.file] enabled = false to silence this"
+                );
+            }
+            None
+        };
         let mut stores = Stores {
-            fs: settings.file_store.map(|stale_rule| {
-                Arc::new(Store {
-                    backend: Backend::Fs(fs::FsStore),
-                    stale_rule,
-                    prefix: "file://".into(),
-                })
-            }),
+            fs,
             memory: match settings.mem_store {
                 Some(stale_rule) => Some(Arc::new(Store {
                     backend: Backend::Memory(memory::MemoryStore::new()?),

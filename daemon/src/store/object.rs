@@ -334,6 +334,12 @@ impl ObjectStore {
         user_metadata: Option<(String, String)>,
     ) -> Result<Put, StoreError> {
         let mut write = self.operator.write_with(key, bytes.to_vec());
+        let condition = if self.conditions_ignored() {
+            // What a server that ignores conditions does: a plain write.
+            return self.plain_put(key, bytes).await;
+        } else {
+            condition
+        };
         match condition {
             None => write = write.if_not_exists(true),
             Some(Version { tag: Some(tag), .. }) if self.service.uses_generations() => {
@@ -381,6 +387,26 @@ impl ObjectStore {
                 tracing::warn!(key, error = %timeout, "ambiguous write; reading back");
                 self.resolve(key, bytes).await
             }
+        }
+    }
+
+    /// Whether the fault layer drops conditions (tests of the probe only).
+    fn conditions_ignored(&self) -> bool {
+        #[cfg(feature = "faults")]
+        if let Some(faults) = &self.faults {
+            return faults.ignore_conditions;
+        }
+        false
+    }
+
+    async fn plain_put(&self, key: &str, bytes: &[u8]) -> Result<Put, StoreError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match self
+            .timed("write", key, self.operator.write(key, bytes.to_vec()))
+            .await?
+        {
+            Ok(meta) => Ok(Put::Written(self.tag_of(&meta))),
+            Err(e) => Err(failed("write", key, e)),
         }
     }
 
@@ -877,12 +903,14 @@ pub async fn open(
     };
     let store = ObjectStore::new(operator, service, config.fencing, config.request_timeout);
     #[cfg(feature = "faults")]
-    let store = match settings.faults_write_then_fail {
-        Some(rate) => store.with_faults(super::faults::Faults {
-            write_then_fail: rate,
+    let store = if settings.faults_write_then_fail.is_some() || settings.faults_ignore_conditions {
+        store.with_faults(super::faults::Faults {
+            write_then_fail: settings.faults_write_then_fail.unwrap_or(0.0),
+            ignore_conditions: settings.faults_ignore_conditions,
             injected: Default::default(),
-        }),
-        None => store,
+        })
+    } else {
+        store
     };
     #[cfg(not(feature = "faults"))]
     let _ = settings;
