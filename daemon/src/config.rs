@@ -559,10 +559,11 @@ impl Settings {
                 max_frame: Some(self.max_frame as u64),
                 io_timeout: Some(duration::format(self.io_timeout)),
             },
-            faults: (self.faults_write_then_fail.is_some() || self.faults_ignore_conditions).then(
-                || RawFaults {
+            faults: (self.faults_write_then_fail.is_some() || self.faults_ignore_conditions)
+                .then_some(RawFaults {
                     write_then_fail: self.faults_write_then_fail,
                     ignore_conditions: Some(self.faults_ignore_conditions),
+                }),
                 },
             ),
             stores: RawStores {
