@@ -564,8 +564,6 @@ impl Settings {
                     write_then_fail: self.faults_write_then_fail,
                     ignore_conditions: Some(self.faults_ignore_conditions),
                 }),
-                },
-            ),
             stores: RawStores {
                 object: self
                     .object_stores
