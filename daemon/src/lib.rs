@@ -68,12 +68,12 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     prepare_socket_dir(&socket)?;
     #[cfg(unix)]
     let _instance = instance::InstanceLock::acquire(&socket)?;
-    let stores = store::Stores::new(&settings)
-        .await
-        .map_err(|e| ServerError(e.to_string()))?;
     if settings.secrets_readable_by_others {
         tracing::warn!("the config file holds secrets and others can read it: chmod 600 it, or use env:NAME values");
     }
+    let stores = store::Stores::new(&settings)
+        .await
+        .map_err(|e| ServerError(e.to_string()))?;
     let host_id = settings.host_id.clone().unwrap_or_else(context::hostname);
     let ctx = Arc::new(Context::new(settings, stores, host_id));
     for store in ctx.stores.all() {

@@ -1042,3 +1042,51 @@ async fn a_store_that_ignores_conditions_is_refused_unless_accepted_weak(store: 
 per_store!(a_store_that_ignores_conditions_is_refused_unless_accepted_weak, [
     s3 => S3, gcs => Gcs, azblob => Azblob,
 ]);
+
+/// Secrets stay in the daemon: a config file holding a literal key that others can read is
+/// warned about, and the key appears in no log line, no `status` and no `--print-config`.
+#[tokio::test]
+async fn secrets_are_warned_about_and_never_shown() {
+    let account_key = test_env("VFSLOCK_TEST_AZBLOB_KEY");
+    let config = Store::Azblob.config().replace(
+        "\"env:VFSLOCK_TEST_AZBLOB_KEY\"",
+        &format!("{account_key:?}"),
+    );
+    assert!(
+        config.contains(&account_key),
+        "the test needs a literal key:\n{config}"
+    );
+    // The harness writes the config 0644: readable by others.
+    let daemon = Daemon::start_with(&config);
+    let log = daemon.log();
+    assert!(
+        log.contains("the config file holds secrets and others can read it"),
+        "{log}"
+    );
+    let client = daemon.client().await;
+    let target = Store::Azblob.target("secrets");
+    let mut lock = client.new_lock(target.url.clone(), LockOptions::default());
+    lock.acquire().await.expect("acquire");
+    lock.release().await.expect("release");
+    let status = format!("{:?}", client.status().await.expect("status"));
+    assert!(!status.contains(&account_key), "status shows the key");
+    assert!(
+        !daemon.log().contains(&account_key),
+        "the log shows the key"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &config).unwrap();
+    let printed = std::process::Command::new(vfslock_tests::bin("vfslockd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("<redacted>") && !printed.contains(&account_key),
+        "{printed}"
+    );
+}
