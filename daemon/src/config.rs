@@ -46,6 +46,7 @@ struct RawDaemon {
     socket: Option<String>,
     host_id: Option<String>,
     admin_group: Option<String>,
+    state_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -195,6 +196,8 @@ pub struct Settings {
     pub host_id: Option<String>,
     /// Group whose members may break locks and end others' detached leases (besides root).
     pub admin_group: Option<String>,
+    /// Where the crash journal lives (default: see [`crate::journal::default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
     /// Lease given when none is asked for.
     pub default_ttl: Duration,
     /// How long a corrupt lock file counts as held.
@@ -259,6 +262,7 @@ impl RawConfig {
         merge(&mut self.daemon.socket, &over.daemon.socket);
         merge(&mut self.daemon.host_id, &over.daemon.host_id);
         merge(&mut self.daemon.admin_group, &over.daemon.admin_group);
+        merge(&mut self.daemon.state_dir, &over.daemon.state_dir);
         let (l, o) = (&mut self.locks, &over.locks);
         merge(&mut l.default_ttl, &o.default_ttl);
         merge(&mut l.corrupt_grace, &o.corrupt_grace);
@@ -448,6 +452,7 @@ impl Settings {
             socket: non_empty(&raw.daemon.socket).map(PathBuf::from),
             host_id: non_empty(&raw.daemon.host_id),
             admin_group: non_empty(&raw.daemon.admin_group),
+            state_dir: non_empty(&raw.daemon.state_dir).map(PathBuf::from),
             default_ttl: duration_of(&l.default_ttl, "locks.default-ttl")?,
             corrupt_grace: duration_of(&l.corrupt_grace, "locks.corrupt-grace")?,
             stale_answer_timeout: duration_of(
@@ -539,6 +544,12 @@ impl Settings {
                 ),
                 host_id: Some(self.host_id.clone().unwrap_or_default()),
                 admin_group: Some(self.admin_group.clone().unwrap_or_default()),
+                state_dir: Some(
+                    self.state_dir
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ),
             },
             locks: RawLocks {
                 default_ttl: Some(duration::format(self.default_ttl)),

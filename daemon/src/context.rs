@@ -58,6 +58,8 @@ pub struct Context {
     pub watched: Watched,
     /// The admin group's id, resolved at startup.
     pub admin_gid: Option<u32>,
+    /// The crash journal; `None` only where a daemon runs without one (tests of parts).
+    pub journal: Option<crate::journal::Journal>,
 }
 
 /// For the watched stale rule: each lock file's content as last seen, and since when it has
@@ -105,6 +107,7 @@ impl Context {
         }
         Context {
             admin_gid,
+            journal: None,
             settings,
             stores,
             host_id,
@@ -114,6 +117,20 @@ impl Context {
             registry: Registry::default(),
             shutting_down: AtomicBool::new(false),
             watched: Watched::default(),
+        }
+    }
+
+    /// Records, before the store write, that a lock file with `lock_id` may be written.
+    pub fn journal_acquire(&self, lock_id: &str, target: &str) {
+        if let Some(journal) = &self.journal {
+            journal.acquire(lock_id, target);
+        }
+    }
+
+    /// Records that the holding `lock_id` is over.
+    pub fn journal_release(&self, lock_id: &str) {
+        if let Some(journal) = &self.journal {
+            journal.release(lock_id);
         }
     }
 

@@ -16,6 +16,7 @@
 //! | [`config`]   | TOML → defaults merged → validated settings                          |
 //! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
+//! | [`journal`]  | the crash journal: lock files to clean up after a `kill -9`          |
 //! | [`systemd`]  | a socket passed by systemd, readiness/status/watchdog, journal log lines |
 //! | [`ctl`]      | `vfslockctl` commands, each a small module over the `vfslock` client |
 //!
@@ -29,6 +30,7 @@ pub mod ctl;
 pub mod duration;
 #[cfg(unix)]
 pub mod instance;
+pub mod journal;
 pub mod lockfile;
 pub mod registry;
 pub mod server;
@@ -75,7 +77,26 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
         .await
         .map_err(|e| ServerError(e.to_string()))?;
     let host_id = settings.host_id.clone().unwrap_or_else(context::hostname);
-    let ctx = Arc::new(Context::new(settings, stores, host_id));
+    let state_dir = settings
+        .state_dir
+        .clone()
+        .unwrap_or_else(journal::default_state_dir);
+    let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)
+        .map_err(|e| ServerError(e.to_string()))?;
+    if !left.is_empty() {
+        let (removed, unsettled) = journal::recover(&stores, left).await;
+        tracing::info!(
+            removed,
+            unsettled = unsettled.len(),
+            "cleaned up the lock files of the previous run"
+        );
+        journal.restart(&unsettled);
+    } else {
+        journal.restart(&[]);
+    }
+    let mut ctx = Context::new(settings, stores, host_id);
+    ctx.journal = Some(journal);
+    let ctx = Arc::new(ctx);
     for store in ctx.stores.all() {
         let info = store.describe();
         tracing::info!(scheme = %info.scheme, "store: {}", info.description);

@@ -21,6 +21,10 @@ struct Args {
     /// else the machine's hostname). Daemons sharing a store must have different ones.
     #[arg(long, value_name = "NAME")]
     host_id: Option<String>,
+    /// Directory of the crash journal (default: the config's `state-dir`, else
+    /// $STATE_DIRECTORY under systemd, /var/lib/vfslock for root, $XDG_STATE_HOME/vfslock).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -71,6 +75,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(dir) = args.state_dir {
+        settings.state_dir = Some(dir);
+    }
     if let Some(host_id) = args.host_id.filter(|h| !h.is_empty()) {
         settings.host_id = Some(host_id);
     }

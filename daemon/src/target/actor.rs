@@ -16,7 +16,7 @@ use vfslock_proto::{
 };
 
 use super::{Holding, PendingSteal, SessionLink, TargetLockState, Waiter};
-use crate::address::{Address, Scheme};
+use crate::address::Address;
 use crate::config::StaleRule;
 use crate::context::{random_id, Context, Stats};
 use crate::lockfile::{self, LockRecord};
@@ -176,19 +176,6 @@ fn store_error(error: StoreError) -> WireError {
     WireError::new(kind, error.message)
 }
 
-/// Where a target's lock file lives inside its store. `mem://` volumes get their own prefix so
-/// `mem://vol/x` and `mem:///vol/x` never share a file.
-fn store_path(address: &Address) -> String {
-    match address.scheme() {
-        Scheme::File => address.lock_path(),
-        Scheme::Mem if address.authority().is_empty() => format!("root{}", address.lock_path()),
-        Scheme::Mem => format!("vol/{}{}", address.authority(), address.lock_path()),
-        Scheme::S3 | Scheme::Gcs | Scheme::Azblob => address.lock_key(),
-        // OpenDAL paths are relative to the operator's root, which is `/`.
-        Scheme::Sftp => address.lock_path().trim_start_matches('/').to_owned(),
-    }
-}
-
 impl Actor for TargetLock {
     type Msg = TargetLockMessage;
     type State = TargetLockState;
@@ -209,7 +196,7 @@ impl Actor for TargetLock {
             url: address.url(),
             store,
             key: address.key(),
-            lock_path: store_path(&address),
+            lock_path: super::store_path(&address),
             holder: None,
             waiters: Default::default(),
             steal: None,
@@ -509,6 +496,9 @@ impl TargetLock {
         // and our steal, is raced by someone else: look again, a few times.
         for _ in 0..4 {
             let record = self.new_record(&waiter, None);
+            if !record.detached {
+                self.ctx.journal_acquire(&record.lock_id, &state.url);
+            }
             let sent = Instant::now();
             let created = self
                 .within(store.create(
@@ -525,7 +515,7 @@ impl TargetLock {
                     self.grant(myself, state, waiter, record, written, sent, None);
                     return Attempt::Granted;
                 }
-                Ok(Created::Exists) => {}
+                Ok(Created::Exists) => self.ctx.journal_release(&record.lock_id),
             }
             let observed = match self.within(store.read(&state.lock_path)).await {
                 // Others kept rewriting it (handoffs, renewals): it is held; wait or say so.
@@ -675,6 +665,9 @@ impl TargetLock {
         expected: &crate::store::Version,
     ) -> (LockRecord, Instant, Result<Replaced, StoreError>) {
         let record = self.new_record(waiter, None);
+        if !record.detached {
+            self.ctx.journal_acquire(&record.lock_id, &state.url);
+        }
         let sent = Instant::now();
         let replaced = self
             .within(self.store(state).replace(
@@ -686,6 +679,9 @@ impl TargetLock {
                 maker(record.clone()),
             ))
             .await;
+        if !matches!(replaced, Ok(Replaced::Done(_))) {
+            self.ctx.journal_release(&record.lock_id);
+        }
         (record, sent, replaced)
     }
 
@@ -840,6 +836,19 @@ impl TargetLock {
         let Some(holding) = state.holder.take() else {
             return Ok(Response::Released { held: false });
         };
+        let lock_id = holding.record.lock_id.clone();
+        let outcome = self.end_holding(myself, state, holding).await;
+        // After the store write: a crash before it leaves the entry for the next start.
+        self.ctx.journal_release(&lock_id);
+        outcome
+    }
+
+    async fn end_holding(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+        holding: Holding,
+    ) -> Result<Response, WireError> {
         Stats::add(&self.ctx.stats.held, -1);
         state.renew_generation += 1;
         if holding
@@ -1141,6 +1150,7 @@ impl TargetLock {
         if try_delete {
             self.delete_if_ours(state, &holding.written).await;
         }
+        self.ctx.journal_release(&holding.record.lock_id);
         self.serve_queue(myself, state).await;
     }
 
@@ -1430,6 +1440,7 @@ impl TargetLock {
                 },
             );
             self.delete_if_ours(state, &holding.written).await;
+            self.ctx.journal_release(&holding.record.lock_id);
         }
     }
 

@@ -27,6 +27,8 @@ use crate::store::Observed;
 
 pub use actor::{TargetLock, TargetLockMessage};
 
+use crate::address::{Address, Scheme};
+
 /// Who is on the other end of a session, from the socket's peer credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -168,5 +170,18 @@ impl TargetLockState {
             .iter()
             .position(|w| w.is(session_id, acquire_id))?;
         self.waiters.remove(at)
+    }
+}
+
+/// Where a target's lock file lives inside its store. `mem://` volumes get their own prefix so
+/// `mem://vol/x` and `mem:///vol/x` never share a file.
+pub fn store_path(address: &Address) -> String {
+    match address.scheme() {
+        Scheme::File => address.lock_path(),
+        Scheme::Mem if address.authority().is_empty() => format!("root{}", address.lock_path()),
+        Scheme::Mem => format!("vol/{}{}", address.authority(), address.lock_path()),
+        Scheme::S3 | Scheme::Gcs | Scheme::Azblob => address.lock_key(),
+        // OpenDAL paths are relative to the operator's root, which is `/`.
+        Scheme::Sftp => address.lock_path().trim_start_matches('/').to_owned(),
     }
 }

@@ -1,0 +1,346 @@
+//! The crash journal: which lock files this daemon may have written and not yet removed, so
+//! that a daemon killed with SIGKILL cleans them up when it starts again instead of leaving
+//! them to block everyone until their TTL runs out.
+//!
+//! One journal per daemon identity (host id and socket), in the state directory, held with an
+//! exclusive OS lock for the daemon's life, so two daemons never share one. Each line is a JSON
+//! object: `{"acquire": LOCK_ID, "target": URL}` is written *before* the store write that may
+//! create a lock file with that id, `{"release": LOCK_ID}` once that holding is over. Plain
+//! writes, no fsync: the journal has to survive `kill -9`, not a power loss (after which the
+//! holders are gone too and the TTLs clean up). Detached leases are not journaled: they belong
+//! to their uid, not to this daemon's life.
+//!
+//! At startup every acquire without a release is looked at: if the target's lock file still
+//! carries that lock id (and is not a detached lease), it is deleted, conditional on the version
+//! read. Then the journal starts afresh.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::lockfile;
+use crate::store::{Conditional, Stores};
+
+/// Rewrite the file with only the open entries once it holds this many lines.
+const COMPACT_AFTER: usize = 10_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Acquire { acquire: String, target: String },
+    Release { release: String },
+}
+
+/// The journal of one running daemon.
+#[derive(Debug)]
+pub struct Journal {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    path: PathBuf,
+    open: HashMap<String, String>,
+    lines: usize,
+}
+
+/// The default state directory: `$STATE_DIRECTORY` under systemd, else `/var/lib/vfslock` for
+/// root and `$XDG_STATE_HOME/vfslock` (or `~/.local/state/vfslock`) otherwise.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, colon-separated; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/lib/vfslock");
+        }
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("vfslock");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/vfslock")
+}
+
+/// A file name for the identity `host_id` + `socket`, stable across restarts.
+fn journal_name(host_id: &str, socket: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    // A fixed hasher: the name must be the same in the next process.
+    let mut hasher = FnvHasher(0xcbf2_9ce4_8422_2325);
+    host_id.hash(&mut hasher);
+    socket.hash(&mut hasher);
+    let safe: String = host_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("journal-{safe}-{:016x}.jsonl", hasher.finish())
+}
+
+/// FNV-1a: tiny, and stable across Rust versions, unlike `DefaultHasher`.
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Why the journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalError(pub String);
+
+impl Journal {
+    /// Opens (creating it if needed) and locks the journal of this daemon identity. Returns the
+    /// holdings a previous run left open.
+    pub fn open(
+        state_dir: &Path,
+        host_id: &str,
+        socket: &Path,
+    ) -> Result<(Journal, Vec<(String, String)>), JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            JournalError(format!(
+                "cannot create the state directory {}: {e} (set --state-dir or [daemon] \
+                 state-dir)",
+                state_dir.display()
+            ))
+        })?;
+        let path = state_dir.join(journal_name(host_id, socket));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| JournalError(format!("cannot open {}: {e}", path.display())))?;
+        lock(&file).map_err(|e| {
+            JournalError(format!(
+                "the journal {} is locked by another vfslockd with the same identity ({e}); \
+                 give each daemon its own --host-id or --socket",
+                path.display()
+            ))
+        })?;
+        let mut open = HashMap::new();
+        let _ = file.rewind();
+        for line in BufReader::new(&file).lines() {
+            // A torn last line (killed mid-write) is skipped; its store write never started.
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Entry>(&line) {
+                Ok(Entry::Acquire { acquire, target }) => {
+                    open.insert(acquire, target);
+                }
+                Ok(Entry::Release { release }) => {
+                    open.remove(&release);
+                }
+                Err(_) => {}
+            }
+        }
+        let left = open.into_iter().collect();
+        Ok((
+            Journal {
+                inner: Mutex::new(Inner {
+                    file,
+                    path,
+                    open: HashMap::new(),
+                    lines: 0,
+                }),
+            },
+            left,
+        ))
+    }
+
+    /// Starts the journal afresh after recovery, keeping the holdings recovery could not settle
+    /// (a store that failed), so that the next start tries them again.
+    pub fn restart(&self, unsettled: &[(String, String)]) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        inner.open = unsettled.iter().cloned().collect();
+        inner.compact();
+    }
+
+    /// Records that a lock file with `lock_id` may be written for `target`.
+    pub fn acquire(&self, lock_id: &str, target: &str) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        inner.open.insert(lock_id.to_owned(), target.to_owned());
+        let entry = Entry::Acquire {
+            acquire: lock_id.to_owned(),
+            target: target.to_owned(),
+        };
+        inner.append(&entry);
+    }
+
+    /// Records that the holding `lock_id` is over (its file removed, taken over, or never won).
+    pub fn release(&self, lock_id: &str) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        if inner.open.remove(lock_id).is_none() {
+            return;
+        }
+        inner.append(&Entry::Release {
+            release: lock_id.to_owned(),
+        });
+    }
+}
+
+impl Inner {
+    fn append(&mut self, entry: &Entry) {
+        let mut line = serde_json::to_vec(entry).expect("entries serialize");
+        line.push(b'\n');
+        if let Err(e) = self.file.write_all(&line) {
+            tracing::error!(journal = %self.path.display(), error = %e, "cannot write the crash journal; a crash now leaves lock files until their TTL");
+        }
+        self.lines += 1;
+        if self.lines >= COMPACT_AFTER && self.lines >= self.open.len() * 4 {
+            self.compact();
+        }
+    }
+
+    /// Rewrites the journal with only the open holdings.
+    fn compact(&mut self) {
+        let mut text = Vec::new();
+        for (lock_id, target) in &self.open {
+            let entry = Entry::Acquire {
+                acquire: lock_id.clone(),
+                target: target.clone(),
+            };
+            text.extend(serde_json::to_vec(&entry).expect("entries serialize"));
+            text.push(b'\n');
+        }
+        // Append mode writes at the end whatever the offset, so truncating first is enough.
+        if self.file.set_len(0).is_ok() && self.file.write_all(&text).is_ok() {
+            self.lines = self.open.len();
+        }
+    }
+}
+
+fn lock(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid descriptor for the lifetime of `file`.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
+/// Removes the lock files a previous run of this daemon left behind: each still carrying its
+/// lock id (and not a detached lease) is deleted, conditional on the version read. Returns how
+/// many were removed, and the holdings that could not be settled (the store failed).
+pub async fn recover(
+    stores: &Stores,
+    left: Vec<(String, String)>,
+) -> (usize, Vec<(String, String)>) {
+    let mut removed = 0;
+    let mut unsettled = Vec::new();
+    for (lock_id, target) in left {
+        let Ok(address) = Address::parse(&target) else {
+            continue;
+        };
+        let Some(store) = stores.for_address(&address) else {
+            tracing::warn!(%target, "the journal names a target no store serves now; left alone");
+            continue;
+        };
+        let path = crate::target::store_path(&address);
+        let observed = match store.read(&path).await {
+            Ok(Some(observed)) => observed,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "cannot check a lock file left by the previous run");
+                unsettled.push((lock_id, target));
+                continue;
+            }
+        };
+        let parsed = lockfile::parse(&observed.bytes);
+        if parsed.lock_id.as_deref() != Some(lock_id.as_str()) || parsed.detached {
+            continue;
+        }
+        match store.delete(&path, &observed.version()).await {
+            Ok(Conditional::Done) => removed += 1,
+            Ok(Conditional::Changed) => {}
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "cannot remove a lock file left by the previous run");
+                unsettled.push((lock_id, target));
+            }
+        }
+    }
+    (removed, unsettled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_holdings_survive_a_reopen_and_released_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        {
+            let (journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
+            assert!(left.is_empty());
+            journal.acquire("a", "mem:///x");
+            journal.acquire("b", "mem:///y");
+            journal.release("a");
+            // A second daemon with the same identity is refused while this one lives.
+            let err = Journal::open(dir.path(), "h1", socket).unwrap_err();
+            assert!(err.0.contains("locked by another vfslockd"), "{err}");
+            // Another identity gets its own journal.
+            Journal::open(dir.path(), "h2", socket).unwrap();
+        }
+        let (journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
+        assert_eq!(left, vec![("b".to_owned(), "mem:///y".to_owned())]);
+        journal.restart(&[]);
+        drop(journal);
+        let (_journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
+        assert!(left.is_empty(), "the journal starts afresh after recovery");
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_open_holdings() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.acquire("kept", "mem:///k");
+            for i in 0..COMPACT_AFTER {
+                journal.acquire(&format!("t{i}"), "mem:///t");
+                journal.release(&format!("t{i}"));
+            }
+            let size = std::fs::metadata(&journal.inner.lock().unwrap().path)
+                .unwrap()
+                .len();
+            assert!(size < 200_000, "compacted: {size} bytes");
+        }
+        let (_journal, left) = Journal::open(dir.path(), "h", socket).unwrap();
+        assert_eq!(left, vec![("kept".to_owned(), "mem:///k".to_owned())]);
+    }
+}

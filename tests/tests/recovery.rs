@@ -1,0 +1,75 @@
+//! Crash recovery: a daemon killed with SIGKILL while holding many locks removes, when it
+//! starts again, every lock file it had written (checked by lock id), so nobody waits for
+//! their TTLs; detached leases, which belong to their uid, are kept.
+
+use std::time::Duration;
+
+use vfslock::LockOptions;
+use vfslock_tests::{Daemon, Store, TEST_CONFIG};
+
+/// How many locks the killed daemon holds.
+const HELD: usize = 100;
+
+async fn kill_9_with_locks_held_leaves_no_orphans(store: Store) {
+    let mut daemon = Daemon::start_with(&format!("{TEST_CONFIG}\n{}", store.config()));
+    let client = daemon.client().await;
+    let targets: Vec<_> = (0..HELD).map(|_| store.target("recovery")).collect();
+    let mut locks = Vec::new();
+    for target in &targets {
+        let mut lock = client.new_lock(
+            target.url.clone(),
+            // An hour-long lease: without recovery these would block everyone for an hour.
+            LockOptions::default().ttl(Duration::from_secs(3600)),
+        );
+        lock.acquire().await.expect("acquire");
+        locks.push(lock);
+    }
+    let detached = store.target("recovery-detached");
+    let lease = client
+        .acquire_detached(detached.url.clone(), Duration::from_secs(3600), None, None)
+        .await
+        .expect("detached lease");
+    for target in &targets {
+        assert!(client.metadata(&target.url).await.unwrap().is_some());
+    }
+
+    daemon.kill();
+    drop(locks);
+    drop(client);
+    daemon.restart();
+    assert!(
+        daemon
+            .log()
+            .contains("cleaned up the lock files of the previous run"),
+        "{}",
+        daemon.log()
+    );
+    let client = daemon.client().await;
+    let mut orphans = 0;
+    for target in &targets {
+        if client.metadata(&target.url).await.unwrap().is_some() {
+            orphans += 1;
+        }
+    }
+    assert_eq!(orphans, 0, "{store:?}: lock files left after the restart");
+    let kept = client.metadata(&detached.url).await.unwrap().expect("kept");
+    assert_eq!(kept.lock_id.as_deref(), Some(lease.lock_id.as_str()));
+    assert!(client
+        .release_detached(&detached.url, &lease.lock_id)
+        .await
+        .unwrap());
+    // Every target is free at once.
+    let mut lock = client.new_lock(targets[0].url.clone(), LockOptions::default());
+    lock.acquire().await.expect("free after recovery");
+    lock.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_store() {
+    kill_9_with_locks_held_leaves_no_orphans(Store::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store() {
+    kill_9_with_locks_held_leaves_no_orphans(Store::S3).await;
+}
