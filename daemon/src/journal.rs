@@ -70,6 +70,10 @@ pub fn default_state_dir() -> PathBuf {
             return PathBuf::from("/var/lib/vfslock");
         }
     }
+    #[cfg(windows)]
+    if let Some(dir) = std::env::var_os("LOCALAPPDATA").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("vfslock");
+    }
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("vfslock");
     }
