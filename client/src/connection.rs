@@ -297,7 +297,17 @@ async fn handshake(
         .await
         .map_err(|e| protocol(format!("handshake with vfslockd failed: {e}")))?
         .ok_or_else(Error::connection_lost)?;
-    codec::decode(&payload).map_err(|e| protocol(format!("bad welcome from vfslockd: {e}")))
+    match codec::decode::<Welcome>(&payload) {
+        Ok(welcome) => Ok(welcome),
+        // A daemon that cannot take this connection (its connection limit) says why instead.
+        Err(e) => match codec::decode::<ServerFrame>(&payload) {
+            Ok(ServerFrame::Response {
+                result: Err(refusal),
+                ..
+            }) => Err(Error::from(refusal)),
+            _ => Err(protocol(format!("bad welcome from vfslockd: {e}"))),
+        },
+    }
 }
 
 async fn read_frame(reader: &mut BufReader<SharedStream>) -> std::io::Result<Option<Vec<u8>>> {

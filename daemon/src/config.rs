@@ -72,6 +72,9 @@ struct RawLocks {
 struct RawLimits {
     max_frame: Option<u64>,
     io_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_locks_per_session: Option<usize>,
+    max_waiters_per_target: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -216,6 +219,12 @@ pub struct Settings {
     pub max_frame: usize,
     /// Handshake and partial-frame timeout.
     pub io_timeout: Duration,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most acquires (held or waiting) per connection.
+    pub max_locks_per_session: usize,
+    /// Most waiters queued on one target.
+    pub max_waiters_per_target: usize,
     /// How far another host's clock may run ahead of ours.
     pub skew_allowance: Duration,
     /// Least safety margin between a lease's deadline and its expiry.
@@ -279,6 +288,18 @@ impl RawConfig {
         merge(&mut l.handoff_cooldown, &o.handoff_cooldown);
         merge(&mut self.limits.max_frame, &over.limits.max_frame);
         merge(&mut self.limits.io_timeout, &over.limits.io_timeout);
+        merge(
+            &mut self.limits.max_connections,
+            &over.limits.max_connections,
+        );
+        merge(
+            &mut self.limits.max_locks_per_session,
+            &over.limits.max_locks_per_session,
+        );
+        merge(
+            &mut self.limits.max_waiters_per_target,
+            &over.limits.max_waiters_per_target,
+        );
         for (base, over) in [
             (&mut self.stores.file, &over.stores.file),
             (&mut self.stores.mem, &over.stores.mem),
@@ -476,6 +497,15 @@ impl Settings {
             max_frame: usize::try_from(required(&raw.limits.max_frame, "limits.max-frame")?)
                 .map_err(|_| ConfigError("`limits.max-frame` is too large".into()))?,
             io_timeout: duration_of(&raw.limits.io_timeout, "limits.io-timeout")?,
+            max_connections: required(&raw.limits.max_connections, "limits.max-connections")?,
+            max_locks_per_session: required(
+                &raw.limits.max_locks_per_session,
+                "limits.max-locks-per-session",
+            )?,
+            max_waiters_per_target: required(
+                &raw.limits.max_waiters_per_target,
+                "limits.max-waiters-per-target",
+            )?,
             file_store: store_of(&raw.stores.file, "stores.file")?,
             mem_store: store_of(&raw.stores.mem, "stores.mem")?,
             object_stores: Vec::new(),
@@ -569,6 +599,9 @@ impl Settings {
             limits: RawLimits {
                 max_frame: Some(self.max_frame as u64),
                 io_timeout: Some(duration::format(self.io_timeout)),
+                max_connections: Some(self.max_connections),
+                max_locks_per_session: Some(self.max_locks_per_session),
+                max_waiters_per_target: Some(self.max_waiters_per_target),
             },
             faults: (self.faults_write_then_fail.is_some() || self.faults_ignore_conditions)
                 .then_some(RawFaults {

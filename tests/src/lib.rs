@@ -618,3 +618,94 @@ pub fn start_refused(config: &str) -> (ExitStatus, String) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The expired lock a dead holder left, for round `round` of a steal race: the Go library's
+/// expired fixture on even rounds; on odd rounds a vfslock one whose token is far above
+/// `last_token` (as after a lost counter), which the winner's token must still exceed. Returns
+/// the lock file's JSON and, on odd rounds, its token.
+pub fn stale_lock_for_round(round: usize, last_token: u64) -> (serde_json::Value, Option<u64>) {
+    let mut stale: serde_json::Value =
+        serde_json::from_slice(&fixture("go-lockfile-expired-ttl.lock")).expect("fixture");
+    stale["ownerId"] = format!("stale-owner-{round}").into();
+    let stale_token = (round % 2 == 1).then(|| last_token + 1_000_000_000);
+    if let Some(token) = stale_token {
+        let created_at = stale["createdAt"].clone();
+        stale["created_at"] = created_at.clone();
+        stale["acquiredAt"] = created_at;
+        stale["vfslock"] = 1.into();
+        stale["lockId"] = format!("{round:032x}").into();
+        stale["daemonId"] = "dead".into();
+        stale["token"] = token.into();
+    }
+    (stale, stale_token)
+}
+
+/// Lets every client try the lock on `target` at the same instant (they wait at a barrier
+/// first), racer `i` with owner id `racer-<i>`; returns each racer's lock and outcome, in order.
+pub async fn race(
+    clients: &[vfslock::Client],
+    target: &str,
+) -> Vec<(vfslock::Lock, Result<(), vfslock::Error>)> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let racers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let mut lock = client.new_lock(
+                target,
+                vfslock::LockOptions::default().owner_id(format!("racer-{i}")),
+            );
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let result = lock.acquire().await;
+                (lock, result)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for racer in racers {
+        outcomes.push(
+            within("a racer's acquire", racer)
+                .await
+                .expect("racer task"),
+        );
+    }
+    outcomes
+}
+
+/// Checks a [`race`]: exactly one racer won, and every other was refused as already held,
+/// naming the winner's lock id. Returns the winner's index and lock.
+pub fn sole_winner(
+    what: &str,
+    outcomes: Vec<(vfslock::Lock, Result<(), vfslock::Error>)>,
+) -> (usize, vfslock::Lock) {
+    let racers = outcomes.len();
+    let mut winner = None;
+    let mut losers = Vec::new();
+    for (i, (lock, result)) in outcomes.into_iter().enumerate() {
+        match result {
+            Ok(()) => {
+                if let Some((first, _)) = &winner {
+                    panic!("{what}: racers {first} and {i} both won");
+                }
+                winner = Some((i, lock));
+            }
+            Err(err) => losers.push((i, err)),
+        }
+    }
+    let Some((index, lock)) = winner else {
+        panic!("{what}: nobody won: {losers:?}");
+    };
+    let winner_id = lock.lock_id().expect("winner's lock id").to_owned();
+    assert_eq!(losers.len(), racers - 1, "{what}");
+    for (i, err) in &losers {
+        assert!(err.is_already_held(), "{what}, racer {i}: {err:?}");
+        assert_eq!(
+            err.holder().and_then(|h| h.lock_id.as_deref()),
+            Some(winner_id.as_str()),
+            "{what}, racer {i}: the refusal must name the winner: {err:?}"
+        );
+    }
+    (index, lock)
+}

@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Barrier;
 use vfslock::{Client, ErrorKind, LockFileFormat, LockOptions};
 use vfslock_tests::{
-    eventually, fixture, next_position, watch_queue, within, Daemon, DEADLINE, TEST_CONFIG,
+    eventually, fixture, next_position, race, sole_winner, stale_lock_for_round, watch_queue,
+    within, Daemon, DEADLINE, TEST_CONFIG,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -252,76 +252,14 @@ async fn of_32_clients_on_8_hosts_racing_for_a_stale_lock_exactly_one_wins_every
         // Each its own connection, spread over the hosts.
         clients.push(daemons[i % RACE_HOSTS].client().await);
     }
-    let template: serde_json::Value =
-        serde_json::from_slice(&fixture("go-lockfile-expired-ttl.lock")).expect("fixture");
-
     let mut last_token = 0;
     for round in 0..RACE_ROUNDS {
-        // Even rounds: the Go library's expired lock. Odd rounds: a dead vfslock host's expired
-        // lock, whose token is far above the fence's counter (as after a counter was lost):
-        // the winner's token must still exceed it.
-        let mut stale = template.clone();
-        stale["ownerId"] = format!("stale-owner-{round}").into();
-        let stale_token = (round % 2 == 1).then(|| last_token + 1_000_000_000);
-        if let Some(stale_token) = stale_token {
-            let created_at = stale["createdAt"].clone();
-            stale["created_at"] = created_at.clone();
-            stale["acquiredAt"] = created_at;
-            stale["vfslock"] = 1.into();
-            stale["lockId"] = format!("{round:032x}").into();
-            stale["daemonId"] = "dead".into();
-            stale["token"] = stale_token.into();
-        }
+        let (stale, stale_token) = stale_lock_for_round(round, last_token);
         let stale = serde_json::to_vec_pretty(&stale).unwrap();
         overwrite_as_another_host(&path, Some(&stale));
-
-        let barrier = Arc::new(Barrier::new(clients.len()));
-        let racers: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, client)| {
-                let mut lock = client.new_lock(
-                    &target,
-                    LockOptions::default().owner_id(format!("racer-{i}")),
-                );
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    let result = lock.acquire().await;
-                    (result, lock)
-                })
-            })
-            .collect();
-
-        let mut winner = None;
-        let mut losers = Vec::new();
-        for (i, racer) in racers.into_iter().enumerate() {
-            let (result, lock) = within("a racer's acquire", racer)
-                .await
-                .expect("racer task");
-            match result {
-                Ok(()) => {
-                    if let Some((first, _)) = &winner {
-                        panic!("round {round}: racers {first} and {i} both won the stale lock");
-                    }
-                    winner = Some((i, lock));
-                }
-                Err(err) => losers.push((i, err)),
-            }
-        }
-        let Some((winner_index, mut lock)) = winner else {
-            panic!("round {round}: nobody took the stale lock: {losers:?}");
-        };
+        let outcomes = race(&clients, &target).await;
+        let (winner_index, mut lock) = sole_winner(&format!("round {round}"), outcomes);
         let winner_id = lock.lock_id().expect("winner's lock id").to_owned();
-        assert_eq!(losers.len(), clients.len() - 1, "round {round}");
-        for (i, err) in &losers {
-            assert!(err.is_already_held(), "round {round}, racer {i}: {err:?}");
-            assert_eq!(
-                err.holder().and_then(|h| h.lock_id.as_deref()),
-                Some(winner_id.as_str()),
-                "round {round}, racer {i}: the refusal must name the winner: {err:?}"
-            );
-        }
         let token = lock.token().expect("winner's token");
         assert!(
             token > last_token,

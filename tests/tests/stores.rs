@@ -19,14 +19,13 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
-use tokio::sync::Barrier;
 use vfslock::{Client, ErrorKind, Lock, LockOptions};
 use vfslock_tests::{
-    fixture, next_position, start_refused, test_env, watch_queue, within, Daemon, Store,
-    StoreTarget, DEADLINE,
+    next_position, race, sole_winner, stale_lock_for_round, start_refused, test_env, watch_queue,
+    within, Daemon, Store, StoreTarget, DEADLINE,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -333,15 +332,6 @@ fn assert_object_is(store: Store, json: &serde_json::Value, lock: &Lock, what: &
     }
 }
 
-/// An expired lock in the Go library's format, its owner named after `round` so that every
-/// round's bytes (and ETag) differ.
-fn go_stale_lock(round: usize) -> serde_json::Value {
-    let mut stale: serde_json::Value =
-        serde_json::from_slice(&fixture("go-lockfile-expired-ttl.lock")).expect("fixture");
-    stale["ownerId"] = format!("stale-owner-{round}").into();
-    stale
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Acquire and release
 // ---------------------------------------------------------------------------------------------
@@ -426,36 +416,6 @@ const RACE_DAEMONS: usize = 3;
 const RACE_CLIENTS_PER_DAEMON: usize = 3;
 const RACE_ROUNDS: usize = 20;
 
-/// Every client tries once, all at once; returns each one's lock and outcome, in order.
-async fn race(clients: &[Client], target: &str) -> Vec<(Lock, Result<(), vfslock::Error>)> {
-    let barrier = Arc::new(Barrier::new(clients.len()));
-    let racers: Vec<_> = clients
-        .iter()
-        .enumerate()
-        .map(|(i, client)| {
-            let mut lock = client.new_lock(
-                target,
-                LockOptions::default().owner_id(format!("racer-{i}")),
-            );
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let result = lock.acquire().await;
-                (lock, result)
-            })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for racer in racers {
-        outcomes.push(
-            within("a racer's acquire", racer)
-                .await
-                .expect("racer task"),
-        );
-    }
-    outcomes
-}
-
 async fn stale_steal_race(store: Store) {
     let daemons = hosts(store, RACE_DAEMONS);
     let raw = Raw::new(store);
@@ -469,7 +429,7 @@ async fn stale_steal_race(store: Store) {
     if !store.can_steal() {
         // Create-only: a stale lock cannot be replaced atomically, so nobody takes it, and
         // every acquire says why instead of reporting it held.
-        let stale = serde_json::to_vec_pretty(&go_stale_lock(0)).unwrap();
+        let stale = serde_json::to_vec_pretty(&stale_lock_for_round(0, 0).0).unwrap();
         raw.write(key, &stale).await;
         for (i, (lock, result)) in race(&clients, &target.url).await.into_iter().enumerate() {
             let err = result.expect_err("a stale lock is not stolen on a create-only store");
@@ -504,48 +464,11 @@ async fn stale_steal_race(store: Store) {
     for round in 0..RACE_ROUNDS {
         // Even rounds: the Go library's expired lock. Odd rounds: a dead vfslock host's expired
         // lock whose token is far above the fence's counter: the winner's must exceed it.
-        let mut stale = go_stale_lock(round);
-        let stale_token = (round % 2 == 1).then(|| last_token + 1_000_000_000);
-        if let Some(stale_token) = stale_token {
-            let created_at = stale["createdAt"].clone();
-            stale["created_at"] = created_at.clone();
-            stale["acquiredAt"] = created_at;
-            stale["vfslock"] = 1.into();
-            stale["lockId"] = format!("{round:032x}").into();
-            stale["daemonId"] = "dead".into();
-            stale["token"] = stale_token.into();
-        }
+        let (stale, stale_token) = stale_lock_for_round(round, last_token);
         raw.write(key, &serde_json::to_vec_pretty(&stale).unwrap())
             .await;
-
-        let mut winner = None;
-        let mut losers = Vec::new();
-        for (i, (lock, result)) in race(&clients, &target.url).await.into_iter().enumerate() {
-            match result {
-                Ok(()) => {
-                    if let Some((first, _)) = &winner {
-                        panic!("{store:?} round {round}: racers {first} and {i} both won");
-                    }
-                    winner = Some((i, lock));
-                }
-                Err(err) => losers.push((i, err)),
-            }
-        }
-        let Some((winner_index, mut lock)) = winner else {
-            panic!("{store:?} round {round}: nobody took the stale lock: {losers:?}");
-        };
-        let winner_id = lock.lock_id().expect("winner's lock id").to_owned();
-        for (i, err) in &losers {
-            assert!(
-                err.is_already_held(),
-                "{store:?} round {round}, racer {i}: {err:?}"
-            );
-            assert_eq!(
-                err.holder().and_then(|h| h.lock_id.as_deref()),
-                Some(winner_id.as_str()),
-                "{store:?} round {round}, racer {i}: the refusal must name the winner: {err:?}"
-            );
-        }
+        let outcomes = race(&clients, &target.url).await;
+        let (winner_index, mut lock) = sole_winner(&format!("{store:?} round {round}"), outcomes);
         let token = lock.token().expect("winner's token");
         assert!(
             token > last_token,

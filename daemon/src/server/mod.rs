@@ -131,6 +131,12 @@ pub async fn serve(
         tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
+                Ok(stream) if sessions.len() >= ctx.settings.max_connections => {
+                    // Told why, then closed: the sessions already open are not affected.
+                    let limit = ctx.settings.max_connections;
+                    tracing::warn!(limit, "connection refused: limits.max-connections reached");
+                    tokio::spawn(session::refuse(stream, limit, ctx.settings.io_timeout));
+                }
                 Ok(stream) => {
                     sessions.spawn(session::serve(ctx.clone(), stream, shutdown_rx.clone()));
                 }

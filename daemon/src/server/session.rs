@@ -53,7 +53,7 @@ async fn serve_as(
     let writer = tokio::spawn(write_frames(writer, out_rx, closing_rx));
     let mut session = Session {
         ctx: ctx.clone(),
-        link: Arc::new(SessionLink { id, out, peer }),
+        link: Arc::new(SessionLink::new(id, out, peer)),
         touched: HashMap::new(),
     };
     Stats::add(&ctx.stats.sessions, 1);
@@ -66,6 +66,31 @@ async fn serve_as(
     let _ = writer.await;
     session.close();
     Stats::add(&ctx.stats.sessions, -1);
+}
+
+/// Answers a connection over the limit: our hello, then an error frame (request id 0) saying
+/// why, then close. A client reads the error where it expected the welcome.
+pub async fn refuse(mut stream: Stream, limit: usize, io_timeout: Duration) {
+    let mut bytes = Hello::current().encode().to_vec();
+    let refusal = ServerFrame::Response {
+        id: 0,
+        result: Err(WireError::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "vfslockd serves its maximum of {limit} connections (limits.max-connections); \
+                 try again later"
+            ),
+        )),
+    };
+    if let Ok(frame) = codec::encode_frame(&refusal) {
+        bytes.extend_from_slice(&frame);
+    }
+    let mut hello = [0u8; HELLO_LEN];
+    let _ = tokio::time::timeout(io_timeout, async {
+        stream.read_exact(&mut hello).await?;
+        stream.write_all(&bytes).await
+    })
+    .await;
 }
 
 /// Exchanges hellos (fixed layout, any version) and sends the welcome frame.
@@ -336,6 +361,20 @@ impl Session {
                 }
                 match self.address(&request.target) {
                     Ok(address) => {
+                        let limit = self.ctx.settings.max_locks_per_session;
+                        if !self.link.acquire_started(id, limit) {
+                            return self.reply(
+                                id,
+                                Err(WireError::new(
+                                    ErrorKind::LimitExceeded,
+                                    format!(
+                                        "this connection already holds or waits for {limit} \
+                                         locks (limits.max-locks-per-session): release some \
+                                         first"
+                                    ),
+                                )),
+                            );
+                        }
                         self.touched
                             .entry(address.key())
                             .or_insert_with(|| address.clone());

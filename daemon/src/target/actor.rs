@@ -464,6 +464,18 @@ impl TargetLock {
                 waiter.session.reply(waiter.acquire_id, Err(error));
             }
             WaitMode::Wait { timeout } => {
+                let limit = self.ctx.settings.max_waiters_per_target;
+                if state.waiters.len() >= limit {
+                    let error = WireError::new(
+                        ErrorKind::LimitExceeded,
+                        format!(
+                            "{limit} acquires already wait for {} (limits.max-waiters-per-target); \
+                             try again later",
+                            state.url
+                        ),
+                    );
+                    return waiter.session.reply(waiter.acquire_id, Err(error));
+                }
                 if let Some(timeout) = timeout {
                     let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
                     myself.send_after(timeout, move || TargetLockMessage::WaitExpired {
@@ -795,6 +807,7 @@ impl TargetLock {
             .session
             .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
         if record.detached {
+            waiter.session.acquire_ended(waiter.acquire_id);
             // A detached lease belongs to its uid and lock id, not to this actor's session
             // bookkeeping: nothing renews or releases it here; its lock file is its state.
             tracing::info!(target = %state.url, uid = ?record.uid, lock_id = %record.lock_id, ttl = ?record.ttl, "detached lease granted");
@@ -837,6 +850,7 @@ impl TargetLock {
             return Ok(Response::Released { held: false });
         };
         let lock_id = holding.record.lock_id.clone();
+        holding.session.acquire_ended(holding.acquire_id);
         let outcome = self.end_holding(myself, state, holding).await;
         // After the store write: a crash before it leaves the entry for the next start.
         self.ctx.journal_release(&lock_id);
@@ -1144,6 +1158,7 @@ impl TargetLock {
         Stats::add(&self.ctx.stats.held, -1);
         state.renew_generation += 1;
         tracing::warn!(target = %state.url, %reason, "lease lost");
+        holding.session.acquire_ended(holding.acquire_id);
         holding
             .session
             .event(holding.acquire_id, Event::LeaseLost { reason });
@@ -1441,6 +1456,7 @@ impl TargetLock {
             );
             self.delete_if_ours(state, &holding.written).await;
             self.ctx.journal_release(&holding.record.lock_id);
+            holding.session.acquire_ended(holding.acquire_id);
         }
     }
 

@@ -50,12 +50,47 @@ pub struct SessionLink {
     pub out: mpsc::UnboundedSender<ServerFrame>,
     /// Who the client is.
     pub peer: Peer,
+    /// Acquires of this connection that wait or hold, for the per-session limit: added when
+    /// routed, removed when refused or when the holding ends.
+    pub open_acquires: std::sync::Mutex<std::collections::HashSet<RequestId>>,
 }
 
 impl SessionLink {
-    /// Answers request `id`. A closed session just drops the answer.
+    /// A link for session `id`.
+    pub fn new(id: u64, out: mpsc::UnboundedSender<ServerFrame>, peer: Peer) -> Self {
+        SessionLink {
+            id,
+            out,
+            peer,
+            open_acquires: Default::default(),
+        }
+    }
+
+    /// Answers request `id`. A closed session just drops the answer. A refusal ends an
+    /// acquire's count against the session's limit.
     pub fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
+        if result.is_err() {
+            self.acquire_ended(id);
+        }
         let _ = self.out.send(ServerFrame::Response { id, result });
+    }
+
+    /// The acquire `id` no longer waits or holds.
+    pub fn acquire_ended(&self, id: RequestId) {
+        self.open_acquires
+            .lock()
+            .expect("open acquires lock")
+            .remove(&id);
+    }
+
+    /// Counts the acquire `id` against the limit; `false` if the session is at `limit`.
+    pub fn acquire_started(&self, id: RequestId, limit: usize) -> bool {
+        let mut open = self.open_acquires.lock().expect("open acquires lock");
+        if open.len() >= limit {
+            return false;
+        }
+        open.insert(id);
+        true
     }
 
     /// Announces `event` about request `id`.
