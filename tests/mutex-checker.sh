@@ -19,6 +19,13 @@
 #   tests/mutex-checker.sh --store azblob --duration 60 --daemons 3 --clients 3
 #   tests/mutex-checker.sh --store s3 --daemons 2 --clients 3 --faults 0.2
 #
+# On SFTP (OpenSSH) the targets are files directly in the server's root,
+# <root>/mutex-checker-<time>-<pid>-t0…, and the daemons run create-only: no fencing tokens
+# (the workers skip the guarded write, token order is not checked, the token columns stay 0)
+# and no stale steals (the TTL defaults to 10 s there; --pause-daemon-* is refused):
+#
+#   tests/mutex-checker.sh --store sftp --duration 60 --daemons 2 --clients 3 --ttl 10
+#
 # `--faults RATE` makes each daemon apply that share of its object-store writes and then
 # report them failed ([faults] write-then-fail); it needs the `faults` feature, which this
 # script then builds in. The summary line ends with `store=<name>` (and `injected=<n>`, the

@@ -1,8 +1,9 @@
 //! The mutual-exclusion checker, short form: three daemons sharing one directory, nine
 //! workers, random SIGKILLs; no two holders at once, strictly increasing fencing tokens, no
 //! orphan lock files. The same with two daemons on each test object store (S3, GCS, Azure
-//! Blob). And its self-test: on `mem://` targets, which each daemon keeps apart, it must find
-//! the overlaps.
+//! Blob), and on the test SFTP server (create-only mode: no tokens, so only overlaps and
+//! orphans). And its self-test: on `mem://` targets, which each daemon keeps apart, it must
+//! find the overlaps.
 //!
 //! `mutex_checker` finds `vfslockd` next to itself: build the binaries first
 //! (`cargo build --workspace --bins --features vfslockd/faults`; `tests/run.sh` does it). The
@@ -207,6 +208,26 @@ fn daemons_sharing_an_azure_container_keep_mutual_exclusion_while_clients_are_ki
         ],
         &[],
     );
+}
+
+#[test]
+fn daemons_sharing_an_sftp_root_keep_mutual_exclusion_while_clients_are_killed() {
+    // Create-only mode: no tokens (the token columns stay 0, the guarded writes are skipped),
+    // no stale steals (the default TTL, 10 s, outlasts the run: killed workers' locks go
+    // through release-on-disconnect).
+    let outcome = object_store_run(
+        "sftp",
+        &[
+            "VFSLOCK_TEST_SFTP_ENDPOINT",
+            "VFSLOCK_TEST_SFTP_USER",
+            "VFSLOCK_TEST_SFTP_KEY",
+            "VFSLOCK_TEST_SFTP_ROOT",
+        ],
+        &[],
+    );
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    assert!(outcome.stderr.contains("tokens_checked=false"), "{context}");
+    assert!(!outcome.stderr.contains("writes_skipped=0 "), "{context}");
 }
 
 #[test]

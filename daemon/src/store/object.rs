@@ -380,7 +380,13 @@ impl ObjectStore {
             // A permanent error (a 4xx other than a lost condition) did not apply.
             Ok(Err(e)) if !e.is_temporary() => Err(failed("write", key, e)),
             Ok(Err(e)) => {
-                tracing::warn!(key, error = %e, "ambiguous write; reading back");
+                if self.service == Service::Sftp && condition.is_none() {
+                    // OpenSSH answers an exclusive create of an existing file with the generic
+                    // SSH_FX_FAILURE, which OpenDAL calls temporary: a lost race, most often.
+                    tracing::debug!(key, error = %e, "exclusive create failed; reading back");
+                } else {
+                    tracing::warn!(key, error = %e, "ambiguous write; reading back");
+                }
                 self.resolve(key, bytes).await
             }
             Err(timeout) => {

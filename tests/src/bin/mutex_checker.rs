@@ -1,16 +1,18 @@
 //! `mutex_checker`: checks vfslock's promises under load and crashes — never two holders of
 //! one lock at once, and fencing tokens that strictly increase — with several daemons (one per
-//! "host") sharing one directory of `file://` targets, or one prefix in a bucket of a test
-//! object store (S3, GCS, Azure Blob; `tests/servers/start.sh` starts them).
+//! "host") sharing one directory of `file://` targets, one prefix in a bucket of a test
+//! object store (S3, GCS, Azure Blob), or run-unique file names in the root of the test SFTP
+//! server (`tests/servers/start.sh` starts them). SFTP runs in the daemon's create-only mode:
+//! no fencing tokens, so there only mutual exclusion (and no orphans) is checked.
 //!
 //! ```text
-//! mutex_checker run [--store file|s3|gcs|azblob] [--faults RATE]
+//! mutex_checker run [--store file|s3|gcs|azblob|sftp] [--faults RATE]
 //!                   [--daemons N] [--clients M] [--targets K] [--duration SECS]
 //!                   [--hold-ms MS] [--kill-every-ms MS] [--kill-holder-percent P]
 //!                   [--ttl SECS] [--dir DIR]
 //!                   [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
 //! mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
-//!                      --hold-ms MS --ttl SECS --log FILE --id NAME [--mem]
+//!                      --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
 //! ```
 //!
 //! `run` (the coordinator) starts N `vfslockd`s, a guarded resource that rejects writes with
@@ -41,18 +43,21 @@ use store::StoreKind;
 use worker::WorkerArgs;
 
 const USAGE: &str = "usage:
-  mutex_checker run [--store file|s3|gcs|azblob] [--faults RATE]
+  mutex_checker run [--store file|s3|gcs|azblob|sftp] [--faults RATE]
                     [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
                     [--kill-every-ms MS] [--kill-holder-percent P] [--ttl SECS] [--dir DIR]
                     [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
   mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
-                       --hold-ms MS --ttl SECS --log FILE --id NAME [--mem]
+                       --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
 
   Defaults: 3 daemons, 3 clients per daemon, 2 targets, 6 s, hold 2 ms, a SIGKILL every 400 ms
   (50% of them aimed at the holder of a random target), ttl 5 s.
   --store s3|gcs|azblob: targets in a run-unique prefix of the test server's bucket, as the
   VFSLOCK_TEST_* variables of tests/servers/run/env say (tests/servers/start.sh); defaults
   there: 2 daemons, 3 clients per daemon, 2 targets, 5 s, hold 5 ms.
+  --store sftp: targets <root>/mutex-checker-<time>-<pid>-t0… on the test SFTP server, which
+  the daemons run create-only: no fencing tokens (the workers skip the guarded write; token
+  order is not checked), no stale steals (ttl 10 s by default; no --pause-daemon-*).
   --faults RATE (object stores; vfslockd built with the `faults` feature): each daemon applies
   that share of its store writes, then reports them failed ([faults] write-then-fail).
   --pause-daemon-every-ms/--pause-daemon-ms: SIGSTOP a random daemon that often, for that long
@@ -213,7 +218,17 @@ fn run_args(flags: &Flags) -> Result<RunArgs, String> {
 
 fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
     flags.only(&[
-        "socket", "resource", "data", "base", "targets", "hold-ms", "ttl", "log", "id", "mem",
+        "socket",
+        "resource",
+        "data",
+        "base",
+        "targets",
+        "hold-ms",
+        "ttl",
+        "log",
+        "id",
+        "mem",
+        "tokenless",
     ])?;
     let targets: usize = flags.require("targets")?;
     if targets == 0 {
@@ -230,6 +245,7 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
         log: flags.require("log")?,
         id: flags.require("id")?,
         mem: flags.has("mem"),
+        tokenless: flags.has("tokenless"),
     })
 }
 
@@ -242,7 +258,7 @@ fn main() -> ExitCode {
                 Box::new(move || ExitCode::from(coordinator::main(a)))
                     as Box<dyn FnOnce() -> ExitCode>
             }),
-        Some("worker") => Flags::parse(&args[1..], &["mem"])
+        Some("worker") => Flags::parse(&args[1..], &["mem", "tokenless"])
             .and_then(|flags| worker_args(&flags))
             .map(|a| Box::new(move || worker::main(a)) as Box<dyn FnOnce() -> ExitCode>),
         Some("-h" | "--help") => {
@@ -314,6 +330,13 @@ mod tests {
         assert_eq!((args.store, args.daemons), (StoreKind::Azblob, 3));
         assert_eq!(args.faults, None);
         assert_eq!(run_args(&flags(&[], &[])).unwrap().store, StoreKind::File);
+        let args = run_args(&flags(&["--store", "sftp"], &[])).unwrap();
+        assert_eq!(args.store, StoreKind::Sftp);
+        assert_eq!((args.daemons, args.clients, args.targets), (2, 3, 2));
+        assert_eq!(args.ttl, Duration::from_secs(10));
+        assert_eq!(args.hold, Duration::from_millis(5));
+        let args = run_args(&flags(&["--store", "sftp", "--ttl", "20"], &[])).unwrap();
+        assert_eq!(args.ttl, Duration::from_secs(20));
         assert!(run_args(&flags(&["--daemons", "x"], &[])).is_err());
     }
 
@@ -339,6 +362,14 @@ mod tests {
         ];
         let args = worker_args(&flags(&full, &[])).unwrap();
         assert_eq!(args.targets, 2);
+        assert!(!args.tokenless);
+        let mut tokenless = full.to_vec();
+        tokenless.push("--tokenless");
+        assert!(
+            worker_args(&flags(&tokenless, &["tokenless"]))
+                .unwrap()
+                .tokenless
+        );
         assert_eq!(args.ttl, Duration::from_secs(5));
         assert!(worker_args(&flags(&full[..14], &[])).is_err());
     }

@@ -8,6 +8,9 @@
 //! no earlier than the process could still act). The recorded interval therefore lies inside
 //! the real holding: any two recorded intervals of one target that intersect are a real
 //! violation of mutual exclusion, never an artefact of the recording.
+//!
+//! On a store that grants no fencing tokens (SFTP, create-only mode) a section without a token
+//! is expected, and there is no token order to check: only overlaps and late losses count.
 
 use std::collections::BTreeMap;
 
@@ -76,8 +79,14 @@ pub(crate) struct Analysis {
     pub(crate) killed_holding: u64,
     /// Sections whose holder heard of the loss only after the next holder had entered.
     pub(crate) lost_late: u64,
-    /// Sections without a token.
+    /// Sections without a token, on a store that grants tokens.
     pub(crate) missing_tokens: u64,
+    /// Whether tokens were expected (and their order checked): not on SFTP.
+    pub(crate) tokens_checked: bool,
+    /// Sections with a token on a store that grants none (reported, not a violation).
+    pub(crate) unexpected_tokens: u64,
+    /// Resource writes a worker skipped because its holding had no token (SFTP).
+    pub(crate) skipped_writes: u64,
     /// Sections with no end record and no kill (counted until the end of the run).
     pub(crate) unended: u64,
     /// Releases that failed with `LeaseLost` after a hold that `lost()` did not interrupt:
@@ -180,6 +189,7 @@ pub(crate) fn sections(
                         all.push(section);
                     }
                 }
+                Record::WriteSkipped { .. } => analysis.skipped_writes += 1,
                 Record::Released { lease_lost, .. } => {
                     if *lease_lost && exited_unreleased {
                         analysis.release_losses += 1;
@@ -211,15 +221,24 @@ pub(crate) fn sections(
 }
 
 /// Checks the records of a run. `origin` is the run's start (for descriptions only).
-pub(crate) fn analyze(instances: &[Instance], run_end: u64, origin: u64) -> Analysis {
-    let mut analysis = Analysis::default();
+/// `tokens`: whether the store grants fencing tokens; if not (SFTP), sections without one
+/// are expected and the token order is not checked.
+pub(crate) fn analyze(instances: &[Instance], run_end: u64, origin: u64, tokens: bool) -> Analysis {
+    let mut analysis = Analysis {
+        tokens_checked: tokens,
+        ..Analysis::default()
+    };
     let all = sections(instances, run_end, &mut analysis, origin);
     analysis.acquisitions = all.len() as u64;
     let mut by_target: BTreeMap<usize, Vec<Section>> = BTreeMap::new();
     for section in all {
-        if section.token.is_none() {
-            analysis.missing_tokens += 1;
-            analysis.problem(format!("no token: {}", describe(&section, origin)));
+        match (tokens, section.token) {
+            (true, None) => {
+                analysis.missing_tokens += 1;
+                analysis.problem(format!("no token: {}", describe(&section, origin)));
+            }
+            (false, Some(_)) => analysis.unexpected_tokens += 1,
+            _ => {}
         }
         match section.ended_by {
             EndedBy::Lost => analysis.lost_leases += 1,
@@ -241,9 +260,9 @@ pub(crate) fn analyze(instances: &[Instance], run_end: u64, origin: u64) -> Anal
                 ));
             }
         }
-        // Token order: strictly increasing in enter order.
+        // Token order: strictly increasing in enter order (where the store grants tokens).
         let mut previous: Option<&Section> = None;
-        for section in sections.iter() {
+        for section in sections.iter().filter(|_| tokens) {
             let Some(token) = section.token else { continue };
             if let Some(before) = previous {
                 let before_token = before.token.expect("only sections with tokens");
@@ -326,6 +345,21 @@ mod tests {
             self
         }
 
+        /// Enters without a token, as on SFTP, and skips the resource write.
+        fn enter_tokenless(mut self, target: usize, t: u64) -> Self {
+            self.instance.records.push(Record::Enter {
+                t: t * MS,
+                target,
+                client: self.instance.client.clone(),
+                token: None,
+            });
+            self.instance.records.push(Record::WriteSkipped {
+                t: t * MS + 1,
+                target,
+            });
+            self
+        }
+
         fn exit(self, target: usize, t: u64) -> Self {
             self.exit_only(target, t).released(target, t, false)
         }
@@ -367,7 +401,12 @@ mod tests {
     }
 
     fn run(instances: &[Instance]) -> Analysis {
-        analyze(instances, 10_000 * MS, 0)
+        analyze(instances, 10_000 * MS, 0, true)
+    }
+
+    /// As on SFTP: the store grants no tokens.
+    fn run_tokenless(instances: &[Instance]) -> Analysis {
+        analyze(instances, 10_000 * MS, 0, false)
     }
 
     #[test]
@@ -530,5 +569,77 @@ mod tests {
         assert_eq!(analysis.missing_tokens, 1);
         assert_eq!(analysis.order_violations, 0);
         assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn without_tokens_a_clean_history_passes_and_nothing_is_ordered() {
+        let instances = [
+            Worker::new("a")
+                .enter_tokenless(0, 10)
+                .exit(0, 20)
+                .enter_tokenless(1, 25)
+                .exit(1, 30)
+                .done(),
+            Worker::new("b")
+                .enter_tokenless(0, 21)
+                .exit(0, 30)
+                .enter_tokenless(0, 40)
+                .killed(45)
+                .done(),
+            Worker::new("c")
+                .enter_tokenless(1, 31)
+                .lost(1, 50)
+                .enter_tokenless(1, 55)
+                .exit(1, 56)
+                .done(),
+        ];
+        let analysis = run_tokenless(&instances);
+        assert_eq!(analysis.acquisitions, 6);
+        assert_eq!(analysis.missing_tokens, 0);
+        assert_eq!(analysis.unexpected_tokens, 0);
+        assert_eq!(analysis.skipped_writes, 6);
+        assert_eq!(analysis.order_violations, 0);
+        assert_eq!(analysis.equal_tokens, 0);
+        assert_eq!(analysis.overlaps, 0, "{:#?}", analysis.problems);
+        assert_eq!((analysis.lost_leases, analysis.killed_holding), (1, 1));
+        assert!(!analysis.tokens_checked);
+        assert!(analysis.is_clean(), "{:#?}", analysis.problems);
+        assert!(analysis.problems.is_empty(), "{:#?}", analysis.problems);
+
+        // The same records where tokens are expected: every section lacks one.
+        let strict = run(&instances);
+        assert_eq!(strict.missing_tokens, 6);
+        assert!(!strict.is_clean());
+    }
+
+    #[test]
+    fn without_tokens_overlaps_and_late_losses_still_count() {
+        let instances = [
+            Worker::new("a").enter_tokenless(0, 10).exit(0, 20).done(),
+            Worker::new("b").enter_tokenless(0, 15).exit(0, 25).done(),
+            Worker::new("c").enter_tokenless(1, 10).lost(1, 300).done(),
+            Worker::new("d").enter_tokenless(1, 200).exit(1, 400).done(),
+        ];
+        let analysis = run_tokenless(&instances);
+        assert_eq!(analysis.overlaps, 2, "{:#?}", analysis.problems);
+        assert_eq!(analysis.lost_late, 1);
+        assert_eq!(analysis.missing_tokens, 0);
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn without_tokens_a_stray_token_is_reported_not_ordered() {
+        // Decreasing and equal tokens, which would be violations where tokens are granted.
+        let instances = [
+            Worker::new("a").enter(0, 10, 5).exit(0, 20).done(),
+            Worker::new("b").enter(0, 30, 5).exit(0, 40).done(),
+            Worker::new("c").enter(0, 50, 4).exit(0, 60).done(),
+        ];
+        let analysis = run_tokenless(&instances);
+        assert_eq!(analysis.unexpected_tokens, 3);
+        assert_eq!((analysis.order_violations, analysis.equal_tokens), (0, 0));
+        assert!(analysis.is_clean());
+        let strict = run(&instances);
+        assert_eq!((strict.order_violations, strict.equal_tokens), (1, 1));
     }
 }

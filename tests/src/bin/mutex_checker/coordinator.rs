@@ -1,7 +1,12 @@
 //! The coordinator (`mutex_checker run`): starts the daemons sharing one data directory (or
-//! one prefix in an object store's bucket), the guarded resource and the workers; kills random
-//! workers while they run; stops everything; looks for orphan lock files (or objects);
-//! analyses the records and prints the verdict.
+//! one prefix in an object store's bucket, or run-unique names in the SFTP root), the guarded
+//! resource and the workers; kills random workers while they run; stops everything; looks for
+//! orphan lock files (or objects); analyses the records and prints the verdict.
+//!
+//! On SFTP (create-only mode) there are no fencing tokens, stale steals or handoffs: the
+//! workers skip the resource write, the analysis checks overlaps and late losses only, and
+//! the TTL is long (10 s) so that no lock goes stale: a killed worker's lock is released by
+//! its daemon when the connection drops.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -17,6 +22,9 @@ use crate::Rng;
 
 /// How long a process gets to start serving or to exit after SIGTERM.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a daemon gets to exit after SIGTERM when a failed run is torn down.
+const DROP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long the orphan check waits beyond the TTL for release-on-disconnect to happen.
 const ORPHAN_MARGIN: Duration = Duration::from_secs(2);
@@ -95,19 +103,27 @@ impl Default for RunArgs {
 impl RunArgs {
     /// The defaults for a run on `store`. An object store answers in milliseconds, not
     /// microseconds (moto serves one request at a time): fewer daemons and workers, longer
-    /// holdings, so that a short run still has enough acquisitions and stays short.
+    /// holdings, so that a short run still has enough acquisitions and stays short. On SFTP
+    /// the TTL is 10 s: a lock that went stale could not be stolen (create-only mode), and
+    /// every holder's daemon stays alive to renew it, or to release it when a killed worker's
+    /// connection drops.
     pub(crate) fn defaults_for(store: StoreKind) -> RunArgs {
         let file = RunArgs::default();
+        let object = RunArgs {
+            daemons: 2,
+            clients: 3,
+            targets: 2,
+            duration: Duration::from_secs(5),
+            hold: Duration::from_millis(5),
+            store,
+            ..file.clone()
+        };
         match store {
             StoreKind::File => file,
-            StoreKind::S3 | StoreKind::Gcs | StoreKind::Azblob => RunArgs {
-                daemons: 2,
-                clients: 3,
-                targets: 2,
-                duration: Duration::from_secs(5),
-                hold: Duration::from_millis(5),
-                store,
-                ..file
+            StoreKind::S3 | StoreKind::Gcs | StoreKind::Azblob => object,
+            StoreKind::Sftp => RunArgs {
+                ttl: Duration::from_secs(10),
+                ..object
             },
         }
     }
@@ -313,8 +329,20 @@ impl Drop for Run {
                 let _ = child.wait();
             }
         }
-        for daemon in &mut self.daemons {
-            if let Some(mut child) = daemon.child.take() {
+        // Daemons get SIGTERM first, so that they close their store connections (an SFTP
+        // store's SSH master outlives a SIGKILL of its daemon); SIGKILL after a grace period.
+        let mut daemons: Vec<Child> = self
+            .daemons
+            .iter_mut()
+            .filter_map(|daemon| daemon.child.take())
+            .collect();
+        for child in &daemons {
+            signal(child, libc::SIGCONT);
+            signal(child, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + DROP_GRACE;
+        for child in &mut daemons {
+            if wait_until(child, deadline).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -357,10 +385,11 @@ impl Run {
             .args(
                 self.object
                     .as_ref()
-                    .map(|store| ["--base".to_owned(), store.base_url()])
+                    .map(|store| ["--base".to_owned(), store.target_prefix()])
                     .into_iter()
                     .flatten(),
             )
+            .args((!self.args.store.has_tokens()).then_some("--tokenless"))
             .arg("--targets")
             .arg(self.args.targets.to_string())
             .arg("--hold-ms")
@@ -689,11 +718,18 @@ fn run(args: RunArgs) -> Result<bool, String> {
     }
     if let Some(rate) = args.faults {
         if args.store == StoreKind::File {
-            return Err("--faults acts on object-store writes: give --store s3|gcs|azblob".into());
+            return Err(
+                "--faults acts on object-store writes: give --store s3|gcs|azblob|sftp".into(),
+            );
         }
         if !(0.0..=1.0).contains(&rate) {
             return Err(format!("--faults {rate}: a share between 0 and 1"));
         }
+    }
+    if args.store == StoreKind::Sftp && !args.pause_every.is_zero() {
+        // A paused daemon's locks go stale, and on SFTP nobody may steal them: the run
+        // would only measure refusals.
+        return Err("--pause-daemon-every-ms: SFTP (create-only mode) has no stale steals".into());
     }
     let object = match args.store {
         StoreKind::File => None,
@@ -756,7 +792,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         object,
     };
     if let Some(store) = &run.object {
-        eprintln!("mutex-checker: targets {}/t0..", store.base_url());
+        eprintln!("mutex-checker: targets {}t0..", store.target_prefix());
     }
     for index in 0..args.daemons {
         let config = dir.join(format!("daemon-{index}.toml"));
@@ -810,7 +846,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
             killed_at: info.killed_at,
         });
     }
-    let analysis = analyze(&instances, run_end, origin);
+    let analysis = analyze(&instances, run_end, origin, args.store.has_tokens());
     let stats = resource.stats();
     let report = Report {
         args: &args,
@@ -839,16 +875,19 @@ fn run(args: RunArgs) -> Result<bool, String> {
     if let Some(store) = run.object.as_ref().filter(|_| clean && !args.keep) {
         match store.remove_run() {
             Ok(removed) => eprintln!(
-                "mutex-checker: removed the {removed} objects under {}/",
-                store.base_url()
+                "mutex-checker: removed the {removed} objects under {}*",
+                store.target_prefix()
             ),
             Err(e) => eprintln!(
-                "mutex-checker: warning: cannot remove {}/: {e}",
-                store.base_url()
+                "mutex-checker: warning: cannot remove {}*: {e}",
+                store.target_prefix()
             ),
         }
     } else if let Some(store) = &run.object {
-        eprintln!("mutex-checker: objects kept under {}/", store.base_url());
+        eprintln!(
+            "mutex-checker: objects kept under {}*",
+            store.target_prefix()
+        );
     }
     drop(run);
     if let Some(temp) = temp {
@@ -934,8 +973,8 @@ fn print_details(
         .count();
     eprintln!(
         "mutex-checker: processes={} killed_holding={} killed_releasing={} forced_kills={} \
-         daemon_pauses={} torn_lines={} writes_accepted={} missing_tokens={} unended={} \
-         release_losses={} malformed={}",
+         daemon_pauses={} torn_lines={} writes_accepted={} writes_skipped={} missing_tokens={} \
+         unexpected_tokens={} tokens_checked={} unended={} release_losses={} malformed={}",
         instances.len(),
         analysis.killed_holding,
         killed_releasing,
@@ -943,7 +982,10 @@ fn print_details(
         run.pauses,
         torn,
         stats.accepted,
+        analysis.skipped_writes,
         analysis.missing_tokens,
+        analysis.unexpected_tokens,
+        analysis.tokens_checked,
         analysis.unended,
         analysis.release_losses,
         analysis.malformed,
@@ -955,6 +997,17 @@ fn print_details(
     ] {
         for (text, count) in tally {
             eprintln!("mutex-checker: {what}: {count}× {text}");
+        }
+    }
+    if run.args.store == StoreKind::Sftp {
+        // Create-only mode refuses an acquire that finds a stale lock: a lock went stale
+        // (its lease ran out unrenewed) although every holder's daemon was alive.
+        if let Some(stale) = acquire_errors.get("Unsupported") {
+            eprintln!(
+                "mutex-checker: note: {stale} acquires met a stale lock (refused: SFTP has no \
+                 stale steals); a lease ran out unrenewed with a TTL of {:?}",
+                run.args.ttl
+            );
         }
     }
     for exit in &run.unexpected_exits {

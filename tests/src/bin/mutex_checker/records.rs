@@ -57,6 +57,15 @@ pub(crate) enum Record {
         /// Whether the resource accepted the write; `None` if it did not answer.
         accepted: Option<bool>,
     },
+    /// The worker did not write to the guarded resource: the holding has no fencing token,
+    /// and the store grants none (SFTP, create-only mode), so the resource has nothing to
+    /// check.
+    WriteSkipped {
+        /// When.
+        t: u64,
+        /// Which target.
+        target: usize,
+    },
     /// `Lock::lost` resolved while the lock was held: the section ends here.
     Lost {
         /// When the worker heard it.
@@ -180,6 +189,7 @@ mod tests {
                 token: Some(7),
                 accepted: Some(true),
             },
+            Record::WriteSkipped { t: 3, target: 0 },
             Record::Lost {
                 t: 4,
                 target: 1,

@@ -1,5 +1,7 @@
 //! The worker process: takes locks on random targets through one daemon, writes to the
-//! guarded resource with each holding's fencing token, and records every step.
+//! guarded resource with each holding's fencing token, and records every step. On a store
+//! without tokens (`--tokenless`: SFTP) a holding without a token skips the write, and records
+//! that it did.
 //!
 //! Each record is appended to the log before the next step, so a SIGKILL loses at most the
 //! step in progress. SIGTERM lets the current step finish, then the worker stops.
@@ -30,8 +32,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) resource: PathBuf,
     /// The directory of the targets `t0` … `t{targets-1}`.
     pub(crate) data: PathBuf,
-    /// The targets are `<base>/t0` … instead (an object-store URL prefix such as
-    /// `s3://locks/mutex-checker-…`).
+    /// The targets are `<base>t0` … instead: an object-store URL prefix such as
+    /// `s3://locks/mutex-checker-…/`, or `sftp://u@h:p/root/mutex-checker-…-` (files directly
+    /// in the SFTP root).
     pub(crate) base: Option<String>,
     /// How many targets.
     pub(crate) targets: usize,
@@ -47,6 +50,10 @@ pub(crate) struct WorkerArgs {
     /// memory store of its own, so with several daemons this breaks mutual exclusion on
     /// purpose (the checker's self-test).
     pub(crate) mem: bool,
+    /// The store grants no fencing tokens (SFTP, create-only mode): a holding without one
+    /// skips the resource write (recorded as `write_skipped`) instead of sending a write the
+    /// resource must reject.
+    pub(crate) tokenless: bool,
 }
 
 static TERMINATED: AtomicBool = AtomicBool::new(false);
@@ -114,7 +121,7 @@ async fn run(args: WorkerArgs) -> ExitCode {
             if args.mem {
                 format!("mem:///mutex-checker/t{i}")
             } else if let Some(base) = &args.base {
-                format!("{}/t{i}", base.trim_end_matches('/'))
+                format!("{base}t{i}")
             } else {
                 args.data
                     .join(format!("t{i}"))
@@ -181,25 +188,32 @@ async fn run(args: WorkerArgs) -> ExitCode {
             client: args.id.clone(),
             token,
         });
-        let accepted = match resource
-            .as_mut()
-            .expect("connected above")
-            .write(target, token, &args.id)
-            .await
-        {
-            Ok(accepted) => Some(accepted),
-            Err(e) => {
-                eprintln!("worker {}: write to the resource: {e}", args.id);
-                resource = None;
-                None
-            }
-        };
-        log.append(&Record::Write {
-            t: now_ns(),
-            target,
-            token,
-            accepted,
-        });
+        if token.is_none() && args.tokenless {
+            log.append(&Record::WriteSkipped {
+                t: now_ns(),
+                target,
+            });
+        } else {
+            let accepted = match resource
+                .as_mut()
+                .expect("connected above")
+                .write(target, token, &args.id)
+                .await
+            {
+                Ok(accepted) => Some(accepted),
+                Err(e) => {
+                    eprintln!("worker {}: write to the resource: {e}", args.id);
+                    resource = None;
+                    None
+                }
+            };
+            log.append(&Record::Write {
+                t: now_ns(),
+                target,
+                token,
+                accepted,
+            });
+        }
         let lost = tokio::select! {
             biased;
             reason = lock.lost() => Some(reason),
