@@ -16,9 +16,6 @@
 
 #![cfg(target_os = "linux")]
 
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,37 +106,13 @@ fn file_created_at(path: &Path) -> SystemTime {
         .unwrap_or_else(|| panic!("no readable createdAt in {}: {json}", path.display()))
 }
 
-/// Runs `f` while holding the exclusive OFD lock on `fence`, as every vfslock host does around
-/// each write of the lock file beside it.
+/// Runs `f` holding the fence of the lock file beside `fence` (`<lock>.fence`), through the
+/// daemon's own fence code, as every vfslock host does around each write of the lock file.
 fn under_fence<T>(fence: &Path, f: impl FnOnce() -> T) -> T {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(fence)
-        .unwrap_or_else(|e| panic!("open the fence {}: {e}", fence.display()));
-    // SAFETY: `flock` is plain data; all-zero is a valid value that we then fill in.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as _;
-    request.l_whence = libc::SEEK_SET as _;
-    loop {
-        // SAFETY: a valid descriptor and a valid pointer to an initialized `flock`.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &request) };
-        if rc == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::Interrupted,
-            "lock the fence: {e}"
-        );
-    }
-    let out = f();
-    drop(file); // closing the descriptor releases the OFD lock
-    out
+    let fence = fence.to_string_lossy();
+    let lock_path = fence.strip_suffix(".fence").expect("a .fence path");
+    vfslockd::store::fs::with_fence(lock_path, f)
+        .unwrap_or_else(|e| panic!("lock the fence {fence}: {e}"))
 }
 
 /// Replaces the lock file at `path` with `bytes` (or removes it, with `None`) as another host

@@ -17,7 +17,6 @@
 //! 8. a target no store serves is refused, and a store whose server is unreachable stops the
 //!    daemon at startup.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use std::time::{Duration, Instant};
@@ -241,35 +240,13 @@ impl Raw {
     }
 }
 
-/// Runs `f` holding the exclusive OFD lock on a `file://` lock's fence, as every vfslock host
-/// does around each write of the lock file beside it.
+/// Runs `f` holding the fence of the lock file beside `fence` (`<lock>.fence`), through the
+/// daemon's own fence code, as every vfslock host does around each write of the lock file.
 fn under_fence<T>(fence: &Path, f: impl FnOnce() -> T) -> T {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(fence)
-        .unwrap_or_else(|e| panic!("open the fence {}: {e}", fence.display()));
-    // SAFETY: `flock` is plain data; all-zero is a valid value that we then fill in.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as _;
-    request.l_whence = libc::SEEK_SET as _;
-    loop {
-        // SAFETY: a valid descriptor and a valid pointer to an initialized `flock`.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &request) } == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::Interrupted,
-            "lock the fence: {e}"
-        );
-    }
-    f()
+    let fence = fence.to_string_lossy();
+    let lock_path = fence.strip_suffix(".fence").expect("a .fence path");
+    vfslockd::store::fs::with_fence(lock_path, f)
+        .unwrap_or_else(|e| panic!("lock the fence {fence}: {e}"))
 }
 
 /// The lock as the daemon reads it now (answered only after the target's actor handled

@@ -200,6 +200,14 @@ impl Fence {
     }
 }
 
+/// Runs `f` while holding the fence of the lock file at `lock_path`, exactly as every write of
+/// that lock file by any vfslock daemon does. For tools and tests that act on a lock file as
+/// another vfslock host would; the lock is released when `f` returns.
+pub fn with_fence<T>(lock_path: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    let _fence = Fence::lock(lock_path)?;
+    Ok(f())
+}
+
 #[cfg(target_os = "linux")]
 fn lock_exclusive(file: &File) -> io::Result<()> {
     // SAFETY: `flock` is plain data; all-zero is a valid value that we then fill in.
