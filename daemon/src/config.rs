@@ -25,8 +25,78 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     stores: RawStores,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    access: Vec<RawAccessRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     faults: Option<RawFaults>,
+}
+
+/// One `[[access]]` table: who may lock under a prefix.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAccessRule {
+    prefix: String,
+    #[serde(default)]
+    users: Vec<NameOrId>,
+    #[serde(default)]
+    groups: Vec<NameOrId>,
+}
+
+/// A user or group in the config: its name, or its numeric id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NameOrId {
+    /// A numeric uid or gid.
+    Id(u32),
+    /// A name, looked up in the system's user or group database at startup.
+    Name(String),
+}
+
+impl std::fmt::Display for NameOrId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameOrId::Id(id) => write!(f, "{id}"),
+            NameOrId::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A validated `[[access]]` rule; names are resolved to ids by [`crate::access`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessRuleSettings {
+    /// The prefix as written in the config.
+    pub prefix: String,
+    /// The prefix parsed.
+    pub parsed: crate::address::Prefix,
+    /// Users allowed to lock under it.
+    pub users: Vec<NameOrId>,
+    /// Groups (effective or supplementary) whose members may lock under it.
+    pub groups: Vec<NameOrId>,
+}
+
+/// One entry of `[stores.file] roots`: a directory under which file:// locks may be taken.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+enum RawFileRoot {
+    /// Just the path: locks allowed under it where the caller could create a file itself.
+    Path(String),
+    /// The path and whether the caller must be able to create files there itself.
+    Table {
+        path: String,
+        #[serde(rename = "caller-must-write")]
+        caller_must_write: Option<bool>,
+    },
+}
+
+/// A validated `[stores.file] roots` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRootSettings {
+    /// The directory, as written (absolute).
+    pub path: PathBuf,
+    /// Whether the caller must be able to create files in a lock file's directory itself
+    /// (true: the root only narrows; false: it widens, the daemon creates lock files there for
+    /// any caller the access rules allow).
+    pub caller_must_write: bool,
 }
 
 /// `[faults]`: fault injection, honoured only by builds with the `faults` cargo feature.
@@ -173,6 +243,9 @@ pub struct ObjectStoreSettings {
 struct RawStore {
     enabled: Option<bool>,
     stale_rule: Option<StaleRule>,
+    /// `[stores.file]` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    roots: Option<Vec<RawFileRoot>>,
 }
 
 /// How a store judges a lock stale.
@@ -239,8 +312,13 @@ pub struct Settings {
     pub handoff_cooldown: Duration,
     /// `file://` served, with this stale rule.
     pub file_store: Option<StaleRule>,
+    /// Where `file://` lock files may be created (empty: wherever the caller could create a
+    /// file itself).
+    pub file_roots: Vec<FileRootSettings>,
     /// `mem://` served, with this stale rule.
     pub mem_store: Option<StaleRule>,
+    /// Who may lock under which prefixes (empty: everyone who can reach the socket).
+    pub access: Vec<AccessRuleSettings>,
     /// Object stores, by prefix.
     pub object_stores: Vec<ObjectStoreSettings>,
     /// Whether the config file holds secrets while others can read it (warned at startup).
@@ -306,7 +384,9 @@ impl RawConfig {
         ] {
             merge(&mut base.enabled, &over.enabled);
             merge(&mut base.stale_rule, &over.stale_rule);
+            merge(&mut base.roots, &over.roots);
         }
+        self.access.extend(over.access.iter().cloned());
         self.stores
             .object
             .extend(over.stores.object.iter().cloned());
@@ -419,8 +499,48 @@ fn has_literal_secrets(raw: &RawConfig) -> bool {
 
 fn store_of(raw: &RawStore, key: &str) -> Result<Option<StaleRule>, ConfigError> {
     let enabled = required(&raw.enabled, &format!("{key}.enabled"))?;
+    if raw.roots.is_some() && key != "stores.file" {
+        return Err(ConfigError(format!(
+            "`{key}.roots` is not a setting: roots confine file:// targets ([stores.file])"
+        )));
+    }
     let rule = required(&raw.stale_rule, &format!("{key}.stale-rule"))?;
     Ok(enabled.then_some(rule))
+}
+
+fn file_roots_of(raw: &RawStore) -> Result<Vec<FileRootSettings>, ConfigError> {
+    let mut roots = Vec::new();
+    for root in raw.roots.iter().flatten() {
+        let (path, caller_must_write) = match root {
+            RawFileRoot::Path(path) => (path, None),
+            RawFileRoot::Table {
+                path,
+                caller_must_write,
+            } => (path, *caller_must_write),
+        };
+        if !Path::new(path).is_absolute() {
+            return Err(ConfigError(format!(
+                "[stores.file] roots: {path:?} is not an absolute path"
+            )));
+        }
+        roots.push(FileRootSettings {
+            path: PathBuf::from(path),
+            caller_must_write: caller_must_write.unwrap_or(true),
+        });
+    }
+    Ok(roots)
+}
+
+fn access_rule_of(raw: &RawAccessRule) -> Result<AccessRuleSettings, ConfigError> {
+    let at = format!("[[access]] prefix = {:?}", raw.prefix);
+    let parsed = crate::address::Address::parse_prefix(&raw.prefix)
+        .map_err(|e| ConfigError(format!("{at}: {e}")))?;
+    Ok(AccessRuleSettings {
+        prefix: raw.prefix.clone(),
+        parsed,
+        users: raw.users.clone(),
+        groups: raw.groups.clone(),
+    })
 }
 
 fn non_empty(value: &Option<String>) -> Option<String> {
@@ -507,7 +627,13 @@ impl Settings {
                 "limits.max-waiters-per-target",
             )?,
             file_store: store_of(&raw.stores.file, "stores.file")?,
+            file_roots: file_roots_of(&raw.stores.file)?,
             mem_store: store_of(&raw.stores.mem, "stores.mem")?,
+            access: raw
+                .access
+                .iter()
+                .map(access_rule_of)
+                .collect::<Result<_, _>>()?,
             object_stores: Vec::new(),
             secrets_readable_by_others: false,
             faults_write_then_fail: raw.faults.as_ref().and_then(|f| f.write_then_fail),
@@ -617,12 +743,31 @@ impl Settings {
                 file: RawStore {
                     enabled: Some(self.file_store.is_some()),
                     stale_rule: Some(self.file_store.unwrap_or(StaleRule::Seed)),
+                    roots: Some(
+                        self.file_roots
+                            .iter()
+                            .map(|root| RawFileRoot::Table {
+                                path: root.path.display().to_string(),
+                                caller_must_write: Some(root.caller_must_write),
+                            })
+                            .collect(),
+                    ),
                 },
                 mem: RawStore {
                     enabled: Some(self.mem_store.is_some()),
                     stale_rule: Some(self.mem_store.unwrap_or(StaleRule::Seed)),
+                    roots: None,
                 },
             },
+            access: self
+                .access
+                .iter()
+                .map(|rule| RawAccessRule {
+                    prefix: rule.prefix.clone(),
+                    users: rule.users.clone(),
+                    groups: rule.groups.clone(),
+                })
+                .collect(),
         };
         toml::to_string(&raw).expect("settings serialize")
     }

@@ -58,6 +58,8 @@ pub struct Context {
     pub watched: Watched,
     /// The admin group's id, resolved at startup.
     pub admin_gid: Option<u32>,
+    /// Who may lock what (`[[access]]` rules, `file://` roots), resolved at startup.
+    pub access: crate::access::Access,
     /// The crash journal; `None` only where a daemon runs without one (tests of parts).
     pub journal: Option<crate::journal::Journal>,
 }
@@ -107,6 +109,7 @@ impl Context {
         }
         Context {
             admin_gid,
+            access: crate::access::Access::default(),
             journal: None,
             settings,
             stores,

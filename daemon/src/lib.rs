@@ -13,6 +13,7 @@
 //! | [`lockfile`] | the lock-file JSON (a superset of the Go library's), foreign and corrupt files |
 //! | [`store`]    | where lock files live: local files by syscalls, memory via OpenDAL   |
 //! | [`address`]  | target URLs and their one normalized form                            |
+//! | [`access`]   | who may lock what: `[[access]]` rules, file:// confinement          |
 //! | [`config`]   | TOML → defaults merged → validated settings                          |
 //! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
@@ -23,6 +24,7 @@
 //! The binaries (`src/bin/`) only parse arguments, set up logging and call [`run`] or
 //! [`ctl::main`].
 
+pub mod access;
 pub mod address;
 pub mod config;
 pub mod context;
@@ -73,6 +75,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     if settings.secrets_readable_by_others {
         tracing::warn!("the config file holds secrets and others can read it: chmod 600 it, or use env:NAME values");
     }
+    let access = access::Access::new(&settings).map_err(ServerError)?;
     let stores = store::Stores::new(&settings)
         .await
         .map_err(|e| ServerError(e.to_string()))?;
@@ -96,6 +99,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     }
     let mut ctx = Context::new(settings, stores, host_id);
     ctx.journal = Some(journal);
+    ctx.access = access;
     let ctx = Arc::new(ctx);
     for store in ctx.stores.all() {
         let info = store.describe();

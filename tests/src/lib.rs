@@ -709,3 +709,49 @@ pub fn sole_winner(
     }
     (index, lock)
 }
+
+/// The unprivileged user tests act as (Debian's `nobody`).
+pub const NOBODY: u32 = 65534;
+
+/// `vfslockctl --socket … ARGS` against `daemon`, as root, or as `nobody` with the given
+/// supplementary groups.
+pub fn vfslockctl(
+    daemon: &Daemon,
+    as_nobody: Option<Vec<u32>>,
+    args: &[&str],
+) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(bin("vfslockctl"));
+    command
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .stdin(Stdio::null());
+    if let Some(groups) = as_nobody {
+        // SAFETY: between fork and exec only async-signal-safe calls: setgroups, setgid,
+        // setuid.
+        unsafe {
+            command.pre_exec(move || {
+                let groups: Vec<libc::gid_t> = groups.clone();
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(NOBODY) != 0
+                    || libc::setuid(NOBODY) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    command.output().expect("run vfslockctl")
+}
+
+/// Lets `nobody` reach the daemon's socket, which is otherwise 0660 root-owned in a private
+/// temporary directory.
+pub fn open_to_everyone(daemon: &Daemon) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = daemon.socket().parent().unwrap().to_owned();
+    for (path, mode) in [(dir, 0o755), (daemon.socket().to_owned(), 0o666)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}

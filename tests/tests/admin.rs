@@ -2,44 +2,12 @@
 //! separate `vfslockctl` invocations, `list --target`, completions and man pages, and who may
 //! do what, judged by the daemon from the socket's peer credentials.
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 use vfslock::{ErrorKind, LockOptions};
-use vfslock_tests::{bin, within, Daemon, TEST_CONFIG};
-
-/// The unprivileged user the tests act as (Debian's `nobody`).
-const NOBODY: u32 = 65534;
-
-/// `vfslockctl --socket … ARGS`, as root, or as `nobody` with the given supplementary groups.
-fn ctl(daemon: &Daemon, as_nobody: Option<Vec<u32>>, args: &[&str]) -> Output {
-    let mut command = Command::new(bin("vfslockctl"));
-    command
-        .arg("--socket")
-        .arg(daemon.socket())
-        .args(args)
-        .stdin(Stdio::null());
-    if let Some(groups) = as_nobody {
-        // SAFETY: between fork and exec only async-signal-safe calls: setgroups, setgid,
-        // setuid.
-        unsafe {
-            command.pre_exec(move || {
-                let groups: Vec<libc::gid_t> = groups.clone();
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(NOBODY) != 0
-                    || libc::setuid(NOBODY) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    command.output().expect("run vfslockctl")
-}
+use vfslock_tests::{open_to_everyone, vfslockctl as ctl, within, Daemon, TEST_CONFIG};
 
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
@@ -53,15 +21,6 @@ fn json(output: &Output) -> Value {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Lets `nobody` reach the daemon's socket, which is otherwise 0660 root-owned in a private
-/// temporary directory.
-fn open_to_everyone(daemon: &Daemon) {
-    let dir = daemon.socket().parent().unwrap().to_owned();
-    for (path, mode) in [(dir, 0o755), (daemon.socket().to_owned(), 0o666)] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
 }
 
 #[tokio::test]

@@ -21,17 +21,18 @@ use vfslock_proto::{
     Welcome, WireError,
 };
 
-use crate::address::Address;
+use crate::access::{off_runtime, resolve_file, Caller, Need};
+use crate::address::{Address, Scheme};
 use crate::context::{Context, Stats};
 use crate::registry::Registry;
 use crate::target::{Peer, SessionLink, TargetLockMessage};
 
 /// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
 pub async fn serve(ctx: Arc<Context>, stream: Stream, shutdown: watch::Receiver<bool>) {
-    let peer = peer_of(&ctx, &stream);
+    let (peer, caller) = peer_of(&ctx, &stream);
     let id = ctx.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::debug_span!("session", id, pid = peer.pid);
-    serve_as(ctx, stream, shutdown, id, peer)
+    serve_as(ctx, stream, shutdown, id, peer, caller)
         .instrument(span)
         .await
 }
@@ -42,6 +43,7 @@ async fn serve_as(
     mut shutdown: watch::Receiver<bool>,
     id: u64,
     peer: Peer,
+    caller: Caller,
 ) {
     if let Err(reason) = handshake(&ctx, &mut stream).await {
         tracing::info!(%reason, "handshake refused");
@@ -54,7 +56,9 @@ async fn serve_as(
     let mut session = Session {
         ctx: ctx.clone(),
         link: Arc::new(SessionLink::new(id, out, peer)),
+        caller,
         touched: HashMap::new(),
+        resolved: HashMap::new(),
     };
     Stats::add(&ctx.stats.sessions, 1);
     match session.run(&mut reader, &mut shutdown).await {
@@ -127,9 +131,10 @@ async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<(), String> {
     }
 }
 
-/// Who the client is, from the kernel: pid, uid, and whether it is an admin (root, or in the
-/// admin group by its effective or any supplementary group). Nothing the client sends counts.
-fn peer_of(ctx: &Context, stream: &Stream) -> Peer {
+/// Who the client is, from the kernel: pid, uid, groups, and whether it is an admin (root, or
+/// in the admin group by its effective or any supplementary group). Nothing the client sends
+/// counts.
+fn peer_of(ctx: &Context, stream: &Stream) -> (Peer, Caller) {
     match stream.peer_creds() {
         Ok(creds) => {
             #[cfg(unix)]
@@ -147,23 +152,25 @@ fn peer_of(ctx: &Context, stream: &Stream) -> Peer {
             // here (delete lock files with the daemon's rights), so every peer is an admin. A
             // wider descriptor would have to revisit this.
             #[cfg(not(unix))]
-            let (uid, admin): (Option<u32>, bool) = {
+            let (uid, groups, admin): (Option<u32>, Vec<u32>, bool) = {
                 let _ = ctx;
-                (None, true)
+                (None, Vec::new(), true)
             };
-            Peer {
+            let peer = Peer {
                 pid: creds.pid().map(i64::from).unwrap_or(0),
                 uid,
                 admin,
-            }
+            };
+            (peer, Caller { uid, groups, admin })
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the peer's credentials");
-            Peer {
+            let peer = Peer {
                 pid: 0,
                 uid: None,
                 admin: false,
-            }
+            };
+            (peer, Caller::default())
         }
     }
 }
@@ -215,8 +222,24 @@ fn peer_groups(_stream: &Stream) -> Vec<u32> {
 struct Session {
     ctx: Arc<Context>,
     link: Arc<SessionLink>,
+    /// Who the client is, for the access checks.
+    caller: Caller,
     /// Targets this connection has acquired on, told when it closes.
     touched: HashMap<String, Address>,
+    /// `file://` targets as this connection named them in its acquires, and where their
+    /// directories resolved then: its releases and cancels go to the same actor even if a
+    /// symlink on the way changed since.
+    resolved: HashMap<String, Address>,
+}
+
+/// More `file://` targets remembered per connection than this and the memory starts afresh;
+/// a forgotten one is only resolved again.
+const RESOLVED_CAPACITY: usize = 4096;
+
+/// A refusal by the access checks: logged, and told to the client as it is.
+fn refusal(caller: &Caller, address: &Address, denied: crate::access::Denied) -> WireError {
+    tracing::warn!(uid = ?caller.uid, target = %address, reason = %denied, "refused by the access rules");
+    WireError::new(ErrorKind::PermissionDenied, denied.0)
 }
 
 fn protocol_error(message: impl Into<String>) -> ServerFrame {
@@ -320,6 +343,55 @@ impl Session {
         Ok(address)
     }
 
+    /// Where a request about `target` goes. A `file://` target's directory is resolved to the
+    /// real one (the actor and the store work there, following no symlink again); with `need`,
+    /// the caller is judged in that directory first, and for [`Need::Create`] also by the
+    /// `[[access]]` rules. Without `need` (releases, cancels, verdicts), this connection's own
+    /// earlier resolution of the target is reused.
+    async fn locate(&mut self, target: &str, need: Option<Need>) -> Result<Address, WireError> {
+        let address = self.address(target)?;
+        let address = if address.scheme() == Scheme::File {
+            if need.is_none() {
+                if let Some(known) = self.resolved.get(target) {
+                    return Ok(known.clone());
+                }
+            }
+            let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
+            let dir = std::path::Path::new(address.path())
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .to_owned();
+            // Resolving and judging read the filesystem, which may be a hung NFS mount.
+            let judged = off_runtime(&dir, move || {
+                let resolved =
+                    resolve_file(&address).map_err(|e| WireError::new(ErrorKind::Store, e))?;
+                if let Some(need) = need {
+                    ctx.access
+                        .check_file(&caller, &resolved, need)
+                        .map_err(|denied| refusal(&caller, &resolved, denied))?;
+                }
+                Ok::<_, WireError>(resolved)
+            })
+            .await?;
+            if need == Some(Need::Create) {
+                if self.resolved.len() >= RESOLVED_CAPACITY {
+                    self.resolved.clear();
+                }
+                self.resolved.insert(target.to_owned(), judged.clone());
+            }
+            judged
+        } else {
+            address
+        };
+        if need == Some(Need::Create) {
+            self.ctx
+                .access
+                .check_rules(&self.caller, &address)
+                .map_err(|denied| refusal(&self.caller, &address, denied))?;
+        }
+        Ok(address)
+    }
+
     async fn route(&self, id: RequestId, address: &Address, message: TargetLockMessage) {
         if let Err(e) = Registry::route(&self.ctx, address, message).await {
             self.reply(id, Err(WireError::new(ErrorKind::Internal, e.to_string())));
@@ -335,7 +407,7 @@ impl Session {
                 allow,
                 reason,
             } => {
-                if let Ok(address) = self.address(&target) {
+                if let Ok(address) = self.locate(&target, None).await {
                     let message = TargetLockMessage::StaleVerdict {
                         session_id: self.link.id,
                         acquire_id: id,
@@ -359,7 +431,7 @@ impl Session {
                         )),
                     );
                 }
-                match self.address(&request.target) {
+                match self.locate(&request.target, Some(Need::Create)).await {
                     Ok(address) => {
                         let limit = self.ctx.settings.max_locks_per_session;
                         if !self.link.acquire_started(id, limit) {
@@ -388,7 +460,7 @@ impl Session {
                     Err(e) => self.reply(id, Err(e)),
                 }
             }
-            Request::Cancel { target, acquire_id } => match self.address(&target) {
+            Request::Cancel { target, acquire_id } => match self.locate(&target, None).await {
                 Ok(address) => {
                     let message = TargetLockMessage::Cancel {
                         session,
@@ -399,7 +471,7 @@ impl Session {
                 }
                 Err(e) => self.reply(id, Err(e)),
             },
-            Request::Release { target, lock_id } => match self.address(&target) {
+            Request::Release { target, lock_id } => match self.locate(&target, None).await {
                 Ok(address) => {
                     let message = TargetLockMessage::Release {
                         session,
@@ -414,7 +486,7 @@ impl Session {
                 target,
                 lock_id,
                 ttl,
-            } => match self.address(&target) {
+            } => match self.locate(&target, None).await {
                 Ok(address) => {
                     let message = TargetLockMessage::RenewDetached {
                         session,
@@ -448,7 +520,7 @@ impl Session {
                         )),
                     );
                 }
-                match self.address(&target) {
+                match self.locate(&target, None).await {
                     Ok(address) => {
                         let message = TargetLockMessage::Break {
                             session,
@@ -460,7 +532,7 @@ impl Session {
                     Err(e) => self.reply(id, Err(e)),
                 }
             }
-            Request::Metadata { target } => match self.address(&target) {
+            Request::Metadata { target } => match self.locate(&target, Some(Need::Search)).await {
                 Ok(address) => {
                     self.route(id, &address, TargetLockMessage::Metadata { session, id })
                         .await
