@@ -262,6 +262,12 @@ pub fn resolve_file(address: &Address) -> Result<Address, String> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(format!("{} names no file", address.url()));
     };
+    // Most directories have no link on their path: one call tells, and the path is then real
+    // already (targets hold no `.`, `..` or empty segments).
+    #[cfg(unix)]
+    if crate::store::fs::reached_without_links(dir) {
+        return Ok(address.clone());
+    }
     let real = std::fs::canonicalize(dir).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             ": the directory must exist"

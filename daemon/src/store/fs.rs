@@ -33,7 +33,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -252,6 +252,35 @@ fn open_dir_nofollow(dir: &Path) -> io::Result<OwnedFd> {
     Ok(here)
 }
 
+/// Reads a whole small file: a lock file is well under a page, and on a local regular file a
+/// read shorter than asked means the end, so one call usually does; a longer file is read on.
+fn read_small(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        match file.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len < bytes.len() {
+                    break;
+                }
+                bytes.resize(bytes.len() * 2, 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// Whether the directory `dir` is reached without a symbolic link on its path (then an
+/// absolute, normalized `dir` is already its real path).
+pub fn reached_without_links(dir: &Path) -> bool {
+    open_dir_nofollow(dir).is_ok()
+}
+
 /// Where a lock file lives: its directory, opened without following symlinks, and its name
 /// in it. Every call below acts relative to the directory descriptor, so nothing is resolved
 /// twice.
@@ -315,16 +344,20 @@ impl Place {
         check(unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ())
     }
 
-    fn read_now(&self) -> Result<Option<Observed>, StoreError> {
+    /// Reads the lock file; with `timed`, also its last-modified time (the compare-and-act
+    /// reads under the fence need only the bytes).
+    fn read_now(&self, timed: bool) -> Result<Option<Observed>, StoreError> {
         let mut file = match self.open(&self.name, libc::O_RDONLY) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(describe("read", &self.path, &e)),
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| describe("read", &self.path, &e))?;
-        let modified = file.metadata().and_then(|m| m.modified()).ok();
+        let bytes = read_small(&mut file).map_err(|e| describe("read", &self.path, &e))?;
+        let modified = if timed {
+            file.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
         Ok(Some(Observed {
             bytes,
             tag: None,
@@ -378,6 +411,8 @@ impl Place {
 struct Fence {
     file: File,
     path: String,
+    /// The length of the fence file as last read.
+    length: usize,
 }
 
 impl Fence {
@@ -391,6 +426,7 @@ impl Fence {
         Ok(locked.then(|| Fence {
             file,
             path: format!("{}{FENCE_SUFFIX}", place.path),
+            length: 0,
         }))
     }
 
@@ -398,20 +434,25 @@ impl Fence {
     /// [`Token::Fresh`] covers. A fence whose content is not a number is refused rather than
     /// read as 0: a counter silently reset could issue a token below one already handed out.
     fn counter(&mut self) -> Result<u64, StoreError> {
-        let mut text = String::new();
-        let read = self
-            .file
-            .rewind()
-            .and_then(|_| self.file.read_to_string(&mut text));
-        let text = match read {
-            Ok(_) => text,
-            Err(e) => {
-                return Err(StoreError::new(format!(
-                    "cannot read the token counter in {}: {e}",
-                    self.path
-                )))
+        use std::os::unix::fs::FileExt;
+        // A counter is at most 21 bytes; more means it is not one (refused below).
+        let mut buf = [0u8; 64];
+        // One read: short means the end of the file (as in `read_small`), and a full buffer is
+        // not a counter anyway.
+        let len = loop {
+            match self.file.read_at(&mut buf, 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(StoreError::new(format!(
+                        "cannot read the token counter in {}: {e}",
+                        self.path
+                    )))
+                }
             }
         };
+        self.length = len;
+        let text = String::from_utf8_lossy(&buf[..len]);
         let text = text.trim();
         if text.is_empty() {
             return Ok(0);
@@ -425,17 +466,22 @@ impl Fence {
         })
     }
 
+    /// Writes `token` over the counter: zero-padded to a fixed width, so that one positioned
+    /// write replaces any shorter counter without a truncate.
     fn commit(&mut self, token: u64) -> Result<(), StoreError> {
-        let text = format!("{token}\n");
+        use std::os::unix::fs::FileExt;
+        let text = format!("{token:020}\n");
         let fail = |e: io::Error| {
             StoreError::new(format!(
                 "cannot commit fencing token {token} to {}: {e}",
                 self.path
             ))
         };
-        self.file.rewind().map_err(fail)?;
-        self.file.write_all(text.as_bytes()).map_err(fail)?;
-        self.file.set_len(text.len() as u64).map_err(fail)
+        self.file.write_all_at(text.as_bytes(), 0).map_err(fail)?;
+        if self.length > text.len() {
+            self.file.set_len(text.len() as u64).map_err(fail)?;
+        }
+        Ok(())
     }
 
     /// Commits a token for a new holding, replacing the lock file that carries `replaced`.
@@ -534,7 +580,7 @@ impl FsStore {
     pub(super) async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
         let path = path.to_owned();
         run(&path.clone(), move |_| match Place::of(&path) {
-            Ok(place) => place.read_now().map(Some),
+            Ok(place) => place.read_now(true).map(Some),
             // No directory, no lock file; other failures are errors.
             Err(_) if !Path::new(&path).parent().is_some_and(Path::exists) => Ok(Some(None)),
             Err(e) => Err(e),
@@ -556,7 +602,7 @@ impl FsStore {
             let Some(mut fence) = Fence::lock(&place, wait)? else {
                 return Ok(None);
             };
-            match place.read_now()? {
+            match place.read_now(false)? {
                 Some(current) if current.bytes == expected => {}
                 _ => return Ok(Some(Replaced::Changed)),
             }
@@ -588,7 +634,7 @@ impl FsStore {
             let Some(_fence) = Fence::lock(&place, wait)? else {
                 return Ok(None);
             };
-            match place.read_now()? {
+            match place.read_now(false)? {
                 Some(current) if current.bytes == expected => {}
                 _ => return Ok(Some(Conditional::Changed)),
             }
