@@ -11,7 +11,7 @@
 #
 # On an object store (S3 on moto, GCS on cloudbox, Azure Blob on Azurite): start the test
 # servers first (tests/servers/start.sh; this script reads their tests/servers/run/env). The
-# targets are s3://<bucket>/mutex-checker-<time>-<pid>/t0…; the servers are slow (moto serves
+# targets are s3://<bucket>/mutex-checker-<time>-<pid>/t0…; the servers are slow (moto runs
 # one request at a time), so ask for fewer daemons and workers than on file://:
 #
 #   tests/mutex-checker.sh --store s3 --daemons 2 --clients 4 --targets 2 --hold-ms 5
@@ -30,6 +30,9 @@
 # report them failed ([faults] write-then-fail); it needs the `faults` feature, which this
 # script then builds in. The summary line ends with `store=<name>` (and `injected=<n>`, the
 # daemons' ambiguous writes, with --faults).
+#
+# The chaos run (daemon kills, store faults, a network partition) has a script of its own:
+# tests/chaos.sh.
 #
 # Arguments are passed to `mutex_checker run` after the defaults below (the last value of an
 # option wins); `--dir DIR` keeps the records and daemon logs there, `--keep` keeps the

@@ -108,6 +108,14 @@ struct RawFaults {
     /// Send object-store writes and deletes without their conditions, as a server that
     /// ignores them would behave (to see the startup probe refuse the store).
     ignore_conditions: Option<bool>,
+    /// Share (0..=1) of store operations, on every store, failed before they reach it.
+    error_rate: Option<f64>,
+    /// Share (0..=1) of the other store operations delayed by `delay` first.
+    delay_rate: Option<f64>,
+    /// How long a delayed operation waits (default 20ms).
+    delay: Option<String>,
+    /// Errors and delays only while this file exists.
+    switch_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -258,6 +266,46 @@ pub enum StaleRule {
     Watched,
 }
 
+/// `[faults]` errors and delays in front of every store operation (tests only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationFaults {
+    /// Share of operations failed before they reach the store.
+    pub error_rate: f64,
+    /// Share of the others delayed by [`OperationFaults::delay`] first.
+    pub delay_rate: f64,
+    /// How long a delayed operation waits.
+    pub delay: Duration,
+    /// Faults only while this file exists (always if `None`).
+    pub switch_file: Option<PathBuf>,
+}
+
+/// The default of `[faults] delay`.
+const DEFAULT_FAULT_DELAY: Duration = Duration::from_millis(20);
+
+/// `[faults]` error and delay injection, if either rate is set.
+fn operation_faults(raw: Option<&RawFaults>) -> Result<Option<OperationFaults>, ConfigError> {
+    let Some(raw) = raw.filter(|f| f.error_rate.is_some() || f.delay_rate.is_some()) else {
+        return Ok(None);
+    };
+    let rate = |value: Option<f64>, key: &str| match value {
+        Some(r) if !(0.0..=1.0).contains(&r) => Err(ConfigError(format!(
+            "`faults.{key}` must be a share between 0 and 1"
+        ))),
+        r => Ok(r.unwrap_or(0.0)),
+    };
+    Ok(Some(OperationFaults {
+        error_rate: rate(raw.error_rate, "error-rate")?,
+        delay_rate: rate(raw.delay_rate, "delay-rate")?,
+        delay: match &raw.delay {
+            None => DEFAULT_FAULT_DELAY,
+            Some(text) => {
+                duration::parse(text).map_err(|e| ConfigError(format!("`faults.delay`: {e}")))?
+            }
+        },
+        switch_file: raw.switch_file.clone(),
+    }))
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -328,6 +376,8 @@ pub struct Settings {
     /// Tests only (`faults` feature): object-store conditions dropped, as a server that ignores
     /// them would.
     pub faults_ignore_conditions: bool,
+    /// Tests only (`faults` feature): errors and delays in front of every store's operations.
+    pub faults_operations: Option<OperationFaults>,
     /// Added to the wall clock, in nanoseconds. Not in the config file: only the hidden
     /// `--clock-offset` flag sets it, so that tests can give one daemon a skewed clock without
     /// touching the system's.
@@ -642,9 +692,12 @@ impl Settings {
                 .as_ref()
                 .and_then(|f| f.ignore_conditions)
                 .unwrap_or(false),
+            faults_operations: operation_faults(raw.faults.as_ref())?,
             clock_offset_ns: 0,
         };
-        if (settings.faults_write_then_fail.is_some() || settings.faults_ignore_conditions)
+        if (settings.faults_write_then_fail.is_some()
+            || settings.faults_ignore_conditions
+            || settings.faults_operations.is_some())
             && !cfg!(feature = "faults")
         {
             return Err(ConfigError(
@@ -729,11 +782,23 @@ impl Settings {
                 max_locks_per_session: Some(self.max_locks_per_session),
                 max_waiters_per_target: Some(self.max_waiters_per_target),
             },
-            faults: (self.faults_write_then_fail.is_some() || self.faults_ignore_conditions)
-                .then_some(RawFaults {
-                    write_then_fail: self.faults_write_then_fail,
-                    ignore_conditions: Some(self.faults_ignore_conditions),
-                }),
+            faults: (self.faults_write_then_fail.is_some()
+                || self.faults_ignore_conditions
+                || self.faults_operations.is_some())
+            .then(|| RawFaults {
+                write_then_fail: self.faults_write_then_fail,
+                ignore_conditions: Some(self.faults_ignore_conditions),
+                error_rate: self.faults_operations.as_ref().map(|f| f.error_rate),
+                delay_rate: self.faults_operations.as_ref().map(|f| f.delay_rate),
+                delay: self
+                    .faults_operations
+                    .as_ref()
+                    .map(|f| duration::format(f.delay)),
+                switch_file: self
+                    .faults_operations
+                    .as_ref()
+                    .and_then(|f| f.switch_file.clone()),
+            }),
             stores: RawStores {
                 object: self
                     .object_stores
@@ -882,5 +947,38 @@ secret-access-key = "very-secret"
             Settings::from_toml(Some((&printed, "printed"))).unwrap(),
             settings
         );
+    }
+
+    #[cfg(feature = "faults")]
+    #[test]
+    fn store_faults_are_read_validated_and_printed_back() {
+        let text = "[faults]\nerror-rate = 0.05\ndelay-rate = 0.1\ndelay = \"30ms\"\n\
+                    switch-file = \"/run/x/faults-on\"\n";
+        let settings = Settings::from_toml(Some((text, "test"))).unwrap();
+        let faults = settings.faults_operations.clone().unwrap();
+        assert_eq!((faults.error_rate, faults.delay_rate), (0.05, 0.1));
+        assert_eq!(faults.delay, Duration::from_millis(30));
+        assert_eq!(faults.switch_file, Some(PathBuf::from("/run/x/faults-on")));
+        let printed = settings.to_toml();
+        assert_eq!(
+            Settings::from_toml(Some((&printed, "printed"))).unwrap(),
+            settings
+        );
+        let delay_only = Settings::from_toml(Some(("[faults]\ndelay-rate = 1\n", "t"))).unwrap();
+        let faults = delay_only.faults_operations.unwrap();
+        assert_eq!(
+            (faults.error_rate, faults.delay),
+            (0.0, DEFAULT_FAULT_DELAY)
+        );
+        let err = Settings::from_toml(Some(("[faults]\nerror-rate = 2\n", "t"))).unwrap_err();
+        assert!(err.to_string().contains("faults.error-rate"), "{err}");
+        assert!(Settings::defaults().faults_operations.is_none());
+    }
+
+    #[cfg(not(feature = "faults"))]
+    #[test]
+    fn store_faults_need_the_faults_build() {
+        let err = Settings::from_toml(Some(("[faults]\nerror-rate = 0.1\n", "t"))).unwrap_err();
+        assert!(err.to_string().contains("`faults` cargo feature"), "{err}");
     }
 }

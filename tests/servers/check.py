@@ -13,6 +13,8 @@ Per HTTP store (S3 = moto, Azure Blob = Azurite, GCS = cloudbox):
   * a race: ROUNDS rounds of 2 concurrent create-if-absent on a fresh key:
     exactly one wins, the other gets the "exists" status, the stored bytes are
     the winner's.
+S3 also: a request whose body stops half-way (a client on a cut link) does not
+hold up the others (moto_single.py serializes requests only once their body is in).
 SFTP: `sftp -b` with the test key and strict host-key checking against
 ~/.ssh/known_hosts can put / ls / rm a file in the root.
 
@@ -28,6 +30,7 @@ import http.client
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -199,6 +202,26 @@ def check_s3(rounds: int) -> None:
 
     if rounds:
         race("s3", rounds, create, read, {200}, {412})
+
+    # A PUT that announces 1000 bytes and sends 10, then stalls: the next request must
+    # still be served.
+    host = urllib.parse.urlsplit(ep)
+    stalled = socket.create_connection((host.hostname, host.port or 80), timeout=5)
+    try:
+        stalled.sendall(
+            f"PUT /{bucket}/vfslock-check/stalled HTTP/1.1\r\nHost: {host.netloc}\r\n"
+            "Content-Length: 1000\r\n\r\n0123456789".encode()
+        )
+        time.sleep(0.2)
+        started = time.monotonic()
+        key = f"vfslock-check/{uuid.uuid4().hex}"
+        s, _, _ = s3req("PUT", url(key), {"If-None-Match": "*"}, b"beside a stalled request")
+        took = time.monotonic() - started
+        ok(s == 200 and took < 5,
+           f"s3: a PUT beside a stalled half-sent request -> {s} in {took:.2f} s (want 200, < 5 s)")
+        s3req("DELETE", url(key))
+    finally:
+        stalled.close()
 
 
 # --------------------------------------------------------------------------- Azure

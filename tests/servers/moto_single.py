@@ -1,11 +1,24 @@
-"""Serve moto's S3 (and the rest of moto) ONE REQUEST AT A TIME.
+"""Serve moto's S3 (and the rest of moto) with its requests SERIALIZED, on threads.
 
 The stock `moto_server` runs werkzeug with threaded=True. moto's S3 handler checks
 If-None-Match / If-Match and then stores the object without a lock, so two
 concurrent conditional creates can both win now and then (measured: 2/50 and
-1/200 double wins). Serving the very same WSGI app with threaded=False makes
-each request run to completion before the next one is read (HTTP/1.0, one
-connection at a time), which removes that race.
+1/200 double wins).
+
+Serving one request at a time (threaded=False) closes that race, but then one
+connection that stops mid-request (a client on a cut network link, half a body
+sent) blocks the server for everyone: it waits for the rest of the body forever.
+
+So this server is threaded (one thread per connection, HTTP/1.1 keep-alive), and
+a WSGI wrapper runs moto under one global lock that a request takes only once it
+has read its whole body, and releases once the whole response body is built:
+  1. read wsgi.input fully into a buffer (no lock held: a stalled client stalls
+     only its own thread);
+  2. take the lock; call moto with the buffered body; materialize the response
+     (every chunk of the iterable, and anything written through write());
+  3. release the lock; send the response (again without the lock).
+moto's check-then-store therefore never runs for two requests at once, as with
+threaded=False, while a cut connection hangs only its own thread.
 
 Run with the venv's python:  .venv-moto/bin/python moto_single.py --port 19100
 """
@@ -13,10 +26,12 @@ Run with the venv's python:  .venv-moto/bin/python moto_single.py --port 19100
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
 import sys
+import threading
 
 from werkzeug.serving import run_simple
 
@@ -25,6 +40,63 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+
+# Read request bodies in pieces of this size.
+READ_CHUNK = 64 * 1024
+
+
+def read_body(environ) -> bytes:
+    """The whole request body: CONTENT_LENGTH bytes, or (chunked) up to its end."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length.strip().isdigit():
+        remaining = int(length)
+        parts = []
+        while remaining > 0:
+            part = stream.read(min(remaining, READ_CHUNK))
+            if not part:
+                break  # the client went away; moto sees what arrived
+            parts.append(part)
+            remaining -= len(part)
+        return b"".join(parts)
+    if environ.get("wsgi.input_terminated"):
+        # Chunked transfer: werkzeug's stream ends where the body ends.
+        return stream.read()
+    return b""
+
+
+class Serialized:
+    """Runs a WSGI app under one lock, taken after the request body has been read."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        body = read_body(environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        # The body is now a plain buffer of known length.
+        environ.pop("wsgi.input_terminated", None)
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        started = []
+        written = []
+
+        def capture(status, headers, exc_info=None):
+            started[:] = [status, headers, exc_info]
+            return written.append
+
+        with self.lock:
+            result = self.app(environ, capture)
+            try:
+                chunks = written + [bytes(chunk) for chunk in result]
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        status, headers, exc_info = started
+        start_response(status, headers, exc_info)
+        return chunks
 
 
 def main() -> None:
@@ -48,13 +120,18 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _exit)
 
-    app = DomainDispatcherApplication(create_backend_app)
-    print(f"moto (single-threaded) serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    app = Serialized(DomainDispatcherApplication(create_backend_app))
+    print(
+        f"moto (threaded, requests serialized after their body is read) serving on "
+        f"http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
     run_simple(
         args.host,
         args.port,
         app,
-        threaded=False,
+        threaded=True,
         processes=1,
         use_reloader=False,
         use_debugger=False,

@@ -3,7 +3,10 @@
 //! orphan lock files. The same with two daemons on each test object store (S3, GCS, Azure
 //! Blob), and on the test SFTP server (create-only mode: no tokens, so only overlaps and
 //! orphans). And its self-test: on `mem://` targets, which each daemon keeps apart, it must
-//! find the overlaps.
+//! find the overlaps. And short chaos runs (issue 6 §6): three daemons × eight workers on
+//! `file://` with daemon kills and store faults, and on S3 with daemon kills, store faults and
+//! a network partition of one host (root and `ip` needed; the run starts a moto of its own
+//! from the venv `tests/servers/start.sh` installs).
 //!
 //! `mutex_checker` finds `vfslockd` next to itself: build the binaries first
 //! (`cargo build --workspace --bins --features vfslockd/faults`; `tests/run.sh` does it). The
@@ -37,11 +40,15 @@ impl Outcome {
 }
 
 fn checker(args: &[&str]) -> Outcome {
+    checker_mode("run", args)
+}
+
+fn checker_mode(mode: &str, args: &[&str]) -> Outcome {
     let dir = tempfile::tempdir().expect("temporary directory");
     let stdout_path = dir.path().join("stdout");
     let stderr_path = dir.path().join("stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_mutex_checker"))
-        .arg("run")
+        .arg(mode)
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).unwrap())
@@ -240,4 +247,67 @@ fn daemons_on_s3_keep_mutual_exclusion_when_writes_land_but_report_failure() {
         outcome.line,
         outcome.stderr
     );
+}
+
+/// The promises every chaos run must keep, and the chaos it must have made.
+fn assert_chaos_kept_every_promise(outcome: &Outcome) {
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    for key in [
+        "overlaps",
+        "order_violations",
+        "equal_tokens",
+        "rejected_writes",
+        "lost_late",
+        "orphans",
+    ] {
+        assert_eq!(outcome.count(key), 0, "{key}: {context}");
+    }
+    assert_eq!(outcome.count("daemons"), 3, "{context}");
+    assert_eq!(outcome.count("clients"), 24, "{context}");
+    assert!(outcome.count("acquisitions") > 20, "{context}");
+    assert!(outcome.count("kills") > 0, "{context}");
+    assert!(outcome.count("daemon_kills") > 0, "{context}");
+    assert!(outcome.count("injected") > 0, "{context}");
+    assert!(outcome.success, "mutex_checker failed: {context}");
+}
+
+#[test]
+fn a_chaos_run_on_files_keeps_mutual_exclusion_through_daemon_kills_and_store_faults() {
+    let outcome = checker_mode("chaos", &["--duration", "5"]);
+    assert_chaos_kept_every_promise(&outcome);
+    assert!(outcome.count("acquisitions") > 200, "{}", outcome.line);
+}
+
+#[test]
+fn a_chaos_run_on_s3_survives_daemon_kills_store_faults_and_a_network_partition() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    assert!(
+        root && ip,
+        "the partition needs root and iproute2's `ip` (tests/servers/start.sh installs it)"
+    );
+    // A daemon kill every second: kills wait while a partition is under way (about 7 s of
+    // the 12), and the run must still have some.
+    let outcome = checker_mode(
+        "chaos",
+        &[
+            "--store",
+            "s3",
+            "--partition",
+            "--duration",
+            "12",
+            "--kill-daemon-every-ms",
+            "1000",
+        ],
+    );
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    assert_chaos_kept_every_promise(&outcome);
+    let partitions = outcome.count("partitions");
+    assert!(partitions > 0, "{context}");
+    // Every partition passed all three checks.
+    for key in ["lost_before_ttl", "taken_after_ttl", "untouched_after_heal"] {
+        assert_eq!(outcome.count(key), partitions, "{key}: {context}");
+    }
+    assert_eq!(outcome.count("partition_failures"), 0, "{context}");
 }

@@ -189,6 +189,11 @@ pub struct Store {
     stale_rule: StaleRule,
     /// The URL prefix it serves (`file:///`, `mem://`, `s3://locks/`).
     prefix: String,
+    /// Errors and delays injected before each operation (tests only): here, in front of the
+    /// backends, so that every store gets the same faults. One layer shared by all stores of
+    /// the daemon, so its counters are the daemon's.
+    #[cfg(feature = "faults")]
+    faults: Option<Arc<faults::StoreFaults>>,
 }
 
 #[derive(Debug)]
@@ -207,6 +212,7 @@ impl Store {
         floor: u64,
         make: MakeLock,
     ) -> Result<Created, StoreError> {
+        self.inject("create", path).await?;
         match &self.backend {
             #[cfg(unix)]
             Backend::Fs(s) => s.create(path, floor, make).await,
@@ -217,6 +223,7 @@ impl Store {
 
     /// Reads `path`; `None` when it does not exist.
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
+        self.inject("read", path).await?;
         match &self.backend {
             #[cfg(unix)]
             Backend::Fs(s) => s.read(path).await,
@@ -233,6 +240,7 @@ impl Store {
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
+        self.inject("replace", path).await?;
         match &self.backend {
             #[cfg(unix)]
             Backend::Fs(s) => s.replace(path, expected, token, make).await,
@@ -243,12 +251,33 @@ impl Store {
 
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
+        self.inject("delete", path).await?;
         match &self.backend {
             #[cfg(unix)]
             Backend::Fs(s) => s.delete(path, expected).await,
             Backend::Memory(s) => s.delete(path, expected).await,
             Backend::Object(s) => s.delete(path, expected).await,
         }
+    }
+
+    /// The fault layer's turn before operation `op` on `path` (tests only; nothing without the
+    /// `faults` feature or its config).
+    async fn inject(&self, op: &str, path: &str) -> Result<(), StoreError> {
+        #[cfg(feature = "faults")]
+        if let Some(faults) = &self.faults {
+            return faults.before(op, path).await;
+        }
+        let _ = (op, path);
+        Ok(())
+    }
+
+    /// The fault layer's counters, if it is on.
+    fn fault_counters(&self) -> Vec<(String, u64)> {
+        #[cfg(feature = "faults")]
+        if let Some(faults) = &self.faults {
+            return faults.counters();
+        }
+        Vec::new()
     }
 
     /// How this store judges a lock stale.
@@ -295,10 +324,12 @@ impl Store {
                 } else {
                     "; fencing tokens off"
                 };
+                let mut counters = s.counter_snapshot();
+                counters.extend(self.fault_counters());
                 return vfslock_proto::StoreInfo {
                     scheme: self.prefix.clone(),
                     description: format!("{mode}{fencing}; {rule}"),
-                    counters: s.counter_snapshot(),
+                    counters,
                 };
             }
             #[cfg(unix)]
@@ -317,7 +348,7 @@ impl Store {
         vfslock_proto::StoreInfo {
             scheme: scheme.into(),
             description: format!("{what}; {rule}"),
-            counters: Vec::new(),
+            counters: self.fault_counters(),
         }
     }
 }
@@ -335,14 +366,28 @@ impl Stores {
     /// does not enforce what the lock protocol needs is refused, unless the config accepts the
     /// weaker mode.
     pub async fn new(settings: &crate::config::Settings) -> Result<Stores, StoreError> {
-        #[cfg(unix)]
-        let fs = settings.file_store.map(|stale_rule| {
-            Arc::new(Store {
-                backend: Backend::Fs(fs::FsStore),
-                stale_rule,
-                prefix: "file://".into(),
-            })
+        #[cfg(feature = "faults")]
+        let faults = settings.faults_operations.as_ref().map(|f| {
+            Arc::new(faults::StoreFaults::new(
+                f.error_rate,
+                f.delay_rate,
+                f.delay,
+                f.switch_file.clone(),
+            ))
         });
+        let store = |backend: Backend, stale_rule: StaleRule, prefix: String| {
+            Arc::new(Store {
+                backend,
+                stale_rule,
+                prefix,
+                #[cfg(feature = "faults")]
+                faults: faults.clone(),
+            })
+        };
+        #[cfg(unix)]
+        let fs = settings
+            .file_store
+            .map(|stale_rule| store(Backend::Fs(fs::FsStore), stale_rule, "file://".into()));
         #[cfg(not(unix))]
         let fs = {
             if settings.file_store.is_some() {
@@ -356,24 +401,20 @@ impl Stores {
         let mut stores = Stores {
             fs,
             memory: match settings.mem_store {
-                Some(stale_rule) => Some(Arc::new(Store {
-                    backend: Backend::Memory(memory::MemoryStore::new()?),
+                Some(stale_rule) => Some(store(
+                    Backend::Memory(memory::MemoryStore::new()?),
                     stale_rule,
-                    prefix: "mem://".into(),
-                })),
+                    "mem://".into(),
+                )),
                 None => None,
             },
             objects: Vec::new(),
         };
         for config in &settings.object_stores {
-            let store = object::open(config, settings).await?;
+            let backend = Backend::Object(object::open(config, settings).await?);
             stores.objects.push((
                 config.parsed.clone(),
-                Arc::new(Store {
-                    backend: Backend::Object(store),
-                    stale_rule: config.stale_rule,
-                    prefix: config.prefix.clone(),
-                }),
+                store(backend, config.stale_rule, config.prefix.clone()),
             ));
         }
         // The longest prefix wins when several cover a target.

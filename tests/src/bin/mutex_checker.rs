@@ -11,6 +11,9 @@
 //!                   [--hold-ms MS] [--kill-every-ms MS] [--kill-holder-percent P]
 //!                   [--ttl SECS] [--dir DIR]
 //!                   [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
+//! mutex_checker chaos [the options of run] [--kill-daemon-every-ms MS] [--error-rate R]
+//!                     [--delay-rate R] [--delay-ms MS] [--partition] [--partition-gap-ms MS]
+//!                     [--calm-ms MS]
 //! mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
 //!                      --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
 //! ```
@@ -20,11 +23,18 @@
 //! SIGKILLs and restarts a random worker every kill interval, stops everything, looks for
 //! orphan lock files (or objects) and analyses the workers' records. It prints one summary
 //! line on stdout (details on stderr) and exits 0 only if no violation was found.
+//!
+//! `chaos` is `run` with more going wrong (3 daemons × 8 workers by default): random daemons
+//! are SIGKILLed and restarted, the daemons inject store errors and delays, and with
+//! `--partition` (S3, root) one host's network link to the store is cut while it holds a lock;
+//! then a calm phase lets everything settle before the orphan check.
 
 #[path = "mutex_checker/analysis.rs"]
 mod analysis;
 #[path = "mutex_checker/coordinator.rs"]
 mod coordinator;
+#[path = "mutex_checker/partition.rs"]
+mod partition;
 #[path = "mutex_checker/records.rs"]
 mod records;
 #[path = "mutex_checker/resource.rs"]
@@ -47,6 +57,9 @@ const USAGE: &str = "usage:
                     [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
                     [--kill-every-ms MS] [--kill-holder-percent P] [--ttl SECS] [--dir DIR]
                     [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
+                    [--kill-daemon-every-ms MS] [--error-rate R] [--delay-rate R]
+                    [--delay-ms MS] [--partition] [--partition-gap-ms MS] [--calm-ms MS]
+  mutex_checker chaos [the options of run]
   mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
                        --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
 
@@ -62,6 +75,21 @@ const USAGE: &str = "usage:
   that share of its store writes, then reports them failed ([faults] write-then-fail).
   --pause-daemon-every-ms/--pause-daemon-ms: SIGSTOP a random daemon that often, for that long
   (a frozen host; leases must run out on the clients' clocks before another daemon steals).
+  --kill-daemon-every-ms: SIGKILL a random daemon that often and restart it (same host id and
+  state directory: its crash journal removes the dead daemon's lock files).
+  --error-rate/--delay-rate R, --delay-ms MS (vfslockd built with the `faults` feature): each
+  daemon fails that share of its store operations (every store, file:// too) before they
+  reach the store, and delays that share by MS ([faults] error-rate, delay-rate, delay).
+  --partition (--store s3, root, iproute2): daemon 0 runs in a network namespace of its own
+  and reaches a moto of the run's own over a veth pair; its link is cut while one of its
+  clients holds a lock (every --partition-gap-ms, default 1000), and the checker verifies that
+  the holder heard of the loss before its lease ran out, that another host got the lock after
+  that, and that the healed host left the new holder's lock file alone.
+  --calm-ms: after the chaos, this long with faults off, no kills and the link up, the workers
+  going on, before they stop and the orphan check looks.
+  chaos defaults: 3 daemons, 8 clients per daemon, 3 targets (2 on an object store), 10 s, ttl
+  3 s, a daemon killed every 2 s (3 s on an object store), error rate 0.01, delay rate 0.05,
+  delay 20 ms, calm phase ttl + 2 s.
   --keep: keep the working directory after a clean run. --mem: lock mem:// targets, which each
   daemon keeps apart, so that with several daemons the run must fail (the checker's self-test).";
 
@@ -157,8 +185,15 @@ fn seconds(value: f64, name: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value).map_err(|e| format!("--{name} {value}: {e}"))
 }
 
-fn run_args(flags: &Flags) -> Result<RunArgs, String> {
+fn run_args(flags: &Flags, chaos: bool) -> Result<RunArgs, String> {
     flags.only(&[
+        "kill-daemon-every-ms",
+        "error-rate",
+        "delay-rate",
+        "delay-ms",
+        "partition",
+        "partition-gap-ms",
+        "calm-ms",
         "daemons",
         "clients",
         "targets",
@@ -176,11 +211,26 @@ fn run_args(flags: &Flags) -> Result<RunArgs, String> {
         "faults",
     ])?;
     let store: StoreKind = flags.get("store")?.unwrap_or(StoreKind::File);
-    let defaults = RunArgs::defaults_for(store);
+    let defaults = if chaos {
+        RunArgs::chaos_defaults(store)
+    } else {
+        RunArgs::defaults_for(store)
+    };
     let millis = |name: &str, default: Duration| -> Result<Duration, String> {
         Ok(flags
             .get::<u64>(name)?
             .map_or(default, Duration::from_millis))
+    };
+    let share = |name: &str, default: Option<f64>| match flags.get::<f64>(name)? {
+        Some(rate) if !(0.0..=1.0).contains(&rate) => {
+            Err(format!("--{name} {rate}: a share between 0 and 1"))
+        }
+        Some(rate) => Ok(Some(rate)),
+        None => Ok(default),
+    };
+    let ttl = match flags.get::<f64>("ttl")? {
+        Some(secs) => seconds(secs, "ttl")?,
+        None => defaults.ttl,
     };
     Ok(RunArgs {
         daemons: flags.get("daemons")?.unwrap_or(defaults.daemons),
@@ -197,10 +247,7 @@ fn run_args(flags: &Flags) -> Result<RunArgs, String> {
             Some(p) => p,
             None => defaults.kill_holder_percent,
         },
-        ttl: match flags.get::<f64>("ttl")? {
-            Some(secs) => seconds(secs, "ttl")?,
-            None => defaults.ttl,
-        },
+        ttl,
         dir: flags.get::<PathBuf>("dir")?,
         pause_every: millis("pause-daemon-every-ms", defaults.pause_every)?,
         pause_for: millis("pause-daemon-ms", defaults.pause_for)?,
@@ -213,6 +260,19 @@ fn run_args(flags: &Flags) -> Result<RunArgs, String> {
             }
             rate => rate,
         },
+        kill_daemon_every: millis("kill-daemon-every-ms", defaults.kill_daemon_every)?,
+        error_rate: share("error-rate", defaults.error_rate)?,
+        delay_rate: share("delay-rate", defaults.delay_rate)?,
+        delay: millis("delay-ms", defaults.delay)?,
+        partition: flags.has("partition"),
+        partition_gap: millis("partition-gap-ms", defaults.partition_gap)?,
+        // The calm phase follows the TTL unless given.
+        calm: match flags.get::<u64>("calm-ms")? {
+            Some(ms) => Duration::from_millis(ms),
+            None if chaos => ttl + coordinator::CALM_MARGIN,
+            None => defaults.calm,
+        },
+        chaos,
     })
 }
 
@@ -252,8 +312,8 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match args.first().map(String::as_str) {
-        Some("run") => Flags::parse(&args[1..], &["keep", "mem"])
-            .and_then(|flags| run_args(&flags))
+        Some(mode @ ("run" | "chaos")) => Flags::parse(&args[1..], &["keep", "mem", "partition"])
+            .and_then(|flags| run_args(&flags, mode == "chaos"))
             .map(|a| {
                 Box::new(move || ExitCode::from(coordinator::main(a)))
                     as Box<dyn FnOnce() -> ExitCode>
@@ -265,7 +325,7 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        _ => Err("expected a mode: run or worker".to_owned()),
+        _ => Err("expected a mode: run, chaos or worker".to_owned()),
     };
     match parsed {
         Ok(mode) => mode(),
@@ -280,6 +340,46 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    fn run_args_of(flags: &Flags) -> Result<RunArgs, String> {
+        run_args(flags, false)
+    }
+
+    #[test]
+    fn a_chaos_run_has_its_own_defaults() {
+        let args = run_args(&flags(&[], &[]), true).unwrap();
+        assert!(args.chaos);
+        assert_eq!((args.daemons, args.clients, args.targets), (3, 8, 3));
+        assert_eq!(args.kill_daemon_every, Duration::from_secs(2));
+        assert_eq!((args.error_rate, args.delay_rate), (Some(0.01), Some(0.05)));
+        assert_eq!(args.calm, args.ttl + Duration::from_secs(2));
+        assert!(!args.partition);
+        let args = run_args(
+            &flags(
+                &[
+                    "--store",
+                    "s3",
+                    "--partition",
+                    "--ttl",
+                    "2",
+                    "--error-rate",
+                    "0",
+                ],
+                &["partition"],
+            ),
+            true,
+        )
+        .unwrap();
+        assert!(args.partition);
+        assert_eq!((args.daemons, args.clients, args.targets), (3, 8, 2));
+        assert_eq!(args.calm, Duration::from_secs(4));
+        assert_eq!(args.error_rate, Some(0.0));
+        assert!(run_args(&flags(&["--delay-rate", "2"], &[]), true).is_err());
+        // A plain run has none of it unless asked.
+        let args = run_args(&flags(&[], &[]), false).unwrap();
+        assert!(!args.chaos && args.kill_daemon_every.is_zero() && args.calm.is_zero());
+        assert_eq!(args.error_rate, None);
+    }
+
     fn flags(args: &[&str], bare: &[&str]) -> Flags {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         Flags::parse(&args, bare).unwrap()
@@ -287,13 +387,13 @@ mod tests {
 
     #[test]
     fn run_arguments_have_defaults_and_the_last_value_wins() {
-        let args = run_args(&flags(&[], &["keep"])).unwrap();
+        let args = run_args_of(&flags(&[], &["keep"])).unwrap();
         assert_eq!((args.daemons, args.clients, args.targets), (3, 3, 2));
         assert_eq!(args.duration, Duration::from_secs(6));
         assert_eq!(args.kill_every, Duration::from_millis(400));
         assert!(!args.keep);
 
-        let args = run_args(&flags(
+        let args = run_args_of(&flags(
             &[
                 "--duration",
                 "300",
@@ -314,30 +414,33 @@ mod tests {
         assert_eq!(args.ttl, Duration::from_millis(500));
         assert!(args.keep);
 
-        assert!(run_args(&flags(&["--bogus", "1"], &[])).is_err());
-        assert!(run_args(&flags(&["--store", "nfs"], &[])).is_err());
-        assert!(run_args(&flags(&["--faults", "1.5"], &[])).is_err());
+        assert!(run_args_of(&flags(&["--bogus", "1"], &[])).is_err());
+        assert!(run_args_of(&flags(&["--store", "nfs"], &[])).is_err());
+        assert!(run_args_of(&flags(&["--faults", "1.5"], &[])).is_err());
     }
 
     #[test]
     fn an_object_store_has_its_own_defaults_which_flags_override() {
-        let args = run_args(&flags(&["--store", "s3", "--faults", "0.2"], &[])).unwrap();
+        let args = run_args_of(&flags(&["--store", "s3", "--faults", "0.2"], &[])).unwrap();
         assert_eq!(args.store, StoreKind::S3);
         assert_eq!((args.daemons, args.clients, args.targets), (2, 3, 2));
         assert_eq!(args.hold, Duration::from_millis(5));
         assert_eq!(args.faults, Some(0.2));
-        let args = run_args(&flags(&["--store=azblob", "--daemons", "3"], &[])).unwrap();
+        let args = run_args_of(&flags(&["--store=azblob", "--daemons", "3"], &[])).unwrap();
         assert_eq!((args.store, args.daemons), (StoreKind::Azblob, 3));
         assert_eq!(args.faults, None);
-        assert_eq!(run_args(&flags(&[], &[])).unwrap().store, StoreKind::File);
-        let args = run_args(&flags(&["--store", "sftp"], &[])).unwrap();
+        assert_eq!(
+            run_args_of(&flags(&[], &[])).unwrap().store,
+            StoreKind::File
+        );
+        let args = run_args_of(&flags(&["--store", "sftp"], &[])).unwrap();
         assert_eq!(args.store, StoreKind::Sftp);
         assert_eq!((args.daemons, args.clients, args.targets), (2, 3, 2));
         assert_eq!(args.ttl, Duration::from_secs(10));
         assert_eq!(args.hold, Duration::from_millis(5));
-        let args = run_args(&flags(&["--store", "sftp", "--ttl", "20"], &[])).unwrap();
+        let args = run_args_of(&flags(&["--store", "sftp", "--ttl", "20"], &[])).unwrap();
         assert_eq!(args.ttl, Duration::from_secs(20));
-        assert!(run_args(&flags(&["--daemons", "x"], &[])).is_err());
+        assert!(run_args_of(&flags(&["--daemons", "x"], &[])).is_err());
     }
 
     #[test]

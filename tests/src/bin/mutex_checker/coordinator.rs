@@ -3,6 +3,16 @@
 //! resource and the workers; kills random workers while they run; stops everything; looks for
 //! orphan lock files (or objects); analyses the records and prints the verdict.
 //!
+//! A chaos run (`mutex_checker chaos`, or these options of `run`) adds daemon kills (SIGKILL,
+//! then a restart with the same host id and state directory, whose crash journal removes the
+//! dead daemon's lock files), store faults (errors and delays before store operations,
+//! `[faults]` of daemons built with the `faults` feature) and, on S3, a network partition
+//! ([`crate::partition`]). It ends in a calm phase: the faults are switched off (their switch
+//! file removed), nothing is killed, the link is up, and the workers go on for a TTL and a
+//! margin, so that a lock file an injected fault left behind goes stale and is taken over as
+//! any stale lock is. Only then do the workers stop and the orphan check look: a lock file left
+//! after that is one the protocol failed to clean up with a healthy store.
+//!
 //! On SFTP (create-only mode) there are no fencing tokens, stale steals or handoffs: the
 //! workers skip the resource write, the analysis checks overlaps and late losses only, and
 //! the TTL is long (10 s) so that no lock goes stale: a killed worker's lock is released by
@@ -12,9 +22,12 @@ use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::analysis::{analyze, Analysis, Instance};
+use crate::partition::{Network, PartitionReport};
 use crate::records::{now_ns, read_log, Record};
 use crate::resource::{ResourceServer, ResourceStats};
 use crate::store::{ObjectStore, StoreKind};
@@ -33,8 +46,17 @@ const ORPHAN_MARGIN: Duration = Duration::from_secs(2);
 const DAEMON_CONFIG: &str = "[locks]\nrecheck-min = \"5ms\"\nrecheck-max = \"50ms\"\n";
 
 /// The same on an object store, where a re-check costs three requests (stat, read, stat) to
-/// a server that may serve one request at a time.
+/// a server that serializes its requests.
 const OBJECT_DAEMON_CONFIG: &str = "[locks]\nrecheck-min = \"10ms\"\nrecheck-max = \"100ms\"\n";
+
+/// The calm phase of a chaos run lasts the TTL plus this: a lock file written just before it
+/// began goes stale after its TTL plus the skew allowance (1 s), and a waiter's re-check finds
+/// it soon after.
+pub(crate) const CALM_MARGIN: Duration = Duration::from_secs(2);
+
+/// What every log line of a fault the daemon injected contains (`faults::LOG_MARKER` in
+/// `daemon/src/store/faults.rs`).
+const FAULT_LOG_MARKER: &str = "fault injected";
 
 /// How often the orphan check lists an object store.
 const LIST_EVERY: Duration = Duration::from_millis(100);
@@ -76,6 +98,27 @@ pub(crate) struct RunArgs {
     /// The share of object-store writes each daemon applies and then reports as failed
     /// (`[faults] write-then-fail`; needs daemons built with the `faults` feature).
     pub(crate) faults: Option<f64>,
+    /// SIGKILL a random daemon this often and restart it (zero: never).
+    pub(crate) kill_daemon_every: Duration,
+    /// The share of store operations (every store) each daemon fails before they reach the
+    /// store (`[faults] error-rate`).
+    pub(crate) error_rate: Option<f64>,
+    /// The share of store operations each daemon delays by [`RunArgs::delay`] first
+    /// (`[faults] delay-rate`).
+    pub(crate) delay_rate: Option<f64>,
+    /// How long a delayed store operation waits.
+    pub(crate) delay: Duration,
+    /// S3 only: daemon 0 runs in a network namespace, and its link to the run's own moto is cut
+    /// now and then while it holds a lock ([`crate::partition`]).
+    pub(crate) partition: bool,
+    /// Pause between two partitions.
+    pub(crate) partition_gap: Duration,
+    /// How long the calm phase after the chaos lasts (faults off, no kills, link up, workers
+    /// on); zero: none.
+    pub(crate) calm: Duration,
+    /// Whether this is a chaos run (`mutex_checker chaos`): the summary says what chaos was
+    /// made.
+    pub(crate) chaos: bool,
 }
 
 impl Default for RunArgs {
@@ -96,13 +139,21 @@ impl Default for RunArgs {
             mem: false,
             store: StoreKind::File,
             faults: None,
+            kill_daemon_every: Duration::ZERO,
+            error_rate: None,
+            delay_rate: None,
+            delay: Duration::from_millis(20),
+            partition: false,
+            partition_gap: Duration::from_secs(1),
+            calm: Duration::ZERO,
+            chaos: false,
         }
     }
 }
 
 impl RunArgs {
     /// The defaults for a run on `store`. An object store answers in milliseconds, not
-    /// microseconds (moto serves one request at a time): fewer daemons and workers, longer
+    /// microseconds (moto serializes its requests): fewer daemons and workers, longer
     /// holdings, so that a short run still has enough acquisitions and stays short. On SFTP
     /// the TTL is 10 s: a lock that went stale could not be stolen (create-only mode), and
     /// every holder's daemon stays alive to renew it, or to release it when a killed worker's
@@ -126,6 +177,38 @@ impl RunArgs {
                 ..object
             },
         }
+    }
+
+    /// The defaults of a chaos run on `store` (`mutex_checker chaos`): 3 daemons × 8 clients,
+    /// a daemon SIGKILLed every 2 s (3 s on an object store), 1% of store operations failed
+    /// and 5% delayed by 20 ms, a TTL of 3 s (so that what the chaos leaves goes stale soon),
+    /// and a calm phase of the TTL plus 2 s.
+    pub(crate) fn chaos_defaults(store: StoreKind) -> RunArgs {
+        let base = RunArgs::defaults_for(store);
+        let object = store != StoreKind::File;
+        let ttl = if store == StoreKind::Sftp {
+            base.ttl
+        } else {
+            Duration::from_secs(3)
+        };
+        RunArgs {
+            daemons: 3,
+            clients: 8,
+            targets: if object { 2 } else { 3 },
+            duration: Duration::from_secs(10),
+            kill_daemon_every: Duration::from_secs(if object { 3 } else { 2 }),
+            error_rate: Some(0.01),
+            delay_rate: Some(0.05),
+            ttl,
+            calm: ttl + CALM_MARGIN,
+            chaos: true,
+            ..base
+        }
+    }
+
+    /// Whether the daemons inject errors or delays before store operations.
+    fn store_faults(&self) -> bool {
+        self.error_rate.is_some() || self.delay_rate.is_some()
     }
 }
 
@@ -162,7 +245,7 @@ fn find_bin(name: &str) -> Result<PathBuf, String> {
 
 /// Makes `command`'s process receive `signal` when the coordinator dies, so that a killed
 /// coordinator leaves no daemons or workers behind.
-fn die_with_parent(command: &mut Command, signal: libc::c_int) {
+pub(crate) fn die_with_parent(command: &mut Command, signal: libc::c_int) {
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
     unsafe {
         command.pre_exec(move || {
@@ -205,6 +288,11 @@ struct Daemon {
     config: PathBuf,
     log: PathBuf,
     paused_until: Option<Instant>,
+    /// Its crash journal's directory: the same after a restart, so that the restarted daemon
+    /// removes the lock files of the killed one.
+    state_dir: PathBuf,
+    /// The network namespace it runs in (`/run/netns/<name>`), if not the coordinator's.
+    netns: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -226,6 +314,8 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--config")
             .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .env(
                 "RUST_LOG",
                 std::env::var("MUTEX_CHECKER_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
@@ -234,9 +324,31 @@ impl Daemon {
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
         die_with_parent(&mut command, libc::SIGTERM);
+        // Opened here, used in the child between fork and exec (the descriptor is
+        // close-on-exec, so the daemon does not keep it).
+        let netns = match &self.netns {
+            Some(path) => {
+                Some(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        if let Some(netns) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = netns.as_raw_fd();
+            // SAFETY: setns is async-signal-safe; the descriptor stays open until spawn returns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = command
             .spawn()
             .map_err(|e| format!("start {}: {e}", vfslockd.display()))?;
+        drop(netns);
         self.child = Some(child);
         self.paused_until = None;
         self.wait_ready()
@@ -318,11 +430,43 @@ struct Run {
     daemon_failures: Vec<String>,
     /// The object store the targets are in (`None`: the shared directory).
     object: Option<ObjectStore>,
+    /// Daemons SIGKILLed (and restarted).
+    daemon_kills: u64,
+    /// While this file exists, the daemons inject their store faults.
+    faults_switch: PathBuf,
+    /// The partition thread and its network, in `--partition` mode.
+    partition: Option<PartitionRun>,
+}
+
+/// The partition mode's running parts.
+struct PartitionRun {
+    /// Held by the partition thread for a whole cycle: no daemon is killed meanwhile.
+    gate: Arc<Mutex<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<PartitionReport>>,
+    /// Kept until the daemons are gone (the last owner removes it).
+    _net: Arc<Network>,
+}
+
+impl PartitionRun {
+    /// Lets the current cycle finish (it brings the link back) and collects the report.
+    fn finish(&mut self) -> Option<PartitionReport> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take()?;
+        Some(thread.join().unwrap_or_else(|_| PartitionReport {
+            failures: vec!["the partition thread panicked".into()],
+            ..PartitionReport::default()
+        }))
+    }
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
-        // On every path (a panic included), no process of this run survives it.
+        // On every path (a panic included), no process of this run survives it; the
+        // partition thread first, which brings the link back.
+        if let Some(partition) = self.partition.as_mut() {
+            partition.finish();
+        }
         for worker in &mut self.workers {
             if let Some(mut child) = worker.child.take() {
                 let _ = child.kill();
@@ -527,6 +671,7 @@ impl Run {
         let every = |d: Duration| (!d.is_zero()).then(|| start + d);
         let mut next_kill = every(self.args.kill_every);
         let mut next_pause = every(self.args.pause_every);
+        let mut next_daemon_kill = every(self.args.kill_daemon_every);
         loop {
             let now = Instant::now();
             if now >= end {
@@ -545,8 +690,66 @@ impl Run {
                 self.pause_random_daemon();
                 next_pause = Some(at + self.args.pause_every);
             }
+            if let Some(at) = next_daemon_kill.filter(|at| now >= *at) {
+                self.kill_random_daemon()?;
+                next_daemon_kill = Some(at + self.args.kill_daemon_every);
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// SIGKILLs a random daemon and restarts it with the same host id, socket and state
+    /// directory. Its workers' connections drop: they hear that their leases are lost, and
+    /// reconnect. Skipped while a partition is under way (it needs its daemons) and for a
+    /// paused daemon.
+    fn kill_random_daemon(&mut self) -> Result<(), String> {
+        let gate = self.partition.as_ref().map(|p| p.gate.clone());
+        let _no_partition = match &gate {
+            Some(gate) => match gate.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            },
+            None => None,
+        };
+        let index = self.rng.below(self.daemons.len() as u64) as usize;
+        let daemon = &mut self.daemons[index];
+        if daemon.paused_until.is_some() {
+            return Ok(());
+        }
+        let Some(mut child) = daemon.child.take() else {
+            return Ok(());
+        };
+        signal(&child, libc::SIGKILL);
+        let _ = child.wait();
+        self.daemon_kills += 1;
+        daemon.spawn(&self.vfslockd)
+    }
+
+    /// The calm phase: nothing is killed or paused, the workers go on.
+    fn calm(&mut self, how_long: Duration) -> Result<(), String> {
+        let end = Instant::now() + how_long;
+        self.resume_paused(true);
+        while Instant::now() < end {
+            self.check_processes()?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// How many faults the daemons injected, counted in their logs (which outlive a SIGKILL,
+    /// unlike the counters `vfslockctl status` shows).
+    fn injected_faults(&self) -> u64 {
+        self.daemons
+            .iter()
+            .map(|daemon| {
+                std::fs::read_to_string(&daemon.log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|line| line.contains(FAULT_LOG_MARKER))
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// SIGTERM to every worker, then reap them; the ones that do not stop in time are killed
@@ -678,6 +881,21 @@ impl Run {
     }
 }
 
+/// Writes a daemon config readable by its owner only: a partition run's config names moto's
+/// test credentials.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|e| format!("config {}: {e}", path.display()))
+}
+
 /// The lock files in `dir` (not the `.lock.fence` companions, not the hidden temporary files
 /// of a write in progress).
 fn lock_files(dir: &Path) -> Vec<PathBuf> {
@@ -731,16 +949,25 @@ fn run(args: RunArgs) -> Result<bool, String> {
         // would only measure refusals.
         return Err("--pause-daemon-every-ms: SFTP (create-only mode) has no stale steals".into());
     }
-    let object = match args.store {
-        StoreKind::File => None,
-        kind => Some(ObjectStore::from_env(kind)?),
-    };
-    let mut daemon_config = match &object {
-        None => DAEMON_CONFIG.to_owned(),
-        Some(store) => format!("{OBJECT_DAEMON_CONFIG}\n{}", store.config_table()),
-    };
-    if let Some(rate) = args.faults {
-        daemon_config.push_str(&format!("\n[faults]\nwrite-then-fail = {rate:?}\n"));
+    for (rate, name) in [
+        (args.error_rate, "error-rate"),
+        (args.delay_rate, "delay-rate"),
+    ] {
+        if rate.is_some_and(|rate| !(0.0..=1.0).contains(&rate)) {
+            return Err(format!("--{name}: a share between 0 and 1"));
+        }
+    }
+    if args.partition {
+        if args.store != StoreKind::S3 {
+            return Err("--partition runs on S3 (the run's own moto): give --store s3".into());
+        }
+        if args.daemons < 2 {
+            return Err("--partition needs at least 2 daemons (one is cut off)".into());
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("--partition creates a network namespace: run as root".into());
+        }
     }
     let vfslockd = find_bin("vfslockd")?;
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
@@ -766,7 +993,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{sub}: {e}"))?;
     }
     let leftovers = lock_files(&dir.join("data"));
-    if object.is_none() && !leftovers.is_empty() {
+    if args.store == StoreKind::File && !leftovers.is_empty() {
         eprintln!(
             "mutex-checker: warning: lock files left from an earlier run (stale after their \
              TTL): {leftovers:?}"
@@ -774,6 +1001,37 @@ fn run(args: RunArgs) -> Result<bool, String> {
     }
     let resource = ResourceServer::start(&dir.join("resource.sock"))
         .map_err(|e| format!("resource server: {e}"))?;
+    // In partition mode the targets are on the run's own moto, on the veth's host side.
+    let network = match args.partition {
+        true => Some(Arc::new(Network::create(&dir)?)),
+        false => None,
+    };
+    let object = match (&network, args.store) {
+        (Some(net), _) => Some(ObjectStore::private_s3(&net.endpoint())?),
+        (None, StoreKind::File) => None,
+        (None, kind) => Some(ObjectStore::from_env(kind)?),
+    };
+    let mut daemon_config = match &object {
+        None => DAEMON_CONFIG.to_owned(),
+        Some(store) => format!("{OBJECT_DAEMON_CONFIG}\n{}", store.config_table()),
+    };
+    let faults_switch = dir.join("faults-on");
+    if args.faults.is_some() || args.store_faults() {
+        daemon_config.push_str("\n[faults]\n");
+    }
+    if let Some(rate) = args.faults {
+        daemon_config.push_str(&format!("write-then-fail = {rate:?}\n"));
+    }
+    if args.store_faults() {
+        daemon_config.push_str(&format!(
+            "error-rate = {:?}\ndelay-rate = {:?}\ndelay = \"{}ms\"\nswitch-file = {}\n",
+            args.error_rate.unwrap_or(0.0),
+            args.delay_rate.unwrap_or(0.0),
+            args.delay.as_millis(),
+            serde_json::to_string(&faults_switch.to_string_lossy()).expect("strings serialize"),
+        ));
+        std::fs::write(&faults_switch, b"").map_err(|e| format!("faults switch: {e}"))?;
+    }
 
     let mut run = Run {
         args: args.clone(),
@@ -790,13 +1048,16 @@ fn run(args: RunArgs) -> Result<bool, String> {
         unexpected_exits: Vec::new(),
         daemon_failures: Vec::new(),
         object,
+        daemon_kills: 0,
+        faults_switch,
+        partition: None,
     };
     if let Some(store) = &run.object {
         eprintln!("mutex-checker: targets {}t0..", store.target_prefix());
     }
     for index in 0..args.daemons {
         let config = dir.join(format!("daemon-{index}.toml"));
-        std::fs::write(&config, &daemon_config).map_err(|e| format!("config: {e}"))?;
+        write_private(&config, &daemon_config)?;
         let mut daemon = Daemon {
             index,
             child: None,
@@ -804,6 +1065,12 @@ fn run(args: RunArgs) -> Result<bool, String> {
             config,
             log: dir.join(format!("daemon-{index}.log")),
             paused_until: None,
+            state_dir: dir.join(format!("state-{index}")),
+            // Daemon 0 is the host that the partition cuts off.
+            netns: network
+                .as_ref()
+                .filter(|_| index == 0)
+                .map(|net| net.netns_path()),
         };
         daemon.spawn(&run.vfslockd)?;
         run.daemons.push(daemon);
@@ -819,9 +1086,49 @@ fn run(args: RunArgs) -> Result<bool, String> {
             run.spawn_worker(run.workers.len() - 1)?;
         }
     }
+    if let (Some(net), Some(store)) = (&network, &run.object) {
+        let name = "partition";
+        let target_index = args.targets;
+        eprintln!(
+            "mutex-checker: partition mode: host-0 in {}, moto at {}, target {}{name} (index \
+             {target_index} in the records)",
+            net.netns_path().display(),
+            net.endpoint(),
+            store.target_prefix()
+        );
+        let gate = Arc::new(Mutex::new(()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = crate::partition::spawn(crate::partition::Plan {
+            net: net.clone(),
+            cut_socket: run.daemons[0].socket.clone(),
+            other_sockets: run.daemons[1..].iter().map(|d| d.socket.clone()).collect(),
+            resource: dir.join("resource.sock"),
+            target: format!("{}{name}", store.target_prefix()),
+            target_index,
+            key: store.key_of(name),
+            ttl: args.ttl,
+            gap: args.partition_gap,
+            logs: dir.join("logs"),
+            gate: gate.clone(),
+            stop: stop.clone(),
+        });
+        run.partition = Some(PartitionRun {
+            gate,
+            stop,
+            thread: Some(thread),
+            _net: net.clone(),
+        });
+    }
+    drop(network);
     let origin = now_ns();
     let started = Instant::now();
     run.drive()?;
+    // The chaos ends: no new partition, the store heals; then the calm phase.
+    let partition = run.partition.as_mut().and_then(PartitionRun::finish);
+    if args.store_faults() {
+        std::fs::remove_file(&run.faults_switch).map_err(|e| format!("faults switch: {e}"))?;
+    }
+    run.calm(args.calm)?;
     run.stop_workers();
     let run_end = now_ns();
     let orphans = run.orphans()?;
@@ -835,15 +1142,20 @@ fn run(args: RunArgs) -> Result<bool, String> {
 
     let mut instances = Vec::new();
     let mut torn = 0;
-    for info in &run.instances {
-        let (records, torn_lines) =
-            read_log(&info.log).map_err(|e| format!("{}: {e}", info.log.display()))?;
+    let partition_logs = partition.iter().flat_map(|p| &p.logs);
+    let logs = run
+        .instances
+        .iter()
+        .map(|info| (&info.client, info.incarnation, &info.log, info.killed_at))
+        .chain(partition_logs.map(|(client, cycle, log)| (client, *cycle, log, None)));
+    for (client, incarnation, log, killed_at) in logs {
+        let (records, torn_lines) = read_log(log).map_err(|e| format!("{}: {e}", log.display()))?;
         torn += torn_lines;
         instances.push(Instance {
-            client: info.client.clone(),
-            incarnation: info.incarnation,
+            client: client.clone(),
+            incarnation,
             records,
-            killed_at: info.killed_at,
+            killed_at,
         });
     }
     let analysis = analyze(&instances, run_end, origin, args.store.has_tokens());
@@ -854,7 +1166,9 @@ fn run(args: RunArgs) -> Result<bool, String> {
         stats: &stats,
         kills: run.kills,
         orphans: orphans.len(),
-        injected: ambiguous.filter(|_| args.faults.is_some()),
+        injected: (args.faults.is_some() || args.store_faults()).then(|| run.injected_faults()),
+        daemon_kills: run.daemon_kills,
+        partition: partition.as_ref(),
     };
     // A daemon that died, or a worker that exited by itself (a panic, in the client library
     // or here), fails the run too, though the summary line has no column for it.
@@ -864,6 +1178,19 @@ fn run(args: RunArgs) -> Result<bool, String> {
     print_details(&run, &instances, &analysis, &stats, torn, &orphan_contents);
     if let Some(ambiguous) = ambiguous {
         eprintln!("mutex-checker: ambiguous_writes={ambiguous} (the daemons' store counters)");
+    }
+    if let Some(p) = &partition {
+        eprintln!(
+            "mutex-checker: partitions={} skipped={} lost_before_ttl={} taken_after_ttl={} \
+             untouched_after_heal={}",
+            p.partitions, p.skipped, p.lost_before_ttl, p.taken_after_ttl, p.untouched_after_heal
+        );
+        for failure in &p.failures {
+            eprintln!("mutex-checker: FAIL: {failure}");
+        }
+        if p.partitions == 0 {
+            eprintln!("mutex-checker: FAIL: no partition happened: run longer");
+        }
     }
     eprintln!(
         "mutex-checker: ran {:.1}s in {}",
@@ -908,8 +1235,12 @@ struct Report<'a> {
     stats: &'a ResourceStats,
     kills: u64,
     orphans: usize,
-    /// With `--faults`: the daemons' ambiguous writes (injected faults among them).
+    /// With injected faults: how many the daemons injected (from their logs).
     injected: Option<u64>,
+    /// Daemons SIGKILLed and restarted.
+    daemon_kills: u64,
+    /// In partition mode: what the partitions showed.
+    partition: Option<&'a PartitionReport>,
 }
 
 impl Report<'_> {
@@ -934,11 +1265,37 @@ impl Report<'_> {
             self.args.store.name(),
             self.injected
                 .map_or_else(String::new, |n| format!(" injected={n}"))
-        )
+        ) + &self.chaos_columns()
+    }
+
+    /// What a chaos run adds: daemon kills, and the partitions' checks.
+    fn chaos_columns(&self) -> String {
+        let mut columns = String::new();
+        if self.args.chaos || !self.args.kill_daemon_every.is_zero() {
+            columns.push_str(&format!(" daemon_kills={}", self.daemon_kills));
+        }
+        if let Some(p) = self.partition {
+            columns.push_str(&format!(
+                " partitions={} lost_before_ttl={} taken_after_ttl={} untouched_after_heal={} \
+                 partition_failures={}",
+                p.partitions,
+                p.lost_before_ttl,
+                p.taken_after_ttl,
+                p.untouched_after_heal,
+                p.failures.len()
+            ));
+        }
+        columns
     }
 
     fn passes(&self) -> bool {
-        self.analysis.is_clean() && self.stats.rejected == 0 && self.orphans == 0
+        let partitions_clean = self
+            .partition
+            .is_none_or(|p| p.failures.is_empty() && p.partitions > 0);
+        self.analysis.is_clean()
+            && self.stats.rejected == 0
+            && self.orphans == 0
+            && partitions_clean
     }
 }
 
@@ -1073,6 +1430,8 @@ mod tests {
             kills: 14,
             orphans: 0,
             injected: None,
+            daemon_kills: 0,
+            partition: None,
         };
         assert_eq!(
             report.summary(),
@@ -1097,5 +1456,53 @@ mod tests {
             ..report
         };
         assert!(!orphaned.passes());
+    }
+
+    #[test]
+    fn a_chaos_summary_adds_daemon_kills_faults_and_partitions() {
+        let args = RunArgs {
+            partition: true,
+            ..RunArgs::chaos_defaults(StoreKind::S3)
+        };
+        let analysis = Analysis::default();
+        let stats = ResourceStats::default();
+        let partition = PartitionReport {
+            partitions: 2,
+            lost_before_ttl: 2,
+            taken_after_ttl: 2,
+            untouched_after_heal: 2,
+            ..PartitionReport::default()
+        };
+        let report = Report {
+            args: &args,
+            analysis: &analysis,
+            stats: &stats,
+            kills: 3,
+            orphans: 0,
+            injected: Some(40),
+            daemon_kills: 4,
+            partition: Some(&partition),
+        };
+        assert!(report.summary().ends_with(
+            " store=s3 injected=40 daemon_kills=4 partitions=2 lost_before_ttl=2 \
+             taken_after_ttl=2 untouched_after_heal=2 partition_failures=0"
+        ));
+        assert!(report.passes());
+        let failing = PartitionReport {
+            failures: vec!["partition 1: too late".into()],
+            ..partition.clone()
+        };
+        let failed = Report {
+            partition: Some(&failing),
+            ..report
+        };
+        assert!(!failed.passes());
+        // A partition run in which no partition happened checked nothing: it fails.
+        let none = PartitionReport::default();
+        let idle = Report {
+            partition: Some(&none),
+            ..failed
+        };
+        assert!(!idle.passes());
     }
 }

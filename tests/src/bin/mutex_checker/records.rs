@@ -21,6 +21,14 @@ pub(crate) fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Now on `CLOCK_REALTIME`, in nanoseconds since the epoch: to place a lock file's
+/// `createdAt` on the monotonic clock (their difference, taken at one moment).
+pub(crate) fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// One step of a worker. `t` is always the monotonic time of the step, `target` the index of
 /// the target (`t0`, `t1`, …).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,35 @@ fn var(name: &str) -> Result<String, String> {
     })
 }
 
+/// The bucket of a run-private moto (`ObjectStore::private_s3`).
+pub(crate) const PRIVATE_S3_BUCKET: &str = "locks";
+
+/// An OpenDAL operator on an S3 bucket, built as the daemon builds it.
+fn s3_operator(
+    endpoint: &str,
+    bucket: &str,
+    region: &str,
+    key_id: &str,
+    secret: &str,
+) -> opendal::Result<Operator> {
+    let builder = opendal::services::S3::default()
+        .bucket(bucket)
+        .endpoint(endpoint)
+        .region(region)
+        .access_key_id(key_id)
+        .secret_access_key(secret)
+        .root("/")
+        .disable_config_load();
+    Operator::new(builder)
+}
+
+/// An operator on the bucket of a run-private moto at `endpoint`, for a thread with a runtime
+/// of its own (an operator's pooled connections belong to the runtime that opened them).
+pub(crate) fn private_s3_operator(endpoint: &str) -> Result<Operator, String> {
+    s3_operator(endpoint, PRIVATE_S3_BUCKET, "us-east-1", "test", "test")
+        .map_err(|e| format!("s3 operator: {e}"))
+}
+
 /// A TOML basic string (JSON's escapes are TOML's).
 fn quoted(text: &str) -> String {
     serde_json::to_string(text).expect("strings serialize")
@@ -159,15 +188,9 @@ impl ObjectStore {
                     quoted(&endpoint),
                     quoted(&region),
                 );
-                let builder = opendal::services::S3::default()
-                    .bucket(&bucket)
-                    .endpoint(&endpoint)
-                    .region(&region)
-                    .access_key_id(&key_id)
-                    .secret_access_key(&secret)
-                    .root("/")
-                    .disable_config_load();
-                (bucket, table, Operator::new(builder).map_err(built)?)
+                let operator =
+                    s3_operator(&endpoint, &bucket, &region, &key_id, &secret).map_err(built)?;
+                (bucket, table, operator)
             }
             StoreKind::Gcs => {
                 let endpoint = var("VFSLOCK_TEST_GCS_ENDPOINT")?;
@@ -218,6 +241,42 @@ impl ObjectStore {
             table,
             access: Access::Dal { operator, runtime },
         })
+    }
+
+    /// The run's targets on a moto of the run's own at `endpoint` (the partition mode starts
+    /// one on a veth address): bucket `locks`, moto's test credentials, which are no secret
+    /// and so are written into the table.
+    pub(crate) fn private_s3(endpoint: &str) -> Result<ObjectStore, String> {
+        opendal::install_default();
+        let (bucket, region, key) = (PRIVATE_S3_BUCKET, "us-east-1", "test");
+        // A short request timeout: the partitioned daemon's requests hang on the cut link,
+        // and a lease is a few seconds long.
+        let table = format!(
+            "[[stores.object]]\nprefix = {}\nendpoint = {}\nregion = {}\n\
+             access-key-id = {}\nsecret-access-key = {}\nrequest-timeout = \"2s\"\n",
+            quoted(&format!("s3://{bucket}/")),
+            quoted(endpoint),
+            quoted(region),
+            quoted(key),
+            quoted(key),
+        );
+        let operator = private_s3_operator(endpoint)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        Ok(ObjectStore {
+            kind: StoreKind::S3,
+            bucket: bucket.to_owned(),
+            run_prefix: run_prefix(),
+            table,
+            access: Access::Dal { operator, runtime },
+        })
+    }
+
+    /// The key of the object behind target `<target prefix><name>`.
+    pub(crate) fn key_of(&self, name: &str) -> String {
+        format!("{}/{name}.lock", self.run_prefix)
     }
 
     /// The `[[stores.object]]` table for the daemons' config.
