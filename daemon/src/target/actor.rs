@@ -136,6 +136,8 @@ pub enum TargetLockMessage {
     },
     /// Timer: see whether the actor has been idle long enough to stop.
     IdleCheck,
+    /// Timer: retry deleting a lock file of ours whose delete failed.
+    RetryDelete,
 }
 
 impl TargetLockMessage {
@@ -151,6 +153,7 @@ impl TargetLockMessage {
                 | TargetLockMessage::WaitExpired { .. }
                 | TargetLockMessage::StaleAnswerExpired { .. }
                 | TargetLockMessage::IdleCheck
+                | TargetLockMessage::RetryDelete
         )
     }
 }
@@ -209,6 +212,7 @@ impl Actor for TargetLock {
             idle_check_scheduled: false,
             streak: None,
             cooldown_until: None,
+            leftover: None,
         })
     }
 
@@ -365,7 +369,9 @@ impl Actor for TargetLock {
                     return Ok(());
                 }
             }
+            TargetLockMessage::RetryDelete => self.retry_delete(&myself, state).await,
         }
+        self.schedule_leftover(&myself, state);
         self.track_idleness(&myself, state);
         Ok(())
     }
@@ -871,7 +877,7 @@ impl TargetLock {
         {
             // Past its deadline the lease may already be someone else's; only the conditional
             // delete is allowed, and the releaser learns that it had lost the lease.
-            self.delete_if_ours(state, &holding.written).await;
+            self.delete_or_retry(state, &holding.written).await;
             return Err(lease_lost_at_release(
                 &state.url,
                 "it was not renewed in time",
@@ -901,7 +907,7 @@ impl TargetLock {
                 }
             }
         }
-        let outcome = self.delete_if_ours(state, &holding.written).await;
+        let outcome = self.delete_or_retry(state, &holding.written).await;
         if state.streak.take().is_some() && !state.waiters.is_empty() {
             // A capped streak: let other hosts' waiters, which poll, find the lock free.
             let cooldown = self.ctx.settings.handoff_cooldown;
@@ -1115,6 +1121,71 @@ impl TargetLock {
     }
 
     /// Deletes the lock file if it still holds `written`; logs what else happened.
+    /// [`delete_if_ours`](Self::delete_if_ours) at the end of a holding: a delete that fails
+    /// is retried later ([`super::Leftover`]).
+    async fn delete_or_retry(
+        &self,
+        state: &mut TargetLockState,
+        written: &crate::store::Version,
+    ) -> Option<Conditional> {
+        let outcome = self.delete_if_ours(state, written).await;
+        if outcome.is_none() {
+            let ttl_ns = crate::lockfile::parse(&written.bytes).ttl_ns;
+            let ttl = u64::try_from(ttl_ns)
+                .ok()
+                .filter(|&ns| ns > 0)
+                .map_or(self.ctx.settings.default_ttl, Duration::from_nanos);
+            state.leftover = Some(Box::new(super::Leftover {
+                version: written.clone(),
+                give_up_at: Instant::now() + ttl,
+                delay: self.ctx.settings.recheck_min,
+                scheduled: false,
+            }));
+        }
+        outcome
+    }
+
+    fn schedule_leftover(&self, myself: &ActorRef<TargetLockMessage>, state: &mut TargetLockState) {
+        if let Some(leftover) = state.leftover.as_mut().filter(|l| !l.scheduled) {
+            leftover.scheduled = true;
+            myself.send_after(leftover.delay, || TargetLockMessage::RetryDelete);
+        }
+    }
+
+    async fn retry_delete(
+        &self,
+        myself: &ActorRef<TargetLockMessage>,
+        state: &mut TargetLockState,
+    ) {
+        let Some(mut leftover) = state.leftover.take() else {
+            return;
+        };
+        leftover.scheduled = false;
+        match self
+            .within(
+                self.store(state)
+                    .delete(&state.lock_path, &leftover.version),
+            )
+            .await
+        {
+            Ok(outcome) => {
+                tracing::info!(target = %state.url, ?outcome, "retried the delete of our lock file");
+                // Waiters here may take it now rather than at their next re-check.
+                self.serve_queue(myself, state).await;
+            }
+            Err(e) if Instant::now() < leftover.give_up_at => {
+                tracing::debug!(target = %state.url, error = %e, "the delete of our lock file failed again");
+                leftover.delay = (leftover.delay * 2).min(self.ctx.settings.recheck_max);
+                state.leftover = Some(leftover);
+            }
+            Err(e) => tracing::error!(
+                target = %state.url,
+                error = %e,
+                "gave up deleting our lock file; it is stale now"
+            ),
+        }
+    }
+
     async fn delete_if_ours(
         &self,
         state: &TargetLockState,
@@ -1136,7 +1207,7 @@ impl TargetLock {
                 tracing::error!(
                     target = %state.url,
                     error = %e,
-                    "could not delete the lock file; it goes stale when its TTL runs out"
+                    "could not delete the lock file"
                 );
                 None
             }
@@ -1163,7 +1234,7 @@ impl TargetLock {
             .session
             .event(holding.acquire_id, Event::LeaseLost { reason });
         if try_delete {
-            self.delete_if_ours(state, &holding.written).await;
+            self.delete_or_retry(state, &holding.written).await;
         }
         self.ctx.journal_release(&holding.record.lock_id);
         self.serve_queue(myself, state).await;

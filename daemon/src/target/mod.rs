@@ -190,12 +190,33 @@ pub struct TargetLockState {
     pub streak: Option<(u32, Instant)>,
     /// After a capped streak, local waiters hold back until then.
     pub cooldown_until: Option<Instant>,
+    /// A lock file of ours whose delete failed, being retried.
+    pub leftover: Option<Box<Leftover>>,
+}
+
+/// A lock file this daemon wrote and failed to delete at the end of a holding. Left alone it
+/// would block every waiter, here and on other hosts, until its TTL runs out; so the delete is
+/// retried with backoff (it stays conditional: only these exact bytes are deleted) until it is
+/// gone, is no longer ours, or the TTL has run out anyway.
+#[derive(Debug)]
+pub struct Leftover {
+    /// What we wrote.
+    pub version: crate::store::Version,
+    /// When the lock would be stale anyway: no point retrying after.
+    pub give_up_at: Instant,
+    /// The next retry's delay.
+    pub delay: Duration,
+    /// Whether a retry is scheduled.
+    pub scheduled: bool,
 }
 
 impl TargetLockState {
     /// Whether nothing is held, queued or pending here.
     pub fn is_idle(&self) -> bool {
-        self.holder.is_none() && self.waiters.is_empty() && self.steal.is_none()
+        self.holder.is_none()
+            && self.waiters.is_empty()
+            && self.steal.is_none()
+            && self.leftover.is_none()
     }
 
     /// Removes the waiter `acquire_id` of `session_id`, if queued.
