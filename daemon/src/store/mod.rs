@@ -189,6 +189,8 @@ pub struct Store {
     stale_rule: StaleRule,
     /// The URL prefix it serves (`file:///`, `mem://`, `s3://locks/`).
     prefix: String,
+    /// Leases renewed on this store, shown by `status` so that renewal load can be watched.
+    renewals: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -251,6 +253,17 @@ impl Store {
         }
     }
 
+    /// Counts one confirmed renewal.
+    pub fn count_renewal(&self) {
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn renewals(&self) -> (String, u64) {
+        let renewed = self.renewals.load(std::sync::atomic::Ordering::Relaxed);
+        ("renewals".to_owned(), renewed)
+    }
+
     /// How this store judges a lock stale.
     pub fn stale_rule(&self) -> StaleRule {
         self.stale_rule
@@ -295,10 +308,12 @@ impl Store {
                 } else {
                     "; fencing tokens off"
                 };
+                let mut counters = s.counter_snapshot();
+                counters.push(self.renewals());
                 return vfslock_proto::StoreInfo {
                     scheme: self.prefix.clone(),
                     description: format!("{mode}{fencing}; {rule}"),
-                    counters: s.counter_snapshot(),
+                    counters,
                 };
             }
             #[cfg(unix)]
@@ -317,7 +332,7 @@ impl Store {
         vfslock_proto::StoreInfo {
             scheme: scheme.into(),
             description: format!("{what}; {rule}"),
-            counters: Vec::new(),
+            counters: vec![self.renewals()],
         }
     }
 }
@@ -341,6 +356,7 @@ impl Stores {
                 backend: Backend::Fs(fs::FsStore),
                 stale_rule,
                 prefix: "file://".into(),
+                renewals: Default::default(),
             })
         });
         #[cfg(not(unix))]
@@ -360,6 +376,7 @@ impl Stores {
                     backend: Backend::Memory(memory::MemoryStore::new()?),
                     stale_rule,
                     prefix: "mem://".into(),
+                    renewals: Default::default(),
                 })),
                 None => None,
             },
@@ -373,6 +390,7 @@ impl Stores {
                     backend: Backend::Object(store),
                     stale_rule: config.stale_rule,
                     prefix: config.prefix.clone(),
+                    renewals: Default::default(),
                 }),
             ));
         }

@@ -1204,6 +1204,7 @@ impl TargetLock {
         let generation = state.renew_generation;
         match outcome {
             Ok(Replaced::Done(written)) => {
+                state.store.count_renewal();
                 let valid_until = self.valid_until(sent, ttl);
                 let holding = state.holder.as_mut().expect("checked above");
                 holding.record = record;
