@@ -5,7 +5,8 @@
 //! committed in the same atomic step as the lock file they go into. On the local filesystem
 //! the daemon makes its own syscalls ([`fs`]) because OpenDAL's `fs` service fsyncs every write
 //! and either truncates in place or, with `atomic_write_dir`, turns create-if-not-exists into
-//! check-then-rename. Memory goes through OpenDAL ([`memory`]), as the object stores will.
+//! check-then-rename. Memory is a plain table ([`memory`]); object stores go through OpenDAL
+//! ([`object`]).
 
 #[cfg(feature = "faults")]
 pub mod faults;
@@ -198,9 +199,14 @@ enum Backend {
     #[cfg(unix)]
     Fs(fs::FsStore),
     Memory(memory::MemoryStore),
-    Object(object::ObjectStore),
+    // Boxed: far larger than the other two, and there are few stores.
+    Object(Box<object::ObjectStore>),
 }
 
+// The file and object backends' futures are boxed: they are large (blocking-pool hand-offs, an
+// HTTP client), and every target actor's task would otherwise carry the largest of them inline,
+// held or idle, in every actor (bytes per held lock in `tests/bench.sh`). The memory store's
+// futures are small and stay inline, so its path does not pay the allocation.
 impl Store {
     /// Creates `path` unless it exists, with a fresh token (at least `floor`).
     pub async fn create(
@@ -210,20 +216,20 @@ impl Store {
         make: MakeLock,
     ) -> Result<Created, StoreError> {
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.create(path, floor, make).await,
             Backend::Memory(s) => s.create(path, floor, make).await,
-            Backend::Object(s) => s.create(path, floor, make).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.create(path, floor, make)).await,
+            Backend::Object(s) => Box::pin(s.create(path, floor, make)).await,
         }
     }
 
     /// Reads `path`; `None` when it does not exist.
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.read(path).await,
             Backend::Memory(s) => s.read(path).await,
-            Backend::Object(s) => s.read(path).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.read(path)).await,
+            Backend::Object(s) => Box::pin(s.read(path)).await,
         }
     }
 
@@ -236,21 +242,27 @@ impl Store {
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.replace(path, expected, token, make).await,
             Backend::Memory(s) => s.replace(path, expected, token, make).await,
-            Backend::Object(s) => s.replace(path, expected, token, make).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.replace(path, expected, token, make)).await,
+            Backend::Object(s) => Box::pin(s.replace(path, expected, token, make)).await,
         }
     }
 
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.delete(path, expected).await,
             Backend::Memory(s) => s.delete(path, expected).await,
-            Backend::Object(s) => s.delete(path, expected).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.delete(path, expected)).await,
+            Backend::Object(s) => Box::pin(s.delete(path, expected)).await,
         }
+    }
+
+    /// Whether only this daemon can see the store's lock files (`mem://`): nobody outside it can
+    /// wait for them, and they end with the daemon, so a crash leaves nothing to clean up.
+    pub fn is_private(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
     }
 
     /// Counts one confirmed renewal.
@@ -325,7 +337,7 @@ impl Store {
             ),
             Backend::Memory(_) => (
                 "mem",
-                "this daemon's memory (OpenDAL): if-not-exists create; fencing tokens strictly \
+                "this daemon's memory: if-not-exists create; fencing tokens strictly \
                  increase, also across restarts (floor: the time in microseconds)",
             ),
         };
@@ -387,7 +399,7 @@ impl Stores {
             stores.objects.push((
                 config.parsed.clone(),
                 Arc::new(Store {
-                    backend: Backend::Object(store),
+                    backend: Backend::Object(Box::new(store)),
                     stale_rule: config.stale_rule,
                     prefix: config.prefix.clone(),
                     renewals: Default::default(),
