@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use vfslock_proto::{LockFileFormat, LockMetadata};
 
@@ -50,8 +50,10 @@ pub struct LockRecord {
 }
 
 /// The on-disk shape. Field order is part of the format: the Go names first, so the file reads
-/// like one the Go library wrote, then the 1.0.x spellings, then ours.
-#[derive(Serialize)]
+/// like one the Go library wrote, then the 1.0.x spellings, then ours. [`LockRecord::to_json`]
+/// writes it by hand; this serde shape is the reference its test compares with.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct WireRecord<'a> {
     #[serde(rename = "createdAt")]
     created_at: &'a str,
@@ -83,14 +85,54 @@ impl LockRecord {
     /// The file content: indented like Go's `json.MarshalIndent(meta, "", "  ")`, without a
     /// trailing newline (the Go library writes none).
     pub fn to_json(&self) -> Vec<u8> {
+        // Written field by field in `WireRecord`'s order rather than through serde_json's
+        // pretty printer, which was a sixth of a `mem://` cycle's instructions; strings still go
+        // through serde_json, so their escaping is the same. A test holds the two to the same
+        // bytes.
         let created_at = format_go_time(self.created_at);
         let acquired_at = format_go_time(self.acquired_at);
         // Go's `omitempty` drops an empty owner, so an empty one must not be written either.
         let owner_id = self.owner_id.as_deref().filter(|o| !o.is_empty());
+        // A lease longer than Go's Duration can express (~292 years) is as good as never
+        // expiring, but 0 would say exactly that; the largest finite value is closer.
+        let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
+        let mut out = JsonObject::new();
+        out.string("createdAt", &created_at);
+        out.number("ttl", ttl);
+        out.string("hostname", &self.hostname);
+        out.number("pid", self.pid);
+        if let Some(owner) = owner_id {
+            out.string("ownerId", owner);
+        }
+        out.string("created_at", &created_at);
+        if let Some(owner) = owner_id {
+            out.string("owner_id", owner);
+        }
+        out.number("vfslock", FORMAT_VERSION);
+        out.string("lockId", &self.lock_id);
+        out.string("daemonId", &self.daemon_id);
+        out.string("acquiredAt", &acquired_at);
+        if let Some(token) = self.token {
+            out.number("token", token);
+        }
+        if let Some(uid) = self.uid {
+            out.number("uid", uid);
+        }
+        if self.detached {
+            out.raw("detached", "true");
+        }
+        out.finish()
+    }
+
+    /// The same bytes as [`LockRecord::to_json`], through serde_json's pretty printer: the
+    /// reference the hand-written one is tested against.
+    #[cfg(test)]
+    fn to_json_by_serde(&self) -> Vec<u8> {
+        let created_at = format_go_time(self.created_at);
+        let acquired_at = format_go_time(self.acquired_at);
+        let owner_id = self.owner_id.as_deref().filter(|o| !o.is_empty());
         let wire = WireRecord {
             created_at: &created_at,
-            // A lease longer than Go's Duration can express (~292 years) is as good as never
-            // expiring, but 0 would say exactly that; the largest finite value is closer.
             ttl: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
             hostname: &self.hostname,
             pid: self.pid,
@@ -125,6 +167,53 @@ impl LockRecord {
             detached: self.detached,
             format: LockFileFormat::Vfslock(FORMAT_VERSION),
         }
+    }
+}
+
+/// A JSON object written as `json.MarshalIndent(v, "", "  ")` writes one: a member per line,
+/// two spaces in, no trailing newline.
+struct JsonObject {
+    out: Vec<u8>,
+    members: usize,
+}
+
+impl JsonObject {
+    fn new() -> Self {
+        let mut out = Vec::with_capacity(512);
+        out.push(b'{');
+        JsonObject { out, members: 0 }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.members > 0 {
+            self.out.push(b',');
+        }
+        self.members += 1;
+        self.out.extend_from_slice(b"\n  \"");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\": ");
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        serde_json::to_writer(&mut self.out, value).expect("writing to memory cannot fail");
+    }
+
+    fn number(&mut self, key: &str, value: impl std::fmt::Display) {
+        use std::io::Write as _;
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn raw(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.out.extend_from_slice(value.as_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out
+            .extend_from_slice(if self.members > 0 { b"\n}" } else { b"}" });
+        self.out
     }
 }
 
@@ -841,6 +930,23 @@ mod tests {
                 format: LockFileFormat::Vfslock(FORMAT_VERSION),
             }
         );
+    }
+
+    #[test]
+    fn hand_written_json_is_serde_jsons_pretty_output() {
+        let mut rec = record();
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
+        rec.hostname = "h\"o\\st\n\u{1}é".into();
+        rec.owner_id = Some("ünïcode \"quoted\"".into());
+        rec.detached = true;
+        rec.ttl = Duration::MAX;
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
+        rec.owner_id = Some(String::new());
+        rec.token = None;
+        rec.uid = None;
+        rec.detached = false;
+        rec.pid = -5;
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
     }
 
     #[test]

@@ -1559,11 +1559,25 @@ fn next_renewal(ttl: Duration) -> Duration {
     (ttl / 3).mul_f64(0.9 + 0.1 * unit_random())
 }
 
-/// A random number in [0, 1).
+/// A random number in [0, 1), for spreading timers: from a per-thread xorshift generator
+/// seeded once from the OS, so that a grant does not pay a `getrandom` system call for it.
 fn unit_random() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// ±25 % of `delay`, so waiters of many daemons do not poll in step.
