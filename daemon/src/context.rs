@@ -168,9 +168,16 @@ impl Context {
 
 /// 128 random bits in hex: lock ids and instance ids.
 pub fn random_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // By hand: one `format!` per byte was a tenth of a `mem://` cycle's instructions.
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    id
 }
 
 /// The machine's hostname.

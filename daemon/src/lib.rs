@@ -11,7 +11,7 @@
 //! | [`registry`] | which actor serves which target; starting and retiring them          |
 //! | [`target`]   | one target's state and its actor: acquire, queue, renew, steal, release |
 //! | [`lockfile`] | the lock-file JSON (a superset of the Go library's), foreign and corrupt files |
-//! | [`store`]    | where lock files live: local files by syscalls, memory via OpenDAL   |
+//! | [`store`]    | where lock files live: local files by syscalls, memory in a table, object stores via OpenDAL |
 //! | [`address`]  | target URLs and their one normalized form                            |
 //! | [`access`]   | who may lock what: `[[access]]` rules, file:// confinement          |
 //! | [`config`]   | TOML → defaults merged → validated settings                          |

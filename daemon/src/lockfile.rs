@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use vfslock_proto::{LockFileFormat, LockMetadata};
 
@@ -50,8 +50,10 @@ pub struct LockRecord {
 }
 
 /// The on-disk shape. Field order is part of the format: the Go names first, so the file reads
-/// like one the Go library wrote, then the 1.0.x spellings, then ours.
-#[derive(Serialize)]
+/// like one the Go library wrote, then the 1.0.x spellings, then ours. [`LockRecord::to_json`]
+/// writes it by hand; this serde shape is the reference its test compares with.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct WireRecord<'a> {
     #[serde(rename = "createdAt")]
     created_at: &'a str,
@@ -83,14 +85,54 @@ impl LockRecord {
     /// The file content: indented like Go's `json.MarshalIndent(meta, "", "  ")`, without a
     /// trailing newline (the Go library writes none).
     pub fn to_json(&self) -> Vec<u8> {
+        // Written field by field in `WireRecord`'s order rather than through serde_json's
+        // pretty printer, which was a sixth of a `mem://` cycle's instructions; strings still go
+        // through serde_json, so their escaping is the same. A test holds the two to the same
+        // bytes.
         let created_at = format_go_time(self.created_at);
         let acquired_at = format_go_time(self.acquired_at);
         // Go's `omitempty` drops an empty owner, so an empty one must not be written either.
         let owner_id = self.owner_id.as_deref().filter(|o| !o.is_empty());
+        // A lease longer than Go's Duration can express (~292 years) is as good as never
+        // expiring, but 0 would say exactly that; the largest finite value is closer.
+        let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
+        let mut out = JsonObject::new();
+        out.string("createdAt", &created_at);
+        out.number("ttl", ttl);
+        out.string("hostname", &self.hostname);
+        out.number("pid", self.pid);
+        if let Some(owner) = owner_id {
+            out.string("ownerId", owner);
+        }
+        out.string("created_at", &created_at);
+        if let Some(owner) = owner_id {
+            out.string("owner_id", owner);
+        }
+        out.number("vfslock", FORMAT_VERSION);
+        out.string("lockId", &self.lock_id);
+        out.string("daemonId", &self.daemon_id);
+        out.string("acquiredAt", &acquired_at);
+        if let Some(token) = self.token {
+            out.number("token", token);
+        }
+        if let Some(uid) = self.uid {
+            out.number("uid", uid);
+        }
+        if self.detached {
+            out.raw("detached", "true");
+        }
+        out.finish()
+    }
+
+    /// The same bytes as [`LockRecord::to_json`], through serde_json's pretty printer: the
+    /// reference the hand-written one is tested against.
+    #[cfg(test)]
+    fn to_json_by_serde(&self) -> Vec<u8> {
+        let created_at = format_go_time(self.created_at);
+        let acquired_at = format_go_time(self.acquired_at);
+        let owner_id = self.owner_id.as_deref().filter(|o| !o.is_empty());
         let wire = WireRecord {
             created_at: &created_at,
-            // A lease longer than Go's Duration can express (~292 years) is as good as never
-            // expiring, but 0 would say exactly that; the largest finite value is closer.
             ttl: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
             hostname: &self.hostname,
             pid: self.pid,
@@ -106,6 +148,72 @@ impl LockRecord {
             detached: self.detached,
         };
         serde_json::to_vec_pretty(&wire).expect("strings and integers always serialize")
+    }
+
+    /// What [`parse`] reads back from [`LockRecord::to_json`], without writing and parsing the
+    /// JSON: a grant describes the file it just wrote from the record it wrote it from.
+    pub fn to_parsed(&self) -> ParsedLock {
+        ParsedLock {
+            created_at: Some(self.created_at),
+            acquired_at: Some(self.acquired_at),
+            ttl_ns: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
+            hostname: self.hostname.clone(),
+            pid: self.pid,
+            owner_id: self.owner_id.clone().filter(|o| !o.is_empty()),
+            lock_id: Some(self.lock_id.clone()),
+            daemon_id: Some(self.daemon_id.clone()),
+            token: self.token,
+            uid: self.uid,
+            detached: self.detached,
+            format: LockFileFormat::Vfslock(FORMAT_VERSION),
+        }
+    }
+}
+
+/// A JSON object written as `json.MarshalIndent(v, "", "  ")` writes one: a member per line,
+/// two spaces in, no trailing newline.
+struct JsonObject {
+    out: Vec<u8>,
+    members: usize,
+}
+
+impl JsonObject {
+    fn new() -> Self {
+        let mut out = Vec::with_capacity(512);
+        out.push(b'{');
+        JsonObject { out, members: 0 }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.members > 0 {
+            self.out.push(b',');
+        }
+        self.members += 1;
+        self.out.extend_from_slice(b"\n  \"");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\": ");
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        serde_json::to_writer(&mut self.out, value).expect("writing to memory cannot fail");
+    }
+
+    fn number(&mut self, key: &str, value: impl std::fmt::Display) {
+        use std::io::Write as _;
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn raw(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.out.extend_from_slice(value.as_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out
+            .extend_from_slice(if self.members > 0 { b"\n}" } else { b"}" });
+        self.out
     }
 }
 
@@ -464,28 +572,50 @@ pub fn format_go_time(t: SystemTime) -> String {
     let (year, month, day) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
     let of_day = secs.rem_euclid(SECS_PER_DAY);
 
-    let mut out = String::with_capacity(30);
+    // Digit by digit rather than through `format!`: every lock file written carries two of
+    // these, and the formatting machinery was a tenth of a `mem://` cycle's instructions.
+    let mut out = String::with_capacity(32);
     // Go pads the year's magnitude to four digits and puts the sign in front.
     if year < 0 {
         out.push('-');
     }
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        year.unsigned_abs(),
-        month,
-        day,
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    );
+    let year = year.unsigned_abs();
+    if year > 9999 {
+        let _ = write!(out, "{year}");
+    } else {
+        push_digits(&mut out, year, 4);
+    }
+    for (separator, value) in [
+        ('-', month as u64),
+        ('-', day as u64),
+        ('T', (of_day / 3600) as u64),
+        (':', (of_day / 60 % 60) as u64),
+        (':', (of_day % 60) as u64),
+    ] {
+        out.push(separator);
+        push_digits(&mut out, value, 2);
+    }
     if nanos != 0 {
-        let digits = format!("{nanos:09}");
+        let mut fraction = nanos;
+        let mut width = 9;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            width -= 1;
+        }
         out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        push_digits(&mut out, u64::from(fraction), width);
     }
     out.push('Z');
     out
+}
+
+/// Appends `value` as exactly `width` decimal digits, zero-padded (`value` must fit).
+fn push_digits(out: &mut String, value: u64, width: u32) {
+    let mut divisor = 10u64.pow(width.saturating_sub(1));
+    for _ in 0..width {
+        out.push(char::from(b'0' + (value / divisor % 10) as u8));
+        divisor /= 10;
+    }
 }
 
 /// Parses a time as Go's `time.Time.UnmarshalJSON` does (given the string's content): RFC 3339
@@ -800,6 +930,50 @@ mod tests {
                 format: LockFileFormat::Vfslock(FORMAT_VERSION),
             }
         );
+    }
+
+    #[test]
+    fn hand_written_json_is_serde_jsons_pretty_output() {
+        let mut rec = record();
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
+        rec.hostname = "h\"o\\st\n\u{1}é".into();
+        rec.owner_id = Some("ünïcode \"quoted\"".into());
+        rec.detached = true;
+        rec.ttl = Duration::MAX;
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
+        rec.owner_id = Some(String::new());
+        rec.token = None;
+        rec.uid = None;
+        rec.detached = false;
+        rec.pid = -5;
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
+    }
+
+    #[test]
+    fn to_parsed_is_what_parse_reads_back() {
+        let mut rec = record();
+        assert_eq!(rec.to_parsed(), parse(&rec.to_json()));
+        rec.owner_id = Some(String::new());
+        rec.token = None;
+        rec.uid = None;
+        rec.detached = true;
+        rec.ttl = Duration::ZERO;
+        rec.created_at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(rec.to_parsed(), parse(&rec.to_json()));
+    }
+
+    #[test]
+    fn go_times_have_no_trailing_fraction_zeros() {
+        for (ns, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (1, "1970-01-01T00:00:00.000000001Z"),
+            (120_000_000, "1970-01-01T00:00:00.12Z"),
+            (1_754_299_812_345_678_901, "2025-08-04T09:30:12.345678901Z"),
+        ] {
+            let t = UNIX_EPOCH + Duration::from_nanos(ns);
+            assert_eq!(format_go_time(t), text);
+            assert_eq!(parse_go_time(text), Some(t));
+        }
     }
 
     #[test]

@@ -347,7 +347,8 @@ pub struct StoreInfo {
     /// Human description: kind, mode, stale rule.
     pub description: String,
     /// Requests made, by operation (object stores): `creates`, `reads`, `replaces`, `deletes`,
-    /// `fences`, `ambiguous`, and `requests` (HTTP requests or SFTP round trips in all).
+    /// `fences`, `ambiguous`, and `requests` (HTTP requests or SFTP round trips in all); and on
+    /// every store `renewals`, the leases renewed.
     pub counters: Vec<(String, u64)>,
 }
 

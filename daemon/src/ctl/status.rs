@@ -73,7 +73,7 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<u8, Failure> {
                 .collect();
             rows.push((
                 "",
-                format!("{:<width$}  requests: {}", "", counters.join(", ")),
+                format!("{:<width$}  counts: {}", "", counters.join(", ")),
             ));
         }
     }

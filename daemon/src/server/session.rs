@@ -258,6 +258,9 @@ impl Session {
         let io_timeout = self.ctx.settings.io_timeout;
         let decoder = FrameDecoder::new(self.ctx.settings.max_frame);
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        // Outside the loop: zeroing 8 KiB for every read was a sixth of a `mem://` cycle's
+        // instructions.
+        let mut chunk = [0u8; 8192];
         loop {
             let mut start = 0;
             loop {
@@ -281,7 +284,6 @@ impl Session {
                 }
             }
             buf.drain(..start);
-            let mut chunk = [0u8; 8192];
             let read = if buf.is_empty() {
                 // Between frames a client may stay silent for as long as it holds its locks.
                 tokio::select! {

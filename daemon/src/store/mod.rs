@@ -5,7 +5,8 @@
 //! committed in the same atomic step as the lock file they go into. On the local filesystem
 //! the daemon makes its own syscalls ([`fs`]) because OpenDAL's `fs` service fsyncs every write
 //! and either truncates in place or, with `atomic_write_dir`, turns create-if-not-exists into
-//! check-then-rename. Memory goes through OpenDAL ([`memory`]), as the object stores will.
+//! check-then-rename. Memory is a plain table ([`memory`]); object stores go through OpenDAL
+//! ([`object`]).
 
 #[cfg(feature = "faults")]
 pub mod faults;
@@ -194,6 +195,8 @@ pub struct Store {
     /// the daemon, so its counters are the daemon's.
     #[cfg(feature = "faults")]
     faults: Option<Arc<faults::StoreFaults>>,
+    /// Leases renewed on this store, shown by `status` so that renewal load can be watched.
+    renewals: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -201,9 +204,14 @@ enum Backend {
     #[cfg(unix)]
     Fs(fs::FsStore),
     Memory(memory::MemoryStore),
-    Object(object::ObjectStore),
+    // Boxed: far larger than the other two, and there are few stores.
+    Object(Box<object::ObjectStore>),
 }
 
+// The file and object backends' futures are boxed: they are large (blocking-pool hand-offs, an
+// HTTP client), and every target actor's task would otherwise carry the largest of them inline,
+// held or idle, in every actor (bytes per held lock in `tests/bench.sh`). The memory store's
+// futures are small and stay inline, so its path does not pay the allocation.
 impl Store {
     /// Creates `path` unless it exists, with a fresh token (at least `floor`).
     pub async fn create(
@@ -214,10 +222,10 @@ impl Store {
     ) -> Result<Created, StoreError> {
         self.inject("create", path).await?;
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.create(path, floor, make).await,
             Backend::Memory(s) => s.create(path, floor, make).await,
-            Backend::Object(s) => s.create(path, floor, make).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.create(path, floor, make)).await,
+            Backend::Object(s) => Box::pin(s.create(path, floor, make)).await,
         }
     }
 
@@ -225,10 +233,10 @@ impl Store {
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
         self.inject("read", path).await?;
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.read(path).await,
             Backend::Memory(s) => s.read(path).await,
-            Backend::Object(s) => s.read(path).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.read(path)).await,
+            Backend::Object(s) => Box::pin(s.read(path)).await,
         }
     }
 
@@ -242,10 +250,10 @@ impl Store {
     ) -> Result<Replaced, StoreError> {
         self.inject("replace", path).await?;
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.replace(path, expected, token, make).await,
             Backend::Memory(s) => s.replace(path, expected, token, make).await,
-            Backend::Object(s) => s.replace(path, expected, token, make).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.replace(path, expected, token, make)).await,
+            Backend::Object(s) => Box::pin(s.replace(path, expected, token, make)).await,
         }
     }
 
@@ -253,10 +261,10 @@ impl Store {
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
         self.inject("delete", path).await?;
         match &self.backend {
-            #[cfg(unix)]
-            Backend::Fs(s) => s.delete(path, expected).await,
             Backend::Memory(s) => s.delete(path, expected).await,
-            Backend::Object(s) => s.delete(path, expected).await,
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.delete(path, expected)).await,
+            Backend::Object(s) => Box::pin(s.delete(path, expected)).await,
         }
     }
 
@@ -278,6 +286,23 @@ impl Store {
             return faults.counters();
         }
         Vec::new()
+    }
+
+    /// Whether only this daemon can see the store's lock files (`mem://`): nobody outside it can
+    /// wait for them, and they end with the daemon, so a crash leaves nothing to clean up.
+    pub fn is_private(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
+    }
+
+    /// Counts one confirmed renewal.
+    pub fn count_renewal(&self) {
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn renewals(&self) -> (String, u64) {
+        let renewed = self.renewals.load(std::sync::atomic::Ordering::Relaxed);
+        ("renewals".to_owned(), renewed)
     }
 
     /// How this store judges a lock stale.
@@ -326,6 +351,7 @@ impl Store {
                 };
                 let mut counters = s.counter_snapshot();
                 counters.extend(self.fault_counters());
+                counters.push(self.renewals());
                 return vfslock_proto::StoreInfo {
                     scheme: self.prefix.clone(),
                     description: format!("{mode}{fencing}; {rule}"),
@@ -341,14 +367,18 @@ impl Store {
             ),
             Backend::Memory(_) => (
                 "mem",
-                "this daemon's memory (OpenDAL): if-not-exists create; fencing tokens strictly \
+                "this daemon's memory: if-not-exists create; fencing tokens strictly \
                  increase, also across restarts (floor: the time in microseconds)",
             ),
         };
         vfslock_proto::StoreInfo {
             scheme: scheme.into(),
             description: format!("{what}; {rule}"),
-            counters: self.fault_counters(),
+            counters: {
+                let mut counters = vec![self.renewals()];
+                counters.extend(self.fault_counters());
+                counters
+            },
         }
     }
 }
@@ -380,6 +410,7 @@ impl Stores {
                 backend,
                 stale_rule,
                 prefix,
+                renewals: Default::default(),
                 #[cfg(feature = "faults")]
                 faults: faults.clone(),
             })
@@ -411,7 +442,7 @@ impl Stores {
             objects: Vec::new(),
         };
         for config in &settings.object_stores {
-            let backend = Backend::Object(object::open(config, settings).await?);
+            let backend = Backend::Object(Box::new(object::open(config, settings).await?));
             stores.objects.push((
                 config.parsed.clone(),
                 store(backend, config.stale_rule, config.prefix.clone()),

@@ -514,7 +514,7 @@ impl TargetLock {
         // and our steal, is raced by someone else: look again, a few times.
         for _ in 0..4 {
             let record = self.new_record(&waiter, None);
-            if !record.detached {
+            if journaled(state, &record) {
                 self.ctx.journal_acquire(&record.lock_id, &state.url);
             }
             let sent = Instant::now();
@@ -683,7 +683,7 @@ impl TargetLock {
         expected: &crate::store::Version,
     ) -> (LockRecord, Instant, Result<Replaced, StoreError>) {
         let record = self.new_record(waiter, None);
-        if !record.detached {
+        if journaled(state, &record) {
             self.ctx.journal_acquire(&record.lock_id, &state.url);
         }
         let sent = Instant::now();
@@ -799,7 +799,7 @@ impl TargetLock {
         record.token = written.token;
         let ttl = record.ttl;
         let valid_until = self.valid_until(sent, ttl);
-        let metadata = lockfile::to_wire(&lockfile::parse(&written.bytes), None, false);
+        let metadata = lockfile::to_wire(&record.to_parsed(), None, false);
         let grant = Grant {
             target: state.url.clone(),
             lock_id: record.lock_id.clone(),
@@ -838,7 +838,7 @@ impl TargetLock {
             let next = if valid_until.is_some_and(|until| until <= Instant::now()) {
                 Duration::ZERO
             } else {
-                (ttl / 3).saturating_sub(sent.elapsed())
+                first_renewal(ttl).saturating_sub(sent.elapsed())
             };
             myself.send_after(next, move || TargetLockMessage::Renew { generation });
         }
@@ -888,7 +888,7 @@ impl TargetLock {
             match replaced {
                 Ok(Replaced::Done(written)) => {
                     let streak = state.streak.get_or_insert((0, Instant::now()));
-                    streak.0 += 1;
+                    streak.0 = streak.0.saturating_add(1);
                     self.grant(myself, state, waiter, record, written, sent, None);
                     return Ok(Response::Released { held: true });
                 }
@@ -1103,6 +1103,9 @@ impl TargetLock {
             return None;
         }
         let allowed = match state.streak {
+            // Nobody outside this daemon can wait for a private store's lock: no streak cap, no
+            // cooldown; the local queue alone is first come, first served.
+            _ if state.store.is_private() => true,
             None => settings.handoff_max_count > 0,
             Some((count, since)) => {
                 count < settings.handoff_max_count && since.elapsed() < settings.handoff_max_time
@@ -1275,6 +1278,7 @@ impl TargetLock {
         let generation = state.renew_generation;
         match outcome {
             Ok(Replaced::Done(written)) => {
+                state.store.count_renewal();
                 let valid_until = self.valid_until(sent, ttl);
                 let holding = state.holder.as_mut().expect("checked above");
                 holding.record = record;
@@ -1290,7 +1294,7 @@ impl TargetLock {
                         },
                     );
                 }
-                let next = (ttl / 3).saturating_sub(sent.elapsed());
+                let next = next_renewal(ttl).saturating_sub(sent.elapsed());
                 myself.send_after(next, move || TargetLockMessage::Renew { generation });
             }
             Ok(Replaced::Changed) => {
@@ -1474,11 +1478,7 @@ impl TargetLock {
     /// The current holder's lock file: ours from memory, otherwise read from the store.
     async fn holder_metadata(&self, state: &TargetLockState) -> Option<LockMetadata> {
         if let Some(holding) = &state.holder {
-            return Some(lockfile::to_wire(
-                &lockfile::parse(&holding.written.bytes),
-                None,
-                false,
-            ));
+            return Some(lockfile::to_wire(&holding.record.to_parsed(), None, false));
         }
         if let Some(steal) = &state.steal {
             return Some(steal.holder.clone());
@@ -1608,6 +1608,47 @@ fn lease_lost_at_release(url: &str, why: &str) -> WireError {
         ErrorKind::LeaseLost,
         format!("the lease on {url} had been lost before the release: {why}; the lock file was left alone"),
     )
+}
+
+/// Whether a new holding's lock id goes into the crash journal: not for detached leases (their
+/// lock file is their state) nor on a private store, whose lock files die with the daemon.
+fn journaled(state: &TargetLockState, record: &LockRecord) -> bool {
+    !record.detached && !state.store.is_private()
+}
+
+/// When a new holding is first renewed: anywhere from a tenth of a third of the TTL to a third.
+/// Locks granted together (a job that takes 10,000 at once) would otherwise renew together,
+/// every third of the TTL, in one burst; spread once, [`next_renewal`] keeps them spread.
+/// Renewing early is always safe: the lease only gets longer.
+fn first_renewal(ttl: Duration) -> Duration {
+    (ttl / 3).mul_f64(0.1 + 0.9 * unit_random())
+}
+
+/// The delay between renewals: a third of the TTL, less up to a tenth of it at random, so that
+/// renewals that happen to fall together drift apart instead of staying in step.
+fn next_renewal(ttl: Duration) -> Duration {
+    (ttl / 3).mul_f64(0.9 + 0.1 * unit_random())
+}
+
+/// A random number in [0, 1), for spreading timers: from a per-thread xorshift generator
+/// seeded once from the OS, so that a grant does not pay a `getrandom` system call for it.
+fn unit_random() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// ±25 % of `delay`, so waiters of many daemons do not poll in step.

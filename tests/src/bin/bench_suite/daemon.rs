@@ -1,0 +1,126 @@
+//! A `vfslockd` started for the bench: its own socket and state directory, warnings-only
+//! logging (a debug log line per request would be measured too), and limits raised so that the
+//! scale section fits; and what the bench reads of it from `/proc`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The daemon's configuration for every section, with the limits the scale section needs
+/// raised (the defaults: 4096 connections, 100,000 locks per connection, 10,000 waiters).
+pub const BENCH_CONFIG: &str = r#"
+[limits]
+max-connections = 8192
+max-locks-per-session = 200000
+max-waiters-per-target = 10000
+"#;
+
+/// A running bench daemon; killed (by its pid) when dropped.
+pub struct BenchDaemon {
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+impl BenchDaemon {
+    /// Starts `vfslockd` from `bin_dir` in `dir` and waits until it answers a handshake.
+    pub fn start(bin_dir: &Path, dir: &Path) -> BenchDaemon {
+        std::fs::create_dir_all(dir).expect("daemon dir");
+        let config = dir.join("vfslockd.toml");
+        std::fs::write(&config, BENCH_CONFIG).expect("daemon config");
+        let socket = dir.join("vfslockd.sock");
+        let log = std::fs::File::create(dir.join("vfslockd.log")).expect("daemon log");
+        let child = Command::new(bin_dir.join("vfslockd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vfslockd");
+        let mut daemon = BenchDaemon { child, socket };
+        let start = Instant::now();
+        while !handshake_answers(&daemon.socket) {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "vfslockd exited with {status}:\n{}",
+                    std::fs::read_to_string(dir.join("vfslockd.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "vfslockd did not serve within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        daemon
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client connected to it.
+    pub async fn client(&self) -> vfslock::Client {
+        vfslock::Client::connect(&self.socket)
+            .await
+            .expect("connect to the bench daemon")
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn handshake_answers(socket: &Path) -> bool {
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = [0u8; 8];
+    stream.write_all(b"VFSL\0\0\0\x01").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && &answer[..4] == b"VFSL"
+}
+
+/// Resident memory of process `pid`, in bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmRSS")
+        * 1024
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
