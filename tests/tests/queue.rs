@@ -213,3 +213,42 @@ async fn tasks_sharing_a_client_never_hold_one_lock_together() {
         assert_eq!(entered.load(Ordering::SeqCst), TASKS * ROUNDS);
     }
 }
+
+/// The handoff streak cap (and its cooldown) exists for waiters on other hosts; with none
+/// marked waiting, a busy local queue is never held back by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_queue_is_not_held_back_by_the_handoff_cap_when_no_other_host_waits() {
+    let daemon = Daemon::start_with(&format!(
+        "{}\nhandoff-max-count = 2\nhandoff-cooldown = \"1h\"\n",
+        vfslock_tests::TEST_CONFIG
+    ));
+    let target = daemon.file_target("busy.csv");
+    const CLIENTS: usize = 3;
+    const ROUNDS: usize = 10;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = daemon.client().await;
+        let (target, done) = (target.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                // A cooldown of an hour would fail this wait.
+                let mut lock = client.new_lock(
+                    &target,
+                    LockOptions::default().wait_timeout(vfslock_tests::DEADLINE),
+                );
+                lock.acquire_wait().await.expect("acquire_wait");
+                done.fetch_add(1, Ordering::Relaxed);
+                lock.release().await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        within("a client's rounds", task).await.expect("join");
+    }
+    assert_eq!(done.load(Ordering::Relaxed), CLIENTS * ROUNDS);
+    assert!(
+        !Path::new(&format!("{target}.lock.waiting")).exists(),
+        "no other host waited, so no daemon marked itself waiting"
+    );
+}

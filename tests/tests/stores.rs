@@ -560,7 +560,9 @@ async fn lease_lost(store: Store) {
     let start = Instant::now();
     let renewed = loop {
         let now = raw.read(key).await.expect("the lock object");
-        if now != first {
+        // SFTP's create-only renewal rewrites the file in place: a read in the middle of it
+        // sees part of it, which is not the renewed lock yet.
+        if now != first && serde_json::from_slice::<serde_json::Value>(&now).is_ok() {
             break now;
         }
         assert!(

@@ -40,7 +40,7 @@ use std::path::Path;
 
 use super::{
     next_token, token_in, Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token,
-    Version, Written, FENCE_SUFFIX,
+    Version, Written, FENCE_SUFFIX, WAITING_SUFFIX,
 };
 
 /// The local filesystem store. Stateless: paths are absolute.
@@ -547,6 +547,53 @@ fn lock_exclusive(file: &File, wait: bool) -> io::Result<bool> {
 }
 
 impl FsStore {
+    /// Writes `waiter` into `<lock>.waiting`, which also sets its last-modified time to now.
+    pub(super) async fn mark_waiting(&self, path: &str, waiter: &str) -> Result<(), StoreError> {
+        let (path, waiter) = (path.to_owned(), waiter.to_owned());
+        run(&path.clone(), move |_| {
+            let place = Place::of(&path)?;
+            let mut file = place
+                .open(
+                    &place.beside(WAITING_SUFFIX),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                )
+                .map_err(|e| describe("mark a waiter beside", &path, &e))?;
+            file.write_all(waiter.as_bytes())
+                .map_err(|e| describe("mark a waiter beside", &path, &e))?;
+            Ok(Some(()))
+        })
+        .await
+    }
+
+    /// Whether `<lock>.waiting` names a daemon other than `me` and was written within `within`.
+    /// Unreadable counts as yes: fairness to other hosts is the safe side.
+    pub(super) async fn others_waiting(
+        &self,
+        path: &str,
+        within: std::time::Duration,
+        me: &str,
+    ) -> bool {
+        let (path, me) = (path.to_owned(), me.to_owned());
+        let answer = run(&path.clone(), move |_| {
+            let place = Place::of(&path)?;
+            let mut file = match place.open(&place.beside(WAITING_SUFFIX), libc::O_RDONLY) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
+                Err(e) => return Err(describe("read the waiter mark beside", &path, &e)),
+            };
+            let who = read_small(&mut file).map_err(|e| describe("read", &path, &e))?;
+            let fresh = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_none_or(|age| age <= within);
+            Ok(Some(fresh && who != me.as_bytes()))
+        })
+        .await;
+        answer.unwrap_or(true)
+    }
+
     pub(super) async fn create(
         &self,
         path: &str,

@@ -29,6 +29,12 @@ use crate::config::StaleRule;
 /// persists, and is not an orphan.
 pub const FENCE_SUFFIX: &str = ".fence";
 
+/// Suffix of the companion file (`data.csv.lock.waiting`, `file://` only) that daemons waiting
+/// for a lock held by another host touch at each re-check, with their id in it: the holder's
+/// daemon caps its streak of local handoffs only while someone else is waiting. It persists,
+/// and is not an orphan.
+pub const WAITING_SUFFIX: &str = ".waiting";
+
 /// One version of a lock file, as a conditional write names it: its bytes and, where the store
 /// has one, its version tag (an ETag, a generation). Stores with tags compare the tag (the
 /// server does, atomically); the others compare the bytes. Every lock file carries a unique
@@ -286,6 +292,31 @@ impl Store {
             return faults.counters();
         }
         Vec::new()
+    }
+
+    /// Tells daemons on other hosts that `waiter` (a daemon instance id) waits for the lock at
+    /// `path` (`file://`; elsewhere nothing). Best effort: a failure only costs fairness.
+    pub async fn mark_waiting(&self, path: &str, waiter: &str) {
+        #[cfg(unix)]
+        if let Backend::Fs(s) = &self.backend {
+            if let Err(e) = Box::pin(s.mark_waiting(path, waiter)).await {
+                tracing::debug!(error = %e, "could not mark a waiter");
+            }
+        }
+        let _ = (path, waiter);
+    }
+
+    /// Whether a daemon other than `me` marked itself waiting for the lock at `path` within the
+    /// last `within`. Stores without marks answer yes where other hosts may wait (object
+    /// stores, so that their waiters, which poll, get their turn) and no where none can
+    /// (`mem://`).
+    pub async fn others_waiting(&self, path: &str, within: std::time::Duration, me: &str) -> bool {
+        match &self.backend {
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.others_waiting(path, within, me)).await,
+            Backend::Memory(_) => false,
+            Backend::Object(_) => true,
+        }
     }
 
     /// Whether only this daemon can see the store's lock files (`mem://`): nobody outside it can

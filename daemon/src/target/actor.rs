@@ -213,6 +213,7 @@ impl Actor for TargetLock {
             streak: None,
             cooldown_until: None,
             leftover: None,
+            marked_generation: 0,
         })
     }
 
@@ -372,6 +373,7 @@ impl Actor for TargetLock {
             TargetLockMessage::RetryDelete => self.retry_delete(&myself, state).await,
         }
         self.schedule_leftover(&myself, state);
+        self.mark_waiting(state).await;
         self.track_idleness(&myself, state);
         Ok(())
     }
@@ -883,6 +885,7 @@ impl TargetLock {
                 "it was not renewed in time",
             ));
         }
+        self.uncap_if_nobody_else_waits(state).await;
         if let Some(waiter) = self.next_handoff(state) {
             let (record, sent, replaced) = self.take_over(state, &waiter, &holding.written).await;
             match replaced {
@@ -1097,6 +1100,46 @@ impl TargetLock {
     }
 
     /// The next local waiter to hand the lock to, if the handoff streak allows one more.
+    /// While this daemon's waiters wait for a holder elsewhere (not for a cooldown of its own),
+    /// tells the other daemons, once per re-check, so that the holder's daemon gives them their
+    /// turn ([`Self::uncap_if_nobody_else_waits`]).
+    async fn mark_waiting(&self, state: &mut TargetLockState) {
+        if state.holder.is_none()
+            && !state.waiters.is_empty()
+            && state.recheck_scheduled
+            && state.cooldown_until.is_none()
+            && state.marked_generation != state.recheck_generation
+        {
+            state.marked_generation = state.recheck_generation;
+            state
+                .store
+                .mark_waiting(&state.lock_path, &self.ctx.instance_id)
+                .await;
+        }
+    }
+
+    /// At a capped handoff streak, starts a new one if no daemon elsewhere marked itself
+    /// waiting lately: the cap and its cooldown exist for other hosts' waiters, which poll, and
+    /// without them they would only slow down this daemon's queue.
+    async fn uncap_if_nobody_else_waits(&self, state: &mut TargetLockState) {
+        let settings = &self.ctx.settings;
+        let capped = state.streak.is_some_and(|(count, since)| {
+            count >= settings.handoff_max_count || since.elapsed() >= settings.handoff_max_time
+        });
+        if !capped || state.waiters.is_empty() {
+            return;
+        }
+        // A waiting daemon re-checks at least every `recheck-max` (with jitter).
+        let fresh = settings.recheck_max * 3;
+        if !state
+            .store
+            .others_waiting(&state.lock_path, fresh, &self.ctx.instance_id)
+            .await
+        {
+            state.streak = None;
+        }
+    }
+
     fn next_handoff(&self, state: &mut TargetLockState) -> Option<Waiter> {
         let settings = &self.ctx.settings;
         if !state.store.can_replace() {
@@ -1123,7 +1166,6 @@ impl TargetLock {
         None
     }
 
-    /// Deletes the lock file if it still holds `written`; logs what else happened.
     /// [`delete_if_ours`](Self::delete_if_ours) at the end of a holding: a delete that fails
     /// is retried later ([`super::Leftover`]).
     async fn delete_or_retry(
@@ -1189,6 +1231,7 @@ impl TargetLock {
         }
     }
 
+    /// Deletes the lock file if it still holds `written`; logs what else happened.
     async fn delete_if_ours(
         &self,
         state: &TargetLockState,

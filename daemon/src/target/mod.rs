@@ -192,6 +192,8 @@ pub struct TargetLockState {
     pub cooldown_until: Option<Instant>,
     /// A lock file of ours whose delete failed, being retried.
     pub leftover: Option<Box<Leftover>>,
+    /// The re-check generation for which this daemon last marked itself waiting.
+    pub marked_generation: u64,
 }
 
 /// A lock file this daemon wrote and failed to delete at the end of a holding. Left alone it
