@@ -236,6 +236,20 @@ impl Actor for TargetLock {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed: the handling of one message awaits store calls several levels deep, and its
+        // future (about 4 KiB) would otherwise be part of every actor's task for its whole
+        // life, held or idle. One allocation per message is cheaper than that per lock.
+        Box::pin(self.handle_message(myself, message, state)).await
+    }
+}
+
+impl TargetLock {
+    async fn handle_message(
+        &self,
+        myself: ActorRef<TargetLockMessage>,
+        message: TargetLockMessage,
+        state: &mut TargetLockState,
+    ) -> Result<(), ActorProcessingErr> {
         if message.is_routed() {
             state.handled += 1;
         }
@@ -1700,4 +1714,41 @@ fn jitter(delay: Duration) -> Duration {
     let _ = getrandom::fill(&mut byte);
     let factor = 0.75 + f64::from(byte[0]) / 255.0 * 0.5;
     delay.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every actor's task holds the future of the message being handled for its whole life;
+    /// the real work is boxed per message so that an idle or held lock does not pay for it.
+    #[tokio::test]
+    async fn an_actors_resident_message_future_stays_small() {
+        let settings = crate::config::Settings::defaults();
+        let stores = crate::store::Stores::new(&settings).await.unwrap();
+        let ctx = Arc::new(Context::new(settings, stores, "host".into()));
+        let address = Address::parse("mem:///x").unwrap();
+        let (actor_ref, _handle) =
+            ractor::Actor::spawn(None, TargetLock { ctx: ctx.clone() }, address.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        let actor = TargetLock { ctx };
+        let mut state = ractor::Actor::pre_start(&actor, actor_ref.clone(), address)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let handling = ractor::Actor::handle(
+            &actor,
+            actor_ref.clone(),
+            TargetLockMessage::IdleCheck,
+            &mut state,
+        );
+        let size = future_size(&handling);
+        drop(handling);
+        assert!(size <= 256, "the resident handle future is {size} bytes");
+        actor_ref.stop(None);
+    }
 }
