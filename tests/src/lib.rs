@@ -214,7 +214,7 @@ impl Daemon {
 }
 
 /// Whether a daemon answers a hello on `socket`.
-fn handshake_answers(socket: &Path) -> bool {
+pub fn handshake_answers(socket: &Path) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
         return false;

@@ -90,9 +90,9 @@ fn checker_mode(mode: &str, args: &[&str]) -> Outcome {
     }
 }
 
-#[test]
-fn several_daemons_keep_mutual_exclusion_while_clients_are_killed() {
-    let outcome = checker(&[]);
+/// Fails on any overlap, token-order violation, late loss or orphan; returns the run's summary
+/// and details, for the caller's own assertions.
+fn assert_no_violation(outcome: &Outcome) -> String {
     let context = format!("{}\n{}", outcome.line, outcome.stderr);
     for key in [
         "overlaps",
@@ -104,6 +104,13 @@ fn several_daemons_keep_mutual_exclusion_while_clients_are_killed() {
     ] {
         assert_eq!(outcome.count(key), 0, "{key}: {context}");
     }
+    context
+}
+
+#[test]
+fn several_daemons_keep_mutual_exclusion_while_clients_are_killed() {
+    let outcome = checker(&[]);
+    let context = assert_no_violation(&outcome);
     assert_eq!(outcome.count("daemons"), 3, "{context}");
     assert_eq!(outcome.count("clients"), 9, "{context}");
     assert!(outcome.count("acquisitions") > 50, "{context}");
@@ -251,17 +258,7 @@ fn daemons_on_s3_keep_mutual_exclusion_when_writes_land_but_report_failure() {
 
 /// The promises every chaos run must keep, and the chaos it must have made.
 fn assert_chaos_kept_every_promise(outcome: &Outcome) {
-    let context = format!("{}\n{}", outcome.line, outcome.stderr);
-    for key in [
-        "overlaps",
-        "order_violations",
-        "equal_tokens",
-        "rejected_writes",
-        "lost_late",
-        "orphans",
-    ] {
-        assert_eq!(outcome.count(key), 0, "{key}: {context}");
-    }
+    let context = assert_no_violation(outcome);
     assert_eq!(outcome.count("daemons"), 3, "{context}");
     assert_eq!(outcome.count("clients"), 24, "{context}");
     assert!(outcome.count("acquisitions") > 20, "{context}");

@@ -2,7 +2,6 @@
 //! logging (a debug log line per request would be measured too), and limits raised so that the
 //! scale section fits; and what the bench reads of it from `/proc`.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ impl BenchDaemon {
             .expect("start vfslockd");
         let mut daemon = BenchDaemon { child, socket };
         let start = Instant::now();
-        while !handshake_answers(&daemon.socket) {
+        while !vfslock_tests::handshake_answers(&daemon.socket) {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!(
                     "vfslockd exited with {status}:\n{}",
@@ -80,17 +79,6 @@ impl Drop for BenchDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn handshake_answers(socket: &Path) -> bool {
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut answer = [0u8; 8];
-    stream.write_all(b"VFSL\0\0\0\x01").is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && &answer[..4] == b"VFSL"
 }
 
 /// Resident memory of process `pid`, in bytes (`VmRSS`).
