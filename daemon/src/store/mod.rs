@@ -311,6 +311,8 @@ impl Store {
     /// stores, so that their waiters, which poll, get their turn) and no where none can
     /// (`mem://`).
     pub async fn others_waiting(&self, path: &str, within: std::time::Duration, me: &str) -> bool {
+        #[cfg(not(unix))]
+        let _ = (path, within, me);
         match &self.backend {
             #[cfg(unix)]
             Backend::Fs(s) => Box::pin(s.others_waiting(path, within, me)).await,
