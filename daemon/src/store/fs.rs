@@ -1,8 +1,10 @@
 //! Lock files on the local filesystem, by direct syscalls.
 //!
-//! - create: `open(O_CREAT|O_EXCL|O_NOFOLLOW)` then write: never check-then-write, never
-//!   through a symlink. A reader may see the file empty for the microseconds of the write; the
-//!   parser counts an empty file as held (corrupt, young), so that window is safe.
+//! - create: write the whole file under a temporary name (`O_CREAT|O_EXCL|O_NOFOLLOW`), then
+//!   move it to the lock's name only if nothing is there (`renameat2(RENAME_NOREPLACE)`, or
+//!   `link(2)`): never check-then-write, never through a symlink, and never an empty or
+//!   half-written lock file, not even behind a daemon killed mid-create (which leaves at most
+//!   a hidden temporary file).
 //! - replace: write a temporary file beside the lock, then `rename(2)` it over, so no reader
 //!   ever sees a truncated lock, and a symlink at the lock path is replaced, not followed.
 //! - no fsync: after a power loss the holders are gone too, and a lock file that survives
@@ -378,14 +380,101 @@ impl Place {
 
     /// Replaces the lock file with `bytes` by writing a temporary file beside it and renaming
     /// it over.
-    fn swap_in(&self, bytes: &[u8]) -> Result<Option<std::time::SystemTime>, StoreError> {
+    /// A new temporary name beside the lock file, unique to this write.
+    fn temp_name(&self) -> CString {
         let mut nonce = [0u8; 8];
         // A clash only makes this write fail (O_EXCL), never overwrite anything.
         let _ = getrandom::fill(&mut nonce);
         let mut temp = b".".to_vec();
         temp.extend_from_slice(self.name.as_bytes());
         temp.extend_from_slice(format!(".{:016x}.tmp", u64::from_ne_bytes(nonce)).as_bytes());
-        let temp = CString::new(temp).expect("no NUL in a name");
+        CString::new(temp).expect("no NUL in a name")
+    }
+
+    /// Creates the lock file with `bytes` in one step: written whole under a temporary name,
+    /// then moved to the lock's name only if nothing is there (`renameat2(RENAME_NOREPLACE)`,
+    /// or `linkat` where the filesystem lacks it). Creating the lock file itself and then
+    /// writing into it would leave an empty lock file behind a daemon killed in between, which
+    /// every host must count as held (corrupt) for `corrupt-grace`, and which carries no lock
+    /// id for the crash journal to recognise. `AlreadyExists` when the lock file exists.
+    fn create_whole(&self, bytes: &[u8]) -> io::Result<Option<std::time::SystemTime>> {
+        // Held already: say so without writing a temporary file (the common case of a waiter
+        // re-checking). A lock released meanwhile is found at the next look.
+        if self.exists(&self.name)? {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        let temp = self.temp_name();
+        let modified = self.write_new(&temp, bytes)?;
+        let moved = self.move_if_absent(&temp);
+        if moved.is_err() {
+            let _ = self.unlink(&temp);
+        }
+        moved.map(|()| modified)
+    }
+
+    fn exists(&self, name: &CStr) -> io::Result<bool> {
+        // SAFETY: `stat` is plain data, filled in by the call.
+        let mut info: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor, C string and out pointer.
+        let rc = unsafe {
+            libc::fstatat(
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut info,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        match check(rc) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves `temp` to the lock file's name unless that name exists; leaves `temp` in place
+    /// on failure.
+    fn move_if_absent(&self, temp: &CStr) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: valid descriptors and C strings.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    self.dir.as_raw_fd(),
+                    temp.as_ptr(),
+                    self.dir.as_raw_fd(),
+                    self.name.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+                return Err(e);
+            }
+        }
+        // A hard link fails if the name exists, atomically, on every POSIX filesystem; the
+        // temporary name then goes.
+        // SAFETY: valid descriptors and C strings.
+        check(unsafe {
+            libc::linkat(
+                self.dir.as_raw_fd(),
+                temp.as_ptr(),
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                0,
+            )
+        })?;
+        let _ = self.unlink(temp);
+        Ok(())
+    }
+
+    /// Replaces the lock file with `bytes` by writing a temporary file beside it and renaming
+    /// it over.
+    fn swap_in(&self, bytes: &[u8]) -> Result<Option<std::time::SystemTime>, StoreError> {
+        let temp = self.temp_name();
         let modified = self
             .write_new(&temp, bytes)
             .map_err(|e| describe("write a temporary file beside", &self.path, &e))?;
@@ -610,7 +699,7 @@ impl FsStore {
             // skipped, which costs nothing; the order keeps the counter above every token.
             let token = fence.issue(None, floor)?;
             let bytes = make(Some(token));
-            match place.write_new(&place.name, &bytes) {
+            match place.create_whole(&bytes) {
                 Ok(modified) => Ok(Some(Created::Won(Written {
                     bytes,
                     token: Some(token),
@@ -952,5 +1041,51 @@ mod tests {
         assert!(matches!(replace.await.unwrap().unwrap(), Replaced::Done(_)));
         holder.join().unwrap();
         assert_eq!(FsStore.read(&path).await.unwrap().unwrap().bytes, b"two");
+    }
+
+    #[test]
+    fn of_racing_creates_exactly_one_wins_and_no_temporary_file_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(16)
+            .build()
+            .unwrap();
+        for round in 0..50 {
+            let winners: Vec<Vec<u8>> = runtime.block_on(async {
+                let racers: Vec<_> = (0..8)
+                    .map(|racer| {
+                        let path = path.clone();
+                        tokio::spawn(async move {
+                            let mine: MakeLock =
+                                Box::new(move |_| format!("racer {racer}").into_bytes());
+                            FsStore.create(&path, 0, mine).await.unwrap()
+                        })
+                    })
+                    .collect();
+                let mut winners = Vec::new();
+                for racer in racers {
+                    if let Created::Won(written) = racer.await.unwrap() {
+                        winners.push(written.bytes);
+                    }
+                }
+                winners
+            });
+            assert_eq!(winners.len(), 1, "round {round}");
+            // The lock file holds the winner's whole content, and nothing else is left.
+            assert_eq!(fs::read(&path).unwrap(), winners[0], "round {round}");
+            let mut left: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            assert_eq!(
+                left,
+                ["data.csv.lock", "data.csv.lock.fence"],
+                "round {round}"
+            );
+            fs::remove_file(&path).unwrap();
+        }
     }
 }
