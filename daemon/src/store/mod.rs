@@ -394,8 +394,9 @@ impl Store {
             #[cfg(unix)]
             Backend::Fs(_) => (
                 "file",
-                "local filesystem: O_EXCL create; replace and delete under an OFD lock on \
-                 <lock>.fence; fencing tokens strictly increase across daemons, hosts and \
+                "local filesystem: a whole file moved in unless one is there (no empty lock \
+                 file after a crash); replace and delete under an OFD lock on <lock>.fence; \
+                 fencing tokens strictly increase across daemons, hosts and \
                  restarts (counter in the fence file, floor: the time in microseconds)",
             ),
             Backend::Memory(_) => (
