@@ -172,16 +172,7 @@ fn object_store_run(store: &str, vars: &[&str], extra: &[&str]) -> Outcome {
         Some(store),
         "{context}"
     );
-    for key in [
-        "overlaps",
-        "order_violations",
-        "equal_tokens",
-        "rejected_writes",
-        "lost_late",
-        "orphans",
-    ] {
-        assert_eq!(outcome.count(key), 0, "{key}: {context}");
-    }
+    assert_no_violation(&outcome);
     assert!(outcome.count("acquisitions") > 20, "{context}");
     assert!(outcome.count("kills") > 0, "{context}");
     assert!(outcome.success, "mutex_checker failed: {context}");

@@ -901,15 +901,20 @@ mod tests {
         assert_eq!(written.token, Some(floor));
     }
 
+    /// A runtime whose racers really run at once, on threads of the blocking pool.
+    fn racing_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(16)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn of_many_racing_steals_of_one_version_exactly_one_wins() {
         let dir = tempfile::tempdir().unwrap();
         let path = lock_path(&dir);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(16)
-            .build()
-            .unwrap();
+        let runtime = racing_runtime();
         for round in 0..50 {
             let stale = format!("stale {round}").into_bytes();
             fs::write(&path, &stale).unwrap();
@@ -1047,11 +1052,7 @@ mod tests {
     fn of_racing_creates_exactly_one_wins_and_no_temporary_file_is_left() {
         let dir = tempfile::tempdir().unwrap();
         let path = lock_path(&dir);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(16)
-            .build()
-            .unwrap();
+        let runtime = racing_runtime();
         for round in 0..50 {
             let winners: Vec<Vec<u8>> = runtime.block_on(async {
                 let racers: Vec<_> = (0..8)
