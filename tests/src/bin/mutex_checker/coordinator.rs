@@ -549,6 +549,21 @@ impl Run {
             .stdout(Stdio::null())
             .stderr(stderr);
         die_with_parent(&mut command, libc::SIGKILL);
+        // The worker starts with SIGTERM blocked (a blocked signal stays blocked across exec)
+        // and unblocks it once its handler is in place: a stop that comes right after a
+        // restart then ends the worker cleanly instead of killing it with the default action.
+        // SAFETY: sigemptyset, sigaddset and pthread_sigmask are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = command
             .spawn()
             .map_err(|e| format!("start worker {id}: {e}"))?;

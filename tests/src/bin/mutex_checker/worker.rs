@@ -72,6 +72,13 @@ fn install_sigterm_handler() {
         libc::sigemptyset(&mut action.sa_mask);
         let rc = libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
         assert_eq!(rc, 0, "sigaction(SIGTERM)");
+        // The coordinator starts workers with SIGTERM blocked, so that one sent before this
+        // point waits for the handler; let it in now.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        assert_eq!(rc, 0, "pthread_sigmask(SIGTERM)");
     }
 }
 
