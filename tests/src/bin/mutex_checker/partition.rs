@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opendal::Operator;
-use vfslock::{Client, ErrorKind, LockOptions};
+use vfslock::{Client, LockOptions};
 
 use crate::records::{now_ns, realtime_ns, Record, RecordLog};
 use crate::resource::ResourceClient;
@@ -650,14 +650,7 @@ async fn cycle(
     restore.armed = false;
     plan.net.restore()?;
     let released = lock_a.release().await;
-    log_a.append(&Record::Released {
-        t: now_ns(),
-        target: plan.target_index,
-        lease_lost: released
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::LeaseLost),
-        error: released.err().map(|e| format!("{:?}: {e}", e.kind())),
-    });
+    log_a.append(&Record::released(plan.target_index, released));
     let watch_end = Instant::now() + plan.ttl.max(Duration::from_secs(2));
     while Instant::now() < watch_end {
         if !lock_b.is_held() {
@@ -689,14 +682,7 @@ async fn cycle(
         target: plan.target_index,
     });
     let released = lock_b.release().await;
-    log_b.append(&Record::Released {
-        t: now_ns(),
-        target: plan.target_index,
-        lease_lost: released
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::LeaseLost),
-        error: released.err().map(|e| format!("{:?}: {e}", e.kind())),
-    });
+    log_b.append(&Record::released(plan.target_index, released));
     Ok(())
 }
 

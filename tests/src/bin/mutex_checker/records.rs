@@ -126,6 +126,20 @@ pub(crate) struct RecordLog {
     file: std::fs::File,
 }
 
+impl Record {
+    /// The record of a release's answer, taken now.
+    pub(crate) fn released(target: usize, answer: Result<(), vfslock::Error>) -> Record {
+        Record::Released {
+            t: now_ns(),
+            target,
+            lease_lost: answer
+                .as_ref()
+                .is_err_and(|e| e.kind() == vfslock::ErrorKind::LeaseLost),
+            error: answer.err().map(|e| format!("{:?}: {e}", e.kind())),
+        }
+    }
+}
+
 impl RecordLog {
     /// Opens (creates) `path` for appending.
     pub(crate) fn open(path: &Path) -> std::io::Result<RecordLog> {

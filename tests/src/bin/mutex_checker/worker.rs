@@ -238,14 +238,7 @@ async fn run(args: WorkerArgs) -> ExitCode {
             }),
         }
         let released = lock.release().await;
-        log.append(&Record::Released {
-            t: now_ns(),
-            target,
-            lease_lost: released
-                .as_ref()
-                .is_err_and(|e| e.kind() == ErrorKind::LeaseLost),
-            error: released.err().map(|e| format!("{:?}: {e}", e.kind())),
-        });
+        log.append(&Record::released(target, released));
     }
     log.append(&Record::Stop { t: now_ns() });
     ExitCode::SUCCESS
