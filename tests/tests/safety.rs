@@ -718,7 +718,19 @@ async fn a_long_store_outage_loses_the_lease_before_it_expires_and_leaves_the_fi
     within("the lock", heir.acquire_timeout(DEADLINE))
         .await
         .expect("take the lock once the fence is fixed");
+    let granted_at = SystemTime::now();
     assert!(heir.token().expect("token") > token);
+    // Never before the holder was told: the heir's grant follows the loss, whichever way the
+    // lock came free.
+    assert!(
+        granted_at >= lost_at,
+        "granted before the holder lost the lease"
+    );
+    let by_retry = a.log().contains("retried the delete of our lock file");
+    assert!(
+        by_retry || granted_at >= last_created_at + OUTAGE_TTL,
+        "taken before the lease expired, and not after the owner's own delete"
+    );
     // Either way the retry, whenever it runs, leaves the new holder's file alone.
     logged(&a, "retried the delete of our lock file").await;
     settle(&a_client, &target).await;
