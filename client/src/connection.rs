@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
 use vfslock_proto::{
@@ -21,6 +21,7 @@ use vfslock_proto::{
 };
 
 use crate::error::{Error, ErrorKind};
+use crate::transport::{self, ReadSide, WeakWriteSide, WriteSide};
 use crate::LockMetadata;
 
 /// Responses (a list of 100,000 locks) can be far larger than requests.
@@ -94,7 +95,7 @@ fn mark_lost(lease: &watch::Sender<LeaseState>, reason: String) {
 
 pub(crate) struct Connection {
     next_id: AtomicU64,
-    outbound: mpsc::UnboundedSender<Vec<u8>>,
+    outbound: WriteSide,
     routes: Arc<Mutex<Routes>>,
     socket_path: PathBuf,
     welcome: Welcome,
@@ -116,18 +117,18 @@ impl Connection {
             let Stream::UdSocket(inner) = &stream;
             inner.as_fd().as_raw_fd()
         };
-        let stream = Arc::new(stream);
-        let mut send = SharedStream(stream.clone());
-        let mut reader = BufReader::new(SharedStream(stream));
-        let welcome = handshake(path, &mut reader, &mut send).await?;
+        let (read, mut outbound) =
+            transport::split(stream).map_err(|e| Error::daemon_unavailable(path, &e))?;
+        let mut reader = BufReader::new(read);
+        let welcome = handshake(path, &mut reader, &outbound).await?;
 
-        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let writer = outbound.writer();
         let routes = Arc::new(Mutex::new(Routes::default()));
         let _reader = tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
         #[cfg(unix)]
-        tokio::spawn(write_loop(send, outbound_rx));
+        tokio::spawn(writer.run());
         #[cfg(not(unix))]
-        tokio::spawn(write_loop(send, outbound_rx, _reader.abort_handle()));
+        tokio::spawn(writer.run(_reader.abort_handle()));
         Ok(Arc::new(Connection {
             next_id: AtomicU64::new(1),
             outbound,
@@ -216,59 +217,10 @@ impl Connection {
     }
 }
 
-/// Both tasks use one stream: `&Stream` reads and writes, so no split is needed.
-struct SharedStream(Arc<Stream>);
-
-impl SharedStream {
-    fn shutdown_write(&self) {
-        #[cfg(unix)]
-        {
-            use std::os::fd::{AsFd, AsRawFd};
-            let Stream::UdSocket(inner) = &*self.0;
-            // SAFETY: the descriptor is owned by the stream, which `self` keeps alive.
-            unsafe { libc::shutdown(inner.as_fd().as_raw_fd(), libc::SHUT_WR) };
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for SharedStream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for SharedStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 async fn handshake(
     path: &Path,
-    reader: &mut BufReader<SharedStream>,
-    send: &mut SharedStream,
+    reader: &mut BufReader<ReadSide>,
+    send: &WriteSide,
 ) -> Result<Welcome, Error> {
     let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
     send.write_all(&Hello::current().encode())
@@ -310,7 +262,7 @@ async fn handshake(
     }
 }
 
-async fn read_frame(reader: &mut BufReader<SharedStream>) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_frame(reader: &mut BufReader<ReadSide>) -> std::io::Result<Option<Vec<u8>>> {
     let mut prefix = [0u8; frame::LEN_PREFIX];
     match reader.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -326,29 +278,10 @@ async fn read_frame(reader: &mut BufReader<SharedStream>) -> std::io::Result<Opt
     Ok(Some(payload))
 }
 
-async fn write_loop(
-    mut send: SharedStream,
-    mut outbound: mpsc::UnboundedReceiver<Vec<u8>>,
-    #[cfg(not(unix))] reader: tokio::task::AbortHandle,
-) {
-    while let Some(bytes) = outbound.recv().await {
-        if send.write_all(&bytes).await.is_err() {
-            return;
-        }
-    }
-    // Every handle is gone: tell the daemon we are done, so it releases what we held. The
-    // reader still owns the socket until the daemon closes its side.
-    send.shutdown_write();
-    // A named pipe has no half-close: stop the reader (nobody is left to hear it), so that the
-    // last reference to the stream goes and the pipe closes; the daemon then sees the end.
-    #[cfg(not(unix))]
-    reader.abort();
-}
-
 async fn read_loop(
-    mut reader: BufReader<SharedStream>,
+    mut reader: BufReader<ReadSide>,
     routes: Arc<Mutex<Routes>>,
-    outbound: mpsc::WeakUnboundedSender<Vec<u8>>,
+    outbound: WeakWriteSide,
 ) {
     loop {
         let frame = match read_frame(&mut reader).await {

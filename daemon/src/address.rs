@@ -111,6 +111,9 @@ pub struct Address {
     path: String,
     /// The decoded parts of an `sftp` authority; `None` for every other scheme.
     sftp: Option<SftpHost>,
+    /// The normalized URL, built once: every request names its target, and the URL is the
+    /// registry's key.
+    url: String,
 }
 
 /// The parts of an `sftp` URL's authority, normalized.
@@ -173,12 +176,12 @@ impl Address {
         }
         if input.starts_with('/') {
             check_path(input).map_err(fail)?;
-            return Ok(Address {
-                scheme: Scheme::File,
-                authority: String::new(),
-                path: input.to_owned(),
-                sftp: None,
-            });
+            return Ok(Address::new(
+                Scheme::File,
+                String::new(),
+                input.to_owned(),
+                None,
+            ));
         }
         let parts = parse_url(input).map_err(fail)?;
         let path = if parts.scheme.is_object_store() {
@@ -191,12 +194,24 @@ impl Address {
             check_path(&parts.name).map_err(fail)?;
             parts.name
         };
-        Ok(Address {
-            scheme: parts.scheme,
-            authority: parts.authority,
+        Ok(Address::new(
+            parts.scheme,
+            parts.authority,
             path,
-            sftp: parts.sftp,
-        })
+            parts.sftp,
+        ))
+    }
+
+    fn new(scheme: Scheme, authority: String, path: String, sftp: Option<SftpHost>) -> Address {
+        let mut url = format!("{}://{}", scheme.as_str(), authority);
+        push_encoded(&mut url, &path, |byte| byte == b'/' || is_pchar(byte));
+        Address {
+            scheme,
+            authority,
+            path,
+            sftp,
+            url,
+        }
     }
 
     /// Parses a store prefix from the configuration, e.g. `s3://locks/`, `s3://locks/team-a/`,
@@ -305,21 +320,19 @@ impl Address {
     /// [`Address::parse`] gives this address back. Only what a URL path cannot carry is encoded;
     /// `/` is kept.
     pub fn url(&self) -> String {
-        let mut url = format!("{}://{}", self.scheme.as_str(), self.authority);
-        push_encoded(&mut url, &self.path, |byte| byte == b'/' || is_pchar(byte));
-        url
+        self.url.clone()
     }
 
     /// The identity under which the daemon registers the target: equal addresses have equal
     /// keys and different addresses different ones.
-    pub fn key(&self) -> String {
-        self.url()
+    pub fn key(&self) -> &str {
+        &self.url
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url())
+        f.write_str(&self.url)
     }
 }
 

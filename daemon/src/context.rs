@@ -169,8 +169,7 @@ impl Context {
 /// 128 random bits in hex: lock ids and instance ids.
 pub fn random_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let bytes = os_random_16();
     // By hand: one `format!` per byte was a tenth of a `mem://` cycle's instructions.
     let mut id = String::with_capacity(32);
     for b in bytes {
@@ -178,6 +177,30 @@ pub fn random_id() -> String {
         id.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     id
+}
+
+/// 16 bytes from the OS's random source, fetched 32 ids at a time: a `getrandom` system call
+/// per grant was a visible part of a `mem://` cycle. The bytes are the kernel's CSPRNG output
+/// either way, only read ahead; each is handed out once.
+fn os_random_16() -> [u8; 16] {
+    use std::cell::RefCell;
+    const POOL: usize = 512;
+    thread_local! {
+        static AHEAD: RefCell<([u8; POOL], usize)> = const { RefCell::new(([0; POOL], POOL)) };
+    }
+    AHEAD.with(|ahead| {
+        let (pool, used) = &mut *ahead.borrow_mut();
+        if *used + 16 > POOL {
+            getrandom::fill(pool).expect("the OS random source works");
+            *used = 0;
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&pool[*used..*used + 16]);
+        // Handed out once: the copy left behind is not kept.
+        pool[*used..*used + 16].fill(0);
+        *used += 16;
+        out
+    })
 }
 
 /// The machine's hostname.
@@ -251,4 +274,25 @@ pub fn group_id(name: &str) -> Option<u32> {
     }
     #[cfg(not(unix))]
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_32_hex_digits_and_never_repeat_across_refills_of_the_pool() {
+        // 100 ids take the read-ahead pool through three refills.
+        let ids: std::collections::HashSet<String> = (0..100).map(|_| random_id()).collect();
+        assert_eq!(ids.len(), 100, "an id repeated");
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert_ne!(
+                id,
+                &"0".repeat(32),
+                "a zeroed slot of the pool was handed out"
+            );
+        }
+    }
 }

@@ -196,13 +196,35 @@ impl JsonObject {
 
     fn string(&mut self, key: &str, value: &str) {
         self.key(key);
-        serde_json::to_writer(&mut self.out, value).expect("writing to memory cannot fail");
+        // What serde_json would escape: quote, backslash and control characters. Ids, host
+        // names and times have none, and are copied as they are.
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.out.push(b'"');
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
+        } else {
+            serde_json::to_writer(&mut self.out, value).expect("writing to memory cannot fail");
+        }
     }
 
-    fn number(&mut self, key: &str, value: impl std::fmt::Display) {
-        use std::io::Write as _;
+    fn number(&mut self, key: &str, value: impl Into<i128>) {
         self.key(key);
-        let _ = write!(self.out, "{value}");
+        let value: i128 = value.into();
+        if value < 0 {
+            self.out.push(b'-');
+        }
+        let mut digits = [0u8; 40];
+        let mut at = digits.len();
+        let mut rest = value.unsigned_abs();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.out.extend_from_slice(&digits[at..]);
     }
 
     fn raw(&mut self, key: &str, value: &str) {
@@ -946,6 +968,11 @@ mod tests {
         rec.uid = None;
         rec.detached = false;
         rec.pid = -5;
+        assert_eq!(rec.to_json(), rec.to_json_by_serde());
+        // Nothing to escape, but not ASCII: copied as it is, as serde_json does.
+        rec.hostname = "hôte-é \u{7f}~".into();
+        rec.pid = 0;
+        rec.token = Some(u64::MAX);
         assert_eq!(rec.to_json(), rec.to_json_by_serde());
     }
 

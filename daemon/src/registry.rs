@@ -46,7 +46,7 @@ impl Registry {
         let key = address.key();
         let registry = &ctx.registry;
         loop {
-            message = match registry.send_existing(&key, message) {
+            message = match registry.send_existing(key, message) {
                 Ok(()) => return Ok(()),
                 Err(back) => back,
             };
@@ -57,12 +57,12 @@ impl Registry {
                     reason: e.to_string(),
                 })?;
             let mut entries = registry.entries.lock().expect("registry lock");
-            if entries.contains_key(&key) {
+            if entries.contains_key(key) {
                 // Another session started one first; ours was never routed anything.
                 actor.stop(None);
                 continue;
             }
-            entries.insert(key.clone(), Entry { actor, routed: 0 });
+            entries.insert(key.to_owned(), Entry { actor, routed: 0 });
         }
     }
 

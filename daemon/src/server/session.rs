@@ -59,6 +59,7 @@ async fn serve_as(
         caller,
         touched: HashMap::new(),
         resolved: HashMap::new(),
+        recent: None,
     };
     Stats::add(&ctx.stats.sessions, 1);
     match session.run(&mut reader, &mut shutdown).await {
@@ -230,6 +231,11 @@ struct Session {
     /// directories resolved then: its releases and cancels go to the same actor even if a
     /// symlink on the way changed since.
     resolved: HashMap<String, Address>,
+    /// The target named last and what it parsed to: a client locking one file over and over
+    /// names it in every request, and parsing is a good part of a request's work. (Only the
+    /// parsing is remembered: a `file://` target's directory is still resolved at every
+    /// acquire.)
+    recent: Option<(String, Address)>,
 }
 
 /// More `file://` targets remembered per connection than this and the memory starts afresh;
@@ -325,7 +331,18 @@ impl Session {
     }
 
     /// Parses a target and checks that this daemon serves its store.
-    fn address(&self, target: &str) -> Result<Address, WireError> {
+    fn address(&mut self, target: &str) -> Result<Address, WireError> {
+        if let Some((known, address)) = &self.recent {
+            if known == target {
+                return Ok(address.clone());
+            }
+        }
+        let address = self.parse_served(target)?;
+        self.recent = Some((target.to_owned(), address.clone()));
+        Ok(address)
+    }
+
+    fn parse_served(&self, target: &str) -> Result<Address, WireError> {
         let address = Address::parse(target)
             .map_err(|e| WireError::new(ErrorKind::InvalidTarget, e.to_string()))?;
         #[cfg(not(unix))]
@@ -458,9 +475,10 @@ impl Session {
                                 )),
                             );
                         }
-                        self.touched
-                            .entry(address.key())
-                            .or_insert_with(|| address.clone());
+                        if !self.touched.contains_key(address.key()) {
+                            self.touched
+                                .insert(address.key().to_owned(), address.clone());
+                        }
                         let message = TargetLockMessage::Acquire {
                             session,
                             id,

@@ -15,7 +15,7 @@ use vfslock_proto::{
     WaitMode, WireError,
 };
 
-use super::{Holding, PendingSteal, SessionLink, TargetLockState, Waiter};
+use super::{Holding, PendingSteal, SessionLink, TargetLockState, Timer, Waiter};
 use crate::address::Address;
 use crate::config::StaleRule;
 use crate::context::{random_id, Context, Stats};
@@ -198,12 +198,13 @@ impl Actor for TargetLock {
         Ok(TargetLockState {
             url: address.url(),
             store,
-            key: address.key(),
+            key: address.key().to_owned(),
             lock_path: super::store_path(&address),
             holder: None,
             waiters: Default::default(),
             steal: None,
             renew_generation: 0,
+            renewal_timer: None,
             recheck_generation: 0,
             recheck_scheduled: false,
             recheck_delay: self.ctx.settings.recheck_min,
@@ -434,6 +435,7 @@ impl TargetLock {
             acquire_id: id,
             request,
             ttl,
+            expiry: None,
         };
         // Queued waiters go first: a newcomer must not overtake them when a foreign holder
         // has just let go.
@@ -463,7 +465,7 @@ impl TargetLock {
         &self,
         myself: &ActorRef<TargetLockMessage>,
         state: &mut TargetLockState,
-        waiter: Waiter,
+        mut waiter: Waiter,
         holder: Option<LockMetadata>,
     ) {
         match waiter.request.wait {
@@ -500,10 +502,12 @@ impl TargetLock {
                 }
                 if let Some(timeout) = timeout {
                     let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
-                    myself.send_after(timeout, move || TargetLockMessage::WaitExpired {
-                        session_id,
-                        acquire_id,
-                    });
+                    waiter.expiry = Some(Timer(myself.send_after(timeout, move || {
+                        TargetLockMessage::WaitExpired {
+                            session_id,
+                            acquire_id,
+                        }
+                    })));
                 }
                 waiter.session.event(
                     waiter.acquire_id,
@@ -846,7 +850,7 @@ impl TargetLock {
         });
         Stats::add(&self.ctx.stats.held, 1);
         state.recheck_delay = self.ctx.settings.recheck_min;
-        state.renew_generation += 1;
+        state.cancel_renewal();
         if !ttl.is_zero() {
             let generation = state.renew_generation;
             // A store so slow that the lease is over by the time it answered: the renewal
@@ -856,7 +860,10 @@ impl TargetLock {
             } else {
                 first_renewal(ttl).saturating_sub(sent.elapsed())
             };
-            myself.send_after(next, move || TargetLockMessage::Renew { generation });
+            state.renewal_timer =
+                Some(Timer(myself.send_after(next, move || {
+                    TargetLockMessage::Renew { generation }
+                })));
         }
     }
 
@@ -886,7 +893,7 @@ impl TargetLock {
         holding: Holding,
     ) -> Result<Response, WireError> {
         Stats::add(&self.ctx.stats.held, -1);
-        state.renew_generation += 1;
+        state.cancel_renewal();
         if holding
             .valid_until
             .is_some_and(|until| Instant::now() >= until)
@@ -1287,7 +1294,7 @@ impl TargetLock {
             return;
         };
         Stats::add(&self.ctx.stats.held, -1);
-        state.renew_generation += 1;
+        state.cancel_renewal();
         tracing::warn!(target = %state.url, %reason, "lease lost");
         holding.session.acquire_ended(holding.acquire_id);
         holding
@@ -1352,7 +1359,10 @@ impl TargetLock {
                     );
                 }
                 let next = next_renewal(ttl).saturating_sub(sent.elapsed());
-                myself.send_after(next, move || TargetLockMessage::Renew { generation });
+                state.renewal_timer =
+                    Some(Timer(myself.send_after(next, move || {
+                        TargetLockMessage::Renew { generation }
+                    })));
             }
             Ok(Replaced::Changed) => {
                 let reason = format!(
@@ -1371,7 +1381,10 @@ impl TargetLock {
                 let delay = holding.retry_delay.min(left);
                 holding.retry_delay = (holding.retry_delay * 2).min(ttl / 3);
                 tracing::warn!(target = %state.url, error = %e, retry_in = ?delay, "renewal failed");
-                myself.send_after(delay, move || TargetLockMessage::Renew { generation });
+                state.renewal_timer =
+                    Some(Timer(myself.send_after(delay, move || {
+                        TargetLockMessage::Renew { generation }
+                    })));
             }
         }
     }
@@ -1575,7 +1588,7 @@ impl TargetLock {
         }
         if let Some(holding) = state.holder.take() {
             Stats::add(&self.ctx.stats.held, -1);
-            state.renew_generation += 1;
+            state.cancel_renewal();
             holding.session.event(
                 holding.acquire_id,
                 Event::Releasing {
@@ -1719,6 +1732,8 @@ fn jitter(delay: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::Peer;
+    use vfslock_proto::ServerFrame;
 
     fn future_size<F: std::future::Future>(_: &F) -> usize {
         std::mem::size_of::<F>()
@@ -1750,5 +1765,152 @@ mod tests {
         drop(handling);
         assert!(size <= 256, "the resident handle future is {size} bytes");
         actor_ref.stop(None);
+    }
+
+    /// An actor on `mem:///timers` and two sessions to drive it with, as a session would.
+    async fn actor_and_sessions() -> (
+        ActorRef<TargetLockMessage>,
+        [(
+            Arc<SessionLink>,
+            tokio::sync::mpsc::UnboundedReceiver<ServerFrame>,
+        ); 2],
+    ) {
+        let settings = crate::config::Settings::defaults();
+        let stores = crate::store::Stores::new(&settings).await.unwrap();
+        let ctx = Arc::new(Context::new(settings, stores, "host".into()));
+        let address = Address::parse("mem:///timers").unwrap();
+        let (actor, _handle) = ractor::Actor::spawn(None, TargetLock { ctx }, address)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let session = |id| {
+            let (out, frames) = tokio::sync::mpsc::unbounded_channel();
+            let peer = Peer {
+                pid: 1,
+                uid: Some(0),
+                admin: true,
+            };
+            (Arc::new(SessionLink::new(id, out, peer)), frames)
+        };
+        (actor, [session(1), session(2)])
+    }
+
+    fn acquire(session: &Arc<SessionLink>, id: RequestId, wait: WaitMode) -> TargetLockMessage {
+        TargetLockMessage::Acquire {
+            session: session.clone(),
+            id,
+            request: AcquireRequest {
+                target: "mem:///timers".into(),
+                ttl: Some(Duration::from_secs(30)),
+                owner_id: None,
+                wait,
+                ask_on_stale: false,
+                detached: false,
+            },
+        }
+    }
+
+    /// The next answer (events skipped) of a session.
+    async fn answer(
+        frames: &mut tokio::sync::mpsc::UnboundedReceiver<ServerFrame>,
+    ) -> Result<Response, WireError> {
+        loop {
+            match frames.recv().await.expect("the session's queue is open") {
+                ServerFrame::Response { result, .. } => return result,
+                ServerFrame::Event { .. } => continue,
+            }
+        }
+    }
+
+    async fn granted(frames: &mut tokio::sync::mpsc::UnboundedReceiver<ServerFrame>) -> String {
+        match answer(frames).await {
+            Ok(Response::Granted(grant)) => grant.lock_id,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    async fn released(frames: &mut tokio::sync::mpsc::UnboundedReceiver<ServerFrame>) {
+        match answer(frames).await {
+            Ok(Response::Released { held: true }) => {}
+            other => panic!("expected a release, got {other:?}"),
+        }
+    }
+
+    /// How many more tasks are alive than `before`, once aborted ones had the turns to go.
+    async fn tasks_left_over(before: usize) -> usize {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() <= before + 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        metrics.num_alive_tasks().saturating_sub(before)
+    }
+
+    /// A lock taken and released many times a second must not leave a renewal timer asleep
+    /// behind each holding: with a 30 s TTL each would live for up to 10 s, and a busy lock
+    /// piled up tens of thousands of them (memory, and a fuller timer wheel on every cycle).
+    #[tokio::test]
+    async fn a_release_stops_the_renewal_timer_of_its_holding() {
+        let (actor, [(session, mut frames), _]) = actor_and_sessions().await;
+        let before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        const CYCLES: u64 = 50;
+        for cycle in 0..CYCLES {
+            let id = cycle * 2 + 1;
+            actor.cast(acquire(&session, id, WaitMode::Try)).unwrap();
+            let lock_id = granted(&mut frames).await;
+            let release = TargetLockMessage::Release {
+                session: session.clone(),
+                id: id + 1,
+                lock_id,
+            };
+            actor.cast(release).unwrap();
+            released(&mut frames).await;
+        }
+        let left = tasks_left_over(before).await;
+        assert!(
+            left <= 2,
+            "{left} tasks outlive {CYCLES} released holdings: renewal timers were left asleep"
+        );
+        actor.stop(None);
+    }
+
+    /// The same for the timeout of a wait that was granted in time.
+    #[tokio::test]
+    async fn a_granted_wait_stops_its_timeout_timer() {
+        let (actor, [(first, mut first_frames), (second, mut second_frames)]) =
+            actor_and_sessions().await;
+        let before = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        const CYCLES: u64 = 20;
+        let patient = WaitMode::Wait {
+            timeout: Some(Duration::from_secs(60)),
+        };
+        for cycle in 0..CYCLES {
+            let id = cycle * 2 + 1;
+            actor.cast(acquire(&first, id, WaitMode::Try)).unwrap();
+            let first_lock = granted(&mut first_frames).await;
+            // Queued behind the holder, with a timeout timer of its own.
+            actor.cast(acquire(&second, id, patient)).unwrap();
+            let release = |session: &Arc<SessionLink>, lock_id| TargetLockMessage::Release {
+                session: session.clone(),
+                id: id + 1,
+                lock_id,
+            };
+            actor.cast(release(&first, first_lock)).unwrap();
+            released(&mut first_frames).await;
+            let second_lock = granted(&mut second_frames).await;
+            actor.cast(release(&second, second_lock)).unwrap();
+            released(&mut second_frames).await;
+        }
+        let left = tasks_left_over(before).await;
+        assert!(
+            left <= 2,
+            "{left} tasks outlive {CYCLES} granted waits: their timeout timers were left asleep"
+        );
+        actor.stop(None);
     }
 }

@@ -115,6 +115,8 @@ pub struct Waiter {
     pub request: AcquireRequest,
     /// The lease to give (the request's, or the daemon's default).
     pub ttl: Duration,
+    /// The timer that ends the wait at its timeout, stopped with the waiter.
+    pub expiry: Option<Timer>,
 }
 
 impl Waiter {
@@ -174,6 +176,10 @@ pub struct TargetLockState {
     pub steal: Option<PendingSteal>,
     /// Bumped to invalidate a scheduled renewal.
     pub renew_generation: u64,
+    /// The task that will send the next renewal, stopped when the holding ends: a lock taken
+    /// and released thousands of times a second would otherwise leave as many timers asleep
+    /// for a third of its TTL each.
+    pub renewal_timer: Option<Timer>,
     /// Bumped to invalidate a scheduled re-check.
     pub recheck_generation: u64,
     /// Whether a re-check is scheduled.
@@ -212,7 +218,28 @@ pub struct Leftover {
     pub scheduled: bool,
 }
 
+/// A timer task that sends the actor a message later (ractor's `send_after`), stopped when
+/// this is dropped: the renewal of a holding that ended, the expiry of a wait that was granted.
+/// Left to run, each would sleep out its delay, and a lock cycled thousands of times a second
+/// piled up as many sleeping tasks.
+#[derive(Debug)]
+pub struct Timer(
+    pub ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<actor::TargetLockMessage>>>,
+);
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl TargetLockState {
+    /// Invalidates the scheduled renewal, if any, and stops its timer.
+    pub fn cancel_renewal(&mut self) {
+        self.renew_generation += 1;
+        self.renewal_timer = None;
+    }
+
     /// Whether nothing is held, queued or pending here.
     pub fn is_idle(&self) -> bool {
         self.holder.is_none()

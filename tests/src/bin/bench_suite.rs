@@ -4,7 +4,7 @@
 //! tests/bench.sh [--quick]                       # installs, builds, runs both passes, reports
 //! bench_suite pass --label pinned --out FILE [--quick] [--rounds N] [--sections LIST]
 //! bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
-//! bench_suite drive --socket S --target T [--cycles N]   # load for a profiled daemon
+//! bench_suite drive --socket S --target T [--cycles N] [--targets N]   # load for a profiler
 //! ```
 //!
 //! A pass measures every section once, under whatever CPU affinity it was started with
@@ -148,7 +148,7 @@ impl Options {
 const USAGE: &str = "usage:
   bench_suite pass --label pinned|unpinned --out FILE [--quick] [--rounds N] [--sections a,b]
   bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
-  bench_suite drive --socket S --target T [--cycles N]";
+  bench_suite drive --socket S --target T [--cycles N] [--targets N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -221,13 +221,24 @@ fn main() -> ExitCode {
             let cycles: usize = flag("--cycles")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(10_000);
+            // With --targets N, the cycles go round N targets `T/0` … `T/N-1`, as in the
+            // many-targets section.
+            let targets: usize = flag("--targets").and_then(|n| n.parse().ok()).unwrap_or(0);
             let runtime = contention::client_runtime();
             runtime.block_on(async {
                 let client = vfslock::Client::connect(&socket)
                     .await
                     .expect("connect to the daemon");
-                let mut lock = client.new_lock(target, vfslock::LockOptions::default());
-                for _ in 0..cycles {
+                let mut locks: Vec<vfslock::Lock> = if targets == 0 {
+                    vec![client.new_lock(target, vfslock::LockOptions::default())]
+                } else {
+                    (0..targets)
+                        .map(|n| client.new_lock(format!("{target}/{n}"), Default::default()))
+                        .collect()
+                };
+                let round = locks.len();
+                for cycle in 0..cycles {
+                    let lock = &mut locks[cycle % round];
                     lock.acquire().await.expect("uncontended acquire");
                     lock.release().await.expect("release");
                 }
