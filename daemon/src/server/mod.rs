@@ -7,6 +7,7 @@
 //!    waiters, bounded by `locks.shutdown-timeout`;
 //! 3. sessions stop reading, flush what is queued for their clients, and close.
 
+pub mod outbound;
 pub mod session;
 
 #[cfg(unix)]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
 use vfslock_proto::{
@@ -25,6 +25,7 @@ use crate::access::{off_runtime, resolve_file, Caller, Need};
 use crate::address::{Address, Scheme};
 use crate::context::{Context, Stats};
 use crate::registry::Registry;
+use crate::server::outbound::Outbound;
 use crate::target::{Peer, SessionLink, TargetLockMessage};
 
 /// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
@@ -49,10 +50,23 @@ async fn serve_as(
         tracing::info!(%reason, "handshake refused");
         return;
     }
-    let (mut reader, writer) = tokio::io::split(stream);
-    let (out, out_rx) = mpsc::unbounded_channel();
     let (closing, closing_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_frames(writer, out_rx, closing_rx));
+    #[cfg(unix)]
+    let (mut reader, out, writer) = {
+        // Tokio's own halves: its read half learns from a short read that the socket is
+        // drained, and its send half can be written from any actor's task.
+        let Stream::UdSocket(inner) = stream;
+        let (reader, send) = tokio::net::UnixStream::from(inner).into_split();
+        let send = Arc::new(send);
+        let (out, writer) = Outbound::direct(send.clone());
+        (reader, out, tokio::spawn(writer.run(send, closing_rx)))
+    };
+    #[cfg(not(unix))]
+    let (mut reader, out, writer) = {
+        let (reader, send) = tokio::io::split(stream);
+        let (out, writer) = Outbound::through_writer();
+        (reader, out, tokio::spawn(writer.run(send, closing_rx)))
+    };
     let mut session = Session {
         ctx: ctx.clone(),
         link: Arc::new(SessionLink::new(id, out, peer)),
@@ -323,7 +337,7 @@ impl Session {
     }
 
     fn send(&self, frame: ServerFrame) {
-        let _ = self.link.out.send(frame);
+        self.link.out.send(frame);
     }
 
     fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
@@ -590,56 +604,5 @@ impl Session {
             // A target whose actor has retired holds nothing of ours.
             let _ = self.ctx.registry.send_existing(&key, message);
         }
-    }
-}
-
-/// Writes queued frames until told to close, then flushes what is left.
-async fn write_frames<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut frames: mpsc::UnboundedReceiver<ServerFrame>,
-    mut closing: oneshot::Receiver<()>,
-) {
-    let mut buf = Vec::new();
-    let mut open = true;
-    while open {
-        let first = tokio::select! {
-            frame = frames.recv() => frame,
-            _ = &mut closing => { open = false; frames.try_recv().ok() }
-        };
-        let Some(first) = first else { break };
-        buf.clear();
-        encode_into(&mut buf, &first);
-        // Batch whatever else is already queued into one write.
-        while buf.len() < 64 * 1024 {
-            match frames.try_recv() {
-                Ok(frame) => encode_into(&mut buf, &frame),
-                Err(_) => break,
-            }
-        }
-        if writer.write_all(&buf).await.is_err() {
-            return;
-        }
-        if buf.capacity() > 16 * 1024 {
-            // A burst has passed: an idle connection keeps only a small buffer.
-            buf = Vec::new();
-        }
-        if !open {
-            while let Ok(frame) = frames.try_recv() {
-                buf.clear();
-                encode_into(&mut buf, &frame);
-                if writer.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = writer.flush().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-}
-
-fn encode_into(buf: &mut Vec<u8>, frame: &ServerFrame) {
-    match codec::encode_frame(frame) {
-        Ok(bytes) => buf.extend_from_slice(&bytes),
-        Err(e) => tracing::error!(error = %e, "cannot encode a frame; dropped"),
     }
 }

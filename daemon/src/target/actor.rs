@@ -1732,8 +1732,12 @@ fn jitter(delay: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::outbound::{Outbound, Outgoing};
     use crate::target::Peer;
     use vfslock_proto::ServerFrame;
+
+    /// What a session's writer task would write.
+    type Frames = tokio::sync::mpsc::UnboundedReceiver<Outgoing>;
 
     fn future_size<F: std::future::Future>(_: &F) -> usize {
         std::mem::size_of::<F>()
@@ -1768,13 +1772,8 @@ mod tests {
     }
 
     /// An actor on `mem:///timers` and two sessions to drive it with, as a session would.
-    async fn actor_and_sessions() -> (
-        ActorRef<TargetLockMessage>,
-        [(
-            Arc<SessionLink>,
-            tokio::sync::mpsc::UnboundedReceiver<ServerFrame>,
-        ); 2],
-    ) {
+    async fn actor_and_sessions() -> (ActorRef<TargetLockMessage>, [(Arc<SessionLink>, Frames); 2])
+    {
         let settings = crate::config::Settings::defaults();
         let stores = crate::store::Stores::new(&settings).await.unwrap();
         let ctx = Arc::new(Context::new(settings, stores, "host".into()));
@@ -1783,7 +1782,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let session = |id| {
-            let (out, frames) = tokio::sync::mpsc::unbounded_channel();
+            let (out, frames) = Outbound::queued();
             let peer = Peer {
                 pid: 1,
                 uid: Some(0),
@@ -1810,25 +1809,24 @@ mod tests {
     }
 
     /// The next answer (events skipped) of a session.
-    async fn answer(
-        frames: &mut tokio::sync::mpsc::UnboundedReceiver<ServerFrame>,
-    ) -> Result<Response, WireError> {
+    async fn answer(frames: &mut Frames) -> Result<Response, WireError> {
         loop {
             match frames.recv().await.expect("the session's queue is open") {
-                ServerFrame::Response { result, .. } => return result,
-                ServerFrame::Event { .. } => continue,
+                Outgoing::Frame(ServerFrame::Response { result, .. }) => return result,
+                Outgoing::Frame(ServerFrame::Event { .. }) => continue,
+                Outgoing::Rest(_) => panic!("a queued-only session got raw bytes"),
             }
         }
     }
 
-    async fn granted(frames: &mut tokio::sync::mpsc::UnboundedReceiver<ServerFrame>) -> String {
+    async fn granted(frames: &mut Frames) -> String {
         match answer(frames).await {
             Ok(Response::Granted(grant)) => grant.lock_id,
             other => panic!("expected a grant, got {other:?}"),
         }
     }
 
-    async fn released(frames: &mut tokio::sync::mpsc::UnboundedReceiver<ServerFrame>) {
+    async fn released(frames: &mut Frames) {
         match answer(frames).await {
             Ok(Response::Released { held: true }) => {}
             other => panic!("expected a release, got {other:?}"),

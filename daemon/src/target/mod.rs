@@ -17,12 +17,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use vfslock_proto::{
     AcquireRequest, Event, LockMetadata, RequestId, Response, ServerFrame, WireError,
 };
 
 use crate::lockfile::LockRecord;
+use crate::server::outbound::Outbound;
 use crate::store::Observed;
 
 pub use actor::{TargetLock, TargetLockMessage};
@@ -46,8 +46,8 @@ pub struct Peer {
 pub struct SessionLink {
     /// Unique per daemon run.
     pub id: u64,
-    /// The session's outbound queue.
-    pub out: mpsc::UnboundedSender<ServerFrame>,
+    /// The way to the client: straight to its socket, or through its writer task.
+    pub out: Outbound,
     /// Who the client is.
     pub peer: Peer,
     /// Acquires of this connection that wait or hold, for the per-session limit: added when
@@ -57,7 +57,7 @@ pub struct SessionLink {
 
 impl SessionLink {
     /// A link for session `id`.
-    pub fn new(id: u64, out: mpsc::UnboundedSender<ServerFrame>, peer: Peer) -> Self {
+    pub fn new(id: u64, out: Outbound, peer: Peer) -> Self {
         SessionLink {
             id,
             out,
@@ -72,7 +72,7 @@ impl SessionLink {
         if result.is_err() {
             self.acquire_ended(id);
         }
-        let _ = self.out.send(ServerFrame::Response { id, result });
+        self.out.send(ServerFrame::Response { id, result });
     }
 
     /// The acquire `id` no longer waits or holds.
@@ -95,7 +95,7 @@ impl SessionLink {
 
     /// Announces `event` about request `id`.
     pub fn event(&self, id: RequestId, event: Event) {
-        let _ = self.out.send(ServerFrame::Event { id, event });
+        self.out.send(ServerFrame::Event { id, event });
     }
 
     /// Whether the client is gone.

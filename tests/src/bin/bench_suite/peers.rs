@@ -121,6 +121,69 @@ pub fn socket_server(dir: &Path, name: &str, sidecar: Option<PathBuf>) -> UnixSt
     UnixStream::connect(&path).expect("connect bench socket")
 }
 
+/// The same echo through Tokio on both ends, as between a client library and a daemon built on
+/// it: a server runtime on a thread of its own (its workers as the daemon's: one per CPU), and
+/// a client on a current-thread runtime that waits for each answer in `block_on`. Two of its
+/// round trips are the floor of any such pair of programs, before either does any work.
+pub struct AsyncEcho {
+    client: tokio::runtime::Runtime,
+    stream: tokio::net::UnixStream,
+}
+
+impl AsyncEcho {
+    /// Starts the echo server in `dir` and connects to it.
+    pub fn start(dir: &Path) -> AsyncEcho {
+        let path = dir.join("async-echo.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind bench socket");
+        std::thread::spawn(move || {
+            let server = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("echo server runtime");
+            server.block_on(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                listener
+                    .set_nonblocking(true)
+                    .expect("non-blocking listener");
+                let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                // Served on a task of its own, as a daemon serves each connection.
+                let served = tokio::spawn(async move {
+                    let mut buf = [0u8; 16];
+                    while stream.read_exact(&mut buf).await.is_ok() {
+                        if stream.write_all(&buf).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let _ = served.await;
+            });
+        });
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("echo client runtime");
+        let stream = client
+            .block_on(tokio::net::UnixStream::connect(&path))
+            .expect("connect bench socket");
+        AsyncEcho { client, stream }
+    }
+
+    /// One request + answer.
+    pub fn round_trip(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = &mut self.stream;
+        self.client.block_on(async {
+            let mut buf = [b'E'; 16];
+            stream.write_all(&buf).await.expect("bench socket write");
+            stream
+                .read_exact(&mut buf)
+                .await
+                .expect("bench socket read");
+        });
+    }
+}
+
 /// One request + answer on a [`socket_server`] stream.
 pub fn round_trip(stream: &mut UnixStream, kind: u8) {
     let mut buf = [kind; 16];

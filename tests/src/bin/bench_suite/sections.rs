@@ -19,6 +19,8 @@ use crate::{Figure, Options, Pass, Summary};
 pub mod names {
     /// The transport floor.
     pub const SOCKET: &str = "unix socket round trip (16 B)";
+    /// Two round trips through Tokio on both ends.
+    pub const ASYNC_ECHO: &str = "2 round trips, Tokio on both ends (16 B)";
     /// The kernel lock.
     pub const FLOCK: &str = "flock(2) lock + unlock";
     /// Sidecar file on disk, in-process.
@@ -225,6 +227,16 @@ fn cycle(
     cyclers.push((
         names::SOCKET,
         Box::new(move |n| (0..n).for_each(|_| peers::round_trip(&mut echo, b'E'))),
+    ));
+    let mut async_echo = peers::AsyncEcho::start(dirs.scratch.path());
+    cyclers.push((
+        names::ASYNC_ECHO,
+        Box::new(move |n| {
+            for _ in 0..n {
+                async_echo.round_trip();
+                async_echo.round_trip();
+            }
+        }),
     ));
     let flock = Flock::open(&dirs.disk.path().join("flock-floor"));
     cyclers.push((
