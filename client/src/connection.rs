@@ -1,8 +1,9 @@
 //! One connection to the daemon, shared by every lock of a [`Client`](crate::Client).
 //!
-//! Requests are multiplexed: each gets an id, a reader task routes the daemon's responses and
-//! events back by id, and a writer task owns the socket's send half. Sending is a push onto an
-//! unbounded channel, which needs no runtime, so `Drop` of a lock can still release it.
+//! Requests are multiplexed: each gets an id, and a reader task routes the daemon's responses
+//! and events back by id. Frames go out through [`transport`]: written at once when nothing is
+//! queued, else by a writer task. Sending needs no runtime, so `Drop` of a lock can still
+//! release it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

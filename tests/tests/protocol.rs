@@ -290,3 +290,162 @@ async fn a_bad_connection_does_not_disturb_a_good_one_in_flight() {
     })
     .await;
 }
+
+/// A client that sends many requests and reads none of the answers fills its socket; the
+/// daemon queues the rest for it (answers are written straight to the socket only while
+/// nothing waits before them) and keeps serving everyone else. When the client reads at last,
+/// while it goes on sending, every answer is there, whole and in order: an answer made while
+/// older ones still wait in the queue must not overtake them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_gets_every_answer_in_order_and_blocks_nobody() {
+    use vfslock_proto::{ClientFrame, Request, Response};
+    // Status answers are a few hundred bytes: a batch is far more than a socket buffer holds.
+    const BATCH: u64 = 10_000;
+    fn requests(ids: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for id in ids {
+            let request = if id % 2 == 0 {
+                Request::Status
+            } else {
+                Request::Ping
+            };
+            let frame = codec::encode_frame(&ClientFrame::Request { id, request }).unwrap();
+            bytes.extend_from_slice(&frame);
+        }
+        bytes
+    }
+    daemon_survives(async |socket| {
+        let (mut read, mut write) = handshaken(&socket).await.into_split();
+        within(
+            "the first requests to be sent",
+            write.write_all(&requests(1..=BATCH)),
+        )
+        .await
+        .expect("send the requests");
+
+        // Meanwhile the daemon serves another client in full.
+        let other = vfslock::Client::connect(&socket).await.expect("connect");
+        let mut lock = other.new_lock("mem:///not-blocked", LockOptions::default());
+        within("another client's cycle", async {
+            lock.acquire().await.expect("acquire");
+            lock.release().await.expect("release");
+        })
+        .await;
+
+        // More requests trickle in while the answers are read.
+        let sender = tokio::spawn(async move {
+            for start in (BATCH + 1..=2 * BATCH).step_by(100) {
+                write
+                    .write_all(&requests(start..=start + 99))
+                    .await
+                    .expect("send more requests");
+                tokio::task::yield_now().await;
+            }
+            write
+        });
+        let mut received = Vec::new();
+        let mut answered = 0;
+        let mut chunk = vec![0u8; 16 * 1024];
+        within("every answer", async {
+            while answered < 2 * BATCH {
+                let n = read.read(&mut chunk).await.expect("read answers");
+                assert!(n > 0, "the daemon closed after {answered} answers");
+                received.extend_from_slice(&chunk[..n]);
+                // Whole frames only; a partial one waits for the next read.
+                let decoder = frame::FrameDecoder::new(usize::MAX >> 1);
+                let mut at = 0;
+                while let Some((payload, used)) = decoder.next_frame(&received[at..]).unwrap() {
+                    let expected = answered + 1;
+                    match codec::decode::<ServerFrame>(payload).expect("a valid frame") {
+                        ServerFrame::Response { id, result } => {
+                            assert_eq!(id, expected, "answers out of order");
+                            match (id % 2, result) {
+                                (1, Ok(Response::Pong)) | (0, Ok(Response::Status(_))) => {}
+                                (_, other) => panic!("answer {id}: {other:?}"),
+                            }
+                        }
+                        other => panic!("unexpected frame {other:?}"),
+                    }
+                    answered += 1;
+                    at += used;
+                }
+                received.drain(..at);
+            }
+        })
+        .await;
+        assert!(received.is_empty(), "bytes after the last answer");
+        drop(sender.await.expect("the sender"));
+    })
+    .await;
+}
+
+/// A relay between a client and the daemon that passes the client's bytes on in small pieces,
+/// so that a burst of requests backs up in the client's socket; answers pass at full speed.
+async fn slow_relay(daemon_socket: PathBuf, relay_socket: PathBuf) {
+    let listener = tokio::net::UnixListener::bind(&relay_socket).expect("bind the relay");
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.expect("accept the client");
+        let daemon = UnixStream::connect(&daemon_socket)
+            .await
+            .expect("connect to the daemon");
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_daemon, mut to_daemon) = daemon.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_daemon, &mut to_client).await;
+        });
+        let mut piece = [0u8; 512];
+        loop {
+            match from_client.read(&mut piece).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_daemon.write_all(&piece[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
+/// Many large requests in flight at once on one connection, from many tasks, through a relay
+/// that drains the client's socket slowly: the socket fills, and most frames go through the
+/// client's queue behind others instead of straight to the socket (about a thousand per run
+/// here). Every request is answered and the connection stays good: a frame cut into by another
+/// would garble the stream, and the daemon would close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_requests_from_many_tasks_on_one_connection_arrive_whole() {
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let relay = dir.path().join("relay.sock");
+    slow_relay(daemon.socket().to_owned(), relay.clone()).await;
+    let client = vfslock::Client::connect(&relay)
+        .await
+        .expect("connect through the relay");
+    // Targets near the path limit make every acquire a frame of about 4 KB; 128 of them in
+    // flight are more than a socket buffer holds.
+    let long = "d".repeat(4000);
+    let mut tasks = Vec::new();
+    for task in 0..128 {
+        let client = client.clone();
+        let target = format!("mem:///{long}/{task}");
+        tasks.push(tokio::spawn(async move {
+            let mut lock = client.new_lock(&target, LockOptions::default());
+            for round in 0..5 {
+                lock.acquire()
+                    .await
+                    .unwrap_or_else(|e| panic!("task {task}, round {round}: {e}"));
+                lock.release()
+                    .await
+                    .unwrap_or_else(|e| panic!("task {task}, round {round}: {e}"));
+            }
+        }));
+    }
+    within("every task's cycles", async {
+        for task in tasks {
+            task.await.expect("a task panicked");
+        }
+    })
+    .await;
+    client.ping().await.expect("the connection is still good");
+}

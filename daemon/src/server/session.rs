@@ -1,10 +1,11 @@
 //! One client connection: handshake, frames in, requests routed to target actors, answers and
 //! events out.
 //!
-//! The reader (this task) decodes frames and routes requests; a writer task drains the
-//! session's outbound queue, which target actors push to directly. A malformed frame gets an
-//! error (request id 0) and closes this connection only. Who the client is comes from the
-//! socket's peer credentials, never from what it says.
+//! The reader (this task) decodes frames and routes requests; target actors answer through the
+//! session's [`Outbound`]: straight to the socket when nothing is queued, else through the
+//! session's writer task. A malformed frame gets an error (request id 0) and closes this
+//! connection only. Who the client is comes from the socket's peer credentials, never from
+//! what it says.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
