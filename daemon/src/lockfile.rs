@@ -85,6 +85,11 @@ impl LockRecord {
     /// The file content: indented like Go's `json.MarshalIndent(meta, "", "  ")`, without a
     /// trailing newline (the Go library writes none).
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_with_token(self.token)
+    }
+
+    /// [`LockRecord::to_json`] with `token` in place of the record's own.
+    pub fn to_json_with_token(&self, token: Option<u64>) -> Vec<u8> {
         // Written field by field in `WireRecord`'s order rather than through serde_json's
         // pretty printer, which was a sixth of a `mem://` cycle's instructions; strings still go
         // through serde_json, so their escaping is the same. A test holds the two to the same
@@ -112,7 +117,7 @@ impl LockRecord {
         out.string("lockId", &self.lock_id);
         out.string("daemonId", &self.daemon_id);
         out.string("acquiredAt", &acquired_at);
-        if let Some(token) = self.token {
+        if let Some(token) = token {
             out.number("token", token);
         }
         if let Some(uid) = self.uid {
@@ -547,16 +552,21 @@ pub fn stale_at(
 
 /// The lock in wire form, with the store's modification time and the caller's staleness verdict.
 pub fn to_wire(lock: &ParsedLock, modified: Option<SystemTime>, stale: bool) -> LockMetadata {
+    into_wire(lock.clone(), modified, stale)
+}
+
+/// [`to_wire`] of a lock no longer needed: its strings move instead of being copied.
+pub fn into_wire(lock: ParsedLock, modified: Option<SystemTime>, stale: bool) -> LockMetadata {
     LockMetadata {
         created_at_unix_ns: lock.created_at.map(unix_ns),
         acquired_at_unix_ns: lock.acquired_at.map(unix_ns),
         modified_unix_ns: modified.map(unix_ns),
         ttl_ns: lock.ttl_ns,
-        hostname: lock.hostname.clone(),
+        hostname: lock.hostname,
         pid: lock.pid,
-        owner_id: lock.owner_id.clone(),
-        lock_id: lock.lock_id.clone(),
-        daemon_id: lock.daemon_id.clone(),
+        owner_id: lock.owner_id,
+        lock_id: lock.lock_id,
+        daemon_id: lock.daemon_id,
         token: lock.token,
         uid: lock.uid,
         detached: lock.detached,

@@ -241,16 +241,16 @@ struct Session {
     /// Who the client is, for the access checks.
     caller: Caller,
     /// Targets this connection has acquired on, told when it closes.
-    touched: HashMap<String, Address>,
+    touched: HashMap<String, Arc<Address>>,
     /// `file://` targets as this connection named them in its acquires, and where their
     /// directories resolved then: its releases and cancels go to the same actor even if a
     /// symlink on the way changed since.
-    resolved: HashMap<String, Address>,
+    resolved: HashMap<String, Arc<Address>>,
     /// The target named last and what it parsed to: a client locking one file over and over
     /// names it in every request, and parsing is a good part of a request's work. (Only the
     /// parsing is remembered: a `file://` target's directory is still resolved at every
     /// acquire.)
-    recent: Option<(String, Address)>,
+    recent: Option<(String, Arc<Address>)>,
 }
 
 /// More `file://` targets remembered per connection than this and the memory starts afresh;
@@ -346,13 +346,13 @@ impl Session {
     }
 
     /// Parses a target and checks that this daemon serves its store.
-    fn address(&mut self, target: &str) -> Result<Address, WireError> {
+    fn address(&mut self, target: &str) -> Result<Arc<Address>, WireError> {
         if let Some((known, address)) = &self.recent {
             if known == target {
                 return Ok(address.clone());
             }
         }
-        let address = self.parse_served(target)?;
+        let address = Arc::new(self.parse_served(target)?);
         self.recent = Some((target.to_owned(), address.clone()));
         Ok(address)
     }
@@ -391,7 +391,11 @@ impl Session {
     /// the caller is judged in that directory first, and for [`Need::Create`] also by the
     /// `[[access]]` rules. Without `need` (releases, cancels, verdicts), this connection's own
     /// earlier resolution of the target is reused.
-    async fn locate(&mut self, target: &str, need: Option<Need>) -> Result<Address, WireError> {
+    async fn locate(
+        &mut self,
+        target: &str,
+        need: Option<Need>,
+    ) -> Result<Arc<Address>, WireError> {
         let address = self.address(target)?;
         let address = if address.scheme() == Scheme::File {
             if need.is_none() {
@@ -413,7 +417,7 @@ impl Session {
                         .check_file(&caller, &resolved, need)
                         .map_err(|denied| refusal(&caller, &resolved, denied))?;
                 }
-                Ok::<_, WireError>(resolved)
+                Ok::<_, WireError>(Arc::new(resolved))
             })
             .await?;
             if need == Some(Need::Create) {

@@ -538,6 +538,7 @@ impl TargetLock {
                 self.ctx.journal_acquire(&record.lock_id, &state.url);
             }
             let sent = Instant::now();
+            let record = Arc::new(record);
             let created = self
                 .within(store.create(
                     &state.lock_path,
@@ -545,6 +546,8 @@ impl TargetLock {
                     maker(record.clone()),
                 ))
                 .await;
+            // The store is done with its copy: take the record back without copying it.
+            let record = Arc::unwrap_or_clone(record);
             match created {
                 Err(e) => return Attempt::Failed(Box::new(waiter), store_error(e)),
                 Ok(Created::Won(written)) => {
@@ -650,7 +653,7 @@ impl TargetLock {
                 settings.corrupt_grace,
             )
         };
-        (lockfile::to_wire(&parsed, observed.modified, stale), stale)
+        (lockfile::into_wire(parsed, observed.modified, stale), stale)
     }
 
     /// Logs how far the store's clock (the file's last-modified time) is from ours.
@@ -714,7 +717,7 @@ impl TargetLock {
                 Token::Fresh {
                     floor: self.ctx.token_floor(),
                 },
-                maker(record.clone()),
+                maker(Arc::new(record.clone())),
             ))
             .await;
         if !matches!(replaced, Ok(Replaced::Done(_))) {
@@ -819,7 +822,7 @@ impl TargetLock {
         record.token = written.token;
         let ttl = record.ttl;
         let valid_until = self.valid_until(sent, ttl);
-        let metadata = lockfile::to_wire(&record.to_parsed(), None, false);
+        let metadata = lockfile::into_wire(record.to_parsed(), None, false);
         let grant = Grant {
             target: state.url.clone(),
             lock_id: record.lock_id.clone(),
@@ -1048,7 +1051,7 @@ impl TargetLock {
                 &state.lock_path,
                 &observed.version(),
                 Token::Keep,
-                maker(record),
+                maker(Arc::new(record)),
             ))
             .await
         {
@@ -1081,7 +1084,7 @@ impl TargetLock {
             session.peer.pid
         );
         if let Some(holding) = &state.holder {
-            let broken = lockfile::to_wire(&lockfile::parse(&holding.written.bytes), None, false);
+            let broken = lockfile::into_wire(lockfile::parse(&holding.written.bytes), None, false);
             tracing::warn!(target = %state.url, by = %who, %reason, holder_pid = broken.pid, "lock broken by an admin");
             let why = format!("the lock on {} was broken by {who}: {reason}", state.url);
             self.lose(myself, state, why, true).await;
@@ -1335,7 +1338,7 @@ impl TargetLock {
                     &state.lock_path,
                     &holding.written,
                     Token::Keep,
-                    maker(record.clone()),
+                    maker(Arc::new(record.clone())),
                 ),
             )
             .await;
@@ -1548,7 +1551,7 @@ impl TargetLock {
     /// The current holder's lock file: ours from memory, otherwise read from the store.
     async fn holder_metadata(&self, state: &TargetLockState) -> Option<LockMetadata> {
         if let Some(holding) = &state.holder {
-            return Some(lockfile::to_wire(&holding.record.to_parsed(), None, false));
+            return Some(lockfile::into_wire(holding.record.to_parsed(), None, false));
         }
         if let Some(steal) = &state.steal {
             return Some(steal.holder.clone());
@@ -1655,20 +1658,14 @@ const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
 
 /// The lock file's bytes for `record`, with the token the store issues (or the record's own
 /// when renewing).
-fn maker(record: LockRecord) -> MakeLock {
-    Box::new(move |token| {
-        let mut record = record.clone();
-        if token.is_some() {
-            record.token = token;
-        }
-        record.to_json()
-    })
+fn maker(record: Arc<LockRecord>) -> MakeLock {
+    Box::new(move |token| record.to_json_with_token(token.or(record.token)))
 }
 
 /// The answer for a lock file others keep changing faster than we can read it: held, by
 /// someone we could not pin down.
 fn busy(waiter: Waiter, url: &str) -> Attempt {
-    let mut holder = lockfile::to_wire(&lockfile::parse(b"{}"), None, false);
+    let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
     holder.hostname = format!("(busy: the lock file of {url} kept changing)");
     Attempt::Held(Box::new(waiter), Box::new(holder))
 }
