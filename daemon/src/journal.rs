@@ -258,8 +258,9 @@ fn lock(file: &File) -> std::io::Result<()> {
 }
 
 /// Removes the lock files a previous run of this daemon left behind: each still carrying its
-/// lock id (and not a detached lease) is deleted, conditional on the version read. Returns how
-/// many were removed, and the holdings that could not be settled (the store failed).
+/// lock id (and not a detached lease) is deleted, conditional on the version read, and so is
+/// any temporary copy carrying it that a write cut short left beside it. Returns how many lock
+/// files were removed, and the holdings that could not be settled (the store failed).
 pub async fn recover(
     stores: &Stores,
     left: Vec<(String, String)>,
@@ -275,6 +276,12 @@ pub async fn recover(
             continue;
         };
         let path = crate::target::store_path(&address);
+        // A copy written under a temporary name and never moved into place (killed in
+        // between) is never read as a lock, but nothing else would remove it.
+        let temporaries = store.remove_temporaries(&path, &lock_id).await;
+        if temporaries > 0 {
+            tracing::info!(%target, temporaries, "removed temporary copies of a lock file left by the previous run");
+        }
         let observed = match store.read(&path).await {
             Ok(Some(observed)) => observed,
             Ok(None) => continue,

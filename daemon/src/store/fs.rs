@@ -4,7 +4,7 @@
 //!   move it to the lock's name only if nothing is there (`renameat2(RENAME_NOREPLACE)`, or
 //!   `link(2)`): never check-then-write, never through a symlink, and never an empty or
 //!   half-written lock file, not even behind a daemon killed mid-create (which leaves at most
-//!   a hidden temporary file).
+//!   a hidden temporary file, removed by the crash journal's recovery when it starts again).
 //! - replace: write a temporary file beside the lock, then `rename(2)` it over, so no reader
 //!   ever sees a truncated lock, and a symlink at the lock path is replaced, not followed.
 //! - no fsync: after a power loss the holders are gone too, and a lock file that survives
@@ -389,6 +389,68 @@ impl Place {
         temp.extend_from_slice(self.name.as_bytes());
         temp.extend_from_slice(format!(".{:016x}.tmp", u64::from_ne_bytes(nonce)).as_bytes());
         CString::new(temp).expect("no NUL in a name")
+    }
+
+    /// The names in this directory shaped like [`Place::temp_name`]'s for this lock file:
+    /// `.<lock name>.<16 hex digits>.tmp`.
+    fn temporaries(&self) -> io::Result<Vec<CString>> {
+        // The directory as held may be a path-only descriptor, which cannot be listed: open
+        // it again, itself (`.`), for reading.
+        let dot = c_name(b".")?;
+        // SAFETY: a valid descriptor and C string; the new descriptor goes to `fdopendir`.
+        let fd = check(unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                dot.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `fd` is an open directory descriptor that nothing else owns; on success the
+        // stream owns it and `closedir` closes it.
+        let stream = unsafe { libc::fdopendir(fd) };
+        if stream.is_null() {
+            let e = io::Error::last_os_error();
+            // SAFETY: `fd` is still ours when `fdopendir` failed.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        let prefix = [b".", self.name.as_bytes(), b"."].concat();
+        let mut names = Vec::new();
+        // A failure part-way reads as the end: this is a best-effort clean-up.
+        loop {
+            // SAFETY: a valid directory stream, read from this thread only.
+            let entry = unsafe { libc::readdir(stream) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: `d_name` is a NUL-terminated name inside the entry just returned.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let nonce = name
+                .to_bytes()
+                .strip_prefix(prefix.as_slice())
+                .and_then(|rest| rest.strip_suffix(b".tmp"));
+            if nonce.is_some_and(|n| n.len() == 16 && n.iter().all(u8::is_ascii_hexdigit)) {
+                names.push(name.to_owned());
+            }
+        }
+        // SAFETY: the stream opened above, closed once.
+        unsafe { libc::closedir(stream) };
+        Ok(names)
+    }
+
+    /// Whether the temporary file `name` is a regular file of at most a page whose lock id is
+    /// `lock_id`. Opened without blocking (a FIFO of that name must not hang the daemon).
+    fn carries(&self, name: &CStr, lock_id: &str) -> bool {
+        let Ok(mut file) = self.open(name, libc::O_RDONLY | libc::O_NONBLOCK) else {
+            return false;
+        };
+        let small_file = file
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.len() <= 4096);
+        small_file
+            && read_small(&mut file).is_ok_and(|bytes| {
+                crate::lockfile::parse(&bytes).lock_id.as_deref() == Some(lock_id)
+            })
     }
 
     /// Creates the lock file with `bytes` in one step: written whole under a temporary name,
@@ -782,6 +844,30 @@ impl FsStore {
         })
         .await
     }
+
+    /// Removes the temporary copies of the lock file at `path` that carry `lock_id`: what a
+    /// daemon killed between writing one and moving it into place leaves behind. Only a copy
+    /// with that lock id is ours; another writer's copy in flight carries another and is left
+    /// alone. Returns how many went.
+    pub(super) async fn remove_temporaries(
+        &self,
+        path: &str,
+        lock_id: &str,
+    ) -> Result<usize, StoreError> {
+        let (path, lock_id) = (path.to_owned(), lock_id.to_owned());
+        run(&path.clone(), move |_| {
+            let place = Place::of(&path)?;
+            let names = place
+                .temporaries()
+                .map_err(|e| describe("list the directory of", &path, &e))?;
+            let removed = names
+                .iter()
+                .filter(|name| place.carries(name, &lock_id) && place.unlink(name).is_ok())
+                .count();
+            Ok(Some(removed))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1088,5 +1174,38 @@ mod tests {
             );
             fs::remove_file(&path).unwrap();
         }
+    }
+
+    /// What recovery removes beside a lock file: temporary copies carrying the killed run's
+    /// lock id. Another writer's copy (another lock id), a name of another shape and a FIFO
+    /// named like a copy are left alone, and the FIFO does not block the daemon.
+    #[tokio::test]
+    async fn leftover_temporary_copies_with_our_lock_id_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let copy = |nonce: &str| dir.path().join(format!(".data.csv.lock.{nonce}.tmp"));
+        let record = |lock_id: &str| format!("{{\n  \"lockId\": \"{lock_id}\"\n}}");
+        let ours = copy("0123456789abcdef");
+        let also_ours = copy("00000000deadbeef");
+        let theirs = copy("fedcba9876543210");
+        let other_shape = copy("not-a-nonce");
+        fs::write(&ours, record("ours")).unwrap();
+        fs::write(&also_ours, record("ours")).unwrap();
+        fs::write(&theirs, record("theirs")).unwrap();
+        fs::write(&other_shape, record("ours")).unwrap();
+        let fifo = copy("1111111111111111");
+        let fifo_c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o644) }, 0);
+        // The lock file itself is not a copy, whatever it holds.
+        fs::write(&path, record("ours")).unwrap();
+
+        let removed = FsStore.remove_temporaries(&path, "ours").await.unwrap();
+        assert_eq!(removed, 2);
+        assert!(!ours.exists() && !also_ours.exists());
+        assert!(theirs.exists(), "another writer's copy was removed");
+        assert!(other_shape.exists(), "a file of another shape was removed");
+        assert!(fifo.exists(), "the FIFO was removed");
+        assert!(Path::new(&path).exists(), "the lock file was removed");
     }
 }

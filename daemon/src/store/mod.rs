@@ -274,6 +274,26 @@ impl Store {
         }
     }
 
+    /// Removes the temporary copies of the lock file at `path` that carry `lock_id`, left by a
+    /// daemon killed mid-write (`file://`; the other stores write in one request and leave
+    /// none). Best effort: returns how many went, and a failure is logged.
+    pub async fn remove_temporaries(&self, path: &str, lock_id: &str) -> usize {
+        match &self.backend {
+            #[cfg(unix)]
+            Backend::Fs(s) => match s.remove_temporaries(path, lock_id).await {
+                Ok(removed) => removed,
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "cannot look for temporary copies of a lock file");
+                    0
+                }
+            },
+            _ => {
+                let _ = (path, lock_id);
+                0
+            }
+        }
+    }
+
     /// The fault layer's turn before operation `op` on `path` (tests only; nothing without the
     /// `faults` feature or its config).
     async fn inject(&self, op: &str, path: &str) -> Result<(), StoreError> {
