@@ -855,7 +855,6 @@ impl TargetLock {
         state.recheck_delay = self.ctx.settings.recheck_min;
         state.cancel_renewal();
         if !ttl.is_zero() {
-            let generation = state.renew_generation;
             // A store so slow that the lease is over by the time it answered: the renewal
             // that runs at once finds the deadline passed and reports the loss.
             let next = if valid_until.is_some_and(|until| until <= Instant::now()) {
@@ -863,10 +862,7 @@ impl TargetLock {
             } else {
                 first_renewal(ttl).saturating_sub(sent.elapsed())
             };
-            state.renewal_timer =
-                Some(Timer(myself.send_after(next, move || {
-                    TargetLockMessage::Renew { generation }
-                })));
+            schedule_renewal(myself, state, next);
         }
     }
 
@@ -1342,7 +1338,6 @@ impl TargetLock {
                 ),
             )
             .await;
-        let generation = state.renew_generation;
         match outcome {
             Ok(Replaced::Done(written)) => {
                 state.store.count_renewal();
@@ -1362,10 +1357,7 @@ impl TargetLock {
                     );
                 }
                 let next = next_renewal(ttl).saturating_sub(sent.elapsed());
-                state.renewal_timer =
-                    Some(Timer(myself.send_after(next, move || {
-                        TargetLockMessage::Renew { generation }
-                    })));
+                schedule_renewal(myself, state, next);
             }
             Ok(Replaced::Changed) => {
                 let reason = format!(
@@ -1384,10 +1376,7 @@ impl TargetLock {
                 let delay = holding.retry_delay.min(left);
                 holding.retry_delay = (holding.retry_delay * 2).min(ttl / 3);
                 tracing::warn!(target = %state.url, error = %e, retry_in = ?delay, "renewal failed");
-                state.renewal_timer =
-                    Some(Timer(myself.send_after(delay, move || {
-                        TargetLockMessage::Renew { generation }
-                    })));
+                schedule_renewal(myself, state, delay);
             }
         }
     }
@@ -1681,6 +1670,20 @@ fn lease_lost_at_release(url: &str, why: &str) -> WireError {
 /// lock file is their state) nor on a private store, whose lock files die with the daemon.
 fn journaled(state: &TargetLockState, record: &LockRecord) -> bool {
     !record.detached && !state.store.is_private()
+}
+
+/// Sends this actor the renewal of the current holding after `delay`, replacing (and so
+/// stopping) the timer of the one before.
+fn schedule_renewal(
+    myself: &ActorRef<TargetLockMessage>,
+    state: &mut TargetLockState,
+    delay: Duration,
+) {
+    let generation = state.renew_generation;
+    state.renewal_timer =
+        Some(Timer(myself.send_after(delay, move || {
+            TargetLockMessage::Renew { generation }
+        })));
 }
 
 /// When a new holding is first renewed: anywhere from a tenth of a third of the TTL to a third.
