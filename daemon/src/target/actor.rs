@@ -1808,6 +1808,20 @@ mod tests {
         }
     }
 
+    fn release(session: &Arc<SessionLink>, id: RequestId, lock_id: String) -> TargetLockMessage {
+        TargetLockMessage::Release {
+            session: session.clone(),
+            id,
+            lock_id,
+        }
+    }
+
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
     /// The next answer (events skipped) of a session.
     async fn answer(frames: &mut Frames) -> Result<Response, WireError> {
         loop {
@@ -1835,14 +1849,13 @@ mod tests {
 
     /// How many more tasks are alive than `before`, once aborted ones had the turns to go.
     async fn tasks_left_over(before: usize) -> usize {
-        let metrics = tokio::runtime::Handle::current().metrics();
         for _ in 0..100 {
-            if metrics.num_alive_tasks() <= before + 2 {
+            if alive_tasks() <= before + 2 {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        metrics.num_alive_tasks().saturating_sub(before)
+        alive_tasks().saturating_sub(before)
     }
 
     /// A lock taken and released many times a second must not leave a renewal timer asleep
@@ -1851,20 +1864,13 @@ mod tests {
     #[tokio::test]
     async fn a_release_stops_the_renewal_timer_of_its_holding() {
         let (actor, [(session, mut frames), _]) = actor_and_sessions().await;
-        let before = tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks();
+        let before = alive_tasks();
         const CYCLES: u64 = 50;
         for cycle in 0..CYCLES {
             let id = cycle * 2 + 1;
             actor.cast(acquire(&session, id, WaitMode::Try)).unwrap();
             let lock_id = granted(&mut frames).await;
-            let release = TargetLockMessage::Release {
-                session: session.clone(),
-                id: id + 1,
-                lock_id,
-            };
-            actor.cast(release).unwrap();
+            actor.cast(release(&session, id + 1, lock_id)).unwrap();
             released(&mut frames).await;
         }
         let left = tasks_left_over(before).await;
@@ -1880,9 +1886,7 @@ mod tests {
     async fn a_granted_wait_stops_its_timeout_timer() {
         let (actor, [(first, mut first_frames), (second, mut second_frames)]) =
             actor_and_sessions().await;
-        let before = tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks();
+        let before = alive_tasks();
         const CYCLES: u64 = 20;
         let patient = WaitMode::Wait {
             timeout: Some(Duration::from_secs(60)),
@@ -1893,15 +1897,10 @@ mod tests {
             let first_lock = granted(&mut first_frames).await;
             // Queued behind the holder, with a timeout timer of its own.
             actor.cast(acquire(&second, id, patient)).unwrap();
-            let release = |session: &Arc<SessionLink>, lock_id| TargetLockMessage::Release {
-                session: session.clone(),
-                id: id + 1,
-                lock_id,
-            };
-            actor.cast(release(&first, first_lock)).unwrap();
+            actor.cast(release(&first, id + 1, first_lock)).unwrap();
             released(&mut first_frames).await;
             let second_lock = granted(&mut second_frames).await;
-            actor.cast(release(&second, second_lock)).unwrap();
+            actor.cast(release(&second, id + 1, second_lock)).unwrap();
             released(&mut second_frames).await;
         }
         let left = tasks_left_over(before).await;
