@@ -114,8 +114,10 @@ async fn round_trip(socket: &Path) -> Outcome {
         )?,
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry = vfslockd::lock::Registry::start(ctx.clone()).await?;
     let server = tokio::spawn(vfslockd::server::serve(
         ctx,
+        registry,
         listener,
         Some(socket.to_owned()),
         Notifier::disabled(),

@@ -21,26 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::address::{Address, Prefix};
 use crate::config::{NameOrId, Settings};
-
-/// The caller of a request, as the kernel reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caller {
-    /// Effective uid; `None` where the platform does not tell (Windows).
-    pub uid: Option<u32>,
-    /// Effective gid and supplementary groups.
-    pub groups: Vec<u32>,
-    /// Root or a member of the admin group.
-    pub admin: bool,
-}
-
-impl Caller {
-    fn describe(&self) -> String {
-        match self.uid {
-            Some(uid) => format!("uid {uid}"),
-            None => "a caller of unknown uid".into(),
-        }
-    }
-}
+pub use crate::link::Caller;
 
 /// A refused request: what was refused and why, for the client and the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +77,7 @@ impl Access {
             let mut groups = Vec::new();
             for group in &rule.groups {
                 groups.push(
-                    id_of(group, crate::context::group_id)
+                    id_of(group, group_id)
                         .ok_or_else(|| format!("{at}: no group named {group}"))?,
                 );
             }
@@ -348,6 +329,27 @@ fn judge_directory(_caller: &Caller, _dir: &Path, _need: Need) -> Result<(), Str
     Err("file:// targets are served on Unix only".into())
 }
 
+/// The id of the group named `name` (or given as a number), if it exists.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    #[cfg(unix)]
+    {
+        let name = std::ffi::CString::new(name).ok()?;
+        // SAFETY: a valid C string; getgrnam's static result is read at once, and this runs
+        // once at startup, before any other thread looks up groups.
+        let group = unsafe { libc::getgrnam(name.as_ptr()) };
+        if group.is_null() {
+            return None;
+        }
+        // SAFETY: non-null result of getgrnam.
+        Some(unsafe { (*group).gr_gid })
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +363,7 @@ mod tests {
             uid: Some(uid),
             groups: groups.to_vec(),
             admin: uid == 0,
+            ..Caller::default()
         }
     }
 

@@ -116,6 +116,8 @@ struct RawFaults {
     delay: Option<String>,
     /// Errors and delays only while this file exists.
     switch_file: Option<PathBuf>,
+    /// An acquire with this owner id makes its target's lock actor panic.
+    panic_owner: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -378,6 +380,9 @@ pub struct Settings {
     pub faults_ignore_conditions: bool,
     /// Tests only (`faults` feature): errors and delays in front of every store's operations.
     pub faults_operations: Option<OperationFaults>,
+    /// Tests only (`faults` feature): an acquire with this owner id makes its target's lock
+    /// actor panic.
+    pub faults_panic_owner: Option<String>,
     /// Added to the wall clock, in nanoseconds. Not in the config file: only the hidden
     /// `--clock-offset` flag sets it, so that tests can give one daemon a skewed clock without
     /// touching the system's.
@@ -693,11 +698,13 @@ impl Settings {
                 .and_then(|f| f.ignore_conditions)
                 .unwrap_or(false),
             faults_operations: operation_faults(raw.faults.as_ref())?,
+            faults_panic_owner: raw.faults.as_ref().and_then(|f| f.panic_owner.clone()),
             clock_offset_ns: 0,
         };
         if (settings.faults_write_then_fail.is_some()
             || settings.faults_ignore_conditions
-            || settings.faults_operations.is_some())
+            || settings.faults_operations.is_some()
+            || settings.faults_panic_owner.is_some())
             && !cfg!(feature = "faults")
         {
             return Err(ConfigError(
@@ -784,8 +791,10 @@ impl Settings {
             },
             faults: (self.faults_write_then_fail.is_some()
                 || self.faults_ignore_conditions
-                || self.faults_operations.is_some())
+                || self.faults_operations.is_some()
+                || self.faults_panic_owner.is_some())
             .then(|| RawFaults {
+                panic_owner: self.faults_panic_owner.clone(),
                 write_then_fail: self.faults_write_then_fail,
                 ignore_conditions: Some(self.faults_ignore_conditions),
                 error_rate: self.faults_operations.as_ref().map(|f| f.error_rate),

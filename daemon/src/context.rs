@@ -1,11 +1,11 @@
-//! What every part of a running daemon shares: settings, stores, identity, counters, and the
-//! registry that routes requests to target actors.
+//! What every part of a running daemon shares: settings, stores, identity, counters, the live
+//! connections, and the crash journal. It sits below the lock actors and the server, which both
+//! hold it; the registry of lock actors is the lock layer's own ([`crate::lock::Registry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use crate::config::Settings;
-use crate::registry::Registry;
 use crate::store::Stores;
 
 /// Live counts shown by `vfslockctl status`.
@@ -50,8 +50,8 @@ pub struct Context {
     pub started: Instant,
     /// Counters.
     pub stats: Stats,
-    /// Target actors by target.
-    pub registry: Registry,
+    /// The live connections, for the cleanup after a failed lock actor.
+    pub sessions: crate::link::Sessions,
     /// Set once shutdown has begun: new acquires are refused.
     shutting_down: AtomicBool,
     /// What the watched stale rule has seen, kept here so it outlives idle target actors.
@@ -103,7 +103,10 @@ impl Watched {
 impl Context {
     /// A context for a daemon with these settings.
     pub fn new(settings: Settings, stores: Stores, host_id: String) -> Self {
-        let admin_gid = settings.admin_group.as_deref().and_then(group_id);
+        let admin_gid = settings
+            .admin_group
+            .as_deref()
+            .and_then(crate::access::group_id);
         if let (Some(group), None) = (&settings.admin_group, admin_gid) {
             tracing::warn!(%group, "the admin group does not exist: only root may break locks");
         }
@@ -117,7 +120,7 @@ impl Context {
             instance_id: random_id(),
             started: Instant::now(),
             stats: Stats::default(),
-            registry: Registry::default(),
+            sessions: crate::link::Sessions::default(),
             shutting_down: AtomicBool::new(false),
             watched: Watched::default(),
         }
@@ -253,27 +256,6 @@ pub fn monotonic_ns(instant: Instant) -> Option<u64> {
         let _ = instant;
         None
     }
-}
-
-/// The id of the group named `name` (or given as a number), if it exists.
-pub fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse() {
-        return Some(gid);
-    }
-    #[cfg(unix)]
-    {
-        let name = std::ffi::CString::new(name).ok()?;
-        // SAFETY: a valid C string; getgrnam's static result is read at once, and this runs
-        // once at startup, before any other thread looks up groups.
-        let group = unsafe { libc::getgrnam(name.as_ptr()) };
-        if group.is_null() {
-            return None;
-        }
-        // SAFETY: non-null result of getgrnam.
-        Some(unsafe { (*group).gr_gid })
-    }
-    #[cfg(not(unix))]
-    None
 }
 
 #[cfg(test)]

@@ -212,6 +212,31 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Settles the open holdings of `target` after the actor that served it failed: each lock
+    /// file still carrying one of their lock ids is deleted, conditional on the version read,
+    /// as at startup ([`recover`]). Returns how many were deleted and how many could not be
+    /// settled (the store failed: those stay in the journal for the next start).
+    pub async fn recover_target(&self, stores: &Stores, target: &str) -> (usize, usize) {
+        let left: Vec<(String, String)> = {
+            let inner = self.inner.lock().expect("journal lock");
+            inner
+                .open
+                .iter()
+                .filter(|(_, t)| t.as_str() == target)
+                .map(|(id, t)| (id.clone(), t.clone()))
+                .collect()
+        };
+        let (removed, unsettled) = recover(stores, left.clone()).await;
+        for (lock_id, _) in &left {
+            if !unsettled.iter().any(|(id, _)| id == lock_id) {
+                self.release(lock_id);
+            }
+        }
+        (removed, unsettled.len())
+    }
+}
+
 impl Inner {
     fn append(&mut self, entry: &Entry) {
         let mut line = serde_json::to_vec(entry).expect("entries serialize");
@@ -275,7 +300,7 @@ pub async fn recover(
             tracing::warn!(%target, "the journal names a target no store serves now; left alone");
             continue;
         };
-        let path = crate::target::store_path(&address);
+        let path = crate::store::lock_path(&address);
         // A copy written under a temporary name and never moved into place (killed in
         // between) is never read as a lock, but nothing else would remove it.
         let temporaries = store.remove_temporaries(&path, &lock_id).await;

@@ -8,8 +8,8 @@
 //! |--------------|----------------------------------------------------------------------|
 //! | [`server`]   | the socket, the accept loop, graceful shutdown                       |
 //! | [`server::session`] | one connection: handshake, frames, peer credentials, routing  |
-//! | [`registry`] | which actor serves which target; starting and retiring them          |
-//! | [`target`]   | one target's state and its actor: acquire, queue, renew, steal, release |
+//! | [`lock`]     | one actor per target (acquire, queue, renew, steal, release), the registry that routes to them and the supervisor that replaces a failed one |
+//! | [`link`]     | what a connection and the lock actors share: the caller, the way back, open requests |
 //! | [`lockfile`] | the lock-file JSON (a superset of the Go library's), foreign and corrupt files |
 //! | [`store`]    | where lock files live: local files by syscalls, memory in a table, object stores via OpenDAL |
 //! | [`address`]  | target URLs and their one normalized form                            |
@@ -33,12 +33,12 @@ pub mod duration;
 #[cfg(unix)]
 pub mod instance;
 pub mod journal;
+pub mod link;
+pub mod lock;
 pub mod lockfile;
-pub mod registry;
 pub mod server;
 pub mod store;
 pub mod systemd;
-pub mod target;
 
 #[cfg(unix)]
 use std::path::Path;
@@ -101,6 +101,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     ctx.journal = Some(journal);
     ctx.access = access;
     let ctx = Arc::new(ctx);
+    let registry = lock::Registry::start(ctx.clone())
+        .await
+        .map_err(|e| ServerError(format!("cannot start the lock actors' supervisor: {e}")))?;
     for store in ctx.stores.all() {
         let info = store.describe();
         tracing::info!(scheme = %info.scheme, "store: {}", info.description);
@@ -123,7 +126,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
         "vfslockd {} serving",
         env!("CARGO_PKG_VERSION")
     );
-    server::serve(ctx, listener, own_socket, notifier, stop_signal()).await;
+    server::serve(ctx, registry, listener, own_socket, notifier, stop_signal()).await;
     Ok(())
 }
 

@@ -7,7 +7,6 @@
 //!    waiters, bounded by `locks.shutdown-timeout`;
 //! 3. sessions stop reading, flush what is queued for their clients, and close.
 
-pub mod outbound;
 pub mod session;
 
 #[cfg(unix)]
@@ -23,7 +22,7 @@ use tokio::task::JoinSet;
 use vfslock_proto::{ListEntry, StatusInfo};
 
 use crate::context::{Context, Stats};
-use crate::target::TargetLockMessage;
+use crate::lock::{LockMessage, Registry};
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +116,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
 /// begins ([`crate::systemd`]).
 pub async fn serve(
     ctx: Arc<Context>,
+    registry: Arc<Registry>,
     listener: Listener,
     socket: Option<PathBuf>,
     notifier: crate::systemd::Notifier,
@@ -139,7 +139,12 @@ pub async fn serve(
                     tokio::spawn(session::refuse(stream, limit, ctx.settings.io_timeout));
                 }
                 Ok(stream) => {
-                    sessions.spawn(session::serve(ctx.clone(), stream, shutdown_rx.clone()));
+                    sessions.spawn(session::serve(
+                        ctx.clone(),
+                        registry.clone(),
+                        stream,
+                        shutdown_rx.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning; the
@@ -162,7 +167,8 @@ pub async fn serve(
     }
     #[cfg(not(unix))]
     let _ = socket;
-    let released = tokio::time::timeout(ctx.settings.shutdown_timeout, release_all(&ctx)).await;
+    let released =
+        tokio::time::timeout(ctx.settings.shutdown_timeout, release_all(&registry)).await;
     if released.is_err() {
         tracing::error!(
             "not every lock was released within {:?}; the rest go stale when their TTL runs out",
@@ -174,21 +180,22 @@ pub async fn serve(
         while sessions.join_next().await.is_some() {}
     })
     .await;
+    registry.stop();
     drop(reporter);
     tracing::info!("stopped");
 }
 
 /// Shuts down every target actor, including any started while this runs.
-async fn release_all(ctx: &Context) {
+async fn release_all(registry: &Registry) {
     loop {
-        let actors = ctx.registry.drain();
+        let actors = registry.drain();
         if actors.is_empty() {
             return;
         }
         let mut calls = JoinSet::new();
         for actor in actors {
             calls.spawn(async move {
-                let _ = actor.call(TargetLockMessage::Shutdown, None).await;
+                let _ = actor.call(LockMessage::Shutdown, None).await;
             });
         }
         while calls.join_next().await.is_some() {}
@@ -213,12 +220,12 @@ pub fn status(ctx: &Context) -> StatusInfo {
 }
 
 /// What `vfslockctl list` shows: every target with a holder or waiters.
-pub async fn list(ctx: &Context) -> Vec<ListEntry> {
+pub async fn list(registry: &Registry) -> Vec<ListEntry> {
     let mut calls = JoinSet::new();
-    for actor in ctx.registry.actors() {
+    for actor in registry.actors() {
         calls.spawn(async move {
             actor
-                .call(TargetLockMessage::Snapshot, Some(Duration::from_secs(5)))
+                .call(LockMessage::Snapshot, Some(Duration::from_secs(5)))
                 .await
         });
     }

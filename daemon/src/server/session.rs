@@ -22,29 +22,33 @@ use vfslock_proto::{
     Welcome, WireError,
 };
 
-use crate::access::{off_runtime, resolve_file, Caller, Need};
+use crate::access::{off_runtime, resolve_file, Need};
 use crate::address::{Address, Scheme};
 use crate::context::{Context, Stats};
-use crate::registry::Registry;
-use crate::server::outbound::Outbound;
-use crate::target::{Peer, SessionLink, TargetLockMessage};
+use crate::link::{Caller, Outbound, SessionLink};
+use crate::lock::{LockMessage, Registry};
 
 /// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
-pub async fn serve(ctx: Arc<Context>, stream: Stream, shutdown: watch::Receiver<bool>) {
-    let (peer, caller) = peer_of(&ctx, &stream);
+pub async fn serve(
+    ctx: Arc<Context>,
+    registry: Arc<Registry>,
+    stream: Stream,
+    shutdown: watch::Receiver<bool>,
+) {
+    let caller = caller_of(&ctx, &stream);
     let id = ctx.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-    let span = tracing::debug_span!("session", id, pid = peer.pid);
-    serve_as(ctx, stream, shutdown, id, peer, caller)
+    let span = tracing::debug_span!("session", id, pid = caller.pid);
+    serve_as(ctx, registry, stream, shutdown, id, caller)
         .instrument(span)
         .await
 }
 
 async fn serve_as(
     ctx: Arc<Context>,
+    registry: Arc<Registry>,
     mut stream: Stream,
     mut shutdown: watch::Receiver<bool>,
     id: u64,
-    peer: Peer,
     caller: Caller,
 ) {
     if let Err(reason) = handshake(&ctx, &mut stream).await {
@@ -68,10 +72,12 @@ async fn serve_as(
         let (out, writer) = Outbound::through_writer();
         (reader, out, tokio::spawn(writer.run(send, closing_rx)))
     };
+    let link = Arc::new(SessionLink::new(id, out, caller));
+    ctx.sessions.register(&link);
     let mut session = Session {
         ctx: ctx.clone(),
-        link: Arc::new(SessionLink::new(id, out, peer)),
-        caller,
+        registry,
+        link,
         touched: HashMap::new(),
         resolved: HashMap::new(),
         recent: None,
@@ -85,6 +91,7 @@ async fn serve_as(
     let _ = closing.send(());
     let _ = writer.await;
     session.close();
+    ctx.sessions.unregister(id);
     Stats::add(&ctx.stats.sessions, -1);
 }
 
@@ -150,7 +157,7 @@ async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<(), String> {
 /// Who the client is, from the kernel: pid, uid, groups, and whether it is an admin (root, or
 /// in the admin group by its effective or any supplementary group). Nothing the client sends
 /// counts.
-fn peer_of(ctx: &Context, stream: &Stream) -> (Peer, Caller) {
+fn caller_of(ctx: &Context, stream: &Stream) -> Caller {
     match stream.peer_creds() {
         Ok(creds) => {
             #[cfg(unix)]
@@ -172,21 +179,16 @@ fn peer_of(ctx: &Context, stream: &Stream) -> (Peer, Caller) {
                 let _ = ctx;
                 (None, Vec::new(), true)
             };
-            let peer = Peer {
+            Caller {
                 pid: creds.pid().map(i64::from).unwrap_or(0),
                 uid,
+                groups,
                 admin,
-            };
-            (peer, Caller { uid, groups, admin })
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the peer's credentials");
-            let peer = Peer {
-                pid: 0,
-                uid: None,
-                admin: false,
-            };
-            (peer, Caller::default())
+            Caller::default()
         }
     }
 }
@@ -237,9 +239,10 @@ fn peer_groups(_stream: &Stream) -> Vec<u32> {
 
 struct Session {
     ctx: Arc<Context>,
+    /// Where requests are routed.
+    registry: Arc<Registry>,
+    /// The connection as the lock actors see it; who the client is, for the access checks.
     link: Arc<SessionLink>,
-    /// Who the client is, for the access checks.
-    caller: Caller,
     /// Targets this connection has acquired on, told when it closes.
     touched: HashMap<String, Arc<Address>>,
     /// `file://` targets as this connection named them in its acquires, and where their
@@ -403,7 +406,7 @@ impl Session {
                     return Ok(known.clone());
                 }
             }
-            let (ctx, caller) = (self.ctx.clone(), self.caller.clone());
+            let (ctx, caller) = (self.ctx.clone(), self.link.caller.clone());
             let dir = std::path::Path::new(address.path())
                 .parent()
                 .unwrap_or(std::path::Path::new("/"))
@@ -433,14 +436,14 @@ impl Session {
         if need == Some(Need::Create) {
             self.ctx
                 .access
-                .check_rules(&self.caller, &address)
-                .map_err(|denied| refusal(&self.caller, &address, denied))?;
+                .check_rules(&self.link.caller, &address)
+                .map_err(|denied| refusal(&self.link.caller, &address, denied))?;
         }
         Ok(address)
     }
 
-    async fn route(&self, id: RequestId, address: &Address, message: TargetLockMessage) {
-        if let Err(e) = Registry::route(&self.ctx, address, message).await {
+    async fn route(&self, id: RequestId, address: &Address, message: LockMessage) {
+        if let Err(e) = self.registry.route(address, message).await {
             self.reply(id, Err(WireError::new(ErrorKind::Internal, e.to_string())));
         }
     }
@@ -455,7 +458,7 @@ impl Session {
                 reason,
             } => {
                 if let Ok(address) = self.locate(&target, None).await {
-                    let message = TargetLockMessage::StaleVerdict {
+                    let message = LockMessage::StaleVerdict {
                         session_id: self.link.id,
                         acquire_id: id,
                         allow,
@@ -498,7 +501,7 @@ impl Session {
                             self.touched
                                 .insert(address.key().to_owned(), address.clone());
                         }
-                        let message = TargetLockMessage::Acquire {
+                        let message = LockMessage::Acquire {
                             session,
                             id,
                             request,
@@ -510,7 +513,7 @@ impl Session {
             }
             Request::Cancel { target, acquire_id } => match self.locate(&target, None).await {
                 Ok(address) => {
-                    let message = TargetLockMessage::Cancel {
+                    let message = LockMessage::Cancel {
                         session,
                         id,
                         acquire_id,
@@ -521,7 +524,7 @@ impl Session {
             },
             Request::Release { target, lock_id } => match self.locate(&target, None).await {
                 Ok(address) => {
-                    let message = TargetLockMessage::Release {
+                    let message = LockMessage::Release {
                         session,
                         id,
                         lock_id,
@@ -536,7 +539,7 @@ impl Session {
                 ttl,
             } => match self.locate(&target, None).await {
                 Ok(address) => {
-                    let message = TargetLockMessage::RenewDetached {
+                    let message = LockMessage::RenewDetached {
                         session,
                         id,
                         lock_id,
@@ -547,7 +550,7 @@ impl Session {
                 Err(e) => self.reply(id, Err(e)),
             },
             Request::Break { target, reason } => {
-                let peer = self.link.peer;
+                let peer = &self.link.caller;
                 if !peer.admin {
                     tracing::warn!(uid = ?peer.uid, pid = peer.pid, %target, %reason, "refused a break: not an admin");
                     let group = self
@@ -570,7 +573,7 @@ impl Session {
                 }
                 match self.locate(&target, None).await {
                     Ok(address) => {
-                        let message = TargetLockMessage::Break {
+                        let message = LockMessage::Break {
                             session,
                             id,
                             reason,
@@ -582,16 +585,16 @@ impl Session {
             }
             Request::Metadata { target } => match self.locate(&target, Some(Need::Search)).await {
                 Ok(address) => {
-                    self.route(id, &address, TargetLockMessage::Metadata { session, id })
+                    self.route(id, &address, LockMessage::Metadata { session, id })
                         .await
                 }
                 Err(e) => self.reply(id, Err(e)),
             },
             Request::List => {
                 // Asking every actor takes a moment; keep reading this connection meanwhile.
-                let ctx = self.ctx.clone();
+                let registry = self.registry.clone();
                 tokio::spawn(async move {
-                    let entries = super::list(&ctx).await;
+                    let entries = super::list(&registry).await;
                     session.reply(id, Ok(Response::List(entries)));
                 });
             }
@@ -603,11 +606,11 @@ impl Session {
     /// Tells every target this connection touched that it is gone.
     fn close(&mut self) {
         for (key, _) in self.touched.drain() {
-            let message = TargetLockMessage::SessionClosed {
+            let message = LockMessage::SessionClosed {
                 session_id: self.link.id,
             };
             // A target whose actor has retired holds nothing of ours.
-            let _ = self.ctx.registry.send_existing(&key, message);
+            let _ = self.registry.send_existing(&key, message);
         }
     }
 }

@@ -1,0 +1,284 @@
+//! What a connection and the lock actors share: the caller's identity, the way back to the
+//! client, and the requests of the connection that are still open.
+//!
+//! It sits below both the server (which creates a [`SessionLink`] per connection) and the lock
+//! actors (which answer through it), so that neither has to import the other. It also keeps,
+//! outside every actor, what a failed actor's cleanup needs: which requests each connection has
+//! routed to which actor and not yet had answered ([`SessionLink::open_at`]), and the live
+//! connections themselves ([`Sessions`]).
+
+pub mod outbound;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use ractor::ActorId;
+use vfslock_proto::{Event, RequestId, Response, ServerFrame, WireError};
+
+pub use outbound::{Outbound, Outgoing};
+
+/// Who is on the other end of a connection, from the socket's peer credentials: never from
+/// what the client says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The client's process id (0 when the platform cannot tell).
+    pub pid: i64,
+    /// Effective uid; `None` where the platform does not tell (Windows).
+    pub uid: Option<u32>,
+    /// Effective gid and supplementary groups.
+    pub groups: Vec<u32>,
+    /// Root, or a member of the daemon's admin group (supplementary groups included): may
+    /// break any lock and end any detached lease.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// "uid N", for messages.
+    pub fn describe(&self) -> String {
+        match self.uid {
+            Some(uid) => format!("uid {uid}"),
+            None => "a caller of unknown uid".into(),
+        }
+    }
+}
+
+/// A connection as lock actors see it: where to send answers and events, who the client is,
+/// and what it has asked that is not over yet.
+#[derive(Debug)]
+pub struct SessionLink {
+    /// Unique per daemon run.
+    pub id: u64,
+    /// The way to the client: straight to its socket, or through its writer task.
+    pub out: Outbound,
+    /// Who the client is.
+    pub caller: Caller,
+    open: Mutex<OpenRequests>,
+}
+
+/// The requests of one connection that were routed to a lock actor and are not over: each
+/// acquire until its holding or wait ends, every other request until it is answered.
+#[derive(Debug, Default)]
+struct OpenRequests {
+    by_id: HashMap<RequestId, Open>,
+    /// How many of them are acquires, for the per-connection limit.
+    acquires: usize,
+}
+
+/// One open request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Open {
+    /// Whether it is an acquire (counted against the limit).
+    acquire: bool,
+    /// Whether it is an acquire that was granted and is held.
+    granted: bool,
+    /// The actor it was routed to, once routed.
+    actor: Option<ActorId>,
+}
+
+/// What a connection had open at an actor that failed, for the cleanup to answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Orphans {
+    /// Acquires granted and held: their holders are told the lease is lost.
+    pub held: Vec<RequestId>,
+    /// Every other request (waiting acquires included): answered with an error.
+    pub pending: Vec<RequestId>,
+}
+
+impl SessionLink {
+    /// A link for connection `id`.
+    pub fn new(id: u64, out: Outbound, caller: Caller) -> Self {
+        SessionLink {
+            id,
+            out,
+            caller,
+            open: Mutex::default(),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, OpenRequests> {
+        self.open.lock().expect("open requests lock")
+    }
+
+    /// Answers request `id`, and ends it unless it is an acquire now held.
+    pub fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
+        let held = matches!(&result, Ok(Response::Granted(_)));
+        self.settle(id, held);
+        self.out.send(ServerFrame::Response { id, result });
+    }
+
+    /// Counts the acquire `id` against the limit; `false` if the connection is at `limit`.
+    pub fn acquire_started(&self, id: RequestId, limit: usize) -> bool {
+        let mut open = self.open();
+        if open.acquires >= limit {
+            return false;
+        }
+        let before = open.by_id.insert(
+            id,
+            Open {
+                acquire: true,
+                granted: false,
+                actor: None,
+            },
+        );
+        if !before.is_some_and(|o| o.acquire) {
+            open.acquires += 1;
+        }
+        true
+    }
+
+    /// Records that request `id` was routed to `actor` (an acquire counted before, or any
+    /// other request, which is open until answered).
+    pub fn routed(&self, id: RequestId, actor: ActorId) {
+        let mut open = self.open();
+        open.by_id
+            .entry(id)
+            .or_insert(Open {
+                acquire: false,
+                granted: false,
+                actor: None,
+            })
+            .actor = Some(actor);
+    }
+
+    /// The acquire `id` no longer waits or holds.
+    pub fn acquire_ended(&self, id: RequestId) {
+        self.settle(id, false);
+    }
+
+    /// Ends request `id`, or, with `held`, marks the acquire `id` as held.
+    fn settle(&self, id: RequestId, held: bool) {
+        let mut open = self.open();
+        if held {
+            if let Some(entry) = open.by_id.get_mut(&id).filter(|o| o.acquire) {
+                entry.granted = true;
+                return;
+            }
+        }
+        if open.by_id.remove(&id).is_some_and(|o| o.acquire) {
+            open.acquires -= 1;
+        }
+    }
+
+    /// How many acquires of this connection wait or hold.
+    pub fn open_acquires(&self) -> usize {
+        self.open().acquires
+    }
+
+    /// Takes out every request routed to `actor`, sorted into held acquires and the rest.
+    pub fn open_at(&self, actor: ActorId) -> Orphans {
+        let mut open = self.open();
+        let mut orphans = Orphans::default();
+        let mut acquires = 0;
+        open.by_id.retain(|&id, entry| {
+            if entry.actor != Some(actor) {
+                return true;
+            }
+            if entry.granted {
+                orphans.held.push(id);
+            } else {
+                orphans.pending.push(id);
+            }
+            acquires += usize::from(entry.acquire);
+            false
+        });
+        open.acquires -= acquires;
+        orphans.held.sort_unstable();
+        orphans.pending.sort_unstable();
+        orphans
+    }
+
+    /// Announces `event` about request `id`.
+    pub fn event(&self, id: RequestId, event: Event) {
+        self.out.send(ServerFrame::Event { id, event });
+    }
+
+    /// Whether the client is gone.
+    pub fn is_closed(&self) -> bool {
+        self.out.is_closed()
+    }
+}
+
+/// The live connections, so that the cleanup of a failed actor can find what they had open at
+/// it. Entries are weak: a connection's link is owned by its session and the actors it asked.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<u64, Weak<SessionLink>>>,
+}
+
+impl Sessions {
+    /// Adds a connection.
+    pub fn register(&self, link: &Arc<SessionLink>) {
+        let mut live = self.live.lock().expect("sessions lock");
+        live.insert(link.id, Arc::downgrade(link));
+    }
+
+    /// Removes a closed connection.
+    pub fn unregister(&self, id: u64) {
+        self.live.lock().expect("sessions lock").remove(&id);
+    }
+
+    /// Every live connection.
+    pub fn all(&self) -> Vec<Arc<SessionLink>> {
+        let live = self.live.lock().expect("sessions lock");
+        live.values().filter_map(Weak::upgrade).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfslock_proto::ErrorKind;
+
+    fn link() -> SessionLink {
+        let (out, _frames) = Outbound::queued();
+        SessionLink::new(1, out, Caller::default())
+    }
+
+    fn actor(n: u64) -> ActorId {
+        ActorId::Local(n)
+    }
+
+    #[test]
+    fn the_acquire_limit_counts_acquires_until_they_end_and_nothing_else() {
+        let link = link();
+        assert!(link.acquire_started(1, 2));
+        assert!(link.acquire_started(2, 2));
+        assert!(
+            !link.acquire_started(3, 2),
+            "a third acquire passed a limit of 2"
+        );
+        link.routed(4, actor(7)); // a release: not an acquire
+        assert_eq!(link.open_acquires(), 2);
+        link.reply(1, Err(WireError::new(ErrorKind::Timeout, "no")));
+        assert_eq!(link.open_acquires(), 1, "a refused acquire still counts");
+        link.acquire_ended(2);
+        assert_eq!(link.open_acquires(), 0);
+    }
+
+    #[test]
+    fn a_failed_actors_requests_are_taken_out_as_held_or_pending() {
+        let link = link();
+        for id in [1, 2] {
+            assert!(link.acquire_started(id, 10));
+            link.routed(id, actor(7));
+        }
+        assert!(link.acquire_started(3, 10));
+        link.routed(3, actor(8)); // another actor: untouched
+        link.routed(4, actor(7)); // a metadata request in the failed actor's mailbox
+        link.settle(1, true); // granted
+        let orphans = link.open_at(actor(7));
+        assert_eq!(
+            orphans,
+            Orphans {
+                held: vec![1],
+                pending: vec![2, 4],
+            }
+        );
+        assert_eq!(
+            link.open_acquires(),
+            1,
+            "only the other actor's acquire is left"
+        );
+        assert_eq!(link.open_at(actor(7)), Orphans::default());
+    }
+}

@@ -1,0 +1,376 @@
+//! The lock actor: its messages, its start and stop, and the dispatch of each message to the
+//! concern that handles it.
+//!
+//! Handlers await store calls (that is the serialization) but never anything that only a later
+//! message can bring: waiters' reply channels are kept in the state, and renewals, re-checks,
+//! wait timeouts and on-stale deadlines are timer messages to the actor itself, each carrying
+//! enough to recognise it as out of date.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use vfslock_proto::{AcquireRequest, ListEntry, RequestId, Response};
+
+use super::registry::Registry;
+use super::state::{LockState, Tally, Target};
+use super::timing;
+use crate::address::Address;
+use crate::context::Context;
+use crate::link::SessionLink;
+use crate::store::StoreError;
+
+/// The actor. Holds only what does not change while it lives; everything that does is in
+/// [`LockState`].
+pub struct LockActor {
+    /// The daemon's shared context.
+    pub ctx: Arc<Context>,
+    /// The registry that routes to this actor, asked before retiring.
+    pub registry: Arc<Registry>,
+    /// This actor's share of the daemon's gauges, outside its state (see [`Tally`]).
+    pub tally: Arc<Tally>,
+}
+
+/// Messages of a lock actor: requests routed by the registry, and timers it sends itself.
+#[derive(Debug)]
+pub enum LockMessage {
+    /// Request: take the lock for `session`'s acquire `id`.
+    Acquire {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The acquire's request id.
+        id: RequestId,
+        /// What is asked.
+        request: AcquireRequest,
+    },
+    /// Request: release the lock `lock_id` if `session` holds it.
+    Release {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The release's request id.
+        id: RequestId,
+        /// The holding to release.
+        lock_id: String,
+    },
+    /// Request: give up the acquire `acquire_id`, releasing it if it was already granted.
+    Cancel {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The cancel's request id.
+        id: RequestId,
+        /// The acquire to cancel.
+        acquire_id: RequestId,
+    },
+    /// Request: the on-stale decision for a pending steal.
+    StaleVerdict {
+        /// Who answers.
+        session_id: u64,
+        /// The acquire that was asked.
+        acquire_id: RequestId,
+        /// Whether the steal may go ahead.
+        allow: bool,
+        /// Why not.
+        reason: String,
+    },
+    /// Request: extend the detached lease `lock_id` (the caller's uid's, or any for an admin).
+    RenewDetached {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+        /// The detached lease.
+        lock_id: String,
+        /// A new TTL, or the lease's own.
+        ttl: Option<Duration>,
+    },
+    /// Request: remove whoever holds the lock (the session checked that the caller is an
+    /// admin).
+    Break {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+        /// Why, for the log and the holder.
+        reason: String,
+    },
+    /// Request: read the lock file.
+    Metadata {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+    },
+    /// Event: the session closed; drop its waits and release what it holds.
+    SessionClosed {
+        /// The closed session.
+        session_id: u64,
+    },
+    /// Request: what is held and queued here (for `vfslockctl list`).
+    Snapshot(RpcReplyPort<Option<ListEntry>>),
+    /// Request: the daemon is stopping; tell the holder, release, fail the waiters, stop.
+    Shutdown(RpcReplyPort<()>),
+    /// Request (the supervisor's, always this actor's first message): the actor `failed` that
+    /// served this target before died; clean up after it before anything else is served.
+    Recover {
+        /// The actor that failed.
+        failed: ActorId,
+        /// Why, for the messages to its clients.
+        why: String,
+    },
+    /// Timer: renew the holder's lease if `generation` is still current.
+    Renew {
+        /// The renewal generation it was scheduled for.
+        generation: u64,
+    },
+    /// Timer: re-check a lock file held outside this daemon.
+    Recheck {
+        /// The re-check generation it was scheduled for.
+        generation: u64,
+    },
+    /// Timer: a waiting acquire's timeout.
+    WaitExpired {
+        /// The waiter's session.
+        session_id: u64,
+        /// The waiter's acquire.
+        acquire_id: RequestId,
+    },
+    /// Timer: the on-stale decision did not come in time.
+    StaleAnswerExpired {
+        /// The asked session.
+        session_id: u64,
+        /// The asked acquire.
+        acquire_id: RequestId,
+    },
+    /// Timer: see whether the actor has been idle long enough to stop.
+    IdleCheck,
+    /// Timer: retry deleting a lock file of ours whose delete failed.
+    RetryDelete,
+}
+
+impl LockMessage {
+    /// Whether the registry routed this message (and counted it). Snapshots, shutdown and
+    /// recovery are sent to the actors directly, timers by the actor itself.
+    pub fn is_routed(&self) -> bool {
+        !matches!(
+            self,
+            LockMessage::Snapshot(_)
+                | LockMessage::Shutdown(_)
+                | LockMessage::Recover { .. }
+                | LockMessage::Renew { .. }
+                | LockMessage::Recheck { .. }
+                | LockMessage::WaitExpired { .. }
+                | LockMessage::StaleAnswerExpired { .. }
+                | LockMessage::IdleCheck
+                | LockMessage::RetryDelete
+        )
+    }
+
+    /// The connection and request id this message answers, for requests that get an answer.
+    pub fn request(&self) -> Option<(&Arc<SessionLink>, RequestId)> {
+        match self {
+            LockMessage::Acquire { session, id, .. }
+            | LockMessage::Release { session, id, .. }
+            | LockMessage::Cancel { session, id, .. }
+            | LockMessage::RenewDetached { session, id, .. }
+            | LockMessage::Break { session, id, .. }
+            | LockMessage::Metadata { session, id } => Some((session, *id)),
+            _ => None,
+        }
+    }
+}
+
+impl Actor for LockActor {
+    type Msg = LockMessage;
+    type State = LockState;
+    type Arguments = Address;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        address: Address,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = self
+            .ctx
+            .stores
+            .for_address(&address)
+            .ok_or_else(|| format!("no store serves {}", address.url()))?;
+        let target = Target {
+            url: address.url(),
+            key: address.key().to_owned(),
+            store,
+            lock_path: crate::store::lock_path(&address),
+        };
+        Ok(LockState::new(
+            target,
+            self.tally.clone(),
+            self.ctx.settings.recheck_min,
+        ))
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.tally.settle();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Boxed: the handling of one message awaits store calls several levels deep, and its
+        // future (about 4 KiB) would otherwise be part of every actor's task for its whole
+        // life, held or idle. One allocation per message is cheaper than that per lock.
+        Box::pin(self.handle_message(myself, message, state)).await
+    }
+}
+
+impl LockActor {
+    async fn handle_message(
+        &self,
+        myself: ActorRef<LockMessage>,
+        message: LockMessage,
+        state: &mut LockState,
+    ) -> Result<(), ActorProcessingErr> {
+        if message.is_routed() {
+            state.idle.handled += 1;
+        }
+        #[cfg(feature = "faults")]
+        super::faults::panic_if_asked(&self.ctx, &message, &state.target.url);
+        match message {
+            LockMessage::Acquire {
+                session,
+                id,
+                request,
+            } => self.on_acquire(&myself, state, session, id, request).await,
+            LockMessage::Release {
+                session,
+                id,
+                lock_id,
+            } => {
+                let held = state
+                    .holding()
+                    .is_some_and(|h| h.session.id == session.id && h.record.lock_id == lock_id);
+                let result = if held {
+                    self.release_holder(&myself, state).await
+                } else {
+                    self.release_detached(state, &session, &lock_id).await
+                };
+                session.reply(id, result);
+                self.serve_queue(&myself, state).await;
+            }
+            LockMessage::RenewDetached {
+                session,
+                id,
+                lock_id,
+                ttl,
+            } => {
+                let result = self.renew_detached(state, &session, &lock_id, ttl).await;
+                session.reply(id, result);
+            }
+            LockMessage::Break {
+                session,
+                id,
+                reason,
+            } => {
+                let result = self.break_lock(&myself, state, &session, &reason).await;
+                session.reply(id, result);
+                self.serve_queue(&myself, state).await;
+            }
+            LockMessage::Cancel {
+                session,
+                id,
+                acquire_id,
+            } => {
+                self.cancel(&myself, state, session.id, acquire_id).await;
+                session.reply(id, Ok(Response::Cancelled));
+                self.serve_queue(&myself, state).await;
+            }
+            LockMessage::StaleVerdict {
+                session_id,
+                acquire_id,
+                allow,
+                reason,
+            } => {
+                let reason =
+                    format!("the on-stale handler refused to take the stale lock: {reason}");
+                self.decide_steal(&myself, state, session_id, acquire_id, allow, reason)
+                    .await;
+            }
+            LockMessage::StaleAnswerExpired {
+                session_id,
+                acquire_id,
+            } => {
+                let reason = format!(
+                    "the on-stale handler did not answer within {:?}; the stale lock was left alone",
+                    self.ctx.settings.stale_answer_timeout
+                );
+                self.decide_steal(&myself, state, session_id, acquire_id, false, reason)
+                    .await;
+            }
+            LockMessage::Metadata { session, id } => {
+                let result = self.read_metadata(state).await;
+                session.reply(id, result.map(Response::Metadata));
+            }
+            LockMessage::SessionClosed { session_id } => {
+                self.drop_session(&myself, state, session_id).await;
+                self.serve_queue(&myself, state).await;
+            }
+            LockMessage::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot(state));
+            }
+            LockMessage::Shutdown(reply) => {
+                self.shut_down(state).await;
+                let _ = reply.send(());
+                myself.stop(Some("daemon shutdown".into()));
+                return Ok(());
+            }
+            LockMessage::Recover { failed, why } => self.recover(state, failed, &why).await,
+            LockMessage::Renew { generation } => {
+                let due = state
+                    .holding()
+                    .is_some_and(|h| h.renewal.generation == generation);
+                if due {
+                    self.renew(&myself, state).await;
+                }
+            }
+            LockMessage::Recheck { generation } => {
+                if generation == state.recheck.generation {
+                    state.recheck.scheduled = false;
+                    self.serve_queue(&myself, state).await;
+                }
+            }
+            LockMessage::WaitExpired {
+                session_id,
+                acquire_id,
+            } => self.wait_expired(state, session_id, acquire_id).await,
+            LockMessage::IdleCheck => {
+                state.idle.check_scheduled = false;
+                if self.try_retire(&myself, state) {
+                    return Ok(());
+                }
+            }
+            LockMessage::RetryDelete => self.retry_delete(&myself, state).await,
+        }
+        self.schedule_leftover(&myself, state);
+        self.mark_waiting(state).await;
+        self.track_idleness(&myself, state);
+        Ok(())
+    }
+
+    /// Bounds a store call by the configured store timeout.
+    pub(super) async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        timing::within(self.ctx.settings.store_timeout, call).await
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/actor.rs"]
+mod tests;

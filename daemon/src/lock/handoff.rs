@@ -1,0 +1,86 @@
+//! Handoff fairness between this daemon's waiters and other hosts'.
+//!
+//! A release with a local waiter hands the lock straight over (one conditional replace, no
+//! window in which the file is absent). Other hosts' waiters only poll, so an unbroken run of
+//! local handoffs would starve them: the run is capped (`handoff-max-count`, `handoff-max-time`)
+//! and followed by a cooldown in which the lock is released for real. The cap only applies while
+//! some other daemon has lately marked itself waiting in the store; private stores (`mem://`)
+//! have no other hosts and no cap.
+
+use super::actor::LockActor;
+use super::state::{LockState, Waiter};
+
+impl LockActor {
+    /// While this daemon's waiters wait for a holder elsewhere (not for a cooldown of its own),
+    /// tells the other daemons, once per re-check, so that the holder's daemon gives them their
+    /// turn ([`Self::uncap_if_nobody_else_waits`]).
+    pub(super) async fn mark_waiting(&self, state: &mut LockState) {
+        if state.holding().is_none()
+            && !state.queue.is_empty()
+            && state.recheck.scheduled
+            && state.handoff.cooldown_until.is_none()
+            && state.recheck.marked_generation != state.recheck.generation
+        {
+            state.recheck.marked_generation = state.recheck.generation;
+            state
+                .target
+                .store
+                .mark_waiting(&state.target.lock_path, &self.ctx.instance_id)
+                .await;
+        }
+    }
+
+    /// At a capped handoff streak, starts a new one if no daemon elsewhere marked itself
+    /// waiting lately: the cap and its cooldown exist for other hosts' waiters, which poll, and
+    /// without them they would only slow down this daemon's queue.
+    pub(super) async fn uncap_if_nobody_else_waits(&self, state: &mut LockState) {
+        let settings = &self.ctx.settings;
+        let capped = state.handoff.streak.is_some_and(|(count, since)| {
+            count >= settings.handoff_max_count || since.elapsed() >= settings.handoff_max_time
+        });
+        if !capped || state.queue.is_empty() {
+            return;
+        }
+        // A waiting daemon re-checks at least every `recheck-max` (with jitter).
+        let fresh = settings.recheck_max * 3;
+        if !state
+            .target
+            .store
+            .others_waiting(&state.target.lock_path, fresh, &self.ctx.instance_id)
+            .await
+        {
+            state.handoff.streak = None;
+        }
+    }
+
+    /// The next local waiter to hand the lock to, if the handoff streak allows one more.
+    pub(super) fn next_handoff(&self, state: &mut LockState) -> Option<Waiter> {
+        if !state.target.store.can_replace() || !self.handoff_allowed(state) {
+            return None;
+        }
+        while let Some(waiter) = state.queue.pop_front() {
+            if !waiter.session.is_closed() {
+                return Some(waiter);
+            }
+        }
+        None
+    }
+
+    /// Whether the streak allows one more handoff.
+    pub(super) fn handoff_allowed(&self, state: &LockState) -> bool {
+        let settings = &self.ctx.settings;
+        match state.handoff.streak {
+            // Nobody outside this daemon can wait for a private store's lock: no streak cap, no
+            // cooldown; the local queue alone is first come, first served.
+            _ if state.target.store.is_private() => true,
+            None => settings.handoff_max_count > 0,
+            Some((count, since)) => {
+                count < settings.handoff_max_count && since.elapsed() < settings.handoff_max_time
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/handoff.rs"]
+mod tests;

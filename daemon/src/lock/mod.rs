@@ -1,0 +1,44 @@
+//! Lock targets: one actor per target, the only writer of that target's lock file in this
+//! daemon, so that every decision about one lock is made in one place, one message at a time.
+//!
+//! A target is free, held by a client of this daemon, or waiting for an acquirer's verdict on
+//! a stale lock file ([`lifecycle`]). The actor's work is split by concern, each a module with
+//! its own `impl LockActor` block and its own unit tests (in `tests/`):
+//!
+//! | module         | concern                                                                  |
+//! |----------------|--------------------------------------------------------------------------|
+//! | [`actor`]      | the messages, start and stop, and the dispatch of each message           |
+//! | [`state`]      | what the actor knows, grouped: holding, queue, re-checks, handoff, idle  |
+//! | [`lifecycle`]  | free / held / stealing / retired, with checked transitions               |
+//! | [`acquire`]    | attempt, judge, steal, queue, re-check, cancel, wait timeout             |
+//! | [`lease`]      | grant, renew, lose, release                                              |
+//! | [`handoff`]    | fairness between this daemon's waiters and other hosts'                  |
+//! | [`detached`]   | detached leases, and an admin's break                                    |
+//! | [`cleanup`]    | retried deletes, closed connections, idle retirement, shutdown, recovery |
+//! | [`replies`]    | what clients are told, and the read-only answers                         |
+//! | [`timing`]     | timers that stop with their holding or wait, deadlines, random spread    |
+//! | [`registry`]   | which actor serves which target; starting, retiring, replacing          |
+//! | [`supervisor`] | the actors' supervisor: a failed actor is replaced at once               |
+
+pub mod acquire;
+pub mod actor;
+pub mod cleanup;
+pub mod detached;
+#[cfg(feature = "faults")]
+pub mod faults;
+pub mod handoff;
+pub mod lease;
+pub mod lifecycle;
+pub mod registry;
+pub mod replies;
+pub mod state;
+pub mod supervisor;
+pub mod timing;
+
+#[cfg(test)]
+mod tests;
+
+pub use actor::{LockActor, LockMessage};
+pub use lifecycle::Lifecycle;
+pub use registry::{Registry, RouteError};
+pub use state::LockState;

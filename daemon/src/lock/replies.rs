@@ -1,0 +1,224 @@
+//! The wire replies of a lock actor: what a client is told, in words that say what happened and
+//! what to do, and the read-only answers (the lock file's metadata, `vfslockctl list` entries).
+//!
+//! Handles [`LockMessage::Metadata`] and [`LockMessage::Snapshot`].
+
+use std::time::Duration;
+
+use vfslock_proto::{ErrorKind, ListEntry, LockMetadata, WireError};
+
+use super::actor::LockActor;
+#[cfg(doc)]
+use super::actor::LockMessage;
+use super::state::LockState;
+use crate::lockfile;
+use crate::store::StoreError;
+
+/// A store's failure, as the client sees it.
+pub fn store_error(error: StoreError) -> WireError {
+    let kind = if error.unsupported {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Store
+    };
+    WireError::new(kind, error.message)
+}
+
+/// " (held by pid P on HOST, owner O)", or nothing when the holder is unknown.
+pub fn describe_holder(holder: Option<&LockMetadata>) -> String {
+    match holder {
+        Some(h) => format!(
+            " (held by pid {} on {}{})",
+            h.pid,
+            h.hostname,
+            h.owner_id
+                .as_deref()
+                .map(|o| format!(", owner {o}"))
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    }
+}
+
+/// A try that found the lock held (or others queued here first).
+pub fn already_held(url: &str, holder: Option<LockMetadata>, waiting: usize) -> WireError {
+    let message = match &holder {
+        Some(_) => format!(
+            "{url} is already locked{}; run `vfslockctl show {url}` to see who holds it",
+            describe_holder(holder.as_ref()),
+        ),
+        None => format!("{url} is busy: {waiting} acquire(s) wait for it on this daemon"),
+    };
+    let mut error = WireError::new(ErrorKind::AlreadyHeld, message);
+    error.holder = holder.map(Box::new);
+    error
+}
+
+/// A wait refused because the queue is full.
+pub fn too_many_waiters(url: &str, limit: usize) -> WireError {
+    WireError::new(
+        ErrorKind::LimitExceeded,
+        format!(
+            "{limit} acquires already wait for {url} (limits.max-waiters-per-target); try again \
+             later"
+        ),
+    )
+}
+
+/// A detached lease asked for without a TTL.
+pub fn detached_needs_ttl() -> WireError {
+    WireError::new(
+        ErrorKind::InvalidTarget,
+        "a detached lease needs a TTL above zero: nothing renews it",
+    )
+}
+
+/// A wait whose timeout ran out.
+pub fn wait_timed_out(url: &str, timeout: Duration, holder: Option<LockMetadata>) -> WireError {
+    let mut error = WireError::new(
+        ErrorKind::Timeout,
+        format!(
+            "timed out after {timeout:?} waiting for {url}{}; run `vfslockctl show {url}` to see \
+             who holds it",
+            describe_holder(holder.as_ref()),
+        ),
+    );
+    error.holder = holder.map(Box::new);
+    error
+}
+
+/// The holder of a lock file others keep changing faster than we can read it.
+pub fn busy_holder(url: &str) -> LockMetadata {
+    let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
+    holder.hostname = format!("(busy: the lock file of {url} kept changing)");
+    holder
+}
+
+/// A release that found the lease already lost.
+pub fn lease_lost_at_release(url: &str, why: &str) -> WireError {
+    WireError::new(
+        ErrorKind::LeaseLost,
+        format!(
+            "the lease on {url} had been lost before the release: {why}; the lock file was left \
+             alone"
+        ),
+    )
+}
+
+/// Why a lease was lost: its deadline passed before a renewal succeeded.
+pub fn not_renewed_in_time(url: &str) -> String {
+    format!("the lease on {url} could not be renewed before its deadline")
+}
+
+/// Why a lease was lost: its lock file changed under it.
+pub fn replaced_by_someone_else(url: &str) -> String {
+    format!("the lock file of {url} was replaced or removed by someone else")
+}
+
+/// An action on another uid's detached lease by a caller who is not an admin.
+pub fn not_your_detached_lease(url: &str, lock_id: &str, owner: Option<u32>) -> WireError {
+    WireError::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "the detached lease {lock_id} on {url} belongs to uid {}; only that user or an \
+             admin may release or renew it",
+            owner.map_or("unknown".to_owned(), |u| u.to_string())
+        ),
+    )
+}
+
+/// A renewal of a detached lease that is not there any more.
+pub fn no_detached_lease(url: &str, lock_id: &str) -> WireError {
+    WireError::new(
+        ErrorKind::LeaseLost,
+        format!("{url} holds no detached lease {lock_id}: it ran out, was released or was broken"),
+    )
+}
+
+/// A break that kept losing the race for the lock file.
+pub fn kept_changing_while_breaking(url: &str) -> WireError {
+    WireError::new(
+        ErrorKind::Store,
+        format!("the lock file of {url} kept changing while it was being broken; try again"),
+    )
+}
+
+/// An acquire given up by its client.
+pub fn cancelled() -> WireError {
+    WireError::new(ErrorKind::Cancelled, "the acquire was cancelled")
+}
+
+/// A request that meets the daemon's shutdown.
+pub fn shutting_down() -> WireError {
+    WireError::new(ErrorKind::ShuttingDown, "vfslockd is shutting down")
+}
+
+/// What a holder is told when the actor of its lock failed.
+pub fn daemon_failed_holder(url: &str, why: &str) -> String {
+    format!(
+        "vfslockd failed while serving {url} ({why}): this lease is lost and its lock file was \
+         deleted; acquire the lock again, and report the failure from vfslockd's log"
+    )
+}
+
+/// What an unanswered request is told when the actor of its target failed.
+pub fn daemon_failed_request(url: &str, why: &str) -> WireError {
+    WireError::new(
+        ErrorKind::Internal,
+        format!(
+            "vfslockd failed while serving {url} ({why}) and dropped this request; send it \
+             again, and report the failure from vfslockd's log"
+        ),
+    )
+}
+
+impl LockActor {
+    /// The lock file as it is now, judged.
+    pub(super) async fn read_metadata(
+        &self,
+        state: &LockState,
+    ) -> Result<Option<LockMetadata>, WireError> {
+        match self
+            .within(state.target.store.read(&state.target.lock_path))
+            .await
+        {
+            Ok(None) => Ok(None),
+            Ok(Some(observed)) => Ok(Some(self.judge(state, &observed).0)),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// The current holder's lock file: ours from memory, otherwise read from the store.
+    pub(super) async fn holder_metadata(&self, state: &LockState) -> Option<LockMetadata> {
+        if let Some(holding) = state.holding() {
+            return Some(lockfile::into_wire(holding.record.to_parsed(), None, false));
+        }
+        if let Some(steal) = state.phase.steal() {
+            return Some(steal.holder.clone());
+        }
+        self.read_metadata(state).await.ok().flatten()
+    }
+
+    /// What `vfslockctl list` shows of this target, if anything happens here.
+    pub(super) fn snapshot(&self, state: &LockState) -> Option<ListEntry> {
+        if state.is_idle() {
+            return None;
+        }
+        let holder = state.holding();
+        Some(ListEntry {
+            target: state.target.url.clone(),
+            lock_id: holder.map(|h| h.record.lock_id.clone()),
+            pid: holder.map(|h| h.record.pid),
+            uid: holder.and_then(|h| h.session.caller.uid),
+            owner_id: holder.and_then(|h| h.record.owner_id.clone()),
+            held_for: holder.map(|h| h.since.elapsed()),
+            ttl: holder.map(|h| h.record.ttl).unwrap_or_default(),
+            token: holder.and_then(|h| h.record.token),
+            waiters: state.queue.len() as u32,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/replies.rs"]
+mod tests;

@@ -1,0 +1,329 @@
+//! What a lock actor knows, grouped by what it is for: the target and its store, the lifecycle
+//! (with the holding and its renewal inside), the wait queue, re-check scheduling, the handoff
+//! streak, idle retirement and a lock file whose delete is being retried.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfslock_proto::{AcquireRequest, LockMetadata, RequestId};
+
+use super::lifecycle::Lifecycle;
+use super::timing::Timer;
+use crate::context::{Context, Stats};
+use crate::link::SessionLink;
+use crate::lockfile::LockRecord;
+use crate::store::{Observed, Store, Version};
+
+/// Everything a lock actor knows.
+#[derive(Debug)]
+pub struct LockState {
+    /// What is locked, and where its lock file is.
+    pub target: Target,
+    /// Free, held here, or a steal awaiting its verdict.
+    pub phase: Lifecycle,
+    /// Acquires waiting here, first come first served.
+    pub queue: WaitQueue,
+    /// Looks at a lock file held outside this daemon.
+    pub recheck: Recheck,
+    /// Handoffs to this daemon's waiters in a row, and the cooldown after a capped streak.
+    pub handoff: Handoff,
+    /// Whether and since when nothing happens here, for retirement.
+    pub idle: Idle,
+    /// A lock file of ours whose delete failed, being retried.
+    pub leftover: Option<Box<Leftover>>,
+    /// Renewals scheduled so far: each holding's renewal carries its own number, so that a
+    /// timer message of an ended holding is recognised as out of date.
+    pub renewals: u64,
+}
+
+/// The target an actor serves.
+#[derive(Debug)]
+pub struct Target {
+    /// Normalized target URL.
+    pub url: String,
+    /// Registry key.
+    pub key: String,
+    /// The store that serves it.
+    pub store: Arc<Store>,
+    /// Where the lock file is in its store.
+    pub lock_path: String,
+}
+
+impl LockState {
+    /// The state of a fresh actor for `target`.
+    pub fn new(target: Target, tally: Arc<Tally>, recheck_min: Duration) -> Self {
+        LockState {
+            target,
+            phase: Lifecycle::Free,
+            queue: WaitQueue::new(tally),
+            recheck: Recheck {
+                generation: 0,
+                scheduled: false,
+                delay: recheck_min,
+                marked_generation: 0,
+            },
+            handoff: Handoff::default(),
+            idle: Idle {
+                since: Some(Instant::now()),
+                check_scheduled: false,
+                handled: 0,
+            },
+            leftover: None,
+            renewals: 0,
+        }
+    }
+
+    /// Whether nothing is held, queued or pending here.
+    pub fn is_idle(&self) -> bool {
+        self.phase.is_free() && self.queue.is_empty() && self.leftover.is_none()
+    }
+
+    /// The holding, if held here.
+    pub fn holding(&self) -> Option<&Holding> {
+        self.phase.holding()
+    }
+}
+
+/// The lock as held by a client of this daemon.
+#[derive(Debug)]
+pub struct Holding {
+    /// The holder's connection.
+    pub session: Arc<SessionLink>,
+    /// The acquire that was granted.
+    pub acquire_id: RequestId,
+    /// What the lock file says.
+    pub record: LockRecord,
+    /// The version last written: renewal and release act only if the file still is it.
+    pub written: Version,
+    /// When it was granted, on the monotonic clock.
+    pub since: Instant,
+    /// Until when the lease is certainly valid: when the last confirmed write was sent, plus
+    /// the TTL, minus the safety margin. `None` never expires.
+    pub valid_until: Option<Instant>,
+    /// The next renewal, stopped with the holding.
+    pub renewal: Renewal,
+}
+
+impl Holding {
+    /// Whether this holding is `session_id`'s acquire `acquire_id`.
+    pub fn is(&self, session_id: u64, acquire_id: RequestId) -> bool {
+        self.session.id == session_id && self.acquire_id == acquire_id
+    }
+}
+
+/// A holding's renewal: which one is due, its timer, and the backoff after failures.
+#[derive(Debug)]
+pub struct Renewal {
+    /// The number the due renewal's timer message carries.
+    pub generation: u64,
+    /// The task that will send it, stopped when replaced or dropped with the holding: a lock
+    /// taken and released thousands of times a second would otherwise leave as many timers
+    /// asleep for a third of its TTL each.
+    pub timer: Option<Timer>,
+    /// Delay before the next retry after a failed renewal.
+    pub retry_delay: Duration,
+}
+
+/// An acquire that has not been granted yet.
+#[derive(Debug)]
+pub struct Waiter {
+    /// Who asked.
+    pub session: Arc<SessionLink>,
+    /// The acquire's request id.
+    pub acquire_id: RequestId,
+    /// What was asked.
+    pub request: AcquireRequest,
+    /// The lease to give (the request's, or the daemon's default).
+    pub ttl: Duration,
+    /// The timer that ends the wait at its timeout, stopped with the waiter.
+    pub expiry: Option<Timer>,
+}
+
+impl Waiter {
+    /// Whether this waiter is `acquire_id` of session `session_id`.
+    pub fn is(&self, session_id: u64, acquire_id: RequestId) -> bool {
+        self.session.id == session_id && self.acquire_id == acquire_id
+    }
+}
+
+/// A stale lock file whose steal waits for the acquirer's on-stale decision.
+#[derive(Debug)]
+pub struct PendingSteal {
+    /// The acquirer that was asked.
+    pub waiter: Waiter,
+    /// The file as judged stale; the steal replaces exactly this version or nothing.
+    pub judged: Observed,
+    /// The same, for messages.
+    pub holder: LockMetadata,
+}
+
+/// The waiters, first come first served, keeping the daemon's `waiting` gauge in step with
+/// every push and pop so that no path can forget it.
+#[derive(Debug)]
+pub struct WaitQueue {
+    waiters: VecDeque<Waiter>,
+    tally: Arc<Tally>,
+}
+
+impl WaitQueue {
+    /// An empty queue counting into `tally`.
+    pub fn new(tally: Arc<Tally>) -> Self {
+        WaitQueue {
+            waiters: VecDeque::new(),
+            tally,
+        }
+    }
+
+    /// How many wait.
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Whether nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    /// Adds a newcomer at the end.
+    pub fn push_back(&mut self, waiter: Waiter) {
+        self.tally.waiting(1);
+        self.waiters.push_back(waiter);
+    }
+
+    /// Puts a waiter back at the head (its attempt found the lock held).
+    pub fn push_front(&mut self, waiter: Waiter) {
+        self.tally.waiting(1);
+        self.waiters.push_front(waiter);
+    }
+
+    /// Takes the head.
+    pub fn pop_front(&mut self) -> Option<Waiter> {
+        let waiter = self.waiters.pop_front()?;
+        self.tally.waiting(-1);
+        Some(waiter)
+    }
+
+    /// Takes the waiter `acquire_id` of `session_id`, if queued.
+    pub fn remove(&mut self, session_id: u64, acquire_id: RequestId) -> Option<Waiter> {
+        let at = self
+            .waiters
+            .iter()
+            .position(|w| w.is(session_id, acquire_id))?;
+        let waiter = self.waiters.remove(at)?;
+        self.tally.waiting(-1);
+        Some(waiter)
+    }
+
+    /// Drops every waiter of `session_id` (its connection closed).
+    pub fn remove_session(&mut self, session_id: u64) {
+        let before = self.waiters.len();
+        self.waiters.retain(|w| w.session.id != session_id);
+        self.tally.waiting(-((before - self.waiters.len()) as i64));
+    }
+
+    /// Takes every waiter (shutdown).
+    pub fn drain(&mut self) -> Vec<Waiter> {
+        self.tally.waiting(-(self.waiters.len() as i64));
+        self.waiters.drain(..).collect()
+    }
+}
+
+/// Re-checks of a lock file held outside this daemon.
+#[derive(Debug)]
+pub struct Recheck {
+    /// Bumped to invalidate a scheduled re-check.
+    pub generation: u64,
+    /// Whether a re-check is scheduled.
+    pub scheduled: bool,
+    /// Next re-check delay (backoff).
+    pub delay: Duration,
+    /// The re-check generation for which this daemon last marked itself waiting.
+    pub marked_generation: u64,
+}
+
+/// Handoff fairness: how many handoffs to this daemon's waiters in a row, and the cooldown
+/// that lets other hosts' waiters in after a capped streak.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// Consecutive handoffs to local waiters, and since when.
+    pub streak: Option<(u32, Instant)>,
+    /// After a capped streak, local waiters hold back until then.
+    pub cooldown_until: Option<Instant>,
+}
+
+/// Idle retirement.
+#[derive(Debug)]
+pub struct Idle {
+    /// Since when the target has had no holder, waiter, steal or leftover.
+    pub since: Option<Instant>,
+    /// Whether an idle check is scheduled.
+    pub check_scheduled: bool,
+    /// Routed messages handled, compared with the registry's routed count before retiring.
+    pub handled: u64,
+}
+
+/// A lock file this daemon wrote and failed to delete at the end of a holding. Left alone it
+/// would block every waiter, here and on other hosts, until its TTL runs out; so the delete is
+/// retried with backoff (it stays conditional: only these exact bytes are deleted) until it is
+/// gone, is no longer ours, or the TTL has run out anyway.
+#[derive(Debug)]
+pub struct Leftover {
+    /// What we wrote.
+    pub version: Version,
+    /// When the lock would be stale anyway: no point retrying after.
+    pub give_up_at: Instant,
+    /// The next retry's delay.
+    pub delay: Duration,
+    /// Whether a retry is scheduled.
+    pub scheduled: bool,
+}
+
+/// One actor's share of the daemon's gauges (held, waiting, targets), kept outside its state:
+/// ractor drops a panicked actor's state without `post_stop`, and the supervisor takes the
+/// share back out of the gauges through this ([`Tally::settle`]).
+#[derive(Debug)]
+pub struct Tally {
+    ctx: Arc<Context>,
+    held: AtomicI64,
+    waiting: AtomicI64,
+    settled: AtomicBool,
+}
+
+impl Tally {
+    /// A share for a new actor, counted as a live target.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Stats::add(&ctx.stats.targets, 1);
+        Tally {
+            ctx,
+            held: AtomicI64::new(0),
+            waiting: AtomicI64::new(0),
+            settled: AtomicBool::new(false),
+        }
+    }
+
+    /// A holding began (1) or ended (-1).
+    pub fn held(&self, delta: i64) {
+        self.held.fetch_add(delta, Ordering::Relaxed);
+        Stats::add(&self.ctx.stats.held, delta);
+    }
+
+    /// Waiters came or went.
+    pub fn waiting(&self, delta: i64) {
+        self.waiting.fetch_add(delta, Ordering::Relaxed);
+        Stats::add(&self.ctx.stats.waiting, delta);
+    }
+
+    /// The actor is gone: takes what it still counted out of the gauges, and the target
+    /// itself. Idempotent.
+    pub fn settle(&self) {
+        let held = self.held.swap(0, Ordering::Relaxed);
+        let waiting = self.waiting.swap(0, Ordering::Relaxed);
+        Stats::add(&self.ctx.stats.held, -held);
+        Stats::add(&self.ctx.stats.waiting, -waiting);
+        if !self.settled.swap(true, Ordering::Relaxed) {
+            Stats::add(&self.ctx.stats.targets, -1);
+        }
+    }
+}

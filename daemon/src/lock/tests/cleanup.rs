@@ -1,0 +1,142 @@
+use std::time::Duration;
+
+use vfslock_proto::{ErrorKind, Event, WaitMode};
+
+use crate::lock::tests::{event, granted, refused, Daemon};
+use crate::lock::LockMessage;
+
+const TARGET: &str = "mem:///cleanup";
+
+#[tokio::test]
+async fn a_closed_connection_releases_its_holding_and_its_waits_end() {
+    let daemon = Daemon::start().await;
+    let (leaving, mut leaving_frames) = daemon.session(1, 0);
+    let (staying, mut staying_frames) = daemon.session(2, 0);
+    daemon.acquire(&leaving, 1, TARGET, WaitMode::Try).await;
+    granted(&mut leaving_frames).await;
+    // The leaving connection also waits for another target held by the staying one.
+    daemon
+        .acquire(&staying, 1, "mem:///other", WaitMode::Try)
+        .await;
+    granted(&mut staying_frames).await;
+    daemon
+        .acquire(
+            &leaving,
+            2,
+            "mem:///other",
+            WaitMode::Wait { timeout: None },
+        )
+        .await;
+    daemon
+        .acquire(&staying, 2, TARGET, WaitMode::Wait { timeout: None })
+        .await;
+    for target in [TARGET, "mem:///other"] {
+        let closed = LockMessage::SessionClosed { session_id: 1 };
+        daemon.send(target, closed).await;
+    }
+    let next = granted(&mut staying_frames).await;
+    assert_eq!(
+        next.target, TARGET,
+        "the staying waiter got the released lock"
+    );
+    assert_eq!(crate::context::Stats::get(&daemon.ctx.stats.waiting), 0);
+}
+
+#[tokio::test]
+async fn at_shutdown_waiters_are_refused_and_the_holder_is_told_before_its_file_goes() {
+    let daemon = Daemon::start().await;
+    let (holder, mut holder_frames) = daemon.session(1, 0);
+    let (waiter, mut waiter_frames) = daemon.session(2, 0);
+    daemon.acquire(&holder, 1, TARGET, WaitMode::Try).await;
+    granted(&mut holder_frames).await;
+    daemon
+        .acquire(&waiter, 1, TARGET, WaitMode::Wait { timeout: None })
+        .await;
+    for actor in daemon.registry.drain() {
+        actor.call(LockMessage::Shutdown, None).await.unwrap();
+    }
+    assert!(matches!(
+        event(&mut holder_frames).await,
+        Event::Releasing { .. }
+    ));
+    assert_eq!(
+        refused(&mut waiter_frames).await.kind,
+        ErrorKind::ShuttingDown
+    );
+    assert!(daemon.lock_file(TARGET).await.is_none());
+    assert_eq!(crate::context::Stats::get(&daemon.ctx.stats.held), 0);
+    assert_eq!(crate::context::Stats::get(&daemon.ctx.stats.targets), 0);
+}
+
+#[tokio::test]
+async fn an_idle_actor_retires_and_the_next_request_starts_a_fresh_one() {
+    let daemon = Daemon::with(|s| s.idle_actor_timeout = Duration::from_millis(20)).await;
+    let (session, mut frames) = daemon.session(1, 0);
+    daemon.acquire(&session, 1, TARGET, WaitMode::Try).await;
+    let first = granted(&mut frames).await;
+    daemon.release(&session, 2, TARGET, &first.lock_id).await;
+    crate::lock::tests::released(&mut frames).await;
+    let first_actor = daemon.registry.actors()[0].get_id();
+    // Idleness is measured on the real monotonic clock: poll, with a deadline.
+    for _ in 0..500 {
+        if daemon.registry.actors().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(daemon.registry.actors().is_empty(), "the idle actor stayed");
+    assert_eq!(crate::context::Stats::get(&daemon.ctx.stats.targets), 0);
+    daemon.acquire(&session, 3, TARGET, WaitMode::Try).await;
+    granted(&mut frames).await;
+    assert_ne!(daemon.registry.actors()[0].get_id(), first_actor);
+}
+
+#[cfg(feature = "faults")]
+#[tokio::test]
+async fn after_an_actor_fails_its_successor_tells_holders_answers_waiters_and_frees_the_lock() {
+    use crate::lock::tests::request;
+    let daemon = Daemon::with(|s| s.faults_panic_owner = Some("panic please".into())).await;
+    let (holder, mut holder_frames) = daemon.session(1, 0);
+    let (waiter, mut waiter_frames) = daemon.session(2, 0);
+    let (trigger, mut trigger_frames) = daemon.session(3, 0);
+    daemon.acquire(&holder, 1, TARGET, WaitMode::Try).await;
+    granted(&mut holder_frames).await;
+    daemon
+        .acquire(&waiter, 1, TARGET, WaitMode::Wait { timeout: None })
+        .await;
+    assert!(matches!(
+        event(&mut waiter_frames).await,
+        Event::QueuePosition { position: 1 }
+    ));
+    let failed = daemon.registry.actors()[0].get_id();
+    let mut panic_please = request(TARGET, WaitMode::Try);
+    panic_please.owner_id = Some("panic please".into());
+    daemon.acquire_with(&trigger, 1, panic_please).await;
+    match event(&mut holder_frames).await {
+        Event::LeaseLost { reason } => assert!(reason.contains("vfslockd failed"), "{reason}"),
+        other => panic!("expected a loss, got {other:?}"),
+    }
+    let error = refused(&mut waiter_frames).await;
+    assert_eq!(error.kind, ErrorKind::Internal);
+    assert_eq!(refused(&mut trigger_frames).await.kind, ErrorKind::Internal);
+    for session in [&holder, &waiter, &trigger] {
+        assert_eq!(
+            session.open_acquires(),
+            0,
+            "session {} still counts",
+            session.id
+        );
+    }
+    // The successor serves the target, and the failed actor's lock file is gone.
+    daemon.acquire(&waiter, 2, TARGET, WaitMode::Try).await;
+    let grant = granted(&mut waiter_frames).await;
+    assert!(
+        grant.stole.is_none(),
+        "the old file was deleted, not stolen"
+    );
+    assert_ne!(daemon.registry.actors()[0].get_id(), failed);
+    let stats = &daemon.ctx.stats;
+    assert_eq!(crate::context::Stats::get(&stats.held), 1);
+    assert_eq!(crate::context::Stats::get(&stats.waiting), 0);
+    assert_eq!(crate::context::Stats::get(&stats.targets), 1);
+}

@@ -1,0 +1,242 @@
+//! Shared helpers of the lock actors' unit tests: real actors on `mem://` targets, behind a
+//! real registry and supervisor, driven as sessions drive them, and the frames those sessions
+//! would write to their clients.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use vfslock_proto::{
+    AcquireRequest, Event, Grant, LockMetadata, RequestId, Response, ServerFrame, WaitMode,
+    WireError,
+};
+
+use super::{LockMessage, Registry};
+use crate::address::Address;
+use crate::config::Settings;
+use crate::context::Context;
+use crate::link::{Caller, Outbound, Outgoing, SessionLink};
+use crate::lockfile::LockRecord;
+
+/// What a session's writer task would write.
+pub type Frames = UnboundedReceiver<Outgoing>;
+
+/// A daemon's lock layer without its socket: context, registry, supervisor.
+pub struct Daemon {
+    pub ctx: Arc<Context>,
+    pub registry: Arc<Registry>,
+}
+
+impl Daemon {
+    /// With the embedded default settings.
+    pub async fn start() -> Daemon {
+        Daemon::with(|_| {}).await
+    }
+
+    /// With the default settings changed by `change`.
+    pub async fn with(change: impl FnOnce(&mut Settings)) -> Daemon {
+        let mut settings = Settings::defaults();
+        change(&mut settings);
+        let stores = crate::store::Stores::new(&settings).await.unwrap();
+        let ctx = Arc::new(Context::new(settings, stores, "host".into()));
+        let registry = Registry::start(ctx.clone()).await.unwrap();
+        Daemon { ctx, registry }
+    }
+
+    /// A connection of `uid` (root is an admin), registered as the server registers one.
+    pub fn session(&self, id: u64, uid: u32) -> (Arc<SessionLink>, Frames) {
+        let (out, frames) = Outbound::queued();
+        let caller = Caller {
+            pid: 100 + id as i64,
+            uid: Some(uid),
+            groups: vec![],
+            admin: uid == 0,
+        };
+        let link = Arc::new(SessionLink::new(id, out, caller));
+        self.ctx.sessions.register(&link);
+        (link, frames)
+    }
+
+    /// Routes `message` about `target` as a session does.
+    pub async fn send(&self, target: &str, message: LockMessage) {
+        let address = Address::parse(target).unwrap();
+        self.registry.route(&address, message).await.unwrap();
+    }
+
+    /// Acquires `target` for `session` (counted against its limit, as the session does).
+    pub async fn acquire(
+        &self,
+        session: &Arc<SessionLink>,
+        id: RequestId,
+        target: &str,
+        wait: WaitMode,
+    ) {
+        self.acquire_with(session, id, request(target, wait)).await
+    }
+
+    /// The same with a whole request.
+    pub async fn acquire_with(
+        &self,
+        session: &Arc<SessionLink>,
+        id: RequestId,
+        request: AcquireRequest,
+    ) {
+        assert!(session.acquire_started(id, 1000));
+        let target = request.target.clone();
+        let message = LockMessage::Acquire {
+            session: session.clone(),
+            id,
+            request,
+        };
+        self.send(&target, message).await
+    }
+
+    /// Releases `lock_id` on `target`.
+    pub async fn release(
+        &self,
+        session: &Arc<SessionLink>,
+        id: RequestId,
+        target: &str,
+        lock_id: &str,
+    ) {
+        let message = LockMessage::Release {
+            session: session.clone(),
+            id,
+            lock_id: lock_id.to_owned(),
+        };
+        self.send(target, message).await
+    }
+
+    /// The lock file of `target`, straight from its store.
+    pub async fn lock_file(&self, target: &str) -> Option<crate::store::Observed> {
+        let address = Address::parse(target).unwrap();
+        let store = self.ctx.stores.for_address(&address).unwrap();
+        store
+            .read(&crate::store::lock_path(&address))
+            .await
+            .unwrap()
+    }
+
+    /// Writes a lock file for `target` straight into its store, as another host would.
+    pub async fn plant(&self, target: &str, record: LockRecord) {
+        let address = Address::parse(target).unwrap();
+        let store = self.ctx.stores.for_address(&address).unwrap();
+        let record = Arc::new(record);
+        let created = store
+            .create(
+                &crate::store::lock_path(&address),
+                0,
+                Box::new(move |token| record.to_json_with_token(token)),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(created, crate::store::Created::Won(_)));
+    }
+}
+
+/// An acquire request for `target`, 30 s TTL.
+pub fn request(target: &str, wait: WaitMode) -> AcquireRequest {
+    AcquireRequest {
+        target: target.into(),
+        ttl: Some(Duration::from_secs(30)),
+        owner_id: None,
+        wait,
+        ask_on_stale: false,
+        detached: false,
+    }
+}
+
+/// A lock record as another host's daemon would write it, created `age` ago with `ttl`.
+pub fn foreign_record(age: Duration, ttl: Duration) -> LockRecord {
+    let created = SystemTime::now() - age;
+    LockRecord {
+        created_at: created,
+        acquired_at: created,
+        ttl,
+        hostname: "elsewhere".into(),
+        pid: 4242,
+        owner_id: Some("nightly-job".into()),
+        lock_id: "0123456789abcdef0123456789abcdef".into(),
+        daemon_id: "another-daemon".into(),
+        token: None,
+        uid: Some(1000),
+        detached: false,
+    }
+}
+
+/// The next frame a session would write.
+pub async fn next(frames: &mut Frames) -> ServerFrame {
+    match frames.recv().await.expect("the session's queue is open") {
+        Outgoing::Frame(frame) => frame,
+        Outgoing::Rest(_) => panic!("a queued-only session got raw bytes"),
+    }
+}
+
+/// The next answer of a session, events skipped.
+pub async fn answer(frames: &mut Frames) -> Result<Response, WireError> {
+    loop {
+        if let ServerFrame::Response { result, .. } = next(frames).await {
+            return result;
+        }
+    }
+}
+
+/// The next event of a session, answers skipped.
+pub async fn event(frames: &mut Frames) -> Event {
+    loop {
+        if let ServerFrame::Event { event, .. } = next(frames).await {
+            return event;
+        }
+    }
+}
+
+/// The next answer, which must be a grant.
+pub async fn granted(frames: &mut Frames) -> Grant {
+    match answer(frames).await {
+        Ok(Response::Granted(grant)) => grant,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// The next answer, which must be a release of a held lock.
+pub async fn released(frames: &mut Frames) {
+    match answer(frames).await {
+        Ok(Response::Released { held: true }) => {}
+        other => panic!("expected a release, got {other:?}"),
+    }
+}
+
+/// The next answer, which must be an error.
+pub async fn refused(frames: &mut Frames) -> WireError {
+    match answer(frames).await {
+        Err(error) => error,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// A holder's metadata, for tests that need one.
+pub fn some_holder() -> LockMetadata {
+    crate::lockfile::into_wire(
+        foreign_record(Duration::ZERO, Duration::from_secs(30)).to_parsed(),
+        None,
+        false,
+    )
+}
+
+/// How many tasks the runtime has alive.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// How many more tasks are alive than `before`, once aborted ones had the turns to go.
+pub async fn tasks_left_over(before: usize) -> usize {
+    for _ in 0..100 {
+        if alive_tasks() <= before + 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    alive_tasks().saturating_sub(before)
+}
