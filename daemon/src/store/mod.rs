@@ -35,6 +35,19 @@ pub const FENCE_SUFFIX: &str = ".fence";
 /// and is not an orphan.
 pub const WAITING_SUFFIX: &str = ".waiting";
 
+/// Where a target's lock file lives inside its store. `mem://` volumes get their own prefix so
+/// `mem://vol/x` and `mem:///vol/x` never share a file.
+pub fn lock_path(address: &Address) -> String {
+    match address.scheme() {
+        Scheme::File => address.lock_path(),
+        Scheme::Mem if address.authority().is_empty() => format!("root{}", address.lock_path()),
+        Scheme::Mem => format!("vol/{}{}", address.authority(), address.lock_path()),
+        Scheme::S3 | Scheme::Gcs | Scheme::Azblob => address.lock_key(),
+        // OpenDAL paths are relative to the operator's root, which is `/`.
+        Scheme::Sftp => address.lock_path().trim_start_matches('/').to_owned(),
+    }
+}
+
 /// One version of a lock file, as a conditional write names it: its bytes and, where the store
 /// has one, its version tag (an ETag, a generation). Stores with tags compare the tag (the
 /// server does, atomically); the others compare the bytes. Every lock file carries a unique
@@ -559,5 +572,21 @@ mod tests {
         assert_eq!(next_token(5, Some(9), 0), 10);
         assert_eq!(next_token(5, Some(9), 100), 100);
         assert_eq!(next_token(u64::MAX, None, 0), u64::MAX);
+    }
+
+    #[test]
+    fn lock_paths_keep_mem_volumes_apart_and_sit_where_go_peers_look() {
+        let at = |target: &str| lock_path(&Address::parse(target).unwrap());
+        assert_eq!(at("/srv/data.csv"), "/srv/data.csv.lock");
+        assert_eq!(at("file:///srv/data.csv"), "/srv/data.csv.lock");
+        assert_eq!(at("mem:///vol/x"), "root/vol/x.lock");
+        assert_eq!(at("mem://vol/x"), "vol/vol/x.lock");
+        assert_ne!(at("mem:///vol/x"), at("mem://vol/x"));
+        // Object keys as a Go peer names its lock: the key plus `.lock`, `//` kept.
+        assert_eq!(at("s3://bucket/inbox//data.csv"), "inbox//data.csv.lock");
+        assert_eq!(at("gs://bucket/x"), "x.lock");
+        assert_eq!(at("azblob://container/x"), "x.lock");
+        // SFTP paths are relative to the operator's root.
+        assert_eq!(at("sftp://host/srv/x"), "srv/x.lock");
     }
 }
