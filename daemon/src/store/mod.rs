@@ -549,19 +549,6 @@ impl Stores {
     }
 }
 
-/// Where a target's lock file lives inside its store. `mem://` volumes get their own prefix so
-/// `mem://vol/x` and `mem:///vol/x` never share a file.
-pub fn lock_path(address: &Address) -> String {
-    match address.scheme() {
-        Scheme::File => address.lock_path(),
-        Scheme::Mem if address.authority().is_empty() => format!("root{}", address.lock_path()),
-        Scheme::Mem => format!("vol/{}{}", address.authority(), address.lock_path()),
-        Scheme::S3 | Scheme::Gcs | Scheme::Azblob => address.lock_key(),
-        // OpenDAL paths are relative to the operator's root, which is `/`.
-        Scheme::Sftp => address.lock_path().trim_start_matches('/').to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
