@@ -103,10 +103,8 @@ impl Watched {
 impl Context {
     /// A context for a daemon with these settings.
     pub fn new(settings: Settings, stores: Stores, host_id: String) -> Self {
-        let admin_gid = settings.admin_group.as_deref().and_then(group_id);
-        if let (Some(group), None) = (&settings.admin_group, admin_gid) {
-            tracing::warn!(%group, "the admin group does not exist: only root may break locks");
-        }
+        // A group that does not exist is warned about at startup (`startup::warnings`).
+        let admin_gid = settings.daemon.admin_group.as_deref().and_then(group_id);
         Context {
             admin_gid,
             access: crate::access::Access::default(),
@@ -150,7 +148,7 @@ impl Context {
     /// The wall clock, moved by the configured offset (tests of clock skew only).
     pub fn now(&self) -> SystemTime {
         let now = SystemTime::now();
-        let offset = self.settings.clock_offset_ns;
+        let offset = self.settings.faults.clock_offset_ns;
         let shift = std::time::Duration::from_nanos(offset.unsigned_abs());
         if offset >= 0 {
             now + shift

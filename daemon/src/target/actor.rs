@@ -207,7 +207,7 @@ impl Actor for TargetLock {
             renewal_timer: None,
             recheck_generation: 0,
             recheck_scheduled: false,
-            recheck_delay: self.ctx.settings.recheck_min,
+            recheck_delay: self.ctx.settings.locks.recheck_min,
             handled: 0,
             idle_since: Some(Instant::now()),
             idle_check_scheduled: false,
@@ -321,7 +321,7 @@ impl TargetLock {
             } => {
                 let reason = format!(
                     "the on-stale handler did not answer within {:?}; the stale lock was left alone",
-                    self.ctx.settings.stale_answer_timeout
+                    self.ctx.settings.locks.stale_answer_timeout
                 );
                 self.decide_steal(&myself, state, session_id, acquire_id, false, reason)
                     .await;
@@ -422,7 +422,7 @@ impl TargetLock {
         id: RequestId,
         request: AcquireRequest,
     ) {
-        let ttl = request.ttl.unwrap_or(self.ctx.settings.default_ttl);
+        let ttl = request.ttl.unwrap_or(self.ctx.settings.locks.default_ttl);
         if request.detached && ttl.is_zero() {
             let error = WireError::new(
                 ErrorKind::InvalidTarget,
@@ -488,7 +488,7 @@ impl TargetLock {
                 waiter.session.reply(waiter.acquire_id, Err(error));
             }
             WaitMode::Wait { timeout } => {
-                let limit = self.ctx.settings.max_waiters_per_target;
+                let limit = self.ctx.settings.limits.max_waiters_per_target;
                 if state.waiters.len() >= limit {
                     let error = WireError::new(
                         ErrorKind::LimitExceeded,
@@ -577,7 +577,7 @@ impl TargetLock {
                     },
                 );
                 let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
-                myself.send_after(self.ctx.settings.stale_answer_timeout, move || {
+                myself.send_after(self.ctx.settings.locks.stale_answer_timeout, move || {
                     TargetLockMessage::StaleAnswerExpired {
                         session_id,
                         acquire_id,
@@ -606,7 +606,8 @@ impl TargetLock {
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.within_for(self.ctx.settings.store_timeout, call).await
+        self.within_for(self.ctx.settings.locks.store_timeout, call)
+            .await
     }
 
     async fn within_for<T>(
@@ -633,24 +634,26 @@ impl TargetLock {
         let now = self.ctx.now();
         let from_future = parsed
             .created_at
-            .is_some_and(|created| created > now + settings.skew_allowance);
+            .is_some_and(|created| created > now + settings.locks.skew_allowance);
         let stale = if self.store(state).stale_rule() == StaleRule::Watched || from_future {
             let needed = match parsed.format {
                 LockFileFormat::Foreign => None,
-                LockFileFormat::Corrupt => Some(settings.corrupt_grace),
+                LockFileFormat::Corrupt => Some(settings.locks.corrupt_grace),
                 _ if parsed.ttl_ns == 0 => None,
-                _ if parsed.created_at.is_none() => Some(settings.corrupt_grace),
+                _ if parsed.created_at.is_none() => Some(settings.locks.corrupt_grace),
                 _ => Some(Duration::from_nanos(parsed.ttl_ns.max(0) as u64)),
             };
             let watched = self.ctx.watched.unchanged_for(&state.key, &observed.bytes);
             needed.is_some_and(|needed| watched >= needed)
         } else {
-            let judged_at = now.checked_sub(settings.skew_allowance).unwrap_or(now);
+            let judged_at = now
+                .checked_sub(settings.locks.skew_allowance)
+                .unwrap_or(now);
             lockfile::is_stale(
                 &parsed,
                 observed.modified,
                 judged_at,
-                settings.corrupt_grace,
+                settings.locks.corrupt_grace,
             )
         };
         (lockfile::into_wire(parsed, observed.modified, stale), stale)
@@ -666,7 +669,7 @@ impl TargetLock {
             Ok(store_ahead) => (store_ahead, "ahead of"),
             Err(behind) => (behind.duration(), "behind"),
         };
-        if skew > self.ctx.settings.skew_allowance {
+        if skew > self.ctx.settings.locks.skew_allowance {
             tracing::warn!(target = %state.url, ?skew, "the store's clock is {ahead} ours by more than the skew allowance");
         } else {
             tracing::trace!(target = %state.url, ?skew, "store clock {ahead} ours");
@@ -804,7 +807,9 @@ impl TargetLock {
         if ttl.is_zero() {
             return None;
         }
-        let margin = (ttl / 10).max(self.ctx.settings.lease_margin).min(ttl / 2);
+        let margin = (ttl / 10)
+            .max(self.ctx.settings.locks.lease_margin)
+            .min(ttl / 2);
         Some(sent + (ttl - margin))
     }
 
@@ -852,7 +857,7 @@ impl TargetLock {
             retry_delay: RENEW_RETRY_MIN,
         });
         Stats::add(&self.ctx.stats.held, 1);
-        state.recheck_delay = self.ctx.settings.recheck_min;
+        state.recheck_delay = self.ctx.settings.locks.recheck_min;
         state.cancel_renewal();
         if !ttl.is_zero() {
             // A store so slow that the lease is over by the time it answered: the renewal
@@ -933,7 +938,7 @@ impl TargetLock {
         let outcome = self.delete_or_retry(state, &holding.written).await;
         if state.streak.take().is_some() && !state.waiters.is_empty() {
             // A capped streak: let other hosts' waiters, which poll, find the lock free.
-            let cooldown = self.ctx.settings.handoff_cooldown;
+            let cooldown = self.ctx.settings.locks.handoff_cooldown;
             state.cooldown_until = Some(Instant::now() + cooldown);
         }
         match outcome {
@@ -1144,13 +1149,14 @@ impl TargetLock {
     async fn uncap_if_nobody_else_waits(&self, state: &mut TargetLockState) {
         let settings = &self.ctx.settings;
         let capped = state.streak.is_some_and(|(count, since)| {
-            count >= settings.handoff_max_count || since.elapsed() >= settings.handoff_max_time
+            count >= settings.locks.handoff_max_count
+                || since.elapsed() >= settings.locks.handoff_max_time
         });
         if !capped || state.waiters.is_empty() {
             return;
         }
         // A waiting daemon re-checks at least every `recheck-max` (with jitter).
-        let fresh = settings.recheck_max * 3;
+        let fresh = settings.locks.recheck_max * 3;
         if !state
             .store
             .others_waiting(&state.lock_path, fresh, &self.ctx.instance_id)
@@ -1169,9 +1175,10 @@ impl TargetLock {
             // Nobody outside this daemon can wait for a private store's lock: no streak cap, no
             // cooldown; the local queue alone is first come, first served.
             _ if state.store.is_private() => true,
-            None => settings.handoff_max_count > 0,
+            None => settings.locks.handoff_max_count > 0,
             Some((count, since)) => {
-                count < settings.handoff_max_count && since.elapsed() < settings.handoff_max_time
+                count < settings.locks.handoff_max_count
+                    && since.elapsed() < settings.locks.handoff_max_time
             }
         };
         if !allowed {
@@ -1199,11 +1206,11 @@ impl TargetLock {
             let ttl = u64::try_from(ttl_ns)
                 .ok()
                 .filter(|&ns| ns > 0)
-                .map_or(self.ctx.settings.default_ttl, Duration::from_nanos);
+                .map_or(self.ctx.settings.locks.default_ttl, Duration::from_nanos);
             state.leftover = Some(Box::new(super::Leftover {
                 version: written.clone(),
                 give_up_at: Instant::now() + ttl,
-                delay: self.ctx.settings.recheck_min,
+                delay: self.ctx.settings.locks.recheck_min,
                 scheduled: false,
             }));
         }
@@ -1240,7 +1247,7 @@ impl TargetLock {
             }
             Err(e) if Instant::now() < leftover.give_up_at => {
                 tracing::debug!(target = %state.url, error = %e, "the delete of our lock file failed again");
-                leftover.delay = (leftover.delay * 2).min(self.ctx.settings.recheck_max);
+                leftover.delay = (leftover.delay * 2).min(self.ctx.settings.locks.recheck_max);
                 state.leftover = Some(leftover);
             }
             Err(e) => tracing::error!(
@@ -1324,8 +1331,8 @@ impl TargetLock {
         let mut record = holding.record.clone();
         record.created_at = self.ctx.now();
         let ttl = record.ttl;
-        let limit = remaining.map_or(self.ctx.settings.store_timeout, |r| {
-            r.min(self.ctx.settings.store_timeout)
+        let limit = remaining.map_or(self.ctx.settings.locks.store_timeout, |r| {
+            r.min(self.ctx.settings.locks.store_timeout)
         });
         let outcome = self
             .within_for(
@@ -1419,7 +1426,7 @@ impl TargetLock {
             }
         }
         if state.waiters.is_empty() {
-            state.recheck_delay = self.ctx.settings.recheck_min;
+            state.recheck_delay = self.ctx.settings.locks.recheck_min;
         }
     }
 
@@ -1439,7 +1446,7 @@ impl TargetLock {
         if let Some(until_stale) = holder.and_then(|h| self.until_stale(h)) {
             delay = delay.min(until_stale + Duration::from_millis(1));
         }
-        state.recheck_delay = (state.recheck_delay * 2).min(settings.recheck_max);
+        state.recheck_delay = (state.recheck_delay * 2).min(settings.locks.recheck_max);
         state.recheck_generation += 1;
         state.recheck_scheduled = true;
         let generation = state.recheck_generation;
@@ -1604,7 +1611,7 @@ impl TargetLock {
         }
         if !state.idle_check_scheduled {
             state.idle_check_scheduled = true;
-            myself.send_after(self.ctx.settings.idle_actor_timeout, || {
+            myself.send_after(self.ctx.settings.locks.idle_actor_timeout, || {
                 TargetLockMessage::IdleCheck
             });
         }
@@ -1619,7 +1626,7 @@ impl TargetLock {
     ) -> bool {
         let idle_long_enough = state
             .idle_since
-            .is_some_and(|since| since.elapsed() >= self.ctx.settings.idle_actor_timeout);
+            .is_some_and(|since| since.elapsed() >= self.ctx.settings.locks.idle_actor_timeout);
         if state.is_idle()
             && idle_long_enough
             && self
