@@ -28,6 +28,40 @@ pub use crate::link::Caller;
 #[error("{0}")]
 pub struct Denied(pub String);
 
+/// Why the access checks could not be built from the config: a configuration error (the
+/// daemon exits 78), since guessing would widen or narrow access in a way nobody asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// An `[[access]]` rule names a user the system does not know.
+    #[error("[[access]] prefix = {prefix:?}: no user named {name}")]
+    UnknownUser {
+        /// The rule's prefix.
+        prefix: String,
+        /// The name.
+        name: NameOrId,
+    },
+    /// An `[[access]]` rule names a group the system does not know.
+    #[error("[[access]] prefix = {prefix:?}: no group named {name}")]
+    UnknownGroup {
+        /// The rule's prefix.
+        prefix: String,
+        /// The name.
+        name: NameOrId,
+    },
+    /// A `[stores.file] roots` directory that cannot be resolved.
+    #[error(
+        "[stores.file] roots: cannot resolve {} (create it or remove it from the config)",
+        path.display()
+    )]
+    Root {
+        /// The root, as configured.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// What the caller wants to do in a `file://` target's directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -64,21 +98,25 @@ impl Access {
     /// Resolves the rules' user and group names and the roots' real paths. A name that does
     /// not exist or a root that cannot be resolved stops the daemon: silently dropping either
     /// would widen or narrow access in a way nobody asked for.
-    pub fn new(settings: &Settings) -> Result<Access, String> {
+    pub fn new(settings: &Settings) -> Result<Access, AccessError> {
         let mut rules = Vec::new();
         for rule in &settings.access {
-            let at = format!("[[access]] prefix = {:?}", rule.prefix);
             let mut users = Vec::new();
             for user in &rule.users {
                 users.push(
-                    id_of(user, user_id).ok_or_else(|| format!("{at}: no user named {user}"))?,
+                    id_of(user, user_id).ok_or_else(|| AccessError::UnknownUser {
+                        prefix: rule.prefix.clone(),
+                        name: user.clone(),
+                    })?,
                 );
             }
             let mut groups = Vec::new();
             for group in &rule.groups {
                 groups.push(
-                    id_of(group, group_id)
-                        .ok_or_else(|| format!("{at}: no group named {group}"))?,
+                    id_of(group, group_id).ok_or_else(|| AccessError::UnknownGroup {
+                        prefix: rule.prefix.clone(),
+                        name: group.clone(),
+                    })?,
                 );
             }
             rules.push(Rule {
@@ -90,13 +128,10 @@ impl Access {
         }
         rules.sort_by_key(|rule| std::cmp::Reverse(rule.parsed.2.len()));
         let mut roots = Vec::new();
-        for root in &settings.file_roots {
-            let path = std::fs::canonicalize(&root.path).map_err(|e| {
-                format!(
-                    "[stores.file] roots: cannot resolve {}: {e}; create it or remove it from \
-                     the config",
-                    root.path.display()
-                )
+        for root in &settings.stores.file.roots {
+            let path = std::fs::canonicalize(&root.path).map_err(|source| AccessError::Root {
+                path: root.path.clone(),
+                source,
             })?;
             roots.push(Root {
                 path,
@@ -433,7 +468,9 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            error.contains("no user named no-such-user-of-vfslock"),
+            error
+                .to_string()
+                .contains("no user named no-such-user-of-vfslock"),
             "{error}"
         );
     }
@@ -545,7 +582,9 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            missing.contains("cannot resolve /no/such/vfslock/root"),
+            missing
+                .to_string()
+                .contains("cannot resolve /no/such/vfslock/root"),
             "{missing}"
         );
     }

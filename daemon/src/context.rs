@@ -103,13 +103,12 @@ impl Watched {
 impl Context {
     /// A context for a daemon with these settings.
     pub fn new(settings: Settings, stores: Stores, host_id: String) -> Self {
+        // A group that does not exist is warned about at startup (`startup::warnings`).
         let admin_gid = settings
+            .daemon
             .admin_group
             .as_deref()
             .and_then(crate::access::group_id);
-        if let (Some(group), None) = (&settings.admin_group, admin_gid) {
-            tracing::warn!(%group, "the admin group does not exist: only root may break locks");
-        }
         Context {
             admin_gid,
             access: crate::access::Access::default(),
@@ -153,7 +152,7 @@ impl Context {
     /// The wall clock, moved by the configured offset (tests of clock skew only).
     pub fn now(&self) -> SystemTime {
         let now = SystemTime::now();
-        let offset = self.settings.clock_offset_ns;
+        let offset = self.settings.faults.clock_offset_ns;
         let shift = std::time::Duration::from_nanos(offset.unsigned_abs());
         if offset >= 0 {
             now + shift

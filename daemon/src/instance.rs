@@ -11,7 +11,32 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::server::ServerError;
+/// Why this daemon may not serve the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The lock file could not be opened or created.
+    #[error("cannot open {}", path.display())]
+    Open {
+        /// The lock file (`<socket>.pid`).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon holds the lock.
+    #[error(
+        "another vfslockd{} is already serving {}: stop it first \
+         (`systemctl stop vfslockd`, or kill that pid), or give this one another --socket",
+        pid.as_ref().map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        socket.display()
+    )]
+    Held {
+        /// The socket.
+        socket: PathBuf,
+        /// The other daemon's pid, as its lock file says.
+        pid: Option<String>,
+    },
+}
 
 /// Held while the daemon runs; dropping it (or dying) frees the socket for another daemon.
 #[derive(Debug)]
@@ -22,7 +47,7 @@ pub struct InstanceLock {
 
 impl InstanceLock {
     /// Takes the lock of the daemon serving `socket`, or says who already holds it.
-    pub fn acquire(socket: &Path) -> Result<InstanceLock, ServerError> {
+    pub fn acquire(socket: &Path) -> Result<InstanceLock, InstanceError> {
         let mut path = socket.as_os_str().to_owned();
         path.push(".pid");
         let path = PathBuf::from(path);
@@ -34,23 +59,20 @@ impl InstanceLock {
             .mode(0o644)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| ServerError(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|source| InstanceError::Open {
+                path: path.clone(),
+                source,
+            })?;
         // SAFETY: the descriptor is valid for the lifetime of `file`.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let mut other = String::new();
             let _ = file.read_to_string(&mut other);
             let other = other.trim();
-            let pid = if other.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {other})")
-            };
-            return Err(ServerError(format!(
-                "another vfslockd{pid} is already serving {}: stop it first \
-                 (`systemctl stop vfslockd`, or kill that pid), or give this one another --socket",
-                socket.display()
-            )));
+            return Err(InstanceError::Held {
+                socket: socket.into(),
+                pid: (!other.is_empty()).then(|| other.to_owned()),
+            });
         }
         let _ = file.set_len(0);
         let _ = file.rewind();
@@ -74,8 +96,11 @@ mod tests {
         let socket = dir.path().join("d.sock");
         let first = InstanceLock::acquire(&socket).unwrap();
         let err = InstanceLock::acquire(&socket).unwrap_err();
-        assert!(err.0.contains("already serving"), "{err}");
-        assert!(err.0.contains(&std::process::id().to_string()), "{err}");
+        assert!(err.to_string().contains("already serving"), "{err}");
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
         drop(first);
         InstanceLock::acquire(&socket).unwrap();
     }

@@ -120,8 +120,42 @@ impl std::hash::Hasher for FnvHasher {
 
 /// Why the journal could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct JournalError(pub String);
+pub enum JournalError {
+    /// The state directory could not be created.
+    #[error(
+        "cannot create the state directory {} (set --state-dir or [daemon] state-dir)",
+        dir.display()
+    )]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The journal file could not be opened or created.
+    #[error("cannot open {}", path.display())]
+    Open {
+        /// The journal file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon with the same identity holds the journal.
+    #[error(
+        "the journal {} is locked by another vfslockd with the same identity; give each \
+         daemon its own --host-id or --socket",
+        path.display()
+    )]
+    Locked {
+        /// The journal file.
+        path: PathBuf,
+        /// What the lock call said.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 impl Journal {
     /// Opens (creating it if needed) and locks the journal of this daemon identity. Returns the
@@ -131,12 +165,9 @@ impl Journal {
         host_id: &str,
         socket: &Path,
     ) -> Result<(Journal, Vec<(String, String)>), JournalError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            JournalError(format!(
-                "cannot create the state directory {}: {e} (set --state-dir or [daemon] \
-                 state-dir)",
-                state_dir.display()
-            ))
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::StateDir {
+            dir: state_dir.into(),
+            source,
         })?;
         let path = state_dir.join(journal_name(host_id, socket));
         let mut file = OpenOptions::new()
@@ -144,13 +175,13 @@ impl Journal {
             .append(true)
             .create(true)
             .open(&path)
-            .map_err(|e| JournalError(format!("cannot open {}: {e}", path.display())))?;
-        lock(&file).map_err(|e| {
-            JournalError(format!(
-                "the journal {} is locked by another vfslockd with the same identity ({e}); \
-                 give each daemon its own --host-id or --socket",
-                path.display()
-            ))
+            .map_err(|source| JournalError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        lock(&file).map_err(|source| JournalError::Locked {
+            path: path.clone(),
+            source,
         })?;
         let mut open = HashMap::new();
         let _ = file.rewind();
@@ -348,7 +379,10 @@ mod tests {
             journal.release("a");
             // A second daemon with the same identity is refused while this one lives.
             let err = Journal::open(dir.path(), "h1", socket).unwrap_err();
-            assert!(err.0.contains("locked by another vfslockd"), "{err}");
+            assert!(
+                err.to_string().contains("locked by another vfslockd"),
+                "{err}"
+            );
             // Another identity gets its own journal.
             Journal::open(dir.path(), "h2", socket).unwrap();
         }

@@ -19,6 +19,8 @@
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
 //! | [`journal`]  | the crash journal: lock files to clean up after a `kill -9`          |
 //! | [`systemd`]  | a socket passed by systemd, readiness/status/watchdog, journal log lines |
+//! | [`startup`]  | the checks before a start (also `--check-config`), why a start failed |
+//! | [`error`]    | printing an error with its causes                                    |
 //! | [`ctl`]      | `vfslockctl` commands, each a small module over the `vfslock` client |
 //!
 //! The binaries (`src/bin/`) only parse arguments, set up logging and call [`run`] or
@@ -30,6 +32,7 @@ pub mod config;
 pub mod context;
 pub mod ctl;
 pub mod duration;
+pub mod error;
 #[cfg(unix)]
 pub mod instance;
 pub mod journal;
@@ -37,6 +40,7 @@ pub mod link;
 pub mod lock;
 pub mod lockfile;
 pub mod server;
+pub mod startup;
 pub mod store;
 pub mod systemd;
 
@@ -47,13 +51,16 @@ use std::sync::Arc;
 
 use config::Settings;
 use context::Context;
-use server::ServerError;
+use startup::StartError;
 
 /// Runs the daemon on `socket` until SIGTERM or SIGINT, then releases every lock and returns.
 ///
 /// Under systemd it serves the socket systemd passed (whose path then replaces `socket`) and
 /// notifies the service manager ([`systemd`]); elsewhere it binds `socket` itself.
-pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError> {
+///
+/// The checks without side effects ([`startup::check`]) come first, so that a configuration
+/// error stops it before it has created, bound or probed anything.
+pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> {
     // First, while nothing else runs: both remove their variables from the environment.
     let passed = systemd::take_passed_socket()?;
     let notifier = systemd::Notifier::from_env();
@@ -66,26 +73,28 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
         }
         None => socket,
     };
+    let access = startup::check(&settings)?;
+    for warning in startup::warnings(&settings) {
+        tracing::warn!("{warning}");
+    }
     // The instance lock lives beside the socket even when systemd created the socket. A named
     // pipe (Windows) has no directory, and is its own instance lock (`server::bind`).
     #[cfg(unix)]
     prepare_socket_dir(&socket)?;
     #[cfg(unix)]
     let _instance = instance::InstanceLock::acquire(&socket)?;
-    if settings.secrets_readable_by_others {
-        tracing::warn!("the config file holds secrets and others can read it: chmod 600 it, or use env:NAME values");
-    }
-    let access = access::Access::new(&settings).map_err(ServerError)?;
-    let stores = store::Stores::new(&settings)
-        .await
-        .map_err(|e| ServerError(e.to_string()))?;
-    let host_id = settings.host_id.clone().unwrap_or_else(context::hostname);
+    let stores = store::Stores::new(&settings).await?;
+    let host_id = settings
+        .daemon
+        .host_id
+        .clone()
+        .unwrap_or_else(context::hostname);
     let state_dir = settings
+        .daemon
         .state_dir
         .clone()
         .unwrap_or_else(journal::default_state_dir);
-    let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)
-        .map_err(|e| ServerError(e.to_string()))?;
+    let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)?;
     if !left.is_empty() {
         let (removed, unsettled) = journal::recover(&stores, left).await;
         tracing::info!(
@@ -103,7 +112,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
     let ctx = Arc::new(ctx);
     let registry = lock::Registry::start(ctx.clone())
         .await
-        .map_err(|e| ServerError(format!("cannot start the lock actors' supervisor: {e}")))?;
+        .map_err(startup::StartError::Supervisor)?;
     for store in ctx.stores.all() {
         let info = store.describe();
         tracing::info!(scheme = %info.scheme, "store: {}", info.description);
@@ -131,7 +140,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), ServerError>
 }
 
 #[cfg(unix)]
-fn prepare_socket_dir(socket: &Path) -> Result<(), ServerError> {
+fn prepare_socket_dir(socket: &Path) -> Result<(), StartError> {
     let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
@@ -145,11 +154,9 @@ fn prepare_socket_dir(socket: &Path) -> Result<(), ServerError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o755);
     }
-    builder.create(dir).map_err(|e| {
-        ServerError(format!(
-            "cannot create the socket directory {}: {e}",
-            dir.display()
-        ))
+    builder.create(dir).map_err(|source| StartError::SocketDir {
+        dir: dir.into(),
+        source,
     })
 }
 

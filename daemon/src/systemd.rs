@@ -27,7 +27,43 @@ use std::time::Duration;
 use interprocess::local_socket::tokio::Listener;
 
 use crate::context::{Context, Stats};
-use crate::server::ServerError;
+
+/// What is wrong with the socket systemd passed: the units are not what the daemon needs.
+#[derive(Debug, thiserror::Error)]
+pub enum PassedSocketError {
+    /// `LISTEN_FDS` is not a number.
+    #[error("LISTEN_FDS={0:?} is not a number")]
+    Count(String),
+    /// The descriptor is not a listening Unix stream socket.
+    #[error(
+        "systemd passed fd {fd}, but it {what}: vfslockd needs a listening Unix stream \
+         socket (ListenStream=/path in the .socket unit, Accept=no)"
+    )]
+    Unusable {
+        /// The descriptor.
+        fd: i32,
+        /// What it is instead ("is not a socket").
+        what: &'static str,
+    },
+    /// The descriptor is not open.
+    #[error(
+        "systemd passed fd {fd}, but it is not open: vfslockd needs a listening Unix stream \
+         socket (ListenStream=/path in the .socket unit, Accept=no)"
+    )]
+    NotOpen {
+        /// The descriptor.
+        fd: i32,
+        /// What `fstat` said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its address is not a Unix socket address.
+    #[error("the socket systemd passed is not a Unix socket")]
+    NotUnix(#[source] std::io::Error),
+    /// The runtime could not take it over.
+    #[error("cannot serve the socket systemd passed")]
+    Adopt(#[source] std::io::Error),
+}
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 #[cfg(unix)]
@@ -52,7 +88,7 @@ pub struct PassedSocket {
 /// other threads read the environment. `Ok(None)` when nothing was passed to *this* process;
 /// an error when something was passed but is not a listening Unix stream socket (a unit that
 /// is wrong must not silently become a daemon that binds elsewhere).
-pub fn take_passed_socket() -> Result<Option<PassedSocket>, ServerError> {
+pub fn take_passed_socket() -> Result<Option<PassedSocket>, PassedSocketError> {
     #[cfg(unix)]
     {
         take_passed_socket_unix()
@@ -64,7 +100,7 @@ pub fn take_passed_socket() -> Result<Option<PassedSocket>, ServerError> {
 }
 
 #[cfg(unix)]
-fn take_passed_socket_unix() -> Result<Option<PassedSocket>, ServerError> {
+fn take_passed_socket_unix() -> Result<Option<PassedSocket>, PassedSocketError> {
     use std::os::fd::{FromRawFd, OwnedFd};
 
     let pid = std::env::var("LISTEN_PID").ok();
@@ -85,7 +121,7 @@ fn take_passed_socket_unix() -> Result<Option<PassedSocket>, ServerError> {
     let count: std::os::fd::RawFd = fds
         .trim()
         .parse()
-        .map_err(|_| ServerError(format!("LISTEN_FDS={fds:?} is not a number")))?;
+        .map_err(|_| PassedSocketError::Count(fds.clone()))?;
     if count < 1 {
         return Ok(None);
     }
@@ -105,17 +141,15 @@ fn take_passed_socket_unix() -> Result<Option<PassedSocket>, ServerError> {
     // only place that ever takes it.
     let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
     let std_listener = std::os::unix::net::UnixListener::from(fd);
-    let address = std_listener.local_addr().map_err(|e| {
-        ServerError(format!(
-            "the socket systemd passed is not a Unix socket: {e}"
-        ))
-    })?;
+    let address = std_listener
+        .local_addr()
+        .map_err(PassedSocketError::NotUnix)?;
     let path = address.as_pathname().map(PathBuf::from);
     // No name reclamation: the socket file is systemd's, and stays when the daemon exits.
     let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(
         OwnedFd::from(std_listener),
     )
-    .map_err(|e| ServerError(format!("cannot serve the socket systemd passed: {e}")))?;
+    .map_err(PassedSocketError::Adopt)?;
     let name = names
         .and_then(|n| n.split(':').next().map(str::to_owned))
         .filter(|n| !n.is_empty());
@@ -142,21 +176,16 @@ fn set_cloexec(fd: std::os::fd::RawFd) {
 /// Checks that `fd` is an open socket of type `SOCK_STREAM` that listens (the address family
 /// is checked when its address is read).
 #[cfg(unix)]
-fn check_listening_unix_stream(fd: std::os::fd::RawFd) -> Result<(), ServerError> {
-    let fail = |what: &str| {
-        Err(ServerError(format!(
-            "systemd passed fd {fd}, but it {what}: vfslockd needs a listening Unix stream \
-             socket (ListenStream=/path in the .socket unit, Accept=no)"
-        )))
-    };
+fn check_listening_unix_stream(fd: std::os::fd::RawFd) -> Result<(), PassedSocketError> {
+    let fail = |what: &'static str| Err(PassedSocketError::Unusable { fd, what });
     // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to a `stat`; on a closed fd fstat fails with EBADF.
     if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-        return fail(&format!(
-            "is not open ({})",
-            std::io::Error::last_os_error()
-        ));
+        return Err(PassedSocketError::NotOpen {
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
     }
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return fail("is not a socket");
@@ -566,13 +595,13 @@ mod tests {
 
         let datagram = std::os::unix::net::UnixDatagram::unbound().unwrap();
         let err = check_listening_unix_stream(datagram.as_raw_fd()).unwrap_err();
-        assert!(err.0.contains("not a stream socket"), "{err}");
+        assert!(err.to_string().contains("not a stream socket"), "{err}");
         let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
         let err = check_listening_unix_stream(stream.as_raw_fd()).unwrap_err();
-        assert!(err.0.contains("not listening"), "{err}");
+        assert!(err.to_string().contains("not listening"), "{err}");
         let file = std::fs::File::open(dir.path()).unwrap();
         let err = check_listening_unix_stream(file.as_raw_fd()).unwrap_err();
-        assert!(err.0.contains("not a socket"), "{err}");
+        assert!(err.to_string().contains("not a socket"), "{err}");
     }
 
     #[cfg(unix)]

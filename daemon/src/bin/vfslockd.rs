@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vfslockd::config::Settings;
+use vfslockd::error::Chain;
 
 /// The vfslock per-host lock daemon.
 #[derive(Parser, Debug)]
@@ -28,6 +29,12 @@ struct Args {
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check the configuration as a start would, without starting: parse it, resolve the
+    /// [[access]] users and groups, read the env: secrets and the stores' key and credential
+    /// files (as the user running this). Prints the problem, or "ok"; exits 78 or 0. Does not
+    /// contact the stores or bind the socket.
+    #[arg(long, conflicts_with = "print_config")]
+    check_config: bool,
     /// Tests only: move this daemon's wall clock by a signed duration (`+1h`, `-30s`).
     #[arg(long, hide = true, value_name = "OFFSET", allow_hyphen_values = true)]
     clock_offset: Option<String>,
@@ -71,19 +78,19 @@ fn main() -> ExitCode {
     let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("{error}vfslockd: {e}");
+            eprintln!("{error}vfslockd: {}", Chain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Some(dir) = args.state_dir {
-        settings.state_dir = Some(dir);
+        settings.daemon.state_dir = Some(dir);
     }
     if let Some(host_id) = args.host_id.filter(|h| !h.is_empty()) {
-        settings.host_id = Some(host_id);
+        settings.daemon.host_id = Some(host_id);
     }
     if let Some(offset) = args.clock_offset {
         match parse_offset(&offset) {
-            Ok(ns) => settings.clock_offset_ns = ns,
+            Ok(ns) => settings.faults.clock_offset_ns = ns,
             Err(e) => {
                 eprintln!("{error}vfslockd: --clock-offset: {e}");
                 return ExitCode::from(EXIT_CONFIG);
@@ -94,9 +101,12 @@ fn main() -> ExitCode {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
+    if args.check_config {
+        return check_config(&settings);
+    }
     let socket = args
         .socket
-        .or_else(|| settings.socket.clone())
+        .or_else(|| settings.daemon.socket.clone())
         .unwrap_or_else(vfslock::socket::daemon_default_socket_path);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,8 +121,26 @@ fn main() -> ExitCode {
     match runtime.block_on(vfslockd::run(settings, socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{error}vfslockd: {e}");
-            ExitCode::FAILURE
+            eprintln!("{error}vfslockd: cannot start: {}", Chain(&e));
+            if e.is_config() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// `--check-config`: the checks of a start that change nothing ([`vfslockd::startup::check`]),
+/// their problem on stderr or "ok" on stdout. Warnings go to stderr and do not fail the check.
+fn check_config(settings: &Settings) -> ExitCode {
+    if let Err(e) = vfslockd::startup::check(settings) {
+        eprintln!("vfslockd: {}", Chain(&e));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for warning in vfslockd::startup::warnings(settings) {
+        eprintln!("vfslockd: warning: {warning}");
+    }
+    println!("ok");
+    ExitCode::SUCCESS
 }

@@ -55,7 +55,7 @@ impl LockActor {
         id: RequestId,
         request: AcquireRequest,
     ) {
-        let ttl = request.ttl.unwrap_or(self.ctx.settings.default_ttl);
+        let ttl = request.ttl.unwrap_or(self.ctx.settings.locks.default_ttl);
         if request.detached && ttl.is_zero() {
             return session.reply(id, Err(replies::detached_needs_ttl()));
         }
@@ -103,7 +103,7 @@ impl LockActor {
                 waiter.session.reply(waiter.acquire_id, Err(error));
             }
             WaitMode::Wait { timeout } => {
-                let limit = self.ctx.settings.max_waiters_per_target;
+                let limit = self.ctx.settings.limits.max_waiters_per_target;
                 if state.queue.len() >= limit {
                     let error = replies::too_many_waiters(&state.target.url, limit);
                     return waiter.session.reply(waiter.acquire_id, Err(error));
@@ -182,7 +182,7 @@ impl LockActor {
                     },
                 );
                 let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
-                myself.send_after(self.ctx.settings.stale_answer_timeout, move || {
+                myself.send_after(self.ctx.settings.locks.stale_answer_timeout, move || {
                     LockMessage::StaleAnswerExpired {
                         session_id,
                         acquire_id,
@@ -218,13 +218,13 @@ impl LockActor {
         let now = self.ctx.now();
         let from_future = parsed
             .created_at
-            .is_some_and(|created| created > now + settings.skew_allowance);
+            .is_some_and(|created| created > now + settings.locks.skew_allowance);
         let stale = if state.target.store.stale_rule() == StaleRule::Watched || from_future {
             let needed = match parsed.format {
                 LockFileFormat::Foreign => None,
-                LockFileFormat::Corrupt => Some(settings.corrupt_grace),
+                LockFileFormat::Corrupt => Some(settings.locks.corrupt_grace),
                 _ if parsed.ttl_ns == 0 => None,
-                _ if parsed.created_at.is_none() => Some(settings.corrupt_grace),
+                _ if parsed.created_at.is_none() => Some(settings.locks.corrupt_grace),
                 _ => Some(Duration::from_nanos(parsed.ttl_ns.max(0) as u64)),
             };
             let watched = self
@@ -233,12 +233,14 @@ impl LockActor {
                 .unchanged_for(&state.target.key, &observed.bytes);
             needed.is_some_and(|needed| watched >= needed)
         } else {
-            let judged_at = now.checked_sub(settings.skew_allowance).unwrap_or(now);
+            let judged_at = now
+                .checked_sub(settings.locks.skew_allowance)
+                .unwrap_or(now);
             lockfile::is_stale(
                 &parsed,
                 observed.modified,
                 judged_at,
-                settings.corrupt_grace,
+                settings.locks.corrupt_grace,
             )
         };
         (lockfile::into_wire(parsed, observed.modified, stale), stale)
@@ -254,7 +256,7 @@ impl LockActor {
             Ok(store_ahead) => (store_ahead, "ahead of"),
             Err(behind) => (behind.duration(), "behind"),
         };
-        if skew > self.ctx.settings.skew_allowance {
+        if skew > self.ctx.settings.locks.skew_allowance {
             tracing::warn!(target = %state.target.url, ?skew, "the store's clock is {ahead} ours by more than the skew allowance");
         } else {
             tracing::trace!(target = %state.target.url, ?skew, "store clock {ahead} ours");
@@ -420,7 +422,7 @@ impl LockActor {
             }
         }
         if state.queue.is_empty() {
-            state.recheck.delay = self.ctx.settings.recheck_min;
+            state.recheck.delay = self.ctx.settings.locks.recheck_min;
         }
     }
 
@@ -440,7 +442,7 @@ impl LockActor {
         if let Some(until_stale) = holder.and_then(|h| self.until_stale(h)) {
             delay = delay.min(until_stale + Duration::from_millis(1));
         }
-        state.recheck.delay = (state.recheck.delay * 2).min(settings.recheck_max);
+        state.recheck.delay = (state.recheck.delay * 2).min(settings.locks.recheck_max);
         state.recheck.generation += 1;
         state.recheck.scheduled = true;
         let generation = state.recheck.generation;

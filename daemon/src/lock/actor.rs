@@ -203,7 +203,7 @@ impl Actor for LockActor {
         Ok(LockState::new(
             target,
             self.tally.clone(),
-            self.ctx.settings.recheck_min,
+            self.ctx.settings.locks.recheck_min,
         ))
     }
 
@@ -307,7 +307,7 @@ impl LockActor {
             } => {
                 let reason = format!(
                     "the on-stale handler did not answer within {:?}; the stale lock was left alone",
-                    self.ctx.settings.stale_answer_timeout
+                    self.ctx.settings.locks.stale_answer_timeout
                 );
                 self.decide_steal(&myself, state, session_id, acquire_id, false, reason)
                     .await;
@@ -367,7 +367,7 @@ impl LockActor {
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        timing::within(self.ctx.settings.store_timeout, call).await
+        timing::within(self.ctx.settings.locks.store_timeout, call).await
     }
 }
 

@@ -35,11 +35,11 @@ impl LockActor {
             let ttl = u64::try_from(ttl_ns)
                 .ok()
                 .filter(|&ns| ns > 0)
-                .map_or(self.ctx.settings.default_ttl, Duration::from_nanos);
+                .map_or(self.ctx.settings.locks.default_ttl, Duration::from_nanos);
             state.leftover = Some(Box::new(Leftover {
                 version: written.clone(),
                 give_up_at: Instant::now() + ttl,
-                delay: self.ctx.settings.recheck_min,
+                delay: self.ctx.settings.locks.recheck_min,
                 scheduled: false,
             }));
         }
@@ -77,7 +77,7 @@ impl LockActor {
             }
             Err(e) if Instant::now() < leftover.give_up_at => {
                 tracing::debug!(target = %state.target.url, error = %e, "the delete of our lock file failed again");
-                leftover.delay = (leftover.delay * 2).min(self.ctx.settings.recheck_max);
+                leftover.delay = (leftover.delay * 2).min(self.ctx.settings.locks.recheck_max);
                 state.leftover = Some(leftover);
             }
             Err(e) => tracing::error!(
@@ -177,7 +177,7 @@ impl LockActor {
         }
         if !state.idle.check_scheduled {
             state.idle.check_scheduled = true;
-            myself.send_after(self.ctx.settings.idle_actor_timeout, || {
+            myself.send_after(self.ctx.settings.locks.idle_actor_timeout, || {
                 LockMessage::IdleCheck
             });
         }
@@ -189,7 +189,7 @@ impl LockActor {
         let idle_long_enough = state
             .idle
             .since
-            .is_some_and(|since| since.elapsed() >= self.ctx.settings.idle_actor_timeout);
+            .is_some_and(|since| since.elapsed() >= self.ctx.settings.locks.idle_actor_timeout);
         if state.is_idle()
             && idle_long_enough
             && self

@@ -9,7 +9,7 @@ use crate::context::Context;
 
 /// Panics if `message` asks for it (see the module doc).
 pub fn panic_if_asked(ctx: &Context, message: &LockMessage, url: &str) {
-    let Some(trigger) = ctx.settings.faults_panic_owner.as_deref() else {
+    let Some(trigger) = ctx.settings.faults.panic_owner.as_deref() else {
         return;
     };
     if let LockMessage::Acquire { request, .. } = message {

@@ -36,13 +36,14 @@ impl LockActor {
     pub(super) async fn uncap_if_nobody_else_waits(&self, state: &mut LockState) {
         let settings = &self.ctx.settings;
         let capped = state.handoff.streak.is_some_and(|(count, since)| {
-            count >= settings.handoff_max_count || since.elapsed() >= settings.handoff_max_time
+            count >= settings.locks.handoff_max_count
+                || since.elapsed() >= settings.locks.handoff_max_time
         });
         if !capped || state.queue.is_empty() {
             return;
         }
         // A waiting daemon re-checks at least every `recheck-max` (with jitter).
-        let fresh = settings.recheck_max * 3;
+        let fresh = settings.locks.recheck_max * 3;
         if !state
             .target
             .store
@@ -73,9 +74,10 @@ impl LockActor {
             // Nobody outside this daemon can wait for a private store's lock: no streak cap, no
             // cooldown; the local queue alone is first come, first served.
             _ if state.target.store.is_private() => true,
-            None => settings.handoff_max_count > 0,
+            None => settings.locks.handoff_max_count > 0,
             Some((count, since)) => {
-                count < settings.handoff_max_count && since.elapsed() < settings.handoff_max_time
+                count < settings.locks.handoff_max_count
+                    && since.elapsed() < settings.locks.handoff_max_time
             }
         }
     }

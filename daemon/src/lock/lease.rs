@@ -30,7 +30,9 @@ impl LockActor {
         if ttl.is_zero() {
             return None;
         }
-        let margin = (ttl / 10).max(self.ctx.settings.lease_margin).min(ttl / 2);
+        let margin = (ttl / 10)
+            .max(self.ctx.settings.locks.lease_margin)
+            .min(ttl / 2);
         Some(sent + (ttl - margin))
     }
 
@@ -87,7 +89,7 @@ impl LockActor {
         }));
         self.tally.held(1);
         session.reply(acquire_id, Ok(Response::Granted(grant)));
-        state.recheck.delay = self.ctx.settings.recheck_min;
+        state.recheck.delay = self.ctx.settings.locks.recheck_min;
         if !ttl.is_zero() {
             // A store so slow that the lease is over by the time it answered: the renewal
             // that runs at once finds the deadline passed and reports the loss.
@@ -164,7 +166,7 @@ impl LockActor {
         let outcome = self.delete_or_retry(state, &holding.written).await;
         if state.handoff.streak.take().is_some() && !state.queue.is_empty() {
             // A capped streak: let other hosts' waiters, which poll, find the lock free.
-            let cooldown = self.ctx.settings.handoff_cooldown;
+            let cooldown = self.ctx.settings.locks.handoff_cooldown;
             state.handoff.cooldown_until = Some(Instant::now() + cooldown);
         }
         match outcome {
@@ -218,8 +220,8 @@ impl LockActor {
         let mut record = holding.record.clone();
         record.created_at = self.ctx.now();
         let ttl = record.ttl;
-        let limit = remaining.map_or(self.ctx.settings.store_timeout, |r| {
-            r.min(self.ctx.settings.store_timeout)
+        let limit = remaining.map_or(self.ctx.settings.locks.store_timeout, |r| {
+            r.min(self.ctx.settings.locks.store_timeout)
         });
         let outcome = timing::within(
             limit,

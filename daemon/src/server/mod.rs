@@ -9,7 +9,6 @@
 
 pub mod session;
 
-#[cfg(unix)]
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,10 +23,78 @@ use vfslock_proto::{ListEntry, StatusInfo};
 use crate::context::{Context, Stats};
 use crate::lock::{LockMessage, Registry};
 
-/// Why the daemon could not start or run.
+/// Why the listening socket could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ServerError(pub String);
+pub enum BindError {
+    /// The path cannot name a local socket.
+    #[error("invalid socket path {}", path.display())]
+    Name {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding or listening failed.
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Windows: another server already holds the pipe's name.
+    #[cfg(not(unix))]
+    #[error(
+        "cannot listen on {}: another vfslockd (or another program) already serves this \
+         named pipe: stop it first, or give this one another --socket",
+        path.display()
+    )]
+    PipeTaken {
+        /// The pipe's name.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket file's mode could not be set.
+    #[error("cannot set the mode of {}", path.display())]
+    Mode {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A crashed daemon's socket file could not be removed.
+    #[error("cannot remove old socket {}", path.display())]
+    RemoveOld {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Something that is not a socket is in the way.
+    #[error(
+        "{} exists and is not a socket: refusing to replace it; choose another --socket",
+        path.display()
+    )]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// What is at the path could not be looked at.
+    #[error("cannot inspect {}", path.display())]
+    Inspect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Mode of the socket file: owner and group may connect.
 #[cfg(unix)]
@@ -43,19 +110,24 @@ const SOCKET_MODE: libc::mode_t = 0o660;
 /// refused here: the pipe itself is the instance lock. It gets the default security descriptor
 /// (full control: LocalSystem, Administrators and the creating user; read only: Everyone) and
 /// refuses remote clients.
-pub fn bind(path: &Path) -> Result<Listener, ServerError> {
+pub fn bind(path: &Path) -> Result<Listener, BindError> {
     #[cfg(unix)]
     remove_stale_socket(path)?;
     let name = path
         .to_fs_name::<GenericFilePath>()
-        .map_err(|e| ServerError(format!("invalid socket path {}: {e}", path.display())))?;
+        .map_err(|source| BindError::Name {
+            path: path.into(),
+            source,
+        })?;
     let options = ListenerOptions::new().name(name).reclaim_name(true);
     #[cfg(unix)]
     let options = {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
         options.mode(SOCKET_MODE)
     };
-    let listener = options.create_tokio().map_err(|e| listen_error(path, &e))?;
+    let listener = options
+        .create_tokio()
+        .map_err(|source| listen_error(path, source))?;
     // The mode given to the listener is still masked by the umask when the file is created
     // (measured: 0640 under umask 022), so set it on the file itself. Until then it is only
     // stricter than intended.
@@ -64,48 +136,49 @@ pub fn bind(path: &Path) -> Result<Listener, ServerError> {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE.into()))
-            .map_err(|e| ServerError(format!("cannot set the mode of {}: {e}", path.display())))?;
+            .map_err(|source| BindError::Mode {
+                path: path.into(),
+                source,
+            })?;
     }
     Ok(listener)
 }
 
 #[cfg(unix)]
-fn listen_error(path: &Path, e: &std::io::Error) -> ServerError {
-    ServerError(format!("cannot listen on {}: {e}", path.display()))
+fn listen_error(path: &Path, source: io::Error) -> BindError {
+    BindError::Listen {
+        path: path.into(),
+        source,
+    }
 }
 
 /// Windows: a name held by another pipe server fails with access denied (first instance).
 #[cfg(not(unix))]
-fn listen_error(path: &Path, e: &std::io::Error) -> ServerError {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        return ServerError(format!(
-            "cannot listen on {}: another vfslockd (or another program) already serves this \
-             named pipe: stop it first, or give this one another --socket ({e})",
-            path.display()
-        ));
+fn listen_error(path: &Path, source: io::Error) -> BindError {
+    let path = path.into();
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        return BindError::PipeTaken { path, source };
     }
-    ServerError(format!("cannot listen on {}: {e}", path.display()))
+    BindError::Listen { path, source }
 }
 
 #[cfg(unix)]
-fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
+fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             tracing::info!(socket = %path.display(), "replacing the socket file of a daemon that is gone");
-            std::fs::remove_file(path).map_err(|e| {
-                ServerError(format!("cannot remove old socket {}: {e}", path.display()))
+            std::fs::remove_file(path).map_err(|source| BindError::RemoveOld {
+                path: path.into(),
+                source,
             })
         }
-        Ok(_) => Err(ServerError(format!(
-            "{} exists and is not a socket: refusing to replace it; choose another --socket",
-            path.display()
-        ))),
+        Ok(_) => Err(BindError::NotASocket { path: path.into() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ServerError(format!(
-            "cannot inspect {}: {e}",
-            path.display()
-        ))),
+        Err(source) => Err(BindError::Inspect {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -132,11 +205,11 @@ pub async fn serve(
         tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok(stream) if sessions.len() >= ctx.settings.max_connections => {
+                Ok(stream) if sessions.len() >= ctx.settings.limits.max_connections => {
                     // Told why, then closed: the sessions already open are not affected.
-                    let limit = ctx.settings.max_connections;
+                    let limit = ctx.settings.limits.max_connections;
                     tracing::warn!(limit, "connection refused: limits.max-connections reached");
-                    tokio::spawn(session::refuse(stream, limit, ctx.settings.io_timeout));
+                    tokio::spawn(session::refuse(stream, limit, ctx.settings.limits.io_timeout));
                 }
                 Ok(stream) => {
                     sessions.spawn(session::serve(
@@ -168,11 +241,11 @@ pub async fn serve(
     #[cfg(not(unix))]
     let _ = socket;
     let released =
-        tokio::time::timeout(ctx.settings.shutdown_timeout, release_all(&registry)).await;
+        tokio::time::timeout(ctx.settings.locks.shutdown_timeout, release_all(&registry)).await;
     if released.is_err() {
         tracing::error!(
             "not every lock was released within {:?}; the rest go stale when their TTL runs out",
-            ctx.settings.shutdown_timeout
+            ctx.settings.locks.shutdown_timeout
         );
     }
     let _ = shutdown_tx.send(true);

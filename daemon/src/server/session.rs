@@ -122,7 +122,7 @@ pub async fn refuse(mut stream: Stream, limit: usize, io_timeout: Duration) {
 
 /// Exchanges hellos (fixed layout, any version) and sends the welcome frame.
 async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<(), String> {
-    let io_timeout = ctx.settings.io_timeout;
+    let io_timeout = ctx.settings.limits.io_timeout;
     let mut hello = [0u8; HELLO_LEN];
     match tokio::time::timeout(io_timeout, stream.read_exact(&mut hello)).await {
         Err(_) => return Err("no handshake in time".into()),
@@ -282,8 +282,8 @@ impl Session {
         reader: &mut R,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let io_timeout = self.ctx.settings.io_timeout;
-        let decoder = FrameDecoder::new(self.ctx.settings.max_frame);
+        let io_timeout = self.ctx.settings.limits.io_timeout;
+        let decoder = FrameDecoder::new(self.ctx.settings.limits.max_frame);
         // Read straight into the frame buffer's spare room: no zeroed chunk per read, and no
         // 8 KiB array in every connection's task. It starts empty and grows with the frames.
         let mut buf: Vec<u8> = Vec::new();
@@ -483,7 +483,7 @@ impl Session {
                 }
                 match self.locate(&request.target, Some(Need::Create)).await {
                     Ok(address) => {
-                        let limit = self.ctx.settings.max_locks_per_session;
+                        let limit = self.ctx.settings.limits.max_locks_per_session;
                         if !self.link.acquire_started(id, limit) {
                             return self.reply(
                                 id,
@@ -556,6 +556,7 @@ impl Session {
                     let group = self
                         .ctx
                         .settings
+                        .daemon
                         .admin_group
                         .as_deref()
                         .map(|g| format!(" or a member of the group {g}"))

@@ -464,7 +464,7 @@ impl Stores {
     /// weaker mode.
     pub async fn new(settings: &crate::config::Settings) -> Result<Stores, StoreError> {
         #[cfg(feature = "faults")]
-        let faults = settings.faults_operations.as_ref().map(|f| {
+        let faults = settings.faults.operations.as_ref().map(|f| {
             Arc::new(faults::StoreFaults::new(
                 f.error_rate,
                 f.delay_rate,
@@ -484,11 +484,13 @@ impl Stores {
         };
         #[cfg(unix)]
         let fs = settings
-            .file_store
+            .stores
+            .file
+            .served
             .map(|stale_rule| store(Backend::Fs(fs::FsStore), stale_rule, "file://".into()));
         #[cfg(not(unix))]
         let fs = {
-            if settings.file_store.is_some() {
+            if settings.stores.file.served.is_some() {
                 tracing::warn!(
                     "[stores.file] is enabled, but the file:// store exists only on Unix: \
                      file:// targets are refused; set [stores.file] enabled = false to silence this"
@@ -498,7 +500,7 @@ impl Stores {
         };
         let mut stores = Stores {
             fs,
-            memory: match settings.mem_store {
+            memory: match settings.stores.mem.served {
                 Some(stale_rule) => Some(store(
                     Backend::Memory(memory::MemoryStore::new()?),
                     stale_rule,
@@ -508,7 +510,7 @@ impl Stores {
             },
             objects: Vec::new(),
         };
-        for config in &settings.object_stores {
+        for config in &settings.stores.object {
             let backend = Backend::Object(Box::new(object::open(config, settings).await?));
             stores.objects.push((
                 config.parsed.clone(),

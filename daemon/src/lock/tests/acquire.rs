@@ -74,7 +74,7 @@ async fn a_wait_that_times_out_is_told_how_long_and_who_holds_the_lock() {
 
 #[tokio::test]
 async fn waits_beyond_the_queue_limit_are_refused() {
-    let daemon = Daemon::with(|s| s.max_waiters_per_target = 1).await;
+    let daemon = Daemon::with(|s| s.limits.max_waiters_per_target = 1).await;
     let (holder, mut holder_frames) = daemon.session(1, 1000);
     let (waiter, mut waiter_frames) = daemon.session(2, 1000);
     daemon.acquire(&holder, 1, TARGET, WaitMode::Try).await;

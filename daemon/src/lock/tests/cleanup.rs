@@ -70,7 +70,7 @@ async fn at_shutdown_waiters_are_refused_and_the_holder_is_told_before_its_file_
 
 #[tokio::test]
 async fn an_idle_actor_retires_and_the_next_request_starts_a_fresh_one() {
-    let daemon = Daemon::with(|s| s.idle_actor_timeout = Duration::from_millis(20)).await;
+    let daemon = Daemon::with(|s| s.locks.idle_actor_timeout = Duration::from_millis(20)).await;
     let (session, mut frames) = daemon.session(1, 0);
     daemon.acquire(&session, 1, TARGET, WaitMode::Try).await;
     let first = granted(&mut frames).await;
@@ -95,7 +95,7 @@ async fn an_idle_actor_retires_and_the_next_request_starts_a_fresh_one() {
 #[tokio::test]
 async fn after_an_actor_fails_its_successor_tells_holders_answers_waiters_and_frees_the_lock() {
     use crate::lock::tests::request;
-    let daemon = Daemon::with(|s| s.faults_panic_owner = Some("panic please".into())).await;
+    let daemon = Daemon::with(|s| s.faults.panic_owner = Some("panic please".into())).await;
     let (holder, mut holder_frames) = daemon.session(1, 0);
     let (waiter, mut waiter_frames) = daemon.session(2, 0);
     let (trigger, mut trigger_frames) = daemon.session(3, 0);

@@ -43,7 +43,7 @@ async fn releases_hand_the_lock_to_local_waiters_in_the_order_they_came() {
 #[tokio::test]
 async fn a_private_store_allows_handoffs_without_a_cap() {
     let daemon = Daemon::with(|s| {
-        s.handoff_max_count = 1;
+        s.locks.handoff_max_count = 1;
     })
     .await;
     let (holder, mut holder_frames) = daemon.session(1, 0);

@@ -174,10 +174,10 @@ pub async fn open(
     };
     let store = ObjectStore::new(operator, service, config.fencing, config.request_timeout);
     #[cfg(feature = "faults")]
-    let store = if settings.faults_write_then_fail.is_some() || settings.faults_ignore_conditions {
+    let store = if settings.faults.write_then_fail.is_some() || settings.faults.ignore_conditions {
         store.with_faults(crate::store::faults::Faults {
-            write_then_fail: settings.faults_write_then_fail.unwrap_or(0.0),
-            ignore_conditions: settings.faults_ignore_conditions,
+            write_then_fail: settings.faults.write_then_fail.unwrap_or(0.0),
+            ignore_conditions: settings.faults.ignore_conditions,
             injected: Default::default(),
         })
     } else {
