@@ -7,6 +7,7 @@
 //!    waiters, bounded by `locks.shutdown-timeout`;
 //! 3. sessions stop reading, flush what is queued for their clients, and close.
 
+mod handshake;
 pub mod outbound;
 pub mod session;
 
@@ -136,7 +137,7 @@ pub async fn serve(
                     // Told why, then closed: the sessions already open are not affected.
                     let limit = ctx.settings.max_connections;
                     tracing::warn!(limit, "connection refused: limits.max-connections reached");
-                    tokio::spawn(session::refuse(stream, limit, ctx.settings.io_timeout));
+                    tokio::spawn(handshake::refuse(stream, limit, ctx.settings.io_timeout));
                 }
                 Ok(stream) => {
                     sessions.spawn(session::serve(ctx.clone(), stream, shutdown_rx.clone()));

@@ -1296,9 +1296,13 @@ impl TargetLock {
         state.cancel_renewal();
         tracing::warn!(target = %state.url, %reason, "lease lost");
         holding.session.acquire_ended(holding.acquire_id);
-        holding
-            .session
-            .event(holding.acquire_id, Event::LeaseLost { reason });
+        holding.session.event(
+            holding.acquire_id,
+            Event::LeaseEnded {
+                kind: ErrorKind::LeaseLost,
+                reason,
+            },
+        );
         if try_delete {
             self.delete_or_retry(state, &holding.written).await;
         }

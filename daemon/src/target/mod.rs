@@ -53,6 +53,9 @@ pub struct SessionLink {
     /// Acquires of this connection that wait or hold, for the per-session limit: added when
     /// routed, removed when refused or when the holding ends.
     pub open_acquires: std::sync::Mutex<std::collections::HashSet<RequestId>>,
+    /// The protocol version the client negotiated: every frame to it is rewritten for that
+    /// version here, so nothing else needs to know which version a client speaks.
+    pub protocol: u32,
 }
 
 impl SessionLink {
@@ -63,7 +66,14 @@ impl SessionLink {
             out,
             peer,
             open_acquires: Default::default(),
+            protocol: vfslock_proto::handshake::PROTOCOL_VERSION,
         }
+    }
+
+    /// The same link, to a client that speaks protocol `version`.
+    pub fn speaking(mut self, version: u32) -> Self {
+        self.protocol = version;
+        self
     }
 
     /// Answers request `id`. A closed session just drops the answer. A refusal ends an
@@ -72,7 +82,8 @@ impl SessionLink {
         if result.is_err() {
             self.acquire_ended(id);
         }
-        self.out.send(ServerFrame::Response { id, result });
+        self.out
+            .send(ServerFrame::Response { id, result }.for_version(self.protocol));
     }
 
     /// The acquire `id` no longer waits or holds.
@@ -95,7 +106,8 @@ impl SessionLink {
 
     /// Announces `event` about request `id`.
     pub fn event(&self, id: RequestId, event: Event) {
-        self.out.send(ServerFrame::Event { id, event });
+        self.out
+            .send(ServerFrame::Event { id, event }.for_version(self.protocol));
     }
 
     /// Whether the client is gone.
