@@ -4,6 +4,10 @@
 //! and events back by id. Frames go out through [`transport`]: written at once when nothing is
 //! queued, else by a writer task. Sending needs no runtime, so `Drop` of a lock can still
 //! release it.
+//!
+//! The connection speaks the newest protocol version that both ends speak: when an older daemon
+//! answers the hello with its own lower version (and closes), the client connects again
+//! speaking that version (`vfslock_proto::handshake` has the rules).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,9 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
-use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
+use vfslock_proto::handshake::{
+    after_daemon_hello, AfterHello, Hello, HELLO_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use vfslock_proto::{
     codec, frame, AcquireRequest, ClientFrame, Event, Grant, Request, RequestId, Response,
     ServerFrame, Welcome,
@@ -49,8 +55,8 @@ enum Route {
 /// What a holder knows about its lease, kept current by the reader task.
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseState {
-    /// Why the lease was lost, once it was.
-    pub lost: Option<String>,
+    /// Why the lease was lost, once it was: the kind a release reports, and the reason.
+    pub lost: Option<(ErrorKind, String)>,
     /// Until when the lease is certainly valid, on this process's monotonic clock; `None`
     /// never expires.
     pub valid_until: Option<Instant>,
@@ -59,14 +65,15 @@ pub(crate) struct LeaseState {
 impl LeaseState {
     /// Why the lease is not held now, if it is not: lost, or its validity ran out without a
     /// renewal confirmed by the daemon (a frozen or partitioned daemon looks like this).
-    pub fn loss(&self) -> Option<String> {
-        if let Some(reason) = &self.lost {
-            return Some(reason.clone());
+    pub fn loss(&self) -> Option<(ErrorKind, String)> {
+        if let Some(lost) = &self.lost {
+            return Some(lost.clone());
         }
         match self.valid_until {
-            Some(until) if Instant::now() >= until => {
-                Some("the lease ran out: vfslockd confirmed no renewal in time".to_owned())
-            }
+            Some(until) if Instant::now() >= until => Some((
+                ErrorKind::LeaseLost,
+                "the lease ran out: vfslockd confirmed no renewal in time".to_owned(),
+            )),
             _ => None,
         }
     }
@@ -82,14 +89,14 @@ struct Routes {
     closed: bool,
 }
 
-fn mark_lost(lease: &watch::Sender<LeaseState>, reason: String) {
+fn mark_lost(lease: &watch::Sender<LeaseState>, kind: ErrorKind, reason: String) {
     // The first reason is the true one: a connection that closes after the daemon said why
     // must not overwrite that.
     lease.send_if_modified(|state| {
         if state.lost.is_some() {
             return false;
         }
-        state.lost = Some(reason);
+        state.lost = Some((kind, reason));
         true
     });
 }
@@ -104,8 +111,28 @@ pub(crate) struct Connection {
     raw_fd: std::os::fd::RawFd,
 }
 
+/// How a handshake ended, when it did not fail.
+enum Greeting<T> {
+    /// The daemon speaks the version asked for: its welcome, or the connection made with it.
+    Accepted(T),
+    /// An older daemon named the older version it speaks, and closed the connection.
+    Reconnect(u32),
+}
+
 impl Connection {
     pub(crate) async fn open(path: &Path) -> Result<Arc<Connection>, Error> {
+        let mut version = PROTOCOL_VERSION;
+        // At most twice: a fallback is only offered to a hello of our newest version.
+        loop {
+            match Connection::open_speaking(path, version).await? {
+                Greeting::Accepted(connection) => return Ok(connection),
+                Greeting::Reconnect(older) => version = older,
+            }
+        }
+    }
+
+    /// Connects with a hello of protocol `version`.
+    async fn open_speaking(path: &Path, version: u32) -> Result<Greeting<Arc<Connection>>, Error> {
         let name = path
             .to_fs_name::<GenericFilePath>()
             .map_err(|e| Error::daemon_unavailable(path, &e))?;
@@ -121,7 +148,10 @@ impl Connection {
         let (read, mut outbound) =
             transport::split(stream).map_err(|e| Error::daemon_unavailable(path, &e))?;
         let mut reader = BufReader::new(read);
-        let welcome = handshake(path, &mut reader, &outbound).await?;
+        let welcome = match handshake(path, &mut reader, &outbound, version).await? {
+            Greeting::Accepted(welcome) => welcome,
+            Greeting::Reconnect(older) => return Ok(Greeting::Reconnect(older)),
+        };
 
         let writer = outbound.writer();
         let routes = Arc::new(Mutex::new(Routes::default()));
@@ -130,7 +160,7 @@ impl Connection {
         tokio::spawn(writer.run());
         #[cfg(not(unix))]
         tokio::spawn(writer.run(_reader.abort_handle()));
-        Ok(Arc::new(Connection {
+        Ok(Greeting::Accepted(Arc::new(Connection {
             next_id: AtomicU64::new(1),
             outbound,
             routes,
@@ -138,7 +168,7 @@ impl Connection {
             welcome,
             #[cfg(unix)]
             raw_fd,
-        }))
+        })))
     }
 
     pub(crate) fn socket_path(&self) -> &Path {
@@ -159,6 +189,10 @@ impl Connection {
     }
 
     /// Queues a frame for the writer. Works outside any runtime.
+    ///
+    /// Every frame a client sends exists in every protocol version (version 2 added only an
+    /// event), so nothing is checked here; a request added by a later version must be refused
+    /// when `welcome.protocol_version` is older than that version.
     pub(crate) fn send(&self, frame: &ClientFrame) -> Result<(), Error> {
         let bytes = codec::encode_frame(frame)
             .map_err(|e| Error::new(ErrorKind::Protocol, format!("cannot encode request: {e}")))?;
@@ -222,9 +256,10 @@ async fn handshake(
     path: &Path,
     reader: &mut BufReader<ReadSide>,
     send: &WriteSide,
-) -> Result<Welcome, Error> {
+    version: u32,
+) -> Result<Greeting<Welcome>, Error> {
     let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
-    send.write_all(&Hello::current().encode())
+    send.write_all(&Hello { version }.encode())
         .await
         .map_err(|e| Error::daemon_unavailable(path, &e))?;
     let mut hello = [0u8; HELLO_LEN];
@@ -238,20 +273,28 @@ async fn handshake(
             path.display()
         ))
     })?;
-    if theirs.version != PROTOCOL_VERSION {
-        return Err(protocol(format!(
-            "this client speaks protocol {PROTOCOL_VERSION}, the vfslockd at {} speaks {}: \
-             use a client and daemon of matching versions",
-            path.display(),
-            theirs.version
-        )));
+    match after_daemon_hello(version, theirs.version) {
+        AfterHello::Proceed => {}
+        AfterHello::Reconnect(older) => return Ok(Greeting::Reconnect(older)),
+        AfterHello::Incompatible { daemon } => {
+            let upgrade = if daemon > version {
+                "this program's vfslock library"
+            } else {
+                "vfslockd"
+            };
+            return Err(protocol(format!(
+                "the vfslockd at {} speaks protocol {daemon}, this client speaks \
+                 {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}: upgrade {upgrade}",
+                path.display(),
+            )));
+        }
     }
     let payload = read_frame(reader)
         .await
         .map_err(|e| protocol(format!("handshake with vfslockd failed: {e}")))?
         .ok_or_else(Error::connection_lost)?;
     match codec::decode::<Welcome>(&payload) {
-        Ok(welcome) => Ok(welcome),
+        Ok(welcome) => Ok(Greeting::Accepted(welcome)),
         // A daemon that cannot take this connection (its connection limit) says why instead.
         Err(e) => match codec::decode::<ServerFrame>(&payload) {
             Ok(ServerFrame::Response {
@@ -310,7 +353,11 @@ async fn read_loop(
         }
     }
     for (_, lease) in routes.held.drain() {
-        mark_lost(&lease, Error::connection_lost().message().to_owned());
+        mark_lost(
+            &lease,
+            ErrorKind::LeaseLost,
+            Error::connection_lost().message().to_owned(),
+        );
     }
 }
 
@@ -360,7 +407,13 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
         ServerFrame::Event { id, event } => match event {
             Event::LeaseLost { reason } | Event::Releasing { reason } => {
                 if let Some(lease) = routes.held.get(&id) {
-                    mark_lost(lease, reason);
+                    mark_lost(lease, ErrorKind::LeaseLost, reason);
+                }
+                None
+            }
+            Event::LeaseEnded { kind, reason } => {
+                if let Some(lease) = routes.held.get(&id) {
+                    mark_lost(lease, ErrorKind::from_wire(kind), reason);
                 }
                 None
             }
@@ -443,5 +496,253 @@ fn release_of(grant: vfslock_proto::Grant) -> ClientFrame {
             target: grant.target,
             lock_id: grant.lock_id,
         },
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    //! The client against scripted daemons on a real Unix socket: an older daemon's version is
+    //! spoken, an incompatible one is named, and a lost lease carries the kind the daemon gave.
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{UnixListener, UnixStream};
+    use vfslock_proto::{ErrorKind as WireKind, LockFileFormat, WaitMode};
+
+    use super::*;
+
+    /// A socket path of this test process's own.
+    fn socket_path(name: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("vfslock-client-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    async fn read_hello(stream: &mut UnixStream) -> Hello {
+        let mut hello = [0u8; HELLO_LEN];
+        stream
+            .read_exact(&mut hello)
+            .await
+            .expect("the client's hello");
+        Hello::decode(hello).expect("a vfslock hello")
+    }
+
+    async fn read_client_frame(stream: &mut UnixStream) -> ClientFrame {
+        let mut prefix = [0u8; frame::LEN_PREFIX];
+        stream
+            .read_exact(&mut prefix)
+            .await
+            .expect("a frame's length");
+        let mut payload = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        stream.read_exact(&mut payload).await.expect("a frame");
+        codec::decode(&payload).expect("a client frame")
+    }
+
+    /// Sends a frame encoded by `codec::encode_frame`, as a daemon does.
+    async fn write(stream: &mut UnixStream, frame: Result<Vec<u8>, codec::CodecError>) {
+        let bytes = frame.expect("encode");
+        stream.write_all(&bytes).await.expect("write to the client");
+    }
+
+    fn metadata() -> vfslock_proto::LockMetadata {
+        vfslock_proto::LockMetadata {
+            created_at_unix_ns: Some(1),
+            acquired_at_unix_ns: Some(1),
+            modified_unix_ns: None,
+            ttl_ns: 30_000_000_000,
+            hostname: "host".into(),
+            pid: 7,
+            owner_id: None,
+            lock_id: Some("lock-1".into()),
+            daemon_id: Some("daemon".into()),
+            token: None,
+            uid: Some(0),
+            detached: false,
+            format: LockFileFormat::Vfslock(1),
+            stale: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_newer_client_speaks_an_older_daemons_version_and_hears_its_lost_lease() {
+        let path = socket_path("fallback");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let daemon = tokio::spawn(async move {
+            // A version 1 daemon: a hello of another version gets its own hello and a close.
+            let (mut first, _) = listener.accept().await.expect("accept");
+            assert_eq!(read_hello(&mut first).await.version, PROTOCOL_VERSION);
+            first
+                .write_all(&Hello { version: 1 }.encode())
+                .await
+                .unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().await.expect("accept again");
+            assert_eq!(
+                read_hello(&mut second).await,
+                Hello { version: 1 },
+                "the client connects again speaking the daemon's version"
+            );
+            second
+                .write_all(&Hello { version: 1 }.encode())
+                .await
+                .unwrap();
+            let welcome = Welcome {
+                protocol_version: 1,
+                daemon_version: "0.1.0".into(),
+                hostname: "host".into(),
+                instance_id: "daemon".into(),
+            };
+            write(&mut second, codec::encode_frame(&welcome)).await;
+            let ClientFrame::Request {
+                id,
+                request: Request::Acquire(acquire),
+            } = read_client_frame(&mut second).await
+            else {
+                panic!("expected an acquire");
+            };
+            let grant = Grant {
+                target: acquire.target,
+                lock_id: "lock-1".into(),
+                metadata: metadata(),
+                stole: None,
+                token: None,
+                valid_for: None,
+                valid_until_monotonic_ns: None,
+            };
+            let granted = ServerFrame::Response {
+                id,
+                result: Ok(Response::Granted(grant)),
+            };
+            write(&mut second, codec::encode_frame(&granted)).await;
+            // Version 1's way of ending a lease.
+            let lost = Event::LeaseLost {
+                reason: "broken by an admin".into(),
+            };
+            let lost = ServerFrame::Event { id, event: lost };
+            write(&mut second, codec::encode_frame(&lost)).await;
+            second
+        });
+
+        let connection = Connection::open(&path).await.expect("connect");
+        assert_eq!(connection.welcome().protocol_version, 1);
+        let (_, mut updates) = connection
+            .start_acquire(AcquireRequest {
+                target: "mem:///a".into(),
+                ttl: Some(Duration::from_secs(30)),
+                owner_id: None,
+                wait: WaitMode::Try,
+                ask_on_stale: false,
+                detached: false,
+            })
+            .expect("send the acquire");
+        let Some(AcquireUpdate::Granted(grant, mut lease)) = updates.recv().await else {
+            panic!("expected a grant");
+        };
+        assert_eq!(grant.lock_id, "lock-1");
+        lease
+            .wait_for(|state| state.lost.is_some())
+            .await
+            .expect("the lease is watched");
+        assert_eq!(
+            lease.borrow().loss(),
+            Some((ErrorKind::LeaseLost, "broken by an admin".to_owned()))
+        );
+        let _stream = daemon.await.expect("the scripted daemon");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_daemon_without_a_version_in_common_is_named() {
+        for (daemon_version, advice) in [
+            (
+                PROTOCOL_VERSION + 1,
+                "upgrade this program's vfslock library",
+            ),
+            (0, "upgrade vfslockd"),
+        ] {
+            let path = socket_path(&format!("incompatible-{daemon_version}"));
+            let listener = UnixListener::bind(&path).expect("bind");
+            let daemon = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                read_hello(&mut stream).await;
+                stream
+                    .write_all(
+                        &Hello {
+                            version: daemon_version,
+                        }
+                        .encode(),
+                    )
+                    .await
+                    .unwrap();
+            });
+            let err = Connection::open(&path)
+                .await
+                .err()
+                .expect("no version in common");
+            assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+            assert!(
+                err.message()
+                    .contains(&format!("speaks protocol {daemon_version}")),
+                "{err}"
+            );
+            assert!(err.message().contains(advice), "{err}");
+            daemon.await.expect("the scripted daemon");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    #[test]
+    fn a_lost_lease_has_the_kind_the_daemon_gave() {
+        let routes = Mutex::new(Routes::default());
+        let held = |id: RequestId| {
+            let (lease, watch) = watch::channel(LeaseState {
+                lost: None,
+                valid_until: None,
+            });
+            routes.lock().unwrap().held.insert(id, lease);
+            watch
+        };
+        let (broken, failed, old) = (held(1), held(2), held(3));
+        let events = [
+            (
+                1,
+                Event::LeaseEnded {
+                    kind: WireKind::LeaseLost,
+                    reason: "broken".into(),
+                },
+            ),
+            (
+                2,
+                Event::LeaseEnded {
+                    kind: WireKind::Internal,
+                    reason: "the daemon failed".into(),
+                },
+            ),
+            (
+                3,
+                Event::LeaseLost {
+                    reason: "stolen".into(),
+                },
+            ),
+        ];
+        for (id, event) in events {
+            assert!(dispatch(&routes, ServerFrame::Event { id, event }).is_none());
+        }
+        let loss = |lease: &LeaseWatch| lease.borrow().loss();
+        assert_eq!(
+            loss(&broken),
+            Some((ErrorKind::LeaseLost, "broken".to_owned()))
+        );
+        assert_eq!(
+            loss(&failed),
+            Some((ErrorKind::Other, "the daemon failed".to_owned()))
+        );
+        assert_eq!(
+            loss(&old),
+            Some((ErrorKind::LeaseLost, "stolen".to_owned()))
+        );
     }
 }

@@ -89,9 +89,11 @@ impl Error {
         )
     }
 
-    pub(crate) fn lease_lost(target: &str, reason: &str) -> Self {
+    /// A release after the lease was lost; `kind` is the loss's ([`ErrorKind::LeaseLost`], or
+    /// what the daemon said when it ended the lease).
+    pub(crate) fn lease_lost(kind: ErrorKind, target: &str, reason: &str) -> Self {
         Error::new(
-            ErrorKind::LeaseLost,
+            kind,
             format!("the lock on {target} was lost before it was released: {reason}"),
         )
     }
@@ -133,8 +135,16 @@ impl std::error::Error for Error {}
 
 impl From<WireError> for Error {
     fn from(wire: WireError) -> Self {
+        Error::new(ErrorKind::from_wire(wire.kind), wire.message)
+            .with_holder(wire.holder.map(|h| LockMetadata::from_wire(*h)))
+    }
+}
+
+impl ErrorKind {
+    /// The kind of a protocol error kind.
+    pub(crate) fn from_wire(kind: vfslock_proto::ErrorKind) -> Self {
         use vfslock_proto::ErrorKind as W;
-        let kind = match wire.kind {
+        match kind {
             W::AlreadyHeld => ErrorKind::AlreadyHeld,
             W::Timeout => ErrorKind::Timeout,
             W::InvalidTarget => ErrorKind::InvalidTarget,
@@ -148,8 +158,7 @@ impl From<WireError> for Error {
             W::LimitExceeded => ErrorKind::LimitExceeded,
             W::PermissionDenied => ErrorKind::PermissionDenied,
             W::Internal => ErrorKind::Other,
-        };
-        Error::new(kind, wire.message).with_holder(wire.holder.map(|h| LockMetadata::from_wire(*h)))
+        }
     }
 }
 

@@ -250,7 +250,8 @@ impl Lock {
 
     /// Releases the lock. Releasing a lock that is not held does nothing and is not an error,
     /// as with the Go library's `Release`; but if the lease had already been lost (stolen,
-    /// broken, not renewed in time), the release reports it with [`ErrorKind::LeaseLost`].
+    /// broken, not renewed in time), the release reports it with [`ErrorKind::LeaseLost`] (or
+    /// [`ErrorKind::Other`] when the daemon said that it failed itself).
     pub async fn release(&mut self) -> Result<(), Error> {
         let Some(held) = self.held.take() else {
             return Ok(());
@@ -267,8 +268,8 @@ impl Lock {
                 lock_id,
             })
             .await;
-        if let Some(reason) = loss {
-            return Err(Error::lease_lost(&held.target, &reason));
+        if let Some((kind, reason)) = loss {
+            return Err(Error::lease_lost(kind, &held.target, &reason));
         }
         match answer {
             Ok(_) => Ok(()),
@@ -297,7 +298,7 @@ impl Lock {
         let mut lease = held.lease.clone();
         loop {
             let state = lease.borrow_and_update().clone();
-            if let Some(reason) = state.loss() {
+            if let Some((_, reason)) = state.loss() {
                 return reason;
             }
             let expiry = async {

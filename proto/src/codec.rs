@@ -210,6 +210,10 @@ mod tests {
             Event::Releasing {
                 reason: "shutdown".into(),
             },
+            Event::LeaseEnded {
+                kind: ErrorKind::Internal,
+                reason: "the daemon failed".into(),
+            },
         ] {
             round_trip(ServerFrame::Event { id: 4, event });
         }

@@ -2,13 +2,31 @@
 //!
 //! Both sides send [`Hello`]: 4 magic bytes and a big-endian `u32` protocol version. Keeping it
 //! outside the codec means a daemon of any future version can still read an old client's hello
-//! (and the other way round) and say which versions met before it closes the connection.
+//! (and the other way round) and agree on a version, or say which versions met before it closes
+//! the connection.
+//!
+//! # Negotiation
+//!
+//! The client's hello names the version it wants to speak. The daemon speaks every version from
+//! [`OLDEST_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`] ([`negotiate`]):
+//! - a version it speaks: its hello names that same version (a version 1 client refuses any
+//!   other answer), its welcome follows, and the connection speaks that version both ways;
+//! - any other version: its hello names its own newest version, and it closes the connection.
+//!
+//! A client newer than the daemon falls back ([`after_daemon_hello`]): when the daemon's hello
+//! names a lower version that the client still speaks, the client connects again with a hello
+//! of that version. Reconnecting, rather than going on over the same connection, is what works
+//! with a version 1 daemon, which closes the connection after its hello on any mismatch.
 
 /// The first four bytes of every connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"VFSL";
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this crate speaks. What each version added is listed in
+/// [`crate::versions`].
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest protocol version this crate still speaks, with daemons and clients alike.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
 /// Length of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 8;
@@ -55,9 +73,80 @@ impl Hello {
     }
 }
 
+/// The version a daemon speaks with a client whose hello named `client`: that same version when
+/// the daemon speaks it, else `None` (the daemon answers with [`Hello::current`] and closes).
+pub fn negotiate(client: u32) -> Option<u32> {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION)
+        .contains(&client)
+        .then_some(client)
+}
+
+/// What a client does after reading the daemon's hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterHello {
+    /// The daemon speaks the version the client asked for: its welcome follows.
+    Proceed,
+    /// The daemon is older: it speaks only up to this version, which the client speaks too. The
+    /// daemon closes this connection; the client connects again with a hello of this version.
+    Reconnect(u32),
+    /// No version in common: the daemon speaks `daemon`, which the client cannot.
+    Incompatible {
+        /// The version the daemon's hello named.
+        daemon: u32,
+    },
+}
+
+/// What a client that sent a hello of version `sent` does with a daemon's hello of version
+/// `received`. A daemon never answers a version it speaks with another one, so a higher version
+/// than `sent`, or a lower one after a fallback, means no version in common.
+pub fn after_daemon_hello(sent: u32, received: u32) -> AfterHello {
+    if received == sent {
+        AfterHello::Proceed
+    } else if (OLDEST_PROTOCOL_VERSION..sent).contains(&received) && sent == PROTOCOL_VERSION {
+        AfterHello::Reconnect(received)
+    } else {
+        AfterHello::Incompatible { daemon: received }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_speaks_every_version_from_the_oldest_to_its_own() {
+        assert_eq!(negotiate(0), None, "there is no version 0");
+        for version in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            assert_eq!(negotiate(version), Some(version));
+        }
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1), None);
+        assert_eq!(negotiate(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_client_falls_back_once_to_an_older_daemons_version() {
+        assert_eq!(
+            after_daemon_hello(PROTOCOL_VERSION, PROTOCOL_VERSION),
+            AfterHello::Proceed
+        );
+        assert_eq!(after_daemon_hello(2, 1), AfterHello::Reconnect(1));
+        // After the fallback, the daemon must name the version asked for.
+        assert_eq!(after_daemon_hello(1, 1), AfterHello::Proceed);
+        assert_eq!(
+            after_daemon_hello(1, 2),
+            AfterHello::Incompatible { daemon: 2 }
+        );
+        assert_eq!(
+            after_daemon_hello(PROTOCOL_VERSION, 0),
+            AfterHello::Incompatible { daemon: 0 }
+        );
+        assert_eq!(
+            after_daemon_hello(PROTOCOL_VERSION, PROTOCOL_VERSION + 1),
+            AfterHello::Incompatible {
+                daemon: PROTOCOL_VERSION + 1
+            }
+        );
+    }
 
     #[test]
     fn hello_round_trips_and_fixes_its_layout() {

@@ -14,9 +14,12 @@
 //!    | 0..4  | magic `b"VFSL"`                                |
 //!    | 4..8  | protocol version, `u32`, big-endian            |
 //!
-//!    If the versions differ the daemon closes the connection after its 8 bytes, so either side
-//!    can report "client speaks 1, daemon speaks 2". If they match, the daemon's first frame is
-//!    a [`Welcome`].
+//!    The daemon speaks every version from [`handshake::OLDEST_PROTOCOL_VERSION`] to its own:
+//!    for a version it speaks, its hello names the client's version and its first frame is a
+//!    [`Welcome`]; for any other, its hello names its own version and it closes the connection,
+//!    so that either side can report which versions met, and a newer client can connect again
+//!    speaking the daemon's version ([`handshake`] has the rules, [`versions`] what each version
+//!    added).
 //! 2. **Frames** ([`frame`]) in both directions:
 //!
 //!    | bytes    | content                                                    |
@@ -30,6 +33,9 @@
 //!    request carries an id chosen by the client and its response echoes it, so one connection
 //!    carries many requests at once. The daemon also sends [`Event`]s tagged with the id of the
 //!    request they concern (a queue position, a stale-lock question, a lost lease).
+//!
+//! The whole wire format, for clients written in other languages, is `docs/protocol.md` in the
+//! repository.
 //!
 //! # Example
 //!
@@ -48,5 +54,6 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 mod message;
+pub mod versions;
 
 pub use message::*;

@@ -42,7 +42,9 @@ pub enum Request {
     /// [`ErrorKind::AlreadyHeld`] (try), [`ErrorKind::Timeout`] (wait with a timeout),
     /// [`ErrorKind::StaleVetoed`], [`ErrorKind::InvalidTarget`], [`ErrorKind::Store`] or
     /// [`ErrorKind::Cancelled`]. While waiting, [`Event::QueuePosition`] and
-    /// [`Event::StaleQuestion`] may arrive; once granted, [`Event::LeaseLost`] may.
+    /// [`Event::StaleQuestion`] may arrive; once granted, [`Event::LeaseRenewed`],
+    /// [`Event::Releasing`] and [`Event::LeaseEnded`] ([`Event::LeaseLost`] before protocol
+    /// version 2) may.
     Acquire(AcquireRequest),
     /// Give up a pending acquire. Answers [`Response::Cancelled`]; the acquire itself is
     /// answered with an error of kind [`ErrorKind::Cancelled`], or, if it was granted before the
@@ -207,6 +209,9 @@ pub struct Grant {
 }
 
 /// Announcements about a request.
+///
+/// Variants are only ever appended: a variant's index is its tag on the wire. Each one is sent
+/// only to clients whose protocol version has it ([`crate::versions`]).
 #[allow(clippy::large_enum_variant)] // as for `ServerFrame`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -230,7 +235,8 @@ pub enum Event {
         /// [`Grant::valid_until_monotonic_ns`].
         valid_until_monotonic_ns: Option<u64>,
     },
-    /// The lock granted to this acquire is no longer held.
+    /// The lock granted to this acquire is no longer held. Since protocol version 2 the daemon
+    /// sends [`Event::LeaseEnded`] instead; clients of version 1 get this.
     LeaseLost {
         /// What happened.
         reason: String,
@@ -238,6 +244,16 @@ pub enum Event {
     /// The daemon is shutting down and releases this lock now.
     Releasing {
         /// Why.
+        reason: String,
+    },
+    /// Protocol version 2: the lock granted to this acquire is no longer held, and why, as an
+    /// error kind a program can branch on. Clients of version 1 get [`Event::LeaseLost`] with
+    /// the same reason.
+    LeaseEnded {
+        /// [`ErrorKind::LeaseLost`] when the lease was lost (stolen, broken, not renewed in
+        /// time); [`ErrorKind::Internal`] when the daemon itself failed.
+        kind: ErrorKind,
+        /// What happened, and what to do.
         reason: String,
     },
 }
@@ -317,7 +333,8 @@ pub struct ListEntry {
 pub struct StatusInfo {
     /// Version of the daemon binary.
     pub daemon_version: String,
-    /// Protocol version spoken.
+    /// The newest protocol version the daemon speaks (a connection may speak an older one:
+    /// see [`Welcome::protocol_version`]).
     pub protocol_version: u32,
     /// Host identity written into lock files.
     pub hostname: String,
@@ -355,7 +372,7 @@ pub struct StoreInfo {
 /// The daemon's first frame after an accepted handshake.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
-    /// Protocol version the daemon speaks (equal to the client's).
+    /// The protocol version of this connection: the one the client's hello named.
     pub protocol_version: u32,
     /// Version of the daemon binary.
     pub daemon_version: String,
@@ -376,7 +393,7 @@ pub struct WireError {
     pub holder: Option<Box<LockMetadata>>,
 }
 
-/// Kinds of failure.
+/// Kinds of failure. Variants are only ever appended: a variant's index is its tag on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The lock is held by someone else.

@@ -1,6 +1,7 @@
 //! Property tests of the wire: every message, whatever its content, survives
 //! `codec::encode_frame` → `FrameDecoder::next_frame` → `codec::decode` unchanged, the
-//! handshake greeting survives its fixed layout, and no byte string makes a decoder panic.
+//! handshake greeting survives its fixed layout, no byte string makes a decoder panic, and a
+//! frame rewritten for an older client fits that client's version.
 //!
 //! The strategies build every field of every message with a struct literal, without `..`: a
 //! field added to a message breaks this file's build until a strategy covers it.
@@ -16,7 +17,9 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestCaseError;
 use serde::{de::DeserializeOwned, Serialize};
 use vfslock_proto::frame::{FrameDecoder, DEFAULT_MAX_FRAME, LEN_PREFIX};
-use vfslock_proto::handshake::{Hello, HelloError, HELLO_LEN, MAGIC};
+use vfslock_proto::handshake::{
+    Hello, HelloError, HELLO_LEN, MAGIC, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use vfslock_proto::*;
 
 // ---- strategies -------------------------------------------------------------------------
@@ -320,6 +323,7 @@ fn event() -> BoxedStrategy<Event> {
         }),
         text().prop_map(|reason| Event::LeaseLost { reason }),
         text().prop_map(|reason| Event::Releasing { reason }),
+        (error_kind(), text()).prop_map(|(kind, reason)| Event::LeaseEnded { kind, reason }),
     ]
     .boxed()
 }
@@ -454,7 +458,7 @@ impl Variant for Response {
 }
 
 impl Variant for Event {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
     fn variant(&self) -> usize {
         match self {
             Event::QueuePosition { .. } => 0,
@@ -462,6 +466,7 @@ impl Variant for Event {
             Event::LeaseRenewed { .. } => 2,
             Event::LeaseLost { .. } => 3,
             Event::Releasing { .. } => 4,
+            Event::LeaseEnded { .. } => 5,
         }
     }
 }
@@ -677,6 +682,20 @@ proptest! {
         let bytes = damaged(valid, edits, cut, tail);
         if let Ok(frame) = codec::decode::<ServerFrame>(&bytes) {
             through_the_wire(&frame)?;
+        }
+    }
+
+    /// A daemon never sends a client what its version lacks, and rewrites nothing a client's
+    /// version already has.
+    #[test]
+    fn a_frame_for_an_older_client_fits_its_version(
+        frame in server_frame(),
+        version in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION,
+    ) {
+        let down = frame.clone().for_version(version);
+        prop_assert!(down.since_version() <= version, "{:?} for version {}", down, version);
+        if frame.since_version() <= version {
+            prop_assert_eq!(down, frame);
         }
     }
 }

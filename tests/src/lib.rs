@@ -5,6 +5,8 @@
 //! first); `CARGO_BIN_EXE_*` is only set inside the package that owns a binary, so they are
 //! found next to the test executable, or in `$VFSLOCK_BIN_DIR`.
 
+pub mod v1;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

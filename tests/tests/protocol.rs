@@ -117,7 +117,7 @@ async fn handshaken(socket: &Path) -> UnixStream {
     within("the daemon's hello", stream.read_exact(&mut hello))
         .await
         .expect("read hello");
-    assert_eq!(&hello, b"VFSL\0\0\0\x01");
+    assert_eq!(&hello, b"VFSL\0\0\0\x02");
     let mut prefix = [0u8; frame::LEN_PREFIX];
     within("the welcome", stream.read_exact(&mut prefix))
         .await
@@ -127,7 +127,7 @@ async fn handshaken(socket: &Path) -> UnixStream {
         .await
         .expect("read the welcome");
     let welcome: Welcome = codec::decode(&payload).expect("a welcome frame");
-    assert_eq!(welcome.protocol_version, 1);
+    assert_eq!(welcome.protocol_version, 2);
     stream
 }
 
@@ -197,16 +197,17 @@ async fn a_wrong_protocol_version_gets_the_daemons_hello_then_a_close() {
     daemon_survives(async |socket| {
         let mut stream = UnixStream::connect(&socket).await.expect("connect");
         let mut hello = b"VFSL".to_vec();
-        hello.extend_from_slice(&2u32.to_be_bytes());
+        // One above the newest version the daemon speaks.
+        hello.extend_from_slice(&3u32.to_be_bytes());
         stream.write_all(&hello).await.expect("send hello");
         let received = read_until_closed(&mut stream).await;
         assert_eq!(
-            received, b"VFSL\0\0\0\x01",
+            received, b"VFSL\0\0\0\x02",
             "the daemon's hello, nothing more"
         );
         assert_eq!(
             Hello::decode(received[..].try_into().unwrap()),
-            Ok(Hello { version: 1 })
+            Ok(Hello { version: 2 })
         );
     })
     .await;

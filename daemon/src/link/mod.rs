@@ -52,6 +52,9 @@ pub struct SessionLink {
     pub out: Outbound,
     /// Who the client is.
     pub caller: Caller,
+    /// The protocol version the client negotiated: every frame to it is rewritten for that
+    /// version here, so nothing else needs to know which version a client speaks.
+    pub protocol: u32,
     open: Mutex<OpenRequests>,
 }
 
@@ -91,8 +94,15 @@ impl SessionLink {
             id,
             out,
             caller,
+            protocol: vfslock_proto::handshake::PROTOCOL_VERSION,
             open: Mutex::default(),
         }
+    }
+
+    /// The same link, to a client that speaks protocol `version`.
+    pub fn speaking(mut self, version: u32) -> Self {
+        self.protocol = version;
+        self
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, OpenRequests> {
@@ -103,7 +113,8 @@ impl SessionLink {
     pub fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
         let held = matches!(&result, Ok(Response::Granted(_)));
         self.settle(id, held);
-        self.out.send(ServerFrame::Response { id, result });
+        self.out
+            .send(ServerFrame::Response { id, result }.for_version(self.protocol));
     }
 
     /// Counts the acquire `id` against the limit; `false` if the connection is at `limit`.
@@ -189,7 +200,8 @@ impl SessionLink {
 
     /// Announces `event` about request `id`.
     pub fn event(&self, id: RequestId, event: Event) {
-        self.out.send(ServerFrame::Event { id, event });
+        self.out
+            .send(ServerFrame::Event { id, event }.for_version(self.protocol));
     }
 
     /// Whether the client is gone.

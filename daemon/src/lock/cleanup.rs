@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use ractor::{ActorId, ActorRef};
-use vfslock_proto::Event;
+use vfslock_proto::{ErrorKind, Event};
 
 use super::actor::{LockActor, LockMessage};
 use super::lifecycle::must;
@@ -225,9 +225,11 @@ impl LockActor {
         }
         for (session, open) in &orphans {
             for &id in &open.held {
+                // Kind `Internal`: the daemon failed, not the store or another holder.
                 session.event(
                     id,
-                    Event::LeaseLost {
+                    Event::LeaseEnded {
+                        kind: ErrorKind::Internal,
                         reason: replies::daemon_failed_holder(url, why),
                     },
                 );

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
-use vfslock_proto::{Event, Grant, LockMetadata, Response, WireError};
+use vfslock_proto::{ErrorKind, Event, Grant, LockMetadata, Response, WireError};
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
@@ -193,9 +193,13 @@ impl LockActor {
         self.tally.held(-1);
         tracing::warn!(target = %state.target.url, %reason, "lease lost");
         holding.session.acquire_ended(holding.acquire_id);
-        holding
-            .session
-            .event(holding.acquire_id, Event::LeaseLost { reason });
+        holding.session.event(
+            holding.acquire_id,
+            Event::LeaseEnded {
+                kind: ErrorKind::LeaseLost,
+                reason,
+            },
+        );
         if try_delete {
             self.delete_or_retry(state, &holding.written).await;
         }

@@ -7,6 +7,7 @@
 //!    waiters, bounded by `locks.shutdown-timeout`;
 //! 3. sessions stop reading, flush what is queued for their clients, and close.
 
+mod handshake;
 pub mod session;
 
 use std::io;
@@ -209,7 +210,7 @@ pub async fn serve(
                     // Told why, then closed: the sessions already open are not affected.
                     let limit = ctx.settings.limits.max_connections;
                     tracing::warn!(limit, "connection refused: limits.max-connections reached");
-                    tokio::spawn(session::refuse(stream, limit, ctx.settings.limits.io_timeout));
+                    tokio::spawn(handshake::refuse(stream, limit, ctx.settings.limits.io_timeout));
                 }
                 Ok(stream) => {
                     sessions.spawn(session::serve(

@@ -1,5 +1,5 @@
-//! One client connection: handshake, frames in, requests routed to target actors, answers and
-//! events out.
+//! One client connection: handshake ([`super::handshake`]), frames in, requests routed to
+//! target actors, answers and events out.
 //!
 //! The reader (this task) decodes frames and routes requests; target actors answer through the
 //! session's [`Outbound`]: straight to the socket when nothing is queued, else through the
@@ -10,16 +10,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
-use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
 use vfslock_proto::{
     codec, frame::FrameDecoder, ClientFrame, ErrorKind, Request, RequestId, Response, ServerFrame,
-    Welcome, WireError,
+    WireError,
 };
 
 use crate::access::{off_runtime, resolve_file, Need};
@@ -51,10 +49,13 @@ async fn serve_as(
     id: u64,
     caller: Caller,
 ) {
-    if let Err(reason) = handshake(&ctx, &mut stream).await {
-        tracing::info!(%reason, "handshake refused");
-        return;
-    }
+    let protocol = match super::handshake::handshake(&ctx, &mut stream).await {
+        Ok(protocol) => protocol,
+        Err(reason) => {
+            tracing::info!(%reason, "handshake refused");
+            return;
+        }
+    };
     let (closing, closing_rx) = oneshot::channel();
     #[cfg(unix)]
     let (mut reader, out, writer) = {
@@ -72,7 +73,7 @@ async fn serve_as(
         let (out, writer) = Outbound::through_writer();
         (reader, out, tokio::spawn(writer.run(send, closing_rx)))
     };
-    let link = Arc::new(SessionLink::new(id, out, caller));
+    let link = Arc::new(SessionLink::new(id, out, caller).speaking(protocol));
     ctx.sessions.register(&link);
     let mut session = Session {
         ctx: ctx.clone(),
@@ -93,65 +94,6 @@ async fn serve_as(
     session.close();
     ctx.sessions.unregister(id);
     Stats::add(&ctx.stats.sessions, -1);
-}
-
-/// Answers a connection over the limit: our hello, then an error frame (request id 0) saying
-/// why, then close. A client reads the error where it expected the welcome.
-pub async fn refuse(mut stream: Stream, limit: usize, io_timeout: Duration) {
-    let mut bytes = Hello::current().encode().to_vec();
-    let refusal = ServerFrame::Response {
-        id: 0,
-        result: Err(WireError::new(
-            ErrorKind::LimitExceeded,
-            format!(
-                "vfslockd serves its maximum of {limit} connections (limits.max-connections); \
-                 try again later"
-            ),
-        )),
-    };
-    if let Ok(frame) = codec::encode_frame(&refusal) {
-        bytes.extend_from_slice(&frame);
-    }
-    let mut hello = [0u8; HELLO_LEN];
-    let _ = tokio::time::timeout(io_timeout, async {
-        stream.read_exact(&mut hello).await?;
-        stream.write_all(&bytes).await
-    })
-    .await;
-}
-
-/// Exchanges hellos (fixed layout, any version) and sends the welcome frame.
-async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<(), String> {
-    let io_timeout = ctx.settings.limits.io_timeout;
-    let mut hello = [0u8; HELLO_LEN];
-    match tokio::time::timeout(io_timeout, stream.read_exact(&mut hello)).await {
-        Err(_) => return Err("no handshake in time".into()),
-        Ok(Err(e)) => return Err(format!("handshake: {e}")),
-        Ok(Ok(_)) => {}
-    }
-    let theirs = Hello::decode(hello).map_err(|e| e.to_string())?;
-    // Our hello goes out whatever the client speaks, so that it can name both versions.
-    let mut out = Hello::current().encode().to_vec();
-    if theirs.version != PROTOCOL_VERSION {
-        let _ = tokio::time::timeout(io_timeout, stream.write_all(&out)).await;
-        return Err(format!(
-            "client speaks protocol {}, this daemon speaks {PROTOCOL_VERSION}",
-            theirs.version
-        ));
-    }
-    let welcome = codec::encode_frame(&Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        daemon_version: env!("CARGO_PKG_VERSION").into(),
-        hostname: ctx.host_id.clone(),
-        instance_id: ctx.instance_id.clone(),
-    })
-    .map_err(|e| e.to_string())?;
-    out.extend_from_slice(&welcome);
-    match tokio::time::timeout(io_timeout, stream.write_all(&out)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("handshake: {e}")),
-        Err(_) => Err("handshake reply not taken in time".into()),
-    }
 }
 
 /// Who the client is, from the kernel: pid, uid, groups, and whether it is an admin (root, or

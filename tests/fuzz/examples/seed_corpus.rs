@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use vfslock_proto::handshake::Hello;
+use vfslock_proto::handshake::{Hello, PROTOCOL_VERSION};
 use vfslock_proto::{
     codec, AcquireRequest, ClientFrame, ErrorKind, Event, Grant, ListEntry, LockFileFormat,
     LockMetadata, Request, Response, ServerFrame, StatusInfo, StoreInfo, WaitMode, Welcome,
@@ -232,12 +232,22 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 },
             ),
         ),
+        (
+            "lease-ended",
+            event(
+                2,
+                Event::LeaseEnded {
+                    kind: ErrorKind::LeaseLost,
+                    reason: "the lock was broken by uid 0: stuck".into(),
+                },
+            ),
+        ),
     ]
 }
 
 fn welcome() -> Welcome {
     Welcome {
-        protocol_version: 1,
+        protocol_version: PROTOCOL_VERSION,
         daemon_version: "0.1.0".into(),
         hostname: "h".into(),
         instance_id: "i".into(),

@@ -113,7 +113,10 @@ async fn after_an_actor_fails_its_successor_tells_holders_answers_waiters_and_fr
     panic_please.owner_id = Some("panic please".into());
     daemon.acquire_with(&trigger, 1, panic_please).await;
     match event(&mut holder_frames).await {
-        Event::LeaseLost { reason } => assert!(reason.contains("vfslockd failed"), "{reason}"),
+        Event::LeaseEnded { kind, reason } => {
+            assert_eq!(kind, vfslock_proto::ErrorKind::Internal);
+            assert!(reason.contains("vfslockd failed"), "{reason}");
+        }
         other => panic!("expected a loss, got {other:?}"),
     }
     let error = refused(&mut waiter_frames).await;

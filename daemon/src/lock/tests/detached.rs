@@ -77,7 +77,8 @@ async fn an_admins_break_tells_the_holder_first_and_removes_the_lock_file() {
     };
     daemon.send(TARGET, message).await;
     match event(&mut holder_frames).await {
-        Event::LeaseLost { reason } => {
+        Event::LeaseEnded { kind, reason } => {
+            assert_eq!(kind, vfslock_proto::ErrorKind::LeaseLost);
             assert!(reason.contains("was broken by uid 0"), "{reason}");
             assert!(reason.ends_with("stuck job"), "{reason}");
         }

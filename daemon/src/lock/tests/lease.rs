@@ -93,7 +93,8 @@ async fn a_lock_file_replaced_by_someone_else_is_a_lost_lease_and_is_left_alone(
         .await
         .unwrap();
     match event(&mut frames).await {
-        Event::LeaseLost { reason } => {
+        Event::LeaseEnded { kind, reason } => {
+            assert_eq!(kind, vfslock_proto::ErrorKind::LeaseLost);
             assert!(
                 reason.contains("replaced or removed by someone else"),
                 "{reason}"

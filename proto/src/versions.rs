@@ -1,0 +1,171 @@
+//! What each protocol version added, and how a frame is rewritten for an older peer.
+//!
+//! bincode is not self-describing: a decoder built for version 1 that meets a variant index it
+//! does not know fails the whole frame, and the client then drops the connection. So a daemon
+//! never sends a client anything that the client's version lacks. The rules that keep that
+//! possible:
+//! - a new message is a new enum variant appended at the end of its enum (variant indices are
+//!   positional, so existing variants never move), and a new field goes into a new variant or a
+//!   new message, never into an existing one;
+//! - everything a new version adds has a meaning in each older version, written here as a
+//!   downgrade: [`ServerFrame::for_version`] rewrites a frame into what a client of that version
+//!   understands, and the daemon applies it in the one place all its answers and events pass;
+//! - a client sends only what the version it negotiated has (version 2 added nothing that a
+//!   client sends).
+//!
+//! | version | added                                                                        |
+//! |---------|------------------------------------------------------------------------------|
+//! | 1       | everything else                                                              |
+//! | 2       | [`Event::LeaseEnded`]: a lost lease with an error kind; version 1 gets [`Event::LeaseLost`] |
+//!
+//! The full wire format, for clients written in other languages, is `docs/protocol.md`.
+
+use crate::handshake::PROTOCOL_VERSION;
+use crate::{Event, ServerFrame};
+
+impl ServerFrame {
+    /// This frame as a client speaking protocol `version` can decode it: the same frame for
+    /// the current version, else everything newer replaced by its older equivalent.
+    #[inline]
+    pub fn for_version(self, version: u32) -> ServerFrame {
+        if version >= PROTOCOL_VERSION {
+            return self;
+        }
+        match self {
+            ServerFrame::Event { id, event } => ServerFrame::Event {
+                id,
+                event: event.for_version(version),
+            },
+            response @ ServerFrame::Response { .. } => response,
+        }
+    }
+
+    /// The oldest protocol version that can decode this frame.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            ServerFrame::Event { event, .. } => event.since_version(),
+            ServerFrame::Response { .. } => 1,
+        }
+    }
+}
+
+impl Event {
+    /// This event as protocol `version` has it.
+    pub fn for_version(self, version: u32) -> Event {
+        match self {
+            Event::LeaseEnded { reason, .. } if version < 2 => Event::LeaseLost { reason },
+            event => event,
+        }
+    }
+
+    /// The oldest protocol version that has this event.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            Event::QueuePosition { .. }
+            | Event::StaleQuestion { .. }
+            | Event::LeaseRenewed { .. }
+            | Event::LeaseLost { .. }
+            | Event::Releasing { .. } => 1,
+            Event::LeaseEnded { .. } => 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::handshake::OLDEST_PROTOCOL_VERSION;
+    use crate::{ErrorKind, Response, WireError};
+
+    fn lease_ended(kind: ErrorKind) -> ServerFrame {
+        ServerFrame::Event {
+            id: 5,
+            event: Event::LeaseEnded {
+                kind,
+                reason: "the lock was broken by uid 0: stuck".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_version_1_client_hears_a_lease_ended_as_a_lease_lost() {
+        for kind in [ErrorKind::LeaseLost, ErrorKind::Internal] {
+            assert_eq!(
+                lease_ended(kind).for_version(1),
+                ServerFrame::Event {
+                    id: 5,
+                    event: Event::LeaseLost {
+                        reason: "the lock was broken by uid 0: stuck".into()
+                    }
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_current_client_gets_the_frame_unchanged() {
+        let frame = lease_ended(ErrorKind::Internal);
+        assert_eq!(frame.clone().for_version(PROTOCOL_VERSION), frame);
+        // A client newer than this crate (it asked for our version, so cannot be) is not a
+        // reason to rewrite.
+        assert_eq!(frame.clone().for_version(PROTOCOL_VERSION + 1), frame);
+    }
+
+    #[test]
+    fn what_version_1_has_passes_unchanged_to_version_1() {
+        let frames = [
+            ServerFrame::Event {
+                id: 1,
+                event: Event::QueuePosition { position: 3 },
+            },
+            ServerFrame::Event {
+                id: 1,
+                event: Event::LeaseRenewed {
+                    valid_for: Duration::from_secs(20),
+                    valid_until_monotonic_ns: Some(9),
+                },
+            },
+            ServerFrame::Event {
+                id: 1,
+                event: Event::LeaseLost {
+                    reason: "stolen".into(),
+                },
+            },
+            ServerFrame::Event {
+                id: 1,
+                event: Event::Releasing {
+                    reason: "shutdown".into(),
+                },
+            },
+            ServerFrame::Response {
+                id: 2,
+                result: Ok(Response::Pong),
+            },
+            ServerFrame::Response {
+                id: 2,
+                result: Err(WireError::new(ErrorKind::Internal, "bug")),
+            },
+        ];
+        for frame in frames {
+            assert_eq!(frame.since_version(), 1, "{frame:?}");
+            assert_eq!(frame.clone().for_version(1), frame);
+        }
+    }
+
+    #[test]
+    fn every_downgrade_fits_the_version_it_is_for() {
+        for kind in [ErrorKind::LeaseLost, ErrorKind::Internal] {
+            let frame = lease_ended(kind);
+            assert_eq!(frame.since_version(), 2);
+            for version in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+                let down = frame.clone().for_version(version);
+                assert!(
+                    down.since_version() <= version,
+                    "{down:?} sent to a version {version} client"
+                );
+            }
+        }
+    }
+}

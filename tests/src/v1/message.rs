@@ -1,0 +1,430 @@
+//! The messages of protocol version 1, copied unchanged from `proto/src/message.rs` as the
+//! release that spoke version 1 had them (only this paragraph differs). Never edit them to
+//! follow the protocol crate: they are what an installed client of that release decodes, and
+//! the compatibility tests need a decoder that fails on anything version 1 lacks.
+//!
+//! These are wire types only. The lock file's JSON has its own types in the daemon; the two are
+//! kept apart so that the file format can follow the Go library while the wire follows us.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Chosen by the client, unique among its connection's requests in flight; echoed by every
+/// response and event about that request.
+pub type RequestId = u64;
+
+/// Everything a client sends after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// A request; the daemon answers with exactly one [`ServerFrame::Response`] carrying `id`.
+    Request {
+        /// Echoed by the response.
+        id: RequestId,
+        /// What is asked.
+        request: Request,
+    },
+    /// The answer to an [`Event::StaleQuestion`] about the acquire with this `id`. Produces no
+    /// response of its own: the acquire's response follows.
+    StaleVerdict {
+        /// The acquire request that was asked.
+        id: RequestId,
+        /// The target of that acquire.
+        target: String,
+        /// Whether the stale lock may be taken.
+        allow: bool,
+        /// Why not, when `allow` is false (returned to the caller as the acquire's error).
+        reason: String,
+    },
+}
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Take a lock. Answers [`Response::Granted`], or an error of kind
+    /// [`ErrorKind::AlreadyHeld`] (try), [`ErrorKind::Timeout`] (wait with a timeout),
+    /// [`ErrorKind::StaleVetoed`], [`ErrorKind::InvalidTarget`], [`ErrorKind::Store`] or
+    /// [`ErrorKind::Cancelled`]. While waiting, [`Event::QueuePosition`] and
+    /// [`Event::StaleQuestion`] may arrive; once granted, [`Event::LeaseLost`] may.
+    Acquire(AcquireRequest),
+    /// Give up a pending acquire. Answers [`Response::Cancelled`]; the acquire itself is
+    /// answered with an error of kind [`ErrorKind::Cancelled`], or, if it was granted before the
+    /// cancel arrived, that grant is released at once.
+    Cancel {
+        /// The target of that acquire.
+        target: String,
+        /// The id of the acquire request to cancel.
+        acquire_id: RequestId,
+    },
+    /// Release a lock this connection holds, or a detached lease of the caller's uid (any uid
+    /// for an admin). Answers [`Response::Released`]; releasing a lock that is not held is not
+    /// an error (`held: false`).
+    Release {
+        /// The target as given to acquire.
+        target: String,
+        /// The lock id from [`Grant::lock_id`].
+        lock_id: String,
+    },
+    /// Extend a detached lease by its TTL (or `ttl`) from now. Answers [`Response::Renewed`],
+    /// or an error of kind [`ErrorKind::LeaseLost`] (not that lease any more) or
+    /// [`ErrorKind::PermissionDenied`] (another uid's lease, caller not an admin).
+    Renew {
+        /// The target.
+        target: String,
+        /// The detached lease's lock id.
+        lock_id: String,
+        /// A new TTL; `None` keeps the lease's.
+        ttl: Option<Duration>,
+    },
+    /// Remove whoever holds the target's lock (an admin's `vfslockctl break`). Only root and
+    /// members of the daemon's admin group may; the caller's identity comes from the socket.
+    /// Answers [`Response::Broken`] with the lock file removed (`None` if there was none).
+    Break {
+        /// The target.
+        target: String,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Read a target's lock file, whoever wrote it. Answers [`Response::Metadata`].
+    Metadata {
+        /// The target.
+        target: String,
+    },
+    /// What this daemon holds and queues. Answers [`Response::List`].
+    List,
+    /// The daemon's status. Answers [`Response::Status`].
+    Status,
+    /// Answers [`Response::Pong`].
+    Ping,
+}
+
+/// The parameters of [`Request::Acquire`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    /// The target URL or absolute path.
+    pub target: String,
+    /// Lease length, renewed by the daemon while the connection lives. `None` takes the
+    /// daemon's default (30 s unless configured); zero never expires.
+    pub ttl: Option<Duration>,
+    /// Optional owner identity written into the lock file.
+    pub owner_id: Option<String>,
+    /// Try once or wait.
+    pub wait: WaitMode,
+    /// Whether the daemon must ask the client ([`Event::StaleQuestion`]) before taking a stale
+    /// lock; without it a stale lock is taken.
+    pub ask_on_stale: bool,
+    /// A detached lease: it belongs to the caller's uid and its lock id, not to the
+    /// connection. It is not released when the connection closes nor at daemon shutdown, is not
+    /// renewed, and lasts its TTL (required, non-zero) unless released or renewed by lock id
+    /// ([`Request::Release`], [`Request::Renew`]) by the same uid or an admin.
+    pub detached: bool,
+}
+
+/// How long an acquire may wait for the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitMode {
+    /// Fail at once with [`ErrorKind::AlreadyHeld`] when the lock is held.
+    Try,
+    /// Queue until granted, or until `timeout` passes ([`ErrorKind::Timeout`]).
+    Wait {
+        /// `None` waits for ever.
+        timeout: Option<Duration>,
+    },
+}
+
+/// Everything the daemon sends after the handshake.
+///
+/// Request id 0 is never used by the client library for requests it waits on: the daemon
+/// answers a frame it cannot decode with an error response carrying id 0 before closing, and
+/// fire-and-forget requests (a release from `Drop`) use it too.
+// Frames live only between the codec and a handler; boxing variants would cost an allocation
+// per message to save stack space nobody is short of.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The one answer to the request `id`.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The outcome.
+        result: Result<Response, WireError>,
+    },
+    /// Something the daemon announces about the request `id` without being asked.
+    Event {
+        /// The request (an acquire) the event concerns.
+        id: RequestId,
+        /// What happened.
+        event: Event,
+    },
+}
+
+/// A successful answer.
+#[allow(clippy::large_enum_variant)] // as for `ServerFrame`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The lock is held by the requesting connection.
+    Granted(Grant),
+    /// A cancel was accepted.
+    Cancelled,
+    /// A release was carried out; `held` says whether the lock was held by the caller.
+    Released {
+        /// Whether the caller held the lock.
+        held: bool,
+    },
+    /// The target's lock file, or `None` when there is none.
+    Metadata(Option<LockMetadata>),
+    /// Locks held and queued through this daemon.
+    List(Vec<ListEntry>),
+    /// The daemon's status.
+    Status(StatusInfo),
+    /// A detached lease was extended; its lock file as now written.
+    Renewed(LockMetadata),
+    /// A lock was broken; the lock file that was removed.
+    Broken(Option<LockMetadata>),
+    /// Answer to [`Request::Ping`].
+    Pong,
+}
+
+/// What the holder of a fresh lock learns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The normalized target URL.
+    pub target: String,
+    /// The unique id written into the lock file; names this holding in [`Request::Release`].
+    pub lock_id: String,
+    /// The lock file as written.
+    pub metadata: LockMetadata,
+    /// The stale lock file that was replaced, if the lock was stolen.
+    pub stole: Option<LockMetadata>,
+    /// The fencing token of this holding: greater than every token issued before for this
+    /// target, by any daemon sharing the store. `None` on a store that cannot stand behind
+    /// one (create-only mode, or fencing switched off in the config).
+    pub token: Option<u64>,
+    /// How long the lease is certainly valid from the moment the daemon sent this grant;
+    /// `None` for a lease that never expires.
+    pub valid_for: Option<Duration>,
+    /// The same deadline as an absolute `CLOCK_MONOTONIC` reading in nanoseconds, where the
+    /// platform has one. Daemon and client share the host, hence the clock; a client that
+    /// reads this grant late must not count the validity from its late reading.
+    pub valid_until_monotonic_ns: Option<u64>,
+}
+
+/// Announcements about a request.
+#[allow(clippy::large_enum_variant)] // as for `ServerFrame`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The acquire waits behind `position - 1` other waiters of this daemon (1 = next).
+    QueuePosition {
+        /// 1-based place in the queue.
+        position: u32,
+    },
+    /// The lock is stale; may it be taken? Answer with [`ClientFrame::StaleVerdict`]. No answer
+    /// within the daemon's deadline counts as a veto.
+    StaleQuestion {
+        /// The stale lock file.
+        holder: LockMetadata,
+    },
+    /// The lease granted to this acquire was renewed: it is valid for `valid_for` from the
+    /// moment the daemon sent this event.
+    LeaseRenewed {
+        /// Remaining certain validity.
+        valid_for: Duration,
+        /// The deadline as an absolute `CLOCK_MONOTONIC` reading; see
+        /// [`Grant::valid_until_monotonic_ns`].
+        valid_until_monotonic_ns: Option<u64>,
+    },
+    /// The lock granted to this acquire is no longer held.
+    LeaseLost {
+        /// What happened.
+        reason: String,
+    },
+    /// The daemon is shutting down and releases this lock now.
+    Releasing {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A lock file as the daemon read it, in wire form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockMetadata {
+    /// `createdAt`: last write of the lease (refreshed at each renewal), Unix nanoseconds.
+    /// `None` when the file has no parseable time.
+    pub created_at_unix_ns: Option<i128>,
+    /// `acquiredAt`: first write of the lease (vfslock files only), Unix nanoseconds.
+    pub acquired_at_unix_ns: Option<i128>,
+    /// The store's last-modified time of the file, Unix nanoseconds, if known.
+    pub modified_unix_ns: Option<i128>,
+    /// `ttl` in nanoseconds: 0 never expires, negative is already stale.
+    pub ttl_ns: i64,
+    /// `hostname` of the holder.
+    pub hostname: String,
+    /// `pid` of the holding process.
+    pub pid: i64,
+    /// `ownerId`, if any.
+    pub owner_id: Option<String>,
+    /// `lockId` (vfslock files only).
+    pub lock_id: Option<String>,
+    /// `daemonId`: the instance id of the daemon that wrote it (vfslock files only).
+    pub daemon_id: Option<String>,
+    /// `token`: the fencing token of the holding (vfslock files only).
+    pub token: Option<u64>,
+    /// `uid`: the holder's user id (vfslock files only).
+    pub uid: Option<u32>,
+    /// `detached`: a detached lease, which belongs to its uid and lock id (vfslock files only).
+    pub detached: bool,
+    /// Who wrote the file, as far as its content tells.
+    pub format: LockFileFormat,
+    /// Whether the daemon judged the lock stale when it read it.
+    pub stale: bool,
+}
+
+/// What kind of writer left a lock file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockFileFormat {
+    /// Written by vfslock, with this format version.
+    Vfslock(u32),
+    /// Written by the Go library (either spelling).
+    Go,
+    /// Valid JSON of some other tool: held, never stale by time.
+    Foreign,
+    /// Not valid JSON (empty, truncated, binary): held until older than the grace period.
+    Corrupt,
+}
+
+/// One line of [`Response::List`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    /// Normalized target.
+    pub target: String,
+    /// The holder's lock id, if this daemon's client holds it.
+    pub lock_id: Option<String>,
+    /// The holding process.
+    pub pid: Option<i64>,
+    /// The holding user.
+    pub uid: Option<u32>,
+    /// The holder's owner id.
+    pub owner_id: Option<String>,
+    /// How long the lock has been held.
+    pub held_for: Option<Duration>,
+    /// The holder's TTL.
+    pub ttl: Duration,
+    /// The holder's fencing token.
+    pub token: Option<u64>,
+    /// Waiters queued on this daemon.
+    pub waiters: u32,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Version of the daemon binary.
+    pub daemon_version: String,
+    /// Protocol version spoken.
+    pub protocol_version: u32,
+    /// Host identity written into lock files.
+    pub hostname: String,
+    /// Unique id of this daemon run.
+    pub instance_id: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Time since the daemon started.
+    pub uptime: Duration,
+    /// Configured stores.
+    pub stores: Vec<StoreInfo>,
+    /// Locks held through this daemon.
+    pub held: u64,
+    /// Acquires waiting.
+    pub waiting: u64,
+    /// Client connections.
+    pub sessions: u64,
+    /// Live target actors.
+    pub targets: u64,
+}
+
+/// One configured store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// URL scheme (or, for object stores, the URL prefix) it serves.
+    pub scheme: String,
+    /// Human description: kind, mode, stale rule.
+    pub description: String,
+    /// Requests made, by operation (object stores): `creates`, `reads`, `replaces`, `deletes`,
+    /// `fences`, `ambiguous`, and `requests` (HTTP requests or SFTP round trips in all); and on
+    /// every store `renewals`, the leases renewed.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// The daemon's first frame after an accepted handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version the daemon speaks (equal to the client's).
+    pub protocol_version: u32,
+    /// Version of the daemon binary.
+    pub daemon_version: String,
+    /// Host identity written into lock files.
+    pub hostname: String,
+    /// Unique id of this daemon run.
+    pub instance_id: String,
+}
+
+/// A failed request: a machine-readable kind and a message for humans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened and what to do.
+    pub message: String,
+    /// With [`ErrorKind::AlreadyHeld`] (and a vetoed steal): the current holder's lock file.
+    pub holder: Option<Box<LockMetadata>>,
+}
+
+/// Kinds of failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The lock is held by someone else.
+    AlreadyHeld,
+    /// A waiting acquire ran out of time.
+    Timeout,
+    /// The target is not an accepted URL or path.
+    InvalidTarget,
+    /// The acquirer's on-stale decision refused to take a stale lock, or did not answer.
+    StaleVetoed,
+    /// The store failed (I/O error, permission, timeout).
+    Store,
+    /// A malformed or unexpected message.
+    Protocol,
+    /// The acquire was cancelled by its client.
+    Cancelled,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// The lease had already been lost (stolen, broken, or not renewed in time).
+    LeaseLost,
+    /// The store cannot do this in its mode (for example a steal on a create-only store).
+    Unsupported,
+    /// A configured limit was reached.
+    LimitExceeded,
+    /// The caller is not allowed to do this.
+    PermissionDenied,
+    /// A bug in the daemon; the message says more.
+    Internal,
+}
+
+impl WireError {
+    /// An error without holder metadata.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WireError {
+            kind,
+            message: message.into(),
+            holder: None,
+        }
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WireError {}
