@@ -126,7 +126,8 @@ fn service_exposure_is_at_most_what_the_readme_documents() {
     assert!(
         measured <= documented + 1e-9,
         "exposure {measured} is above the README's {documented}: harden the unit, or document \
-         the new exception in README and raise the number there:\n{stdout}"
+         the new exception in docs/design.md (Service hardening) and raise the number in \
+         README (Host service):\n{stdout}"
     );
 }
 

@@ -9,10 +9,10 @@
 //!
 //! A pass measures every section once, under whatever CPU affinity it was started with
 //! (`tests/bench.sh` runs one under `taskset -c 0` and one unpinned), and writes its figures as
-//! JSON; `report` turns two passes into the README's tables, the targets of issue 7 judged on
-//! the pinned pass, and an SVG chart. Every figure is the median of several rounds, with min
-//! and max, and every ratio compares figures of the same pass. Sections: `cycle`,
-//! `contention`, `many`, `scale`, `renewal`, `cli`.
+//! JSON; `report` turns two passes into the tables `docs/benchmark.md` quotes, the targets of
+//! issue 7 judged on the pinned pass, and an SVG chart. Every figure is the median of several
+//! rounds, with min and max, and every ratio compares figures of the same pass. Sections:
+//! `cycle`, `contention`, `many`, `scale`, `renewal`, `cli`.
 //!
 //! The binaries it starts (`vfslockd`, `vfslockctl`) are found beside this one, or in
 //! `$VFSLOCK_BIN_DIR`; Redis is `redis-server` on `PATH` (skipped when missing) and Python's
@@ -213,7 +213,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("drive") => {
-            // Load for a profiler attached to a daemon started by hand (README, Benchmark).
+            // Load for a profiler attached to a daemon started by hand (docs/benchmark.md).
             let (Some(socket), Some(target)) = (flag("--socket"), flag("--target")) else {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);

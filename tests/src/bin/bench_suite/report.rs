@@ -1,5 +1,6 @@
-//! Two passes (pinned, unpinned) → the README's tables, issue 7's targets judged on the pinned
-//! pass, and an SVG chart drawn by hand (no plotting dependency).
+//! Two passes (pinned, unpinned) → the report's tables (`tests/bench-results/results.md`, from
+//! which `docs/benchmark.md` quotes), issue 7's targets judged on the pinned pass, and an SVG
+//! chart drawn by hand (no plotting dependency).
 
 use std::fmt::Write;
 
