@@ -25,6 +25,13 @@
 //!
 //! The binaries (`src/bin/`) only parse arguments, set up logging and call [`run`] or
 //! [`ctl::main`].
+//!
+//! # Layers
+//!
+//! Imports point down, never up and never in a circle (`tests/tests/layers.rs` fails on a
+//! cycle): `startup` → `server` → `lock` → `context` → `journal`, `access` → `store` →
+//! `lockfile`, `address`, `config`; `link` (the connection as the lock actors see it) sits
+//! below both `server` and `lock`, so that neither imports the other.
 
 pub mod access;
 pub mod address;
