@@ -30,8 +30,9 @@ use crate::context::Context;
 struct Entry {
     actor: ActorRef<LockMessage>,
     routed: u64,
-    /// What the actor serves, for a successor if it fails.
-    address: Address,
+    /// What the actor serves, for a successor if it fails (shared with the sessions that
+    /// named it: a held lock on a target of its own must not pay for a second copy).
+    address: Arc<Address>,
     /// Its share of the gauges, taken out if it fails.
     tally: Arc<Tally>,
 }
@@ -104,7 +105,7 @@ impl Registry {
     /// Sends `message` to the actor of `address`, starting it if needed.
     pub async fn route(
         self: &Arc<Self>,
-        address: &Address,
+        address: &Arc<Address>,
         mut message: LockMessage,
     ) -> Result<(), RouteError> {
         let key = address.key();

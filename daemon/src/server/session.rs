@@ -384,7 +384,7 @@ impl Session {
         Ok(address)
     }
 
-    async fn route(&self, id: RequestId, address: &Address, message: LockMessage) {
+    async fn route(&self, id: RequestId, address: &Arc<Address>, message: LockMessage) {
         if let Err(e) = self.registry.route(address, message).await {
             self.reply(id, Err(WireError::new(ErrorKind::Internal, e.to_string())));
         }

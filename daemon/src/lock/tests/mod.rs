@@ -59,7 +59,7 @@ impl Daemon {
 
     /// Routes `message` about `target` as a session does.
     pub async fn send(&self, target: &str, message: LockMessage) {
-        let address = Address::parse(target).unwrap();
+        let address = Arc::new(Address::parse(target).unwrap());
         self.registry.route(&address, message).await.unwrap();
     }
 
