@@ -55,7 +55,7 @@ mod error;
 mod lock;
 mod metadata;
 pub mod socket;
-mod transport;
+pub mod transport;
 
 pub use client::Client;
 pub use error::{Error, ErrorKind, WithLockError};

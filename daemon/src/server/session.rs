@@ -52,22 +52,14 @@ async fn serve_as(
         return;
     }
     let (closing, closing_rx) = oneshot::channel();
+    // Tokio's own halves on Unix: its read half learns from a short read that the socket is
+    // drained, and its send half can be written from any actor's task.
+    let (mut reader, send) = vfslock::transport::split(stream);
     #[cfg(unix)]
-    let (mut reader, out, writer) = {
-        // Tokio's own halves: its read half learns from a short read that the socket is
-        // drained, and its send half can be written from any actor's task.
-        let Stream::UdSocket(inner) = stream;
-        let (reader, send) = tokio::net::UnixStream::from(inner).into_split();
-        let send = Arc::new(send);
-        let (out, writer) = Outbound::direct(send.clone());
-        (reader, out, tokio::spawn(writer.run(send, closing_rx)))
-    };
+    let (out, writer) = Outbound::direct(send.clone());
     #[cfg(not(unix))]
-    let (mut reader, out, writer) = {
-        let (reader, send) = tokio::io::split(stream);
-        let (out, writer) = Outbound::through_writer();
-        (reader, out, tokio::spawn(writer.run(send, closing_rx)))
-    };
+    let (out, writer) = Outbound::through_writer();
+    let writer = tokio::spawn(writer.run(send, closing_rx));
     let mut session = Session {
         ctx: ctx.clone(),
         link: Arc::new(SessionLink::new(id, out, peer)),
