@@ -411,9 +411,7 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
             // Nobody left to decide means no answer, which the daemon counts as a veto.
             Event::StaleQuestion { holder } => {
                 if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
-                    let _ = tx.send(AcquireUpdate::StaleQuestion(LockMetadata::from_wire(
-                        holder,
-                    )));
+                    let _ = tx.send(AcquireUpdate::StaleQuestion(holder));
                 }
                 None
             }

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
+use vfslock_proto::unix_time::from_unix_ns;
+pub use vfslock_proto::unix_time::unix_ns;
 use vfslock_proto::{LockFileFormat, LockMetadata};
 
 /// Version of the vfslock additions to the Go format, written as `vfslock`.
@@ -158,9 +160,10 @@ impl LockRecord {
     /// What [`parse`] reads back from [`LockRecord::to_json`], without writing and parsing the
     /// JSON: a grant describes the file it just wrote from the record it wrote it from.
     pub fn to_parsed(&self) -> ParsedLock {
-        ParsedLock {
-            created_at: Some(self.created_at),
-            acquired_at: Some(self.acquired_at),
+        LockMetadata {
+            created_at_unix_ns: Some(unix_ns(self.created_at)),
+            acquired_at_unix_ns: Some(unix_ns(self.acquired_at)),
+            modified_unix_ns: None,
             ttl_ns: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
             hostname: self.hostname.clone(),
             pid: self.pid,
@@ -171,6 +174,7 @@ impl LockRecord {
             uid: self.uid,
             detached: self.detached,
             format: LockFileFormat::Vfslock(FORMAT_VERSION),
+            stale: false,
         }
     }
 }
@@ -244,52 +248,30 @@ impl JsonObject {
     }
 }
 
-/// A lock file as read, whoever wrote it. Never fails to construct: unreadable content becomes
-/// [`LockFileFormat::Corrupt`] with default fields.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ParsedLock {
-    /// `createdAt` (or `created_at`); `None` when absent or not a valid time.
-    pub created_at: Option<SystemTime>,
-    /// `acquiredAt` (vfslock files only).
-    pub acquired_at: Option<SystemTime>,
-    /// `ttl` in nanoseconds: 0 never expires (also when absent), negative is already stale.
-    pub ttl_ns: i64,
-    /// `hostname`, `""` when absent.
-    pub hostname: String,
-    /// `pid`, 0 when absent.
-    pub pid: i64,
-    /// `ownerId` (or `owner_id`); an empty one is `None`.
-    pub owner_id: Option<String>,
-    /// `lockId` (vfslock files only).
-    pub lock_id: Option<String>,
-    /// `daemonId` (vfslock files only).
-    pub daemon_id: Option<String>,
-    /// `token` (vfslock files only).
-    pub token: Option<u64>,
-    /// `uid` (vfslock files only).
-    pub uid: Option<u32>,
-    /// `detached` (vfslock files only).
-    pub detached: bool,
-    /// Who wrote the file, as far as its content tells.
-    pub format: LockFileFormat,
-}
+/// A lock file as read, whoever wrote it: the wire's [`LockMetadata`], one shape for both, of
+/// which the content sets every field but `modified_unix_ns` and `stale` (the store and the
+/// caller tell those; see [`into_wire`]). Reading never fails: unreadable content becomes
+/// [`LockFileFormat::Corrupt`] with default fields. The file's own JSON shape is
+/// [`LockRecord`] and the reader's key table, kept apart from the wire.
+pub type ParsedLock = LockMetadata;
 
-impl ParsedLock {
-    fn empty(format: LockFileFormat) -> Self {
-        ParsedLock {
-            created_at: None,
-            acquired_at: None,
-            ttl_ns: 0,
-            hostname: String::new(),
-            pid: 0,
-            owner_id: None,
-            lock_id: None,
-            daemon_id: None,
-            token: None,
-            uid: None,
-            detached: false,
-            format,
-        }
+/// A lock file of `format` whose content tells nothing.
+fn empty(format: LockFileFormat) -> ParsedLock {
+    LockMetadata {
+        created_at_unix_ns: None,
+        acquired_at_unix_ns: None,
+        modified_unix_ns: None,
+        ttl_ns: 0,
+        hostname: String::new(),
+        pid: 0,
+        owner_id: None,
+        lock_id: None,
+        daemon_id: None,
+        token: None,
+        uid: None,
+        detached: false,
+        format,
+        stale: false,
     }
 }
 
@@ -406,13 +388,13 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 /// Reads a lock file's bytes as Go's `encoding/json` would decode them into the Go library's
-/// struct, plus the vfslock fields. Never fails: see [`ParsedLock::format`].
+/// struct, plus the vfslock fields. Never fails: see [`ParsedLock`].
 pub fn parse(bytes: &[u8]) -> ParsedLock {
     // Go replaces invalid UTF-8 inside strings instead of failing; outside strings the
     // replacement character is still invalid JSON, so garbage stays garbage.
     let text = String::from_utf8_lossy(bytes);
     let Ok(Members(members)) = serde_json::from_str::<Members>(&text) else {
-        return ParsedLock::empty(LockFileFormat::Corrupt);
+        return empty(LockFileFormat::Corrupt);
     };
 
     let mut values: [Option<Value>; FIELDS.len()] = Default::default();
@@ -425,7 +407,7 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
             continue;
         }
         if field.is_go_field() && !go_type_ok(field, &value) {
-            return ParsedLock::empty(LockFileFormat::Corrupt);
+            return empty(LockFileFormat::Corrupt);
         }
         values[field.index()] = Some(value);
     }
@@ -454,9 +436,12 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
         LockFileFormat::Foreign
     };
 
-    ParsedLock {
-        created_at: time(Field::CreatedAt).or_else(|| time(Field::CreatedAtV10)),
-        acquired_at: time(Field::AcquiredAt),
+    LockMetadata {
+        created_at_unix_ns: time(Field::CreatedAt)
+            .or_else(|| time(Field::CreatedAtV10))
+            .map(unix_ns),
+        acquired_at_unix_ns: time(Field::AcquiredAt).map(unix_ns),
+        modified_unix_ns: None,
         ttl_ns: get(Field::Ttl).and_then(Value::as_i64).unwrap_or(0),
         hostname: string(Field::Hostname).unwrap_or_default(),
         pid: get(Field::Pid).and_then(Value::as_i64).unwrap_or(0),
@@ -471,6 +456,7 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         format,
+        stale: false,
     }
 }
 
@@ -506,7 +492,7 @@ fn staleness(lock: &ParsedLock, modified: Option<SystemTime>, grace: Duration) -
         LockFileFormat::Go | LockFileFormat::Vfslock(_) => match lock.ttl_ns {
             0 => Staleness::Never,
             ttl if ttl < 0 => Staleness::Already,
-            ttl => match lock.created_at {
+            ttl => match lock.created_at() {
                 Some(created) => {
                     match created.checked_add(Duration::from_nanos(ttl.unsigned_abs())) {
                         Some(t) => Staleness::After(t),
@@ -558,40 +544,9 @@ pub fn to_wire(lock: &ParsedLock, modified: Option<SystemTime>, stale: bool) -> 
 /// [`to_wire`] of a lock no longer needed: its strings move instead of being copied.
 pub fn into_wire(lock: ParsedLock, modified: Option<SystemTime>, stale: bool) -> LockMetadata {
     LockMetadata {
-        created_at_unix_ns: lock.created_at.map(unix_ns),
-        acquired_at_unix_ns: lock.acquired_at.map(unix_ns),
         modified_unix_ns: modified.map(unix_ns),
-        ttl_ns: lock.ttl_ns,
-        hostname: lock.hostname,
-        pid: lock.pid,
-        owner_id: lock.owner_id,
-        lock_id: lock.lock_id,
-        daemon_id: lock.daemon_id,
-        token: lock.token,
-        uid: lock.uid,
-        detached: lock.detached,
-        format: lock.format,
         stale,
-    }
-}
-
-/// Signed nanoseconds since the Unix epoch; negative before 1970.
-pub fn unix_ns(t: SystemTime) -> i128 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_nanos() as i128,
-        Err(before) => -(before.duration().as_nanos() as i128),
-    }
-}
-
-/// The inverse of [`unix_ns`]; `None` outside what `SystemTime` can hold.
-fn from_unix_ns(ns: i128) -> Option<SystemTime> {
-    let magnitude = ns.unsigned_abs();
-    let secs = u64::try_from(magnitude / NANOS_PER_SEC as u128).ok()?;
-    let offset = Duration::new(secs, (magnitude % NANOS_PER_SEC as u128) as u32);
-    if ns >= 0 {
-        UNIX_EPOCH.checked_add(offset)
-    } else {
-        UNIX_EPOCH.checked_sub(offset)
+        ..lock
     }
 }
 
@@ -791,14 +746,17 @@ mod tests {
     fn go_expired_fixture_reads_every_field_and_is_stale() {
         let lock = parse(fixture!("go-lockfile-expired-ttl.lock"));
         assert_eq!(lock.format, LockFileFormat::Go);
-        assert_eq!(lock.created_at, Some(t_345678901()));
-        assert_eq!(unix_ns(lock.created_at.unwrap()), 1_754_299_812_345_678_901);
+        assert_eq!(lock.created_at(), Some(t_345678901()));
+        assert_eq!(
+            unix_ns(lock.created_at().unwrap()),
+            1_754_299_812_345_678_901
+        );
         assert_eq!(lock.ttl_ns, 300_000_000_000);
         assert_eq!(lock.hostname, "ingest-7");
         assert_eq!(lock.pid, 4242);
         assert_eq!(lock.owner_id.as_deref(), Some("ingestion-service-1"));
         assert_eq!((lock.lock_id.clone(), lock.daemon_id.clone()), (None, None));
-        assert_eq!(lock.acquired_at, None);
+        assert_eq!(lock.acquired_at(), None);
         assert!(is_stale(&lock, None, now_2026(), GRACE));
         let expiry = t_345678901() + Duration::from_secs(300);
         assert_eq!(stale_at(&lock, None, GRACE), Some(expiry));
@@ -816,7 +774,7 @@ mod tests {
     fn go_v10_expired_fixture_reads_old_spelling() {
         let lock = parse(fixture!("go-v1.0-lockfile-expired-ttl.lock"));
         assert_eq!(lock.format, LockFileFormat::Go);
-        assert_eq!(lock.created_at, Some(t_345678901()));
+        assert_eq!(lock.created_at(), Some(t_345678901()));
         assert_eq!(lock.ttl_ns, 300_000_000_000);
         assert_eq!(lock.hostname, "etl-3");
         assert_eq!(lock.pid, 9001);
@@ -829,7 +787,7 @@ mod tests {
         let lock = parse(fixture!("go-lockfile-short-ttl.lock"));
         let created = at(time::macros::datetime!(2025-08-04 09:30:12.5 UTC));
         assert_eq!(lock.format, LockFileFormat::Go);
-        assert_eq!(lock.created_at, Some(created));
+        assert_eq!(lock.created_at(), Some(created));
         assert_eq!(lock.ttl_ns, 100_000_000);
         assert_eq!(lock.hostname, "web-2");
         assert_eq!(lock.pid, 31337);
@@ -851,7 +809,7 @@ mod tests {
         ] {
             let lock = parse(bytes);
             assert_eq!(lock.format, LockFileFormat::Go);
-            assert_eq!(lock.created_at, Some(created));
+            assert_eq!(lock.created_at(), Some(created));
             assert_eq!(lock.ttl_ns, 0);
             assert_eq!(lock.hostname, host);
             assert_eq!(lock.pid, pid);
@@ -871,7 +829,7 @@ mod tests {
             &fixture!("corrupt-binary.lock")[..],
         ] {
             let lock = parse(bytes);
-            assert_eq!(lock, ParsedLock::empty(LockFileFormat::Corrupt));
+            assert_eq!(lock, empty(LockFileFormat::Corrupt));
             assert!(!is_stale(&lock, Some(modified), now_2026(), GRACE));
             assert_eq!(
                 stale_at(&lock, Some(modified), GRACE),
@@ -918,7 +876,7 @@ mod tests {
     fn terraform_lock_is_foreign_and_never_stale() {
         let tflock = br#"{"ID":"7b9c","Operation":"OperationTypeApply","Info":"","Who":"me@host","Version":"1.9.0","Created":"2020-01-01T00:00:00Z","Path":"x"}"#;
         let lock = parse(tflock);
-        assert_eq!(lock, ParsedLock::empty(LockFileFormat::Foreign));
+        assert_eq!(lock, empty(LockFileFormat::Foreign));
         let modified = Some(UNIX_EPOCH);
         assert!(!is_stale(&lock, modified, now_2026(), Duration::ZERO));
         assert_eq!(stale_at(&lock, modified, Duration::ZERO), None);
@@ -941,27 +899,33 @@ mod tests {
         }
     }
 
+    /// What [`parse`] reads from `record()`'s file.
+    fn parsed_record() -> LockMetadata {
+        LockMetadata {
+            created_at_unix_ns: Some(1_754_299_812_345_678_901),
+            acquired_at_unix_ns: Some(unix_ns(record().acquired_at)),
+            modified_unix_ns: None,
+            ttl_ns: 30_000_000_000,
+            hostname: "host-a".into(),
+            pid: 1234,
+            owner_id: Some("svc".into()),
+            lock_id: Some("lock-1".into()),
+            daemon_id: Some("daemon-1".into()),
+            token: Some(1_754_299_812_345_679),
+            uid: Some(1000),
+            detached: false,
+            format: LockFileFormat::Vfslock(FORMAT_VERSION),
+            stale: false,
+        }
+    }
+
     #[test]
     fn to_json_round_trips_every_field() {
         let rec = record();
         let lock = parse(&rec.to_json());
-        assert_eq!(
-            lock,
-            ParsedLock {
-                created_at: Some(rec.created_at),
-                acquired_at: Some(rec.acquired_at),
-                ttl_ns: 30_000_000_000,
-                hostname: "host-a".into(),
-                pid: 1234,
-                owner_id: Some("svc".into()),
-                lock_id: Some("lock-1".into()),
-                daemon_id: Some("daemon-1".into()),
-                token: Some(1_754_299_812_345_679),
-                uid: Some(1000),
-                detached: false,
-                format: LockFileFormat::Vfslock(FORMAT_VERSION),
-            }
-        );
+        assert_eq!(lock, parsed_record());
+        assert_eq!(lock.created_at(), Some(rec.created_at));
+        assert_eq!(lock.acquired_at(), Some(rec.acquired_at));
     }
 
     #[test]
@@ -1085,7 +1049,7 @@ mod tests {
         assert_eq!(format_go_time(zero), "0001-01-01T00:00:00Z");
         // Go's zero time with a TTL is long expired, as the Go library would judge it.
         let lock = parse(br#"{"createdAt": "0001-01-01T00:00:00Z", "ttl": 1}"#);
-        assert_eq!(lock.created_at, Some(zero));
+        assert_eq!(lock.created_at(), Some(zero));
         assert!(is_stale(&lock, None, UNIX_EPOCH, GRACE));
     }
 
@@ -1143,7 +1107,7 @@ mod tests {
             br#"{"CreatedAt": "2025-08-04T09:30:12.345678901Z", "TTL": 5, "HOSTNAME": "h", "Pid": 3, "OwnerID": "o"}"#,
         );
         assert_eq!(lock.format, LockFileFormat::Go);
-        assert_eq!(lock.created_at, Some(t_345678901()));
+        assert_eq!(lock.created_at(), Some(t_345678901()));
         assert_eq!(lock.ttl_ns, 5);
         assert_eq!(lock.hostname, "h");
         assert_eq!(lock.pid, 3);
@@ -1194,7 +1158,7 @@ mod tests {
     fn unparseable_created_at_with_ttl_uses_grace_rule() {
         let lock = parse(br#"{"createdAt": "yesterday", "ttl": 1000, "hostname": "h"}"#);
         assert_eq!(lock.format, LockFileFormat::Go);
-        assert_eq!(lock.created_at, None);
+        assert_eq!(lock.created_at(), None);
         assert_eq!(lock.hostname, "h");
         let modified = now_2026() - Duration::from_secs(30);
         assert!(!is_stale(&lock, Some(modified), now_2026(), GRACE));
@@ -1214,7 +1178,7 @@ mod tests {
         // lock that far out is not stale in 2026.
         assert!(expiry.is_none_or(|t| t > now_2026()));
         assert!(!is_stale(&lock, None, now_2026(), GRACE));
-        let corrupt = ParsedLock::empty(LockFileFormat::Corrupt);
+        let corrupt = empty(LockFileFormat::Corrupt);
         let far = UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2);
         assert!(!is_stale(&corrupt, Some(far), now_2026(), Duration::MAX));
     }
@@ -1250,39 +1214,15 @@ mod tests {
         assert_eq!(
             wire,
             LockMetadata {
-                created_at_unix_ns: Some(1_754_299_812_345_678_901),
-                acquired_at_unix_ns: Some(unix_ns(rec.acquired_at)),
                 modified_unix_ns: Some(-1_000_000_000),
-                ttl_ns: 30_000_000_000,
-                hostname: "host-a".into(),
-                pid: 1234,
-                owner_id: Some("svc".into()),
-                lock_id: Some("lock-1".into()),
-                daemon_id: Some("daemon-1".into()),
-                token: Some(1_754_299_812_345_679),
-                uid: Some(1000),
-                detached: false,
-                format: LockFileFormat::Vfslock(FORMAT_VERSION),
                 stale: true,
+                ..parsed_record()
             }
         );
         let corrupt = to_wire(&parse(b""), None, false);
         assert_eq!(corrupt.created_at_unix_ns, None);
         assert_eq!(corrupt.modified_unix_ns, None);
         assert_eq!(corrupt.format, LockFileFormat::Corrupt);
-    }
-
-    #[test]
-    fn unix_ns_round_trips_before_and_after_epoch() {
-        for ns in [
-            0,
-            1,
-            -1,
-            1_754_299_812_345_678_901,
-            -62_135_596_800_000_000_000,
-        ] {
-            assert_eq!(unix_ns(from_unix_ns(ns).unwrap()), ns);
-        }
     }
 
     #[test]

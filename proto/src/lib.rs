@@ -48,5 +48,6 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 mod message;
+pub mod unix_time;
 
 pub use message::*;

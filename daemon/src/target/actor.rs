@@ -632,14 +632,14 @@ impl TargetLock {
         let parsed = lockfile::parse(&observed.bytes);
         let now = self.ctx.now();
         let from_future = parsed
-            .created_at
+            .created_at()
             .is_some_and(|created| created > now + settings.skew_allowance);
         let stale = if self.store(state).stale_rule() == StaleRule::Watched || from_future {
             let needed = match parsed.format {
                 LockFileFormat::Foreign => None,
                 LockFileFormat::Corrupt => Some(settings.corrupt_grace),
                 _ if parsed.ttl_ns == 0 => None,
-                _ if parsed.created_at.is_none() => Some(settings.corrupt_grace),
+                _ if parsed.created_at().is_none() => Some(settings.corrupt_grace),
                 _ => Some(Duration::from_nanos(parsed.ttl_ns.max(0) as u64)),
             };
             let watched = self.ctx.watched.unchanged_for(&state.key, &observed.bytes);
@@ -1021,7 +1021,7 @@ impl TargetLock {
         let now = self.ctx.now();
         let record = LockRecord {
             created_at: now,
-            acquired_at: parsed.acquired_at.unwrap_or(now),
+            acquired_at: parsed.acquired_at().unwrap_or(now),
             ttl: ttl.unwrap_or(Duration::from_nanos(parsed.ttl_ns.max(1) as u64)),
             hostname: self.ctx.host_id.clone(),
             pid: parsed.pid,
