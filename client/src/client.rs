@@ -176,7 +176,7 @@ impl Client {
             })
             .await?
         {
-            Response::Renewed(meta) => Ok(LockMetadata::from_wire(meta)),
+            Response::Renewed(meta) => Ok(meta),
             other => Err(unexpected("a renewal", other)),
         }
     }
@@ -197,7 +197,7 @@ impl Client {
             })
             .await?
         {
-            Response::Broken(meta) => Ok(meta.map(LockMetadata::from_wire)),
+            Response::Broken(meta) => Ok(meta),
             other => Err(unexpected("a break", other)),
         }
     }
@@ -211,7 +211,7 @@ impl Client {
             })
             .await?
         {
-            Response::Metadata(meta) => Ok(meta.map(LockMetadata::from_wire)),
+            Response::Metadata(meta) => Ok(meta),
             other => Err(unexpected("a metadata request", other)),
         }
     }

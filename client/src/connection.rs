@@ -1,9 +1,9 @@
 //! One connection to the daemon, shared by every lock of a [`Client`](crate::Client).
 //!
 //! Requests are multiplexed: each gets an id, and a reader task routes the daemon's responses
-//! and events back by id. Frames go out through [`transport`]: written at once when nothing is
-//! queued, else by a writer task. Sending needs no runtime, so `Drop` of a lock can still
-//! release it.
+//! and events back by id. Frames go out through [`transport`] (shared with the daemon): written
+//! at once when nothing is queued, else by a writer task. Sending needs no runtime, so `Drop` of
+//! a lock can still release it.
 //!
 //! The connection speaks the newest protocol version that both ends speak: when an older daemon
 //! answers the hello with its own lower version (and closes), the client connects again
@@ -28,7 +28,7 @@ use vfslock_proto::{
 };
 
 use crate::error::{Error, ErrorKind};
-use crate::transport::{self, ReadSide, WeakWriteSide, WriteSide};
+use crate::transport::{self, Outbound, ReadHalf, WeakOutbound, WriteHalf};
 use crate::LockMetadata;
 
 /// Responses (a list of 100,000 locks) can be far larger than requests.
@@ -101,9 +101,13 @@ fn mark_lost(lease: &watch::Sender<LeaseState>, kind: ErrorKind, reason: String)
     });
 }
 
+/// The sending end: frames are encoded by [`Connection::send`], which reports an encoding
+/// error to its caller, and go out as bytes.
+type Frames = Outbound<Vec<u8>>;
+
 pub(crate) struct Connection {
     next_id: AtomicU64,
-    outbound: WriteSide,
+    outbound: Frames,
     routes: Arc<Mutex<Routes>>,
     socket_path: PathBuf,
     welcome: Welcome,
@@ -145,21 +149,38 @@ impl Connection {
             let Stream::UdSocket(inner) = &stream;
             inner.as_fd().as_raw_fd()
         };
-        let (read, mut outbound) =
-            transport::split(stream).map_err(|e| Error::daemon_unavailable(path, &e))?;
+        let (read, mut socket) = transport::split(stream);
         let mut reader = BufReader::new(read);
-        let welcome = match handshake(path, &mut reader, &outbound, version).await? {
+        let welcome = match handshake(path, &mut reader, &mut socket, version).await? {
             Greeting::Accepted(welcome) => welcome,
             Greeting::Reconnect(older) => return Ok(Greeting::Reconnect(older)),
         };
 
-        let writer = outbound.writer();
-        let routes = Arc::new(Mutex::new(Routes::default()));
-        let _reader = tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
+        // Bytes never fail to encode: they were encoded by `send`.
         #[cfg(unix)]
-        tokio::spawn(writer.run());
+        let (outbound, writer) = Frames::direct(socket.clone(), |_| {});
         #[cfg(not(unix))]
-        tokio::spawn(writer.run(_reader.abort_handle()));
+        let (outbound, writer) = Frames::through_writer(|_| {});
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let reader = tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
+        // The connection ends when every handle to it is gone: then the writer half-closes the
+        // socket, so that the daemon releases what this connection held.
+        let writer = writer.run(socket, std::future::pending::<()>());
+        #[cfg(unix)]
+        {
+            drop(reader);
+            tokio::spawn(writer);
+        }
+        // A named pipe has no half-close: stop the reader too (nobody is left to hear it), so
+        // that the last reference to the pipe goes and it closes; the daemon then sees the end.
+        #[cfg(not(unix))]
+        {
+            let reader = reader.abort_handle();
+            tokio::spawn(async move {
+                writer.await;
+                reader.abort();
+            });
+        }
         Ok(Greeting::Accepted(Arc::new(Connection {
             next_id: AtomicU64::new(1),
             outbound,
@@ -198,7 +219,7 @@ impl Connection {
             .map_err(|e| Error::new(ErrorKind::Protocol, format!("cannot encode request: {e}")))?;
         self.outbound
             .send(bytes)
-            .map_err(|_| Error::connection_lost())
+            .map_err(|transport::Closed| Error::connection_lost())
     }
 
     fn register(&self, id: RequestId, route: Route) -> Result<(), Error> {
@@ -254,12 +275,12 @@ impl Connection {
 
 async fn handshake(
     path: &Path,
-    reader: &mut BufReader<ReadSide>,
-    send: &WriteSide,
+    reader: &mut BufReader<ReadHalf>,
+    socket: &mut WriteHalf,
     version: u32,
 ) -> Result<Greeting<Welcome>, Error> {
     let protocol = |what: String| Error::new(ErrorKind::Protocol, what);
-    send.write_all(&Hello { version }.encode())
+    transport::write_all(socket, &Hello { version }.encode())
         .await
         .map_err(|e| Error::daemon_unavailable(path, &e))?;
     let mut hello = [0u8; HELLO_LEN];
@@ -306,7 +327,7 @@ async fn handshake(
     }
 }
 
-async fn read_frame(reader: &mut BufReader<ReadSide>) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_frame(reader: &mut BufReader<ReadHalf>) -> std::io::Result<Option<Vec<u8>>> {
     let mut prefix = [0u8; frame::LEN_PREFIX];
     match reader.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -323,9 +344,9 @@ async fn read_frame(reader: &mut BufReader<ReadSide>) -> std::io::Result<Option<
 }
 
 async fn read_loop(
-    mut reader: BufReader<ReadSide>,
+    mut reader: BufReader<ReadHalf>,
     routes: Arc<Mutex<Routes>>,
-    outbound: WeakWriteSide,
+    outbound: WeakOutbound<Vec<u8>>,
 ) {
     loop {
         let frame = match read_frame(&mut reader).await {
@@ -413,7 +434,7 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
             }
             Event::LeaseEnded { kind, reason } => {
                 if let Some(lease) = routes.held.get(&id) {
-                    mark_lost(lease, ErrorKind::from_wire(kind), reason);
+                    mark_lost(lease, kind, reason);
                 }
                 None
             }
@@ -443,9 +464,7 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
             // Nobody left to decide means no answer, which the daemon counts as a veto.
             Event::StaleQuestion { holder } => {
                 if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
-                    let _ = tx.send(AcquireUpdate::StaleQuestion(LockMetadata::from_wire(
-                        holder,
-                    )));
+                    let _ = tx.send(AcquireUpdate::StaleQuestion(holder));
                 }
                 None
             }
@@ -738,7 +757,7 @@ mod tests {
         );
         assert_eq!(
             loss(&failed),
-            Some((ErrorKind::Other, "the daemon failed".to_owned()))
+            Some((ErrorKind::Internal, "the daemon failed".to_owned()))
         );
         assert_eq!(
             loss(&old),

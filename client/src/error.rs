@@ -8,67 +8,20 @@ use std::path::Path;
 
 use vfslock_proto::WireError;
 
+/// What kind of failure an [`Error`] is: the protocol's kinds, which the daemon reports, and
+/// the ones this library reports of its own (no daemon, a lost connection, no lock file).
+pub use vfslock_proto::ErrorKind;
+
 use crate::LockMetadata;
 
-/// What kind of failure an [`Error`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Someone else holds the lock; [`Error::holder`] tells who.
-    AlreadyHeld,
-    /// A waiting acquire ran out of time.
-    Timeout,
-    /// The on-stale decision refused to take a stale lock (or did not answer in time).
-    StaleVetoed,
-    /// No daemon answers at the socket path.
-    DaemonUnavailable,
-    /// The target is not an accepted URL or path.
-    InvalidTarget,
-    /// There is no lock file for the target.
-    NotFound,
-    /// The store under the lock failed.
-    Store,
-    /// The daemon and the client disagree about the protocol, or a message was malformed.
-    Protocol,
-    /// The connection to the daemon was lost.
-    ConnectionLost,
-    /// The acquire was cancelled.
-    Cancelled,
-    /// The daemon is shutting down.
-    ShuttingDown,
-    /// The lease was lost (stolen or broken, not renewed in time, or the connection dropped)
-    /// before the operation.
-    LeaseLost,
-    /// The store cannot do this in its mode.
-    Unsupported,
-    /// A limit of the daemon was reached.
-    LimitExceeded,
-    /// The caller may not do this.
-    PermissionDenied,
-    /// Anything else; the message says what.
-    Other,
-}
-
-/// The error of every operation in this crate.
+/// The error of every operation in this crate: the daemon's answer as it came ([`WireError`],
+/// kind, message and holder), or one of this library's own in the same shape.
 #[derive(Clone, Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
-    holder: Option<Box<LockMetadata>>,
-}
+pub struct Error(WireError);
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            holder: None,
-        }
-    }
-
-    pub(crate) fn with_holder(mut self, holder: Option<LockMetadata>) -> Self {
-        self.holder = holder.map(Box::new);
-        self
+        Error(WireError::new(kind, message))
     }
 
     pub(crate) fn daemon_unavailable(path: &Path, cause: &std::io::Error) -> Self {
@@ -100,34 +53,34 @@ impl Error {
 
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The lock file of the current holder, with [`ErrorKind::AlreadyHeld`] and
     /// [`ErrorKind::StaleVetoed`].
     pub fn holder(&self) -> Option<&LockMetadata> {
-        self.holder.as_deref()
+        self.0.holder.as_deref()
     }
 
     /// Whether someone else holds the lock (the Go library's `ErrLockAlreadyHeld`).
     pub fn is_already_held(&self) -> bool {
-        self.kind == ErrorKind::AlreadyHeld
+        self.kind() == ErrorKind::AlreadyHeld
     }
 
     /// Whether a waiting acquire timed out.
     pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::Timeout
+        self.kind() == ErrorKind::Timeout
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(self.message())
     }
 }
 
@@ -135,30 +88,7 @@ impl std::error::Error for Error {}
 
 impl From<WireError> for Error {
     fn from(wire: WireError) -> Self {
-        Error::new(ErrorKind::from_wire(wire.kind), wire.message)
-            .with_holder(wire.holder.map(|h| LockMetadata::from_wire(*h)))
-    }
-}
-
-impl ErrorKind {
-    /// The kind of a protocol error kind.
-    pub(crate) fn from_wire(kind: vfslock_proto::ErrorKind) -> Self {
-        use vfslock_proto::ErrorKind as W;
-        match kind {
-            W::AlreadyHeld => ErrorKind::AlreadyHeld,
-            W::Timeout => ErrorKind::Timeout,
-            W::InvalidTarget => ErrorKind::InvalidTarget,
-            W::StaleVetoed => ErrorKind::StaleVetoed,
-            W::Store => ErrorKind::Store,
-            W::Protocol => ErrorKind::Protocol,
-            W::Cancelled => ErrorKind::Cancelled,
-            W::ShuttingDown => ErrorKind::ShuttingDown,
-            W::LeaseLost => ErrorKind::LeaseLost,
-            W::Unsupported => ErrorKind::Unsupported,
-            W::LimitExceeded => ErrorKind::LimitExceeded,
-            W::PermissionDenied => ErrorKind::PermissionDenied,
-            W::Internal => ErrorKind::Other,
-        }
+        Error(wire)
     }
 }
 

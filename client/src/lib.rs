@@ -53,15 +53,17 @@ mod client;
 mod connection;
 mod error;
 mod lock;
-mod metadata;
 pub mod socket;
-mod transport;
+pub mod transport;
 
 pub use client::Client;
 pub use error::{Error, ErrorKind, WithLockError};
 pub use lock::{Lock, LockOptions, DEFAULT_TTL};
-pub use metadata::{LockFileFormat, LockMetadata};
-pub use vfslock_proto::{ListEntry, StatusInfo, StoreInfo, Welcome};
+/// A lock file's metadata, as the daemon read it: the protocol's own type, with its times as
+/// `SystemTime` through [`LockMetadata::created_at`], [`LockMetadata::ttl`],
+/// [`LockMetadata::expires_at`] and the like.
+pub use vfslock_proto::LockMetadata;
+pub use vfslock_proto::{ListEntry, LockFileFormat, StatusInfo, StoreInfo, Welcome};
 
 /// A detached lease: held by a uid and a lock id rather than a connection; see
 /// [`Client::acquire_detached`].

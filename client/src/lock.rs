@@ -229,7 +229,7 @@ impl Lock {
         self.held = Some(Held {
             acquire_id: id,
             target: grant.target,
-            metadata: LockMetadata::from_wire(grant.metadata),
+            metadata: grant.metadata,
             token: grant.token,
             lease,
         });
@@ -350,7 +350,7 @@ impl Lock {
     /// Time since the lock file's `createdAt` (the Go library's `Age`).
     pub async fn age(&self) -> Result<Duration, Error> {
         let meta = self.metadata().await?;
-        let created = meta.created_at.ok_or_else(|| {
+        let created = meta.created_at().ok_or_else(|| {
             Error::new(
                 ErrorKind::Other,
                 format!("the lock file of {} carries no creation time", self.target),

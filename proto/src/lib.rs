@@ -54,6 +54,7 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 mod message;
+pub mod unix_time;
 pub mod versions;
 
 pub use message::*;

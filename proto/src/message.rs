@@ -393,7 +393,8 @@ pub struct WireError {
     pub holder: Option<Box<LockMetadata>>,
 }
 
-/// Kinds of failure. Variants are only ever appended: a variant's index is its tag on the wire.
+/// Kinds of failure: those the daemon reports, then those a client library reports of its own.
+/// New kinds are appended, so that a kind keeps its number on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The lock is held by someone else.
@@ -422,6 +423,17 @@ pub enum ErrorKind {
     PermissionDenied,
     /// A bug in the daemon; the message says more.
     Internal,
+    // The kinds below are a client library's own, about its side of the connection: the daemon
+    // never sends them. They are here so that a client has one set of kinds to branch on.
+    /// No daemon answers at the socket path (client side).
+    DaemonUnavailable,
+    /// The connection to the daemon was lost (client side).
+    ConnectionLost,
+    /// There is no lock file for the target (client side: the daemon answers a metadata
+    /// request with no file as a success).
+    NotFound,
+    /// A failure of the client library itself; the message says what (client side).
+    Other,
 }
 
 impl WireError {

@@ -215,12 +215,16 @@ fn every_error_kind() -> Vec<ErrorKind> {
         LimitExceeded,
         PermissionDenied,
         Internal,
+        DaemonUnavailable,
+        ConnectionLost,
+        NotFound,
+        Other,
     ];
     for kind in &all {
         match kind {
             AlreadyHeld | Timeout | InvalidTarget | StaleVetoed | Store | Protocol | Cancelled
             | ShuttingDown | LeaseLost | Unsupported | LimitExceeded | PermissionDenied
-            | Internal => {}
+            | Internal | DaemonUnavailable | ConnectionLost | NotFound | Other => {}
         }
     }
     all

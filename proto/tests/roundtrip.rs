@@ -294,6 +294,10 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         Just(ErrorKind::LimitExceeded),
         Just(ErrorKind::PermissionDenied),
         Just(ErrorKind::Internal),
+        Just(ErrorKind::DaemonUnavailable),
+        Just(ErrorKind::ConnectionLost),
+        Just(ErrorKind::NotFound),
+        Just(ErrorKind::Other),
     ]
 }
 
@@ -484,7 +488,7 @@ impl Variant for LockFileFormat {
 }
 
 impl Variant for ErrorKind {
-    const COUNT: usize = 13;
+    const COUNT: usize = 17;
     fn variant(&self) -> usize {
         match self {
             ErrorKind::AlreadyHeld => 0,
@@ -500,6 +504,10 @@ impl Variant for ErrorKind {
             ErrorKind::LimitExceeded => 10,
             ErrorKind::PermissionDenied => 11,
             ErrorKind::Internal => 12,
+            ErrorKind::DaemonUnavailable => 13,
+            ErrorKind::ConnectionLost => 14,
+            ErrorKind::NotFound => 15,
+            ErrorKind::Other => 16,
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The binaries are built by the test command (`tests/run.sh` runs `cargo build --bins`
 //! first); `CARGO_BIN_EXE_*` is only set inside the package that owns a binary, so they are
-//! found next to the test executable, or in `$VFSLOCK_BIN_DIR`.
+//! found next to the test executable, or in `$VFSLOCK_BIN_DIR` ([`find_bin`]). Every daemon
+//! this crate starts, the mutex checker's and the bench's too, starts through [`Launch`].
 
 pub mod v1;
 
@@ -11,30 +12,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod launch;
+
+pub use launch::{find_bin, handshake_answers, tail, Launch, NotServing};
+
 /// The generous deadline for anything a test waits for: long enough for a loaded CI machine,
 /// short enough that a hang fails instead of blocking the suite.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Path of one of the workspace's binaries (`vfslockd`, `vfslockctl`).
+/// Path of one of the workspace's binaries (`vfslockd`, `vfslockctl`); fails the test when it
+/// is not built.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("VFSLOCK_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/<test> → target/<profile>
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("test executable lives in target/<profile>/deps")
-                .to_owned()
-        }
-    };
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --bins`; tests/run.sh does it)",
-        path.display()
-    );
-    path
+    find_bin(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A lock-file fixture in the Go library's format (`tests/fixtures/`).
@@ -48,10 +37,10 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// A running `vfslockd` with its own socket, data directory and log.
 pub struct Daemon {
     child: Option<Child>,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
+    /// Holds the daemon's files ([`Launch::in_dir`]) until the test ends.
+    _dir: tempfile::TempDir,
+    launch: Launch,
     data: PathBuf,
-    args: Vec<String>,
 }
 
 /// Test settings: actors retire quickly and foreign holders are re-checked often, so tests
@@ -91,14 +80,14 @@ impl Daemon {
                 own
             }
         };
-        let socket = dir.path().join("vfslockd.sock");
-        std::fs::write(dir.path().join("vfslockd.toml"), config).expect("config file");
+        let mut launch = Launch::in_dir(bin("vfslockd"), dir.path());
+        launch.args = args.iter().map(|a| a.to_string()).collect();
+        std::fs::write(&launch.config, config).expect("config file");
         let mut daemon = Daemon {
             child: None,
-            dir,
-            socket,
+            _dir: dir,
+            launch,
             data,
-            args: args.iter().map(|a| a.to_string()).collect(),
         };
         daemon.restart();
         daemon
@@ -106,32 +95,18 @@ impl Daemon {
 
     /// The `vfslockd` command this daemon runs, with its config and socket, logging to its log.
     pub fn command(&self) -> Command {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("vfslockd.log"))
-            .expect("log file");
-        let mut command = Command::new(bin("vfslockd"));
-        command
-            .arg("--config")
-            .arg(self.dir.path().join("vfslockd.toml"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args(&self.args)
-            .env("RUST_LOG", "vfslockd=debug,info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        command
+        self.launch.command().expect("log file")
     }
 
     /// Starts the daemon (again) on the same socket, config and data, and waits until it serves.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the daemon is still running");
-        self.child = Some(self.command().spawn().expect("start vfslockd"));
-        self.wait_ready();
+        let child = self
+            .child
+            .insert(self.command().spawn().expect("start vfslockd"));
+        if let Err(e) = self.launch.wait_serving(child) {
+            panic!("vfslockd {e}:\n{}", self.log());
+        }
     }
 
     /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
@@ -141,36 +116,9 @@ impl Daemon {
         child.wait().expect("reap vfslockd");
     }
 
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        loop {
-            // Only a handshake proves that this daemon serves: a socket file left by a killed
-            // one can still be there.
-            if handshake_answers(&self.socket) {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "vfslockd exited with {status} before serving:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "vfslockd did not start serving within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
     /// The daemon's socket.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        &self.launch.socket
     }
 
     /// A directory for `file://` targets.
@@ -185,7 +133,7 @@ impl Daemon {
 
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("vfslockd.log")).unwrap_or_default()
+        self.launch.log()
     }
 
     /// The daemon's process id.
@@ -195,7 +143,7 @@ impl Daemon {
 
     /// A client connected to this daemon.
     pub async fn client(&self) -> vfslock::Client {
-        vfslock::Client::connect(&self.socket)
+        vfslock::Client::connect(self.socket())
             .await
             .expect("connect to the test daemon")
     }
@@ -213,19 +161,6 @@ impl Daemon {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         wait_with_deadline(&mut child)
     }
-}
-
-/// Whether a daemon answers a hello on `socket`.
-pub fn handshake_answers(socket: &Path) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut answer = [0u8; 8];
-    stream.write_all(b"VFSL\0\0\0\x01").is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && &answer[..4] == b"VFSL"
 }
 
 /// Waits for a child with [`DEADLINE`]; kills it if it does not exit.
@@ -583,38 +518,24 @@ pub fn start_refused(config: &str) -> (ExitStatus, String) {
         .prefix("vfslock-test-")
         .tempdir()
         .expect("temporary directory");
-    let (config_path, socket, log_path) = (
-        dir.path().join("vfslockd.toml"),
-        dir.path().join("vfslockd.sock"),
-        dir.path().join("vfslockd.log"),
-    );
-    std::fs::write(&config_path, config).expect("config file");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(bin("vfslockd"))
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("RUST_LOG", "vfslockd=debug,info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
+    let launch = Launch::in_dir(bin("vfslockd"), dir.path());
+    std::fs::write(&launch.config, config).expect("config file");
+    let mut child = launch
+        .command()
+        .expect("log file")
         .spawn()
         .expect("start vfslockd");
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait for vfslockd") {
-            return (status, read_log());
+            return (status, launch.log());
         }
-        if start.elapsed() > DEADLINE || handshake_answers(&socket) {
+        if start.elapsed() > DEADLINE || handshake_answers(&launch.socket) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
                 "vfslockd did not refuse to start within {DEADLINE:?}:\n{}",
-                read_log()
+                launch.log()
             );
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -86,7 +86,7 @@ async fn a_waiter_gets_the_lock_of_a_holder_killed_with_sigkill() {
             .expect("the child holds the lock");
         assert_eq!(holder.pid, i64::from(child_pid));
         assert_eq!(holder.owner_id.as_deref(), Some("doomed-child"));
-        assert_eq!(holder.ttl, Some(HOUR));
+        assert_eq!(holder.ttl(), Some(HOUR));
 
         let (options, mut positions) = watch_queue(LockOptions::default().owner_id("survivor"));
         let mut waiter = client.new_lock(&target, options);

@@ -100,7 +100,7 @@ async fn go_lock_files_of_both_spellings_are_read() {
         assert_eq!(meta.hostname, fx.hostname, "{}", fx.file);
         assert_eq!(meta.pid, fx.pid, "{}", fx.file);
         assert_eq!(meta.owner_id.as_deref(), fx.owner, "{}", fx.file);
-        assert_eq!(meta.ttl, fx.ttl, "{}", fx.file);
+        assert_eq!(meta.ttl(), fx.ttl, "{}", fx.file);
         assert_eq!(
             meta.ttl_ns,
             fx.ttl.map_or(0, |t| t.as_nanos() as i64),
@@ -108,14 +108,14 @@ async fn go_lock_files_of_both_spellings_are_read() {
             fx.file
         );
         assert_eq!(
-            meta.created_at,
+            meta.created_at(),
             Some(UNIX_EPOCH + Duration::from_nanos(fx.created_unix_ns)),
             "{}",
             fx.file
         );
         assert_eq!(meta.stale, fx.stale, "{}", fx.file);
         assert_eq!(meta.lock_id, None, "{}", fx.file);
-        assert!(meta.modified.is_some(), "{}", fx.file);
+        assert!(meta.modified().is_some(), "{}", fx.file);
         // `Lock::metadata` and `is_stale` say the same.
         let lock = client.new_lock(&target, LockOptions::default());
         assert_eq!(lock.metadata().await.expect("metadata"), meta);

@@ -30,7 +30,7 @@ async fn created_at(client: &Client, target: &str, lock_file: Option<&Path>) -> 
                 .await
                 .expect("metadata")
                 .expect("the lock file exists while held");
-            format!("{:?}", meta.created_at.expect("createdAt"))
+            format!("{:?}", meta.created_at().expect("createdAt"))
         }
     }
 }
@@ -73,8 +73,11 @@ async fn held_beyond_its_ttl(name: &str, pick_file: bool) {
     let now = lock.metadata().await.expect("metadata");
     let first = lock.held_metadata().expect("held").clone();
     assert_eq!(now.lock_id, first.lock_id);
-    assert_eq!(now.acquired_at, first.acquired_at);
-    assert!(now.created_at > first.created_at, "{now:?} vs {first:?}");
+    assert_eq!(now.acquired_at(), first.acquired_at());
+    assert!(
+        now.created_at() > first.created_at(),
+        "{now:?} vs {first:?}"
+    );
     assert!(lock.age().await.expect("age") < HOLD);
     lock.release().await.expect("release");
     if let Some(path) = &lock_file {

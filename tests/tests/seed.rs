@@ -109,7 +109,7 @@ async fn metadata_carries_owner_ttl_host_pid_and_a_fresh_creation_time() {
         let read = lock.metadata().await.expect("metadata of a held lock");
         for (what, meta) in [("held_metadata", &held), ("metadata", &read)] {
             assert_eq!(meta.owner_id.as_deref(), Some("seed-owner"), "{what}");
-            assert_eq!(meta.ttl, Some(ttl), "{what}");
+            assert_eq!(meta.ttl(), Some(ttl), "{what}");
             assert_eq!(meta.ttl_ns, 90_000_000_000, "{what}");
             assert_eq!(meta.hostname, client.daemon().hostname, "{what}");
             assert!(!meta.hostname.is_empty(), "{what}");
@@ -117,7 +117,7 @@ async fn metadata_carries_owner_ttl_host_pid_and_a_fresh_creation_time() {
             assert_eq!(meta.lock_id.as_deref(), lock.lock_id(), "{what}");
             assert_eq!(meta.format, LockFileFormat::Vfslock(1), "{what}");
             assert!(!meta.stale, "{what}");
-            assert_fresh(meta.created_at, &format!("{what} createdAt"));
+            assert_fresh(meta.created_at(), &format!("{what} createdAt"));
         }
         let age = lock.age().await.expect("age");
         assert!(age < DEADLINE, "age {age:?}");

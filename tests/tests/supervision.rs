@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use vfslock::LockOptions;
+use vfslock::{ErrorKind, LockOptions};
 use vfslock_tests::{eventually, next_position, targets, watch_queue, within, Daemon, TEST_CONFIG};
 
 const TRIGGER: &str = "panic now";
@@ -41,6 +41,7 @@ async fn a_failed_actor_is_cleaned_up_after_and_replaced(
     let trigger_client = daemon.client().await;
     let mut trigger = trigger_client.new_lock(target, LockOptions::default().owner_id(TRIGGER));
     let error = trigger.acquire().await.expect_err("the actor failed on it");
+    assert_eq!(error.kind(), ErrorKind::Internal, "{error}");
     assert!(error.message().contains("vfslockd failed"), "{error}");
     assert!(error.message().contains("send it again"), "{error}");
 
@@ -48,10 +49,14 @@ async fn a_failed_actor_is_cleaned_up_after_and_replaced(
     assert!(lost.contains("vfslockd failed"), "{lost}");
     assert!(lost.contains("acquire the lock again"), "{lost}");
     assert!(!holder.is_held());
+    // The kind says the daemon failed, not the store or another holder.
+    let released = holder.release().await.expect_err("the lease was lost");
+    assert_eq!(released.kind(), ErrorKind::Internal, "{released}");
     let waited = within("the waiter's answer", waiter)
         .await
         .expect("waiter task")
         .expect_err("the waiter is answered with an error");
+    assert_eq!(waited.kind(), ErrorKind::Internal, "{waited}");
     assert!(waited.message().contains("vfslockd failed"), "{waited}");
     if let Some(file) = lock_file {
         eventually("the failed actor's lock file to be deleted", || {

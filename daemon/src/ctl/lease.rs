@@ -119,7 +119,7 @@ pub(super) async fn renew(client: &Client, args: LeaseArgs, json: bool) -> Resul
         emit_json(&json!({
             "target": args.target,
             "lock_id": args.lock_id,
-            "ttl_seconds": meta.ttl.map(|t| t.as_secs_f64()),
+            "ttl_seconds": meta.ttl().map(|t| t.as_secs_f64()),
             "expires_at": expires,
         }))?;
     } else {

@@ -74,8 +74,8 @@ fn to_json(target: &str, meta: &LockMetadata) -> serde_json::Value {
         "hostname": known_hostname(meta),
         "pid": known_pid(meta),
         "owner_id": meta.owner_id,
-        "created_at": meta.created_at.and_then(rfc3339),
-        "acquired_at": meta.acquired_at.and_then(rfc3339),
+        "created_at": meta.created_at().and_then(rfc3339),
+        "acquired_at": meta.acquired_at().and_then(rfc3339),
         "age_seconds": meta.age().map(seconds),
         "ttl_seconds": ttl_seconds(meta),
         "never_expires": meta.ttl_ns == 0,
@@ -104,7 +104,7 @@ fn to_rows(target: &str, meta: &LockMetadata) -> Vec<(&'static str, String)> {
         (name, Some(version)) => format!("{name} v{version}"),
         (name, None) => name.to_owned(),
     };
-    let ttl = match meta.ttl {
+    let ttl = match meta.ttl() {
         Some(ttl) => duration::format(ttl),
         None if meta.ttl_ns == 0 => "never expires".to_owned(),
         None => format!("{}ns (stale from the start)", meta.ttl_ns),
@@ -120,10 +120,10 @@ fn to_rows(target: &str, meta: &LockMetadata) -> Vec<(&'static str, String)> {
         ("hostname", or_dash(known_hostname(meta))),
         ("pid", or_dash(known_pid(meta))),
         ("owner", or_dash(meta.owner_id.as_deref())),
-        ("created", or_dash(meta.created_at.and_then(rfc3339))),
+        ("created", or_dash(meta.created_at().and_then(rfc3339))),
     ];
-    if meta.acquired_at.is_some() {
-        rows.push(("acquired", when(meta.acquired_at)));
+    if meta.acquired_at().is_some() {
+        rows.push(("acquired", when(meta.acquired_at())));
     }
     rows.extend([
         ("age", or_dash(meta.age().map(duration::humanize))),

@@ -217,14 +217,14 @@ impl LockActor {
         let parsed = lockfile::parse(&observed.bytes);
         let now = self.ctx.now();
         let from_future = parsed
-            .created_at
+            .created_at()
             .is_some_and(|created| created > now + settings.locks.skew_allowance);
         let stale = if state.target.store.stale_rule() == StaleRule::Watched || from_future {
             let needed = match parsed.format {
                 LockFileFormat::Foreign => None,
                 LockFileFormat::Corrupt => Some(settings.locks.corrupt_grace),
                 _ if parsed.ttl_ns == 0 => None,
-                _ if parsed.created_at.is_none() => Some(settings.locks.corrupt_grace),
+                _ if parsed.created_at().is_none() => Some(settings.locks.corrupt_grace),
                 _ => Some(Duration::from_nanos(parsed.ttl_ns.max(0) as u64)),
             };
             let watched = self

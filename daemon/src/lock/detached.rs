@@ -85,7 +85,7 @@ impl LockActor {
         let now = self.ctx.now();
         let record = LockRecord {
             created_at: now,
-            acquired_at: parsed.acquired_at.unwrap_or(now),
+            acquired_at: parsed.acquired_at().unwrap_or(now),
             ttl: ttl.unwrap_or(Duration::from_nanos(parsed.ttl_ns.max(1) as u64)),
             hostname: self.ctx.host_id.clone(),
             pid: parsed.pid,

@@ -3,30 +3,13 @@
 //! (digit by digit, as every lock file written carries two of these times).
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use vfslock_proto::unix_time::from_unix_ns;
+pub use vfslock_proto::unix_time::unix_ns;
 
 pub(super) const NANOS_PER_SEC: i128 = 1_000_000_000;
 const SECS_PER_DAY: i64 = 86_400;
-
-/// Signed nanoseconds since the Unix epoch; negative before 1970.
-pub fn unix_ns(t: SystemTime) -> i128 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_nanos() as i128,
-        Err(before) => -(before.duration().as_nanos() as i128),
-    }
-}
-
-/// The inverse of [`unix_ns`]; `None` outside what `SystemTime` can hold.
-pub(super) fn from_unix_ns(ns: i128) -> Option<SystemTime> {
-    let magnitude = ns.unsigned_abs();
-    let secs = u64::try_from(magnitude / NANOS_PER_SEC as u128).ok()?;
-    let offset = Duration::new(secs, (magnitude % NANOS_PER_SEC as u128) as u32);
-    if ns >= 0 {
-        UNIX_EPOCH.checked_add(offset)
-    } else {
-        UNIX_EPOCH.checked_sub(offset)
-    }
-}
 
 /// Formats like Go's `t.UTC().Format(time.RFC3339Nano)`, which is what the Go library's
 /// `time.Time` fields marshal to: fraction trimmed of trailing zeros (none when zero), `Z`.

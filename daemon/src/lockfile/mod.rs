@@ -42,19 +42,8 @@ pub fn to_wire(lock: &ParsedLock, modified: Option<SystemTime>, stale: bool) -> 
 /// [`to_wire`] of a lock no longer needed: its strings move instead of being copied.
 pub fn into_wire(lock: ParsedLock, modified: Option<SystemTime>, stale: bool) -> LockMetadata {
     LockMetadata {
-        created_at_unix_ns: lock.created_at.map(unix_ns),
-        acquired_at_unix_ns: lock.acquired_at.map(unix_ns),
         modified_unix_ns: modified.map(unix_ns),
-        ttl_ns: lock.ttl_ns,
-        hostname: lock.hostname,
-        pid: lock.pid,
-        owner_id: lock.owner_id,
-        lock_id: lock.lock_id,
-        daemon_id: lock.daemon_id,
-        token: lock.token,
-        uid: lock.uid,
-        detached: lock.detached,
-        format: lock.format,
         stale,
+        ..lock
     }
 }

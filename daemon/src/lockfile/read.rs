@@ -2,61 +2,37 @@
 //! the Go library's struct (key matching, duplicates, nulls, type errors), plus the vfslock
 //! fields, and never fails: what cannot be read is [`LockFileFormat::Corrupt`].
 
-use std::time::SystemTime;
-
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-use vfslock_proto::LockFileFormat;
+use vfslock_proto::{LockFileFormat, LockMetadata};
 
-use super::parse_go_time;
+use super::{parse_go_time, unix_ns};
 
-/// A lock file as read, whoever wrote it. Never fails to construct: unreadable content becomes
-/// [`LockFileFormat::Corrupt`] with default fields.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ParsedLock {
-    /// `createdAt` (or `created_at`); `None` when absent or not a valid time.
-    pub created_at: Option<SystemTime>,
-    /// `acquiredAt` (vfslock files only).
-    pub acquired_at: Option<SystemTime>,
-    /// `ttl` in nanoseconds: 0 never expires (also when absent), negative is already stale.
-    pub ttl_ns: i64,
-    /// `hostname`, `""` when absent.
-    pub hostname: String,
-    /// `pid`, 0 when absent.
-    pub pid: i64,
-    /// `ownerId` (or `owner_id`); an empty one is `None`.
-    pub owner_id: Option<String>,
-    /// `lockId` (vfslock files only).
-    pub lock_id: Option<String>,
-    /// `daemonId` (vfslock files only).
-    pub daemon_id: Option<String>,
-    /// `token` (vfslock files only).
-    pub token: Option<u64>,
-    /// `uid` (vfslock files only).
-    pub uid: Option<u32>,
-    /// `detached` (vfslock files only).
-    pub detached: bool,
-    /// Who wrote the file, as far as its content tells.
-    pub format: LockFileFormat,
-}
+/// A lock file as read, whoever wrote it: the wire's [`LockMetadata`], one shape for both, of
+/// which the content sets every field but `modified_unix_ns` and `stale` (the store and the
+/// caller tell those; see [`into_wire`](super::into_wire)). Reading never fails: unreadable
+/// content becomes [`LockFileFormat::Corrupt`] with default fields. The file's own JSON shape is
+/// [`LockRecord`](super::LockRecord) and the reader's key table, kept apart from the wire.
+pub type ParsedLock = LockMetadata;
 
-impl ParsedLock {
-    pub(super) fn empty(format: LockFileFormat) -> Self {
-        ParsedLock {
-            created_at: None,
-            acquired_at: None,
-            ttl_ns: 0,
-            hostname: String::new(),
-            pid: 0,
-            owner_id: None,
-            lock_id: None,
-            daemon_id: None,
-            token: None,
-            uid: None,
-            detached: false,
-            format,
-        }
+/// A lock file of `format` whose content tells nothing.
+pub(super) fn empty(format: LockFileFormat) -> ParsedLock {
+    LockMetadata {
+        created_at_unix_ns: None,
+        acquired_at_unix_ns: None,
+        modified_unix_ns: None,
+        ttl_ns: 0,
+        hostname: String::new(),
+        pid: 0,
+        owner_id: None,
+        lock_id: None,
+        daemon_id: None,
+        token: None,
+        uid: None,
+        detached: false,
+        format,
+        stale: false,
     }
 }
 
@@ -173,13 +149,13 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 /// Reads a lock file's bytes as Go's `encoding/json` would decode them into the Go library's
-/// struct, plus the vfslock fields. Never fails: see [`ParsedLock::format`].
+/// struct, plus the vfslock fields. Never fails: see [`ParsedLock`].
 pub fn parse(bytes: &[u8]) -> ParsedLock {
     // Go replaces invalid UTF-8 inside strings instead of failing; outside strings the
     // replacement character is still invalid JSON, so garbage stays garbage.
     let text = String::from_utf8_lossy(bytes);
     let Ok(Members(members)) = serde_json::from_str::<Members>(&text) else {
-        return ParsedLock::empty(LockFileFormat::Corrupt);
+        return empty(LockFileFormat::Corrupt);
     };
 
     let mut values: [Option<Value>; FIELDS.len()] = Default::default();
@@ -192,7 +168,7 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
             continue;
         }
         if field.is_go_field() && !go_type_ok(field, &value) {
-            return ParsedLock::empty(LockFileFormat::Corrupt);
+            return empty(LockFileFormat::Corrupt);
         }
         values[field.index()] = Some(value);
     }
@@ -221,9 +197,12 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
         LockFileFormat::Foreign
     };
 
-    ParsedLock {
-        created_at: time(Field::CreatedAt).or_else(|| time(Field::CreatedAtV10)),
-        acquired_at: time(Field::AcquiredAt),
+    LockMetadata {
+        created_at_unix_ns: time(Field::CreatedAt)
+            .or_else(|| time(Field::CreatedAtV10))
+            .map(unix_ns),
+        acquired_at_unix_ns: time(Field::AcquiredAt).map(unix_ns),
+        modified_unix_ns: None,
         ttl_ns: get(Field::Ttl).and_then(Value::as_i64).unwrap_or(0),
         hostname: string(Field::Hostname).unwrap_or_default(),
         pid: get(Field::Pid).and_then(Value::as_i64).unwrap_or(0),
@@ -238,6 +217,7 @@ pub fn parse(bytes: &[u8]) -> ParsedLock {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         format,
+        stale: false,
     }
 }
 

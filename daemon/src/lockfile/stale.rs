@@ -28,7 +28,7 @@ fn staleness(lock: &ParsedLock, modified: Option<SystemTime>, grace: Duration) -
         LockFileFormat::Go | LockFileFormat::Vfslock(_) => match lock.ttl_ns {
             0 => Staleness::Never,
             ttl if ttl < 0 => Staleness::Already,
-            ttl => match lock.created_at {
+            ttl => match lock.created_at() {
                 Some(created) => {
                     match created.checked_add(Duration::from_nanos(ttl.unsigned_abs())) {
                         Some(t) => Staleness::After(t),

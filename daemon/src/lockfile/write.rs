@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use vfslock_proto::LockFileFormat;
+use vfslock_proto::{LockFileFormat, LockMetadata};
 
-use super::{format_go_time, ParsedLock, FORMAT_VERSION};
+use super::{format_go_time, unix_ns, ParsedLock, FORMAT_VERSION};
 
 /// What this daemon writes into a lock file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,9 +87,10 @@ impl LockRecord {
     /// and parsing the JSON: a grant describes the file it just wrote from the record it wrote
     /// it from.
     pub fn to_parsed(&self) -> ParsedLock {
-        ParsedLock {
-            created_at: Some(self.created_at),
-            acquired_at: Some(self.acquired_at),
+        LockMetadata {
+            created_at_unix_ns: Some(unix_ns(self.created_at)),
+            acquired_at_unix_ns: Some(unix_ns(self.acquired_at)),
+            modified_unix_ns: None,
             ttl_ns: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
             hostname: self.hostname.clone(),
             pid: self.pid,
@@ -100,6 +101,7 @@ impl LockRecord {
             uid: self.uid,
             detached: self.detached,
             format: LockFileFormat::Vfslock(FORMAT_VERSION),
+            stale: false,
         }
     }
 }

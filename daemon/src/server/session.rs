@@ -57,22 +57,14 @@ async fn serve_as(
         }
     };
     let (closing, closing_rx) = oneshot::channel();
+    // Tokio's own halves on Unix: its read half learns from a short read that the socket is
+    // drained, and its send half can be written from any actor's task.
+    let (mut reader, send) = vfslock::transport::split(stream);
     #[cfg(unix)]
-    let (mut reader, out, writer) = {
-        // Tokio's own halves: its read half learns from a short read that the socket is
-        // drained, and its send half can be written from any actor's task.
-        let Stream::UdSocket(inner) = stream;
-        let (reader, send) = tokio::net::UnixStream::from(inner).into_split();
-        let send = Arc::new(send);
-        let (out, writer) = Outbound::direct(send.clone());
-        (reader, out, tokio::spawn(writer.run(send, closing_rx)))
-    };
+    let (out, writer) = Outbound::direct(send.clone());
     #[cfg(not(unix))]
-    let (mut reader, out, writer) = {
-        let (reader, send) = tokio::io::split(stream);
-        let (out, writer) = Outbound::through_writer();
-        (reader, out, tokio::spawn(writer.run(send, closing_rx)))
-    };
+    let (out, writer) = Outbound::through_writer();
+    let writer = tokio::spawn(writer.run(send, closing_rx));
     let link = Arc::new(SessionLink::new(id, out, caller).speaking(protocol));
     ctx.sessions.register(&link);
     let mut session = Session {

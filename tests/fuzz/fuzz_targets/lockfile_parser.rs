@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
 
     let lock: ParsedLock = lockfile::parse(file);
     if lock.format == LockFileFormat::Corrupt {
-        assert!(lock.created_at.is_none() && lock.hostname.is_empty() && lock.ttl_ns == 0);
+        assert!(lock.created_at_unix_ns.is_none() && lock.hostname.is_empty() && lock.ttl_ns == 0);
     }
 
     let stale = lockfile::is_stale(&lock, modified, now, grace);
@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(wire.stale, stale);
     assert_eq!(
         wire.created_at_unix_ns,
-        lock.created_at.map(lockfile::unix_ns)
+        lock.created_at().map(lockfile::unix_ns)
     );
     assert_eq!(wire.modified_unix_ns, modified.map(lockfile::unix_ns));
     // The wire form must go through the codec like any other message.

@@ -160,15 +160,14 @@ fn main() -> ExitCode {
     };
     match args.first().map(String::as_str) {
         Some("pass") => {
-            let bin_dir = std::env::var_os("VFSLOCK_BIN_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::env::current_exe()
-                        .expect("own path")
-                        .parent()
-                        .expect("own directory")
-                        .to_owned()
-                });
+            // Where the test crate's launcher finds `vfslockd`; `vfslockctl` is beside it.
+            let bin_dir = match vfslock_tests::find_bin("vfslockd") {
+                Ok(vfslockd) => vfslockd.parent().expect("a file's directory").to_owned(),
+                Err(e) => {
+                    eprintln!("bench_suite: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let mut options = if args.iter().any(|a| a == "--quick") {
                 Options::quick(bin_dir)
             } else {

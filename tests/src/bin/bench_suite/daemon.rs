@@ -3,8 +3,10 @@
 //! scale section fits; and what the bench reads of it from `/proc`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
+
+use vfslock_tests::Launch;
 
 /// The daemon's configuration for every section, with the limits the scale section needs
 /// raised (the defaults: 4096 connections, 100,000 locks per connection, 10,000 waiters).
@@ -23,42 +25,18 @@ pub struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    /// Starts `vfslockd` from `bin_dir` in `dir` and waits until it answers a handshake.
+    /// Starts `vfslockd` from `bin_dir` in `dir` (through the test crate's [`Launch`]) and
+    /// waits until it answers a handshake.
     pub fn start(bin_dir: &Path, dir: &Path) -> BenchDaemon {
         std::fs::create_dir_all(dir).expect("daemon dir");
-        let config = dir.join("vfslockd.toml");
-        std::fs::write(&config, BENCH_CONFIG).expect("daemon config");
-        let socket = dir.join("vfslockd.sock");
-        let log = std::fs::File::create(dir.join("vfslockd.log")).expect("daemon log");
-        let child = Command::new(bin_dir.join("vfslockd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start vfslockd");
-        let mut daemon = BenchDaemon { child, socket };
-        let start = Instant::now();
-        while !vfslock_tests::handshake_answers(&daemon.socket) {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!(
-                    "vfslockd exited with {status}:\n{}",
-                    std::fs::read_to_string(dir.join("vfslockd.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "vfslockd did not serve within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        let mut launch = Launch::in_dir(bin_dir.join("vfslockd"), dir);
+        launch.log_filter = "warn".into();
+        std::fs::write(&launch.config, BENCH_CONFIG).expect("daemon config");
+        let child = launch.start().unwrap_or_else(|e| panic!("{e}"));
+        BenchDaemon {
+            child,
+            socket: launch.socket,
         }
-        daemon
     }
 
     /// The daemon's process id.

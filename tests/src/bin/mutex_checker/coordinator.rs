@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vfslock_tests::{find_bin, tail, Launch, NotServing};
+
 use crate::analysis::{analyze, Analysis, Instance};
 use crate::partition::{Network, PartitionReport};
 use crate::records::{now_ns, read_log, Record};
@@ -212,37 +214,6 @@ impl RunArgs {
     }
 }
 
-/// The path of a workspace binary: in `$VFSLOCK_BIN_DIR`, else next to this executable
-/// (`target/<profile>/`), else one level up (when this executable is in `deps/`).
-fn find_bin(name: &str) -> Result<PathBuf, String> {
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("VFSLOCK_BIN_DIR") {
-        candidates.push(PathBuf::from(dir).join(name));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join(name));
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join(name));
-            }
-        }
-    }
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "{name} not found (looked at {}): build the binaries first (`cargo build --bins`)",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-}
-
 /// Makes `command`'s process receive `signal` when the coordinator dies, so that a killed
 /// coordinator leaves no daemons or workers behind.
 pub(crate) fn die_with_parent(command: &mut Command, signal: libc::c_int) {
@@ -275,22 +246,13 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 struct Daemon {
     index: usize,
     child: Option<Child>,
-    socket: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
+    /// How it starts. Its files stay the same across restarts: its crash journal's directory
+    /// too, so that the restarted daemon removes the lock files of the killed one.
+    launch: Launch,
     paused_until: Option<Instant>,
-    /// Its crash journal's directory: the same after a restart, so that the restarted daemon
-    /// removes the lock files of the killed one.
-    state_dir: PathBuf,
     /// The network namespace it runs in (`/run/netns/<name>`), if not the coordinator's.
     netns: Option<PathBuf>,
 }
@@ -300,29 +262,12 @@ impl Daemon {
         format!("host-{}", self.index)
     }
 
-    fn spawn(&mut self, vfslockd: &Path) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| format!("{}: {e}", self.log.display()))?;
-        let mut command = Command::new(vfslockd);
-        command
-            .arg("--host-id")
-            .arg(self.host_id())
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("MUTEX_CHECKER_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
+    /// Starts it (again) and waits until it serves.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut command = self
+            .launch
+            .command()
+            .map_err(|e| format!("{}: {e}", self.launch.log.display()))?;
         die_with_parent(&mut command, libc::SIGTERM);
         // Opened here, used in the child between fork and exec (the descriptor is
         // close-on-exec, so the daemon does not keep it).
@@ -347,53 +292,22 @@ impl Daemon {
         }
         let child = command
             .spawn()
-            .map_err(|e| format!("start {}: {e}", vfslockd.display()))?;
+            .map_err(|e| format!("start {}: {e}", self.launch.binary.display()))?;
         drop(netns);
-        self.child = Some(child);
         self.paused_until = None;
-        self.wait_ready()
-    }
-
-    /// Waits until the daemon answers a ping on its socket.
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        loop {
-            let answered = runtime.block_on(async {
-                let attempt = async {
-                    let client = vfslock::Client::connect(&self.socket).await.ok()?;
-                    client.ping().await.ok()
-                };
-                tokio::time::timeout(Duration::from_secs(2), attempt)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            });
-            if answered {
-                return Ok(());
-            }
-            let child = self.child.as_mut().expect("spawned");
-            if let Ok(Some(status)) = child.try_wait() {
+        let child = self.child.insert(child);
+        let served = self.launch.wait_serving(child);
+        if let Err(e) = served {
+            if let NotServing::Exited(_) = e {
                 self.child = None;
-                return Err(format!(
-                    "vfslockd {} exited with {status} before serving:\n{}",
-                    self.host_id(),
-                    tail(&self.log, 30)
-                ));
             }
-            if start.elapsed() > DEADLINE {
-                return Err(format!(
-                    "vfslockd {} did not serve within {DEADLINE:?}:\n{}",
-                    self.host_id(),
-                    tail(&self.log, 30)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            return Err(format!(
+                "vfslockd {} {e}:\n{}",
+                self.host_id(),
+                self.launch.log_tail(30)
+            ));
         }
+        Ok(())
     }
 }
 
@@ -418,7 +332,6 @@ struct Run {
     args: RunArgs,
     dir: PathBuf,
     exe: PathBuf,
-    vfslockd: PathBuf,
     daemons: Vec<Daemon>,
     workers: Vec<Worker>,
     instances: Vec<InstanceInfo>,
@@ -521,7 +434,7 @@ impl Run {
         command
             .arg("worker")
             .arg("--socket")
-            .arg(&daemon.socket)
+            .arg(&daemon.launch.socket)
             .arg("--resource")
             .arg(self.dir.join("resource.sock"))
             .arg("--data")
@@ -646,9 +559,9 @@ impl Run {
                 self.daemon_failures.push(format!(
                     "vfslockd {} exited during the run with {status}:\n{}",
                     daemon.host_id(),
-                    tail(&daemon.log, 30)
+                    daemon.launch.log_tail(30)
                 ));
-                daemon.spawn(&self.vfslockd)?;
+                daemon.spawn()?;
             }
         }
         Ok(())
@@ -738,7 +651,7 @@ impl Run {
         signal(&child, libc::SIGKILL);
         let _ = child.wait();
         self.daemon_kills += 1;
-        daemon.spawn(&self.vfslockd)
+        daemon.spawn()
     }
 
     /// The calm phase: nothing is killed or paused, the workers go on.
@@ -758,7 +671,7 @@ impl Run {
         self.daemons
             .iter()
             .map(|daemon| {
-                std::fs::read_to_string(&daemon.log)
+                std::fs::read_to_string(&daemon.launch.log)
                     .unwrap_or_default()
                     .lines()
                     .filter(|line| line.contains(FAULT_LOG_MARKER))
@@ -847,7 +760,7 @@ impl Run {
         for daemon in self.daemons.iter().filter(|d| d.child.is_some()) {
             let status = runtime.block_on(async {
                 let ask = async {
-                    let client = vfslock::Client::connect(&daemon.socket).await.ok()?;
+                    let client = vfslock::Client::connect(&daemon.launch.socket).await.ok()?;
                     client.status().await.ok()
                 };
                 tokio::time::timeout(Duration::from_secs(5), ask)
@@ -889,7 +802,7 @@ impl Run {
                     "vfslockd {} did not exit cleanly on SIGTERM ({}):\n{}",
                     daemon.host_id(),
                     status.map_or_else(|| "killed after the deadline".into(), |s| s.to_string()),
-                    tail(&daemon.log, 30)
+                    daemon.launch.log_tail(30)
                 ));
             }
         }
@@ -985,6 +898,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         }
     }
     let vfslockd = find_bin("vfslockd")?;
+    let daemon_log = std::env::var("MUTEX_CHECKER_DAEMON_LOG").unwrap_or_else(|_| "info".into());
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let (dir, temp) = match &args.dir {
         Some(dir) => {
@@ -1052,7 +966,6 @@ fn run(args: RunArgs) -> Result<bool, String> {
         args: args.clone(),
         dir: dir.clone(),
         exe,
-        vfslockd,
         daemons: Vec::new(),
         workers: Vec::new(),
         instances: Vec::new(),
@@ -1076,18 +989,23 @@ fn run(args: RunArgs) -> Result<bool, String> {
         let mut daemon = Daemon {
             index,
             child: None,
-            socket: dir.join(format!("d{index}.sock")),
-            config,
-            log: dir.join(format!("daemon-{index}.log")),
+            launch: Launch {
+                binary: vfslockd.clone(),
+                config,
+                socket: dir.join(format!("d{index}.sock")),
+                state_dir: dir.join(format!("state-{index}")),
+                log: dir.join(format!("daemon-{index}.log")),
+                args: vec!["--host-id".into(), format!("host-{index}")],
+                log_filter: daemon_log.clone(),
+            },
             paused_until: None,
-            state_dir: dir.join(format!("state-{index}")),
             // Daemon 0 is the host that the partition cuts off.
             netns: network
                 .as_ref()
                 .filter(|_| index == 0)
                 .map(|net| net.netns_path()),
         };
-        daemon.spawn(&run.vfslockd)?;
+        daemon.spawn()?;
         run.daemons.push(daemon);
     }
     for daemon in 0..args.daemons {
@@ -1115,8 +1033,11 @@ fn run(args: RunArgs) -> Result<bool, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = crate::partition::spawn(crate::partition::Plan {
             net: net.clone(),
-            cut_socket: run.daemons[0].socket.clone(),
-            other_sockets: run.daemons[1..].iter().map(|d| d.socket.clone()).collect(),
+            cut_socket: run.daemons[0].launch.socket.clone(),
+            other_sockets: run.daemons[1..]
+                .iter()
+                .map(|d| d.launch.socket.clone())
+                .collect(),
             resource: dir.join("resource.sock"),
             target: format!("{}{name}", store.target_prefix()),
             target_index,
