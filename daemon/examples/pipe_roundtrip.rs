@@ -98,7 +98,7 @@ async fn round_trip(socket: &Path) -> Outcome {
     println!("listening on {}", socket.display());
     #[cfg(windows)]
     match vfslockd::server::bind(socket) {
-        Err(e) if e.0.contains("already serves") => {
+        Err(e @ vfslockd::server::BindError::PipeTaken { .. }) => {
             println!("a second server on the same pipe: refused ({e})");
         }
         // Wine 8 does not enforce FILE_FLAG_FIRST_PIPE_INSTANCE (nor pipe ACLs); Windows does.
