@@ -505,20 +505,9 @@ fn to_wire_copies_fields() {
     assert_eq!(
         wire,
         LockMetadata {
-            created_at_unix_ns: Some(1_754_299_812_345_678_901),
-            acquired_at_unix_ns: Some(unix_ns(rec.acquired_at)),
             modified_unix_ns: Some(-1_000_000_000),
-            ttl_ns: 30_000_000_000,
-            hostname: "host-a".into(),
-            pid: 1234,
-            owner_id: Some("svc".into()),
-            lock_id: Some("lock-1".into()),
-            daemon_id: Some("daemon-1".into()),
-            token: Some(1_754_299_812_345_679),
-            uid: Some(1000),
-            detached: false,
-            format: LockFileFormat::Vfslock(FORMAT_VERSION),
             stale: true,
+            ..parsed_record()
         }
     );
     let corrupt = to_wire(&parse(b""), None, false);
