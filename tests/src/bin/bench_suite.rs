@@ -5,6 +5,7 @@
 //! bench_suite pass --label pinned --out FILE [--quick] [--rounds N] [--sections LIST]
 //! bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
 //! bench_suite drive --socket S --target T [--cycles N] [--targets N]   # load for a profiler
+//! bench_suite compare --old F1,F2.. --new F1,F2.. [--tolerance 0.05]  # two builds' passes
 //! ```
 //!
 //! A pass measures every section once, under whatever CPU affinity it was started with
@@ -18,6 +19,8 @@
 //! `$VFSLOCK_BIN_DIR`; Redis is `redis-server` on `PATH` (skipped when missing) and Python's
 //! `filelock` is run by `$VFSLOCK_BENCH_PYTHON` (skipped when unset).
 
+#[path = "bench_suite/compare.rs"]
+mod compare;
 #[path = "bench_suite/contention.rs"]
 mod contention;
 #[path = "bench_suite/daemon.rs"]
@@ -148,7 +151,8 @@ impl Options {
 const USAGE: &str = "usage:
   bench_suite pass --label pinned|unpinned --out FILE [--quick] [--rounds N] [--sections a,b]
   bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
-  bench_suite drive --socket S --target T [--cycles N] [--targets N]";
+  bench_suite drive --socket S --target T [--cycles N] [--targets N]
+  bench_suite compare --old FILE,FILE.. --new FILE,FILE.. [--tolerance 0.05]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -210,6 +214,31 @@ fn main() -> ExitCode {
             }
             print!("{markdown}");
             ExitCode::SUCCESS
+        }
+        Some("compare") => {
+            let read_all = |name: &str| -> Option<Vec<Pass>> {
+                let files = flag(name)?;
+                let passes = files.split(',').map(|path| {
+                    let text = std::fs::read_to_string(path)
+                        .unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+                });
+                Some(passes.collect())
+            };
+            let (Some(old), Some(new)) = (read_all("--old"), read_all("--new")) else {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            };
+            let tolerance = flag("--tolerance")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.05);
+            let (table, worse) = compare::table(&old, &new, tolerance);
+            print!("{table}");
+            if worse {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Some("drive") => {
             // Load for a profiler attached to a daemon started by hand (docs/benchmark.md).

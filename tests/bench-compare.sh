@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Speed and memory of this checkout next to an earlier revision, on this machine, in one run:
+# builds both in release mode (the earlier one in a worktree under the target dir), then runs
+# their bench passes interleaved, pinned to one CPU, so that the machine's noise lands on both
+# alike, and prints `bench_suite compare`'s table (exit 1 if a vfslockd figure got worse by
+# more than the tolerance).
+#
+# Usage: tests/bench-compare.sh REV [PASSES] [SECTIONS]
+#   REV       the earlier revision (a commit, tag or branch)
+#   PASSES    interleaved passes per build (default 4)
+#   SECTIONS  bench sections (default cycle,many,scale)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+rev=${1:?usage: tests/bench-compare.sh REV [PASSES] [SECTIONS]}
+passes=${2:-4}
+sections=${3:-cycle,many,scale}
+
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+work="$target_dir/bench-compare"
+old_tree="$work/tree-$(git rev-parse --short "$rev")"
+mkdir -p "$work"
+if [[ ! -d "$old_tree" ]]; then
+    git worktree add --detach "$old_tree" "$rev" >&2
+fi
+(cd "$old_tree" && CARGO_TARGET_DIR="$work/target-old" \
+    cargo build --release --locked --bins -p vfslockd -p vfslock-tests >&2)
+cargo build --release --locked --bins -p vfslockd -p vfslock-tests >&2
+
+old_bench="$work/target-old/release/bench_suite"
+new_bench="$target_dir/release/bench_suite"
+old_files=()
+new_files=()
+for ((i = 1; i <= passes; i++)); do
+    echo "bench-compare: pass $i of $passes" >&2
+    (cd "$old_tree" && taskset -c 0 "$old_bench" pass --label pinned \
+        --out "$work/old-$i.json" --sections "$sections" >&2)
+    taskset -c 0 "$new_bench" pass --label pinned --out "$work/new-$i.json" \
+        --sections "$sections" >&2
+    old_files+=("$work/old-$i.json")
+    new_files+=("$work/new-$i.json")
+done
+join() { local IFS=,; echo "$*"; }
+"$new_bench" compare --old "$(join "${old_files[@]}")" --new "$(join "${new_files[@]}")"
