@@ -143,3 +143,34 @@ async fn after_an_actor_fails_its_successor_tells_holders_answers_waiters_and_fr
     assert_eq!(crate::context::Stats::get(&stats.waiting), 0);
     assert_eq!(crate::context::Stats::get(&stats.targets), 1);
 }
+
+/// A detached lease belongs to its uid, not to the actor that granted it: a failure of the
+/// actor keeps it, as a restart of the daemon does.
+#[cfg(feature = "faults")]
+#[tokio::test]
+async fn a_detached_lease_outlives_the_failure_of_its_targets_actor() {
+    use crate::lock::tests::request;
+    let daemon = Daemon::with(|s| s.faults.panic_owner = Some("panic please".into())).await;
+    let (owner, mut owner_frames) = daemon.session(1, 1000);
+    let mut detached = request(TARGET, WaitMode::Try);
+    detached.detached = true;
+    daemon.acquire_with(&owner, 1, detached).await;
+    let lease = granted(&mut owner_frames).await;
+    let (trigger, mut trigger_frames) = daemon.session(2, 0);
+    let mut panic_please = request(TARGET, WaitMode::Try);
+    panic_please.owner_id = Some("panic please".into());
+    daemon.acquire_with(&trigger, 1, panic_please).await;
+    assert_eq!(refused(&mut trigger_frames).await.kind, ErrorKind::Internal);
+    // The successor handles this only after its whole cleanup: the lease still refuses
+    // others, and its file is still the lease's.
+    daemon.acquire(&trigger, 2, TARGET, WaitMode::Try).await;
+    assert_eq!(
+        refused(&mut trigger_frames).await.kind,
+        ErrorKind::AlreadyHeld
+    );
+    let file = daemon
+        .lock_file(TARGET)
+        .await
+        .expect("the detached lease stays");
+    assert!(String::from_utf8_lossy(&file.bytes).contains(&lease.lock_id));
+}
