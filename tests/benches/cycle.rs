@@ -88,6 +88,7 @@ fn lock_bytes() -> Vec<u8> {
         token: Some(1),
         uid: None,
         detached: false,
+        peer_ttl: None,
     }
     .to_json()
 }

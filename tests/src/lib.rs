@@ -6,6 +6,7 @@
 //! found next to the test executable, or in `$VFSLOCK_BIN_DIR` ([`find_bin`]). Every daemon
 //! this crate starts, the mutex checker's and the bench's too, starts through [`Launch`].
 
+pub mod gopeer;
 pub mod v1;
 
 use std::path::{Path, PathBuf};

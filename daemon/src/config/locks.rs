@@ -25,6 +25,7 @@ pub(super) struct RawLocks {
     handoff_max_count: Option<u32>,
     handoff_max_time: Option<String>,
     handoff_cooldown: Option<String>,
+    peer_ttl_factor: Option<u32>,
 }
 
 /// `[locks]`, validated.
@@ -56,6 +57,9 @@ pub struct LockSettings {
     pub handoff_max_time: Duration,
     /// How long local waiters hold back after a capped streak.
     pub handoff_cooldown: Duration,
+    /// The ttl written into lock files, as a multiple of the renewed lease (1..=100): what Go
+    /// peers that reuse one `Lock` value, and every other reader, judge staleness by.
+    pub peer_ttl_factor: u32,
 }
 
 impl LockSettings {
@@ -77,6 +81,7 @@ impl LockSettings {
             handoff_max_count: required(&raw.handoff_max_count, "locks.handoff-max-count")?,
             handoff_max_time: duration_of(&raw.handoff_max_time, "locks.handoff-max-time")?,
             handoff_cooldown: Duration::ZERO,
+            peer_ttl_factor: required(&raw.peer_ttl_factor, "locks.peer-ttl-factor")?,
         };
         // Empty: as long as the longest wait between two looks of another daemon.
         locks.handoff_cooldown = match non_empty(&raw.handoff_cooldown) {
@@ -86,6 +91,12 @@ impl LockSettings {
                 problem,
             })?,
         };
+        if !(1..=100).contains(&locks.peer_ttl_factor) {
+            return Err(ConfigError::OutOfRange {
+                key: "locks.peer-ttl-factor".into(),
+                rule: "must be a whole number from 1 to 100",
+            });
+        }
         if locks.store_timeout.is_zero() {
             return Err(ConfigError::OutOfRange {
                 key: "locks.store-timeout".into(),
@@ -117,6 +128,7 @@ impl LockSettings {
             handoff_max_count: Some(self.handoff_max_count),
             handoff_max_time: text(self.handoff_max_time),
             handoff_cooldown: text(self.handoff_cooldown),
+            peer_ttl_factor: Some(self.peer_ttl_factor),
         }
     }
 }

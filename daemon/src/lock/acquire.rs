@@ -383,6 +383,13 @@ impl LockActor {
             token: None,
             uid: waiter.session.caller.uid,
             detached: waiter.request.detached,
+            // A detached lease's file is its whole state: it always says its own ttl.
+            peer_ttl: match self.ctx.settings.locks.peer_ttl_factor {
+                factor if factor > 1 && !waiter.request.detached => {
+                    Some(waiter.ttl.saturating_mul(factor))
+                }
+                _ => None,
+            },
         }
     }
 

@@ -95,6 +95,7 @@ impl LockActor {
             token: parsed.token,
             uid: parsed.uid,
             detached: true,
+            peer_ttl: None,
         };
         if record.ttl.is_zero() {
             return Err(WireError::new(

@@ -188,6 +188,7 @@ fn record() -> LockRecord {
         token: Some(1_754_299_812_345_679),
         uid: Some(1000),
         detached: false,
+        peer_ttl: None,
     }
 }
 

@@ -33,9 +33,18 @@ pub struct LockRecord {
     pub uid: Option<u32>,
     /// A detached lease: it belongs to `uid` and `lock_id`, not to a connection.
     pub detached: bool,
+    /// The ttl written into the file when it is longer than the lease (`[locks]
+    /// peer-ttl-factor`): what every reader judges staleness by, while this daemon still renews
+    /// and bounds the lease by `ttl`.
+    pub peer_ttl: Option<Duration>,
 }
 
 impl LockRecord {
+    /// The ttl the file says: [`LockRecord::peer_ttl`], or the lease's.
+    pub fn written_ttl(&self) -> Duration {
+        self.peer_ttl.unwrap_or(self.ttl)
+    }
+
     /// The file content: indented like Go's `json.MarshalIndent(meta, "", "  ")`, without a
     /// trailing newline (the Go library writes none).
     pub fn to_json(&self) -> Vec<u8> {
@@ -54,7 +63,7 @@ impl LockRecord {
         let owner_id = self.owner_id.as_deref().filter(|o| !o.is_empty());
         // A lease longer than Go's Duration can express (~292 years) is as good as never
         // expiring, but 0 would say exactly that; the largest finite value is closer.
-        let ttl = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(self.written_ttl().as_nanos()).unwrap_or(i64::MAX);
         let mut out = JsonObject::new();
         out.string("createdAt", &created_at);
         out.number("ttl", ttl);
@@ -91,7 +100,7 @@ impl LockRecord {
             created_at_unix_ns: Some(unix_ns(self.created_at)),
             acquired_at_unix_ns: Some(unix_ns(self.acquired_at)),
             modified_unix_ns: None,
-            ttl_ns: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
+            ttl_ns: i64::try_from(self.written_ttl().as_nanos()).unwrap_or(i64::MAX),
             hostname: self.hostname.clone(),
             pid: self.pid,
             owner_id: self.owner_id.clone().filter(|o| !o.is_empty()),
@@ -217,7 +226,7 @@ impl LockRecord {
         let owner_id = self.owner_id.as_deref().filter(|o| !o.is_empty());
         let wire = WireRecord {
             created_at: &created_at,
-            ttl: i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX),
+            ttl: i64::try_from(self.written_ttl().as_nanos()).unwrap_or(i64::MAX),
             hostname: &self.hostname,
             pid: self.pid,
             owner_id,

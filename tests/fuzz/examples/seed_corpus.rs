@@ -356,6 +356,7 @@ fn main() {
         token: Some(17),
         uid: Some(1000),
         detached: true,
+        peer_ttl: None,
     };
     let mut input = lock_header(None, created + 10);
     input.extend(record.to_json());

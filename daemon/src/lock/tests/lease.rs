@@ -106,3 +106,27 @@ async fn a_lock_file_replaced_by_someone_else_is_a_lost_lease_and_is_left_alone(
     assert!(String::from_utf8_lossy(&file.bytes).contains("another-daemon"));
     assert_eq!(session.open_acquires(), 0);
 }
+
+/// `[locks] peer-ttl-factor` lengthens only what the file says: the lease this daemon renews
+/// and promises its holder stays the asked TTL.
+#[tokio::test]
+async fn a_peer_ttl_factor_writes_a_longer_ttl_but_keeps_the_lease() {
+    let daemon = Daemon::with(|s| s.locks.peer_ttl_factor = 3).await;
+    let (session, mut frames) = daemon.session(1, 0);
+    daemon.acquire(&session, 1, TARGET, WaitMode::Try).await;
+    let grant = granted(&mut frames).await;
+    assert_eq!(grant.metadata.ttl(), Some(Duration::from_secs(90)));
+    let file = daemon.lock_file(TARGET).await.unwrap();
+    let written = crate::lockfile::parse(&file.bytes);
+    assert_eq!(written.ttl(), Some(Duration::from_secs(90)));
+    let valid_for = grant.valid_for.expect("a lease expires");
+    assert!(valid_for <= Duration::from_secs(27), "{valid_for:?}");
+    // A detached lease's file is its whole state: it says its own ttl.
+    let mut detached = request("mem:///lease-detached", WaitMode::Try);
+    detached.detached = true;
+    daemon.acquire_with(&session, 2, detached).await;
+    assert_eq!(
+        granted(&mut frames).await.metadata.ttl(),
+        Some(Duration::from_secs(30))
+    );
+}

@@ -161,6 +161,7 @@ pub fn foreign_record(age: Duration, ttl: Duration) -> LockRecord {
         token: None,
         uid: Some(1000),
         detached: false,
+        peer_ttl: None,
     }
 }
 

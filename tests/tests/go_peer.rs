@@ -1,0 +1,103 @@
+//! Living with real Go peers (issue 13): the Go library (c2fo/vfs `contrib/lockfile` v1.2.0,
+//! OS backend) next to vfslockd on one `file://` lock.
+//!
+//! A Go program that keeps one `Lock` value and retries `Acquire` on it judges our lock by the
+//! `createdAt` it read first: once that file's `ttl` has passed it steals the lock, however
+//! often the daemon renewed it, and our holder is told its lease is lost. A new `Lock` per
+//! attempt reads the file afresh and never steals a renewed lock. `[locks] peer-ttl-factor`
+//! writes a longer `ttl` than the lease the daemon renews, which holds a reusing Go program off
+//! for that long (a bound, not a cure: it still steals once that `ttl` has passed since its
+//! first read).
+
+use std::process::Output;
+use std::time::Duration;
+
+use vfslock::LockOptions;
+use vfslock_tests::gopeer::GoPeer;
+use vfslock_tests::{within, Daemon, TEST_CONFIG};
+
+/// The lease our holder takes: renewed every ~0.7 s, so that a loaded machine still renews
+/// well inside it.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// Runs the Go peer in `mode` (`reuse` or `fresh`) against `target` with a 2 s ttl of its own,
+/// retrying every 500 ms up to `tries` times, and releasing at once if it wins.
+async fn go_acquire(peer: &GoPeer, mode: &str, target: &str, tries: u32) -> Output {
+    let mut command = peer.command();
+    command.args([mode, target, "2s", &tries.to_string(), "500ms", "0s"]);
+    tokio::task::spawn_blocking(move || command.output().expect("run the Go peer"))
+        .await
+        .expect("the Go peer's task")
+}
+
+fn says(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_program_reusing_one_lock_value_steals_a_renewed_lock_and_our_holder_hears() {
+    let Some(peer) = GoPeer::get() else { return };
+    let daemon = Daemon::start();
+    let target = daemon.file_target("reused.csv");
+    let client = daemon.client().await;
+    let mut holder = client.new_lock(&target, LockOptions::default().ttl(LEASE));
+    holder.acquire().await.expect("acquire");
+    // 12 tries over 6 s: the cached createdAt is more than 2 s old after the fifth.
+    let output = go_acquire(&peer, "reuse", &target, 12).await;
+    assert_eq!(output.status.code(), Some(0), "{}", says(&output));
+    assert!(
+        says(&output).starts_with("acquired after"),
+        "{}",
+        says(&output)
+    );
+    let lost = within("our holder to hear of the steal", holder.lost()).await;
+    assert!(
+        lost.contains("replaced or removed by someone else"),
+        "{lost}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_program_with_a_new_lock_per_attempt_never_steals_a_renewed_lock() {
+    let Some(peer) = GoPeer::get() else { return };
+    let daemon = Daemon::start();
+    let target = daemon.file_target("fresh.csv");
+    let client = daemon.client().await;
+    let mut holder = client.new_lock(&target, LockOptions::default().ttl(LEASE));
+    holder.acquire().await.expect("acquire");
+    // 10 tries over 5 s, more than two leases: each reads the renewed createdAt.
+    let output = go_acquire(&peer, "fresh", &target, 10).await;
+    assert_eq!(output.status.code(), Some(1), "{}", says(&output));
+    assert!(
+        says(&output).starts_with("held after 10"),
+        "{}",
+        says(&output)
+    );
+    assert!(holder.is_held(), "the lease was lost");
+    holder.release().await.expect("still ours at release");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_longer_ttl_shown_to_peers_holds_a_reusing_go_program_off_for_that_long() {
+    let Some(peer) = GoPeer::get() else { return };
+    // The file says 10 s; the daemon still renews a 2 s lease.
+    let config = TEST_CONFIG.replace("[locks]\n", "[locks]\npeer-ttl-factor = 5\n");
+    let daemon = Daemon::start_with(&config);
+    let target = daemon.file_target("shown.csv");
+    let client = daemon.client().await;
+    let mut holder = client.new_lock(&target, LockOptions::default().ttl(LEASE));
+    holder.acquire().await.expect("acquire");
+    let file = std::fs::read_to_string(format!("{target}.lock")).expect("the lock file");
+    assert!(file.contains("\"ttl\": 10000000000"), "{file}");
+    let grant_ttl = holder.held_metadata().expect("held").ttl();
+    assert_eq!(grant_ttl, Some(Duration::from_secs(10)));
+    // The same 12 tries over 6 s that steal with the factor at 1.
+    let output = go_acquire(&peer, "reuse", &target, 12).await;
+    assert_eq!(output.status.code(), Some(1), "{}", says(&output));
+    assert!(holder.is_held(), "the lease was lost");
+    holder.release().await.expect("still ours at release");
+}
