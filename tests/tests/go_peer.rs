@@ -30,6 +30,25 @@ async fn go_acquire(peer: &GoPeer, mode: &str, target: &str, tries: u32) -> Outp
         .expect("the Go peer's task")
 }
 
+/// A log line without its terminal colour codes.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn says(output: &Output) -> String {
     format!(
         "{}{}",
@@ -100,4 +119,54 @@ async fn a_longer_ttl_shown_to_peers_holds_a_reusing_go_program_off_for_that_lon
     assert_eq!(output.status.code(), Some(1), "{}", says(&output));
     assert!(holder.is_held(), "the lease was lost");
     holder.release().await.expect("still ours at release");
+}
+
+/// A Go peer that only reads a lock's metadata can leave an empty lock file: its OS backend
+/// checks that the file exists, then opens it with create enabled, so a read that races our
+/// delete re-creates the file, empty. Such a file stops blocking after `empty-grace` (here
+/// 1 s, the least the 1 s store timeout allows), not `corrupt-grace` (here 1 h, far past the
+/// harness's deadline for each cycle): vfslock keeps cycling the lock while the Go peer polls.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_reader_racing_our_deletes_never_blocks_us_for_long() {
+    let Some(peer) = GoPeer::get() else { return };
+    let config = TEST_CONFIG.replace(
+        "[locks]\n",
+        "[locks]\nstore-timeout = \"1s\"\nempty-grace = \"1s\"\ncorrupt-grace = \"1h\"\n",
+    );
+    let daemon = Daemon::start_with(&config);
+    let target = daemon.file_target("polled.csv");
+    let mut poll = peer.command();
+    poll.args(["poll", &target, "4s"]);
+    let poller = tokio::task::spawn_blocking(move || poll.output().expect("run the Go peer"));
+    let client = daemon.client().await;
+    let mut cycles = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        let mut lock = client.new_lock(&target, LockOptions::default());
+        within("a cycle while the Go peer polls", lock.acquire_wait())
+            .await
+            .expect("acquire");
+        lock.release().await.expect("release");
+        cycles += 1;
+    }
+    let output = poller.await.expect("the Go peer's task");
+    assert!(output.status.success(), "{}", says(&output));
+    let taken = daemon
+        .log()
+        .lines()
+        .map(without_colours)
+        .filter(|l| l.contains("took over a stale lock") && l.contains("stale_pid=0 "))
+        .count();
+    eprintln!(
+        "{cycles} cycles while the Go peer {}; {taken} empty lock files taken over",
+        says(&output).trim()
+    );
+    // Each cycle finished within the harness's deadline (`within`): an empty file held for
+    // `corrupt-grace` (1 h) would not have.
+    assert!(cycles >= 1);
+    // Whatever the race left, the lock is free for anyone within the grace.
+    let mut last = client.new_lock(&target, LockOptions::default());
+    within("the lock after the Go peer stopped", last.acquire_wait())
+        .await
+        .expect("acquire");
 }

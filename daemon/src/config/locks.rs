@@ -14,6 +14,7 @@ use crate::duration;
 pub(super) struct RawLocks {
     default_ttl: Option<String>,
     corrupt_grace: Option<String>,
+    empty_grace: Option<String>,
     stale_answer_timeout: Option<String>,
     idle_actor_timeout: Option<String>,
     recheck_min: Option<String>,
@@ -35,6 +36,9 @@ pub struct LockSettings {
     pub default_ttl: Duration,
     /// How long a corrupt lock file counts as held.
     pub corrupt_grace: Duration,
+    /// How long an empty lock file counts as held: what a racing reader or an interrupted
+    /// create leaves, never a lock anyone holds for long.
+    pub empty_grace: Duration,
     /// How long to wait for a client's on-stale decision.
     pub stale_answer_timeout: Duration,
     /// How long an idle target actor lives.
@@ -67,6 +71,7 @@ impl LockSettings {
         let mut locks = LockSettings {
             default_ttl: duration_of(&raw.default_ttl, "locks.default-ttl")?,
             corrupt_grace: duration_of(&raw.corrupt_grace, "locks.corrupt-grace")?,
+            empty_grace: duration_of(&raw.empty_grace, "locks.empty-grace")?,
             stale_answer_timeout: duration_of(
                 &raw.stale_answer_timeout,
                 "locks.stale-answer-timeout",
@@ -97,6 +102,13 @@ impl LockSettings {
                 rule: "must be a whole number from 1 to 100",
             });
         }
+        if locks.empty_grace < locks.store_timeout {
+            return Err(ConfigError::OutOfRange {
+                key: "locks.empty-grace".into(),
+                rule: "must be at least `locks.store-timeout`: a writer that creates a lock file \
+                       and then writes it (SFTP) may leave it empty for one store request",
+            });
+        }
         if locks.store_timeout.is_zero() {
             return Err(ConfigError::OutOfRange {
                 key: "locks.store-timeout".into(),
@@ -117,6 +129,7 @@ impl LockSettings {
         RawLocks {
             default_ttl: text(self.default_ttl),
             corrupt_grace: text(self.corrupt_grace),
+            empty_grace: text(self.empty_grace),
             stale_answer_timeout: text(self.stale_answer_timeout),
             idle_actor_timeout: text(self.idle_actor_timeout),
             recheck_min: text(self.recheck_min),

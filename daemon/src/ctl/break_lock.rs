@@ -42,6 +42,11 @@ pub(super) async fn break_lock(
         return Ok(0);
     }
     match broken {
+        // An empty or corrupt file names no holder: say so rather than "pid 0 on ".
+        Some(meta) if meta.pid == 0 && meta.hostname.is_empty() => emit(&format!(
+            "broke the lock on {} (its lock file named no holder)\n",
+            args.target
+        ))?,
         Some(meta) => emit(&format!(
             "broke the lock on {} (held by pid {} on {}{})\n",
             args.target,

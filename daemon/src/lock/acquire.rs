@@ -216,13 +216,20 @@ impl LockActor {
         let settings = &self.ctx.settings;
         let parsed = lockfile::parse(&observed.bytes);
         let now = self.ctx.now();
+        // Nobody holds an empty file for long (a racing reader or a cut-short create left it):
+        // it stops blocking sooner than a corrupt one, which may be a lock we cannot read.
+        let grace = if observed.bytes.is_empty() {
+            settings.locks.empty_grace
+        } else {
+            settings.locks.corrupt_grace
+        };
         let from_future = parsed
             .created_at()
             .is_some_and(|created| created > now + settings.locks.skew_allowance);
         let stale = if state.target.store.stale_rule() == StaleRule::Watched || from_future {
             let needed = match parsed.format {
                 LockFileFormat::Foreign => None,
-                LockFileFormat::Corrupt => Some(settings.locks.corrupt_grace),
+                LockFileFormat::Corrupt => Some(grace),
                 _ if parsed.ttl_ns == 0 => None,
                 _ if parsed.created_at().is_none() => Some(settings.locks.corrupt_grace),
                 _ => Some(Duration::from_nanos(parsed.ttl_ns.max(0) as u64)),
@@ -236,12 +243,7 @@ impl LockActor {
             let judged_at = now
                 .checked_sub(settings.locks.skew_allowance)
                 .unwrap_or(now);
-            lockfile::is_stale(
-                &parsed,
-                observed.modified,
-                judged_at,
-                settings.locks.corrupt_grace,
-            )
+            lockfile::is_stale(&parsed, observed.modified, judged_at, grace)
         };
         (lockfile::into_wire(parsed, observed.modified, stale), stale)
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use vfslock_proto::{ErrorKind, ListEntry, LockMetadata, WireError};
+use vfslock_proto::{ErrorKind, ListEntry, LockFileFormat, LockMetadata, WireError};
 
 use super::actor::LockActor;
 #[cfg(doc)]
@@ -24,19 +24,26 @@ pub fn store_error(error: StoreError) -> WireError {
     WireError::new(kind, error.message)
 }
 
-/// " (held by pid P on HOST, owner O)", or nothing when the holder is unknown.
+/// " (held by pid P on HOST, owner O)", what stands for it when the file names no holder, or
+/// nothing when the holder is unknown.
 pub fn describe_holder(holder: Option<&LockMetadata>) -> String {
-    match holder {
-        Some(h) => format!(
-            " (held by pid {} on {}{})",
-            h.pid,
-            h.hostname,
-            h.owner_id
-                .as_deref()
-                .map(|o| format!(", owner {o}"))
-                .unwrap_or_default()
-        ),
-        None => String::new(),
+    let Some(h) = holder else {
+        return String::new();
+    };
+    let owner = h
+        .owner_id
+        .as_deref()
+        .map(|o| format!(", owner {o}"))
+        .unwrap_or_default();
+    match (h.pid, h.hostname.as_str(), h.format) {
+        (0, "", LockFileFormat::Corrupt) => {
+            " (by an unknown holder: the lock file is empty or cannot be read as a lock)".into()
+        }
+        (0, "", LockFileFormat::Foreign) => {
+            " (by another tool: the lock file is not the Go library's nor vfslock's)".into()
+        }
+        (0, "", _) => format!(" (by a holder that wrote no host or pid{owner})"),
+        (pid, host, _) => format!(" (held by pid {pid} on {host}{owner})"),
     }
 }
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use vfslock_proto::{ErrorKind, Event, Response, WaitMode};
+use vfslock_proto::{ErrorKind, Event, LockFileFormat, Response, WaitMode};
 
 use crate::lock::tests::{event, foreign_record, granted, refused, released, request, Daemon};
 use crate::lock::LockMessage;
@@ -221,4 +221,66 @@ async fn a_granted_wait_stops_its_timeout_timer() {
         left <= 2,
         "{left} tasks outlive {CYCLES} granted waits: their timeout timers were left asleep"
     );
+}
+
+/// Writes an empty lock file for `target` straight into its store, as a racing Go reader
+/// leaves one.
+async fn plant_empty(daemon: &Daemon, target: &str) {
+    let address = crate::address::Address::parse(target).unwrap();
+    let store = daemon.ctx.stores.for_address(&address).unwrap();
+    let created = store
+        .create(
+            &crate::store::lock_path(&address),
+            0,
+            Box::new(|_| Vec::new()),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(created, crate::store::Created::Won(_)));
+}
+
+#[tokio::test]
+async fn a_young_empty_lock_file_is_held_by_an_unknown_holder_and_says_so() {
+    let daemon = Daemon::start().await;
+    plant_empty(&daemon, TARGET).await;
+    let (session, mut frames) = daemon.session(1, 1000);
+    daemon.acquire(&session, 1, TARGET, WaitMode::Try).await;
+    let error = refused(&mut frames).await;
+    assert_eq!(error.kind, ErrorKind::AlreadyHeld);
+    assert!(
+        error.message.contains("the lock file is empty"),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains("pid 0 on"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn an_empty_lock_file_stops_blocking_after_empty_grace_not_corrupt_grace() {
+    // Grace and store timeout short, so that the test waits for the rule, not for defaults.
+    let daemon = Daemon::with(|s| {
+        s.locks.store_timeout = Duration::from_millis(200);
+        s.locks.empty_grace = Duration::from_millis(300);
+        s.locks.skew_allowance = Duration::ZERO;
+        s.locks.recheck_min = Duration::from_millis(20);
+        s.locks.recheck_max = Duration::from_millis(100);
+    })
+    .await;
+    // On `file://`, whose files have a modification time to judge by (`mem://` files are this
+    // daemon's own and never empty).
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("file://{}/empty.csv", dir.path().display());
+    plant_empty(&daemon, &target).await;
+    let (session, mut frames) = daemon.session(1, 1000);
+    daemon
+        .acquire(&session, 1, &target, WaitMode::Wait { timeout: None })
+        .await;
+    // Corrupt-grace (60 s) would keep this waiting past the test's deadline.
+    let grant = tokio::time::timeout(Duration::from_secs(30), granted(&mut frames))
+        .await
+        .expect("granted after empty-grace");
+    let stolen = grant.stole.expect("the empty file was taken over");
+    assert_eq!(stolen.format, LockFileFormat::Corrupt);
+    let file = daemon.lock_file(&target).await.unwrap();
+    assert!(String::from_utf8_lossy(&file.bytes).contains(&grant.lock_id));
 }

@@ -65,3 +65,18 @@ fn a_busy_holder_says_the_file_kept_changing() {
         "(busy: the lock file of mem:///x kept changing)"
     );
 }
+
+#[test]
+fn a_holder_without_host_or_pid_is_described_by_what_its_file_is() {
+    let mut empty = some_holder();
+    (empty.pid, empty.hostname, empty.owner_id) = (0, String::new(), None);
+    empty.format = vfslock_proto::LockFileFormat::Corrupt;
+    let text = describe_holder(Some(&empty));
+    assert_eq!(
+        text,
+        " (by an unknown holder: the lock file is empty or cannot be read as a lock)"
+    );
+    assert!(!text.contains("pid 0"));
+    empty.format = vfslock_proto::LockFileFormat::Foreign;
+    assert!(describe_holder(Some(&empty)).contains("another tool"));
+}
