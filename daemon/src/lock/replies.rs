@@ -12,7 +12,7 @@ use super::actor::LockActor;
 use super::actor::LockMessage;
 use super::state::LockState;
 use crate::lockfile;
-use crate::store::StoreError;
+use crate::store::{StoreError, Unreadable};
 
 /// A store's failure, as the client sees it.
 pub fn store_error(error: StoreError) -> WireError {
@@ -27,6 +27,10 @@ pub fn store_error(error: StoreError) -> WireError {
 /// " (held by pid P on HOST, owner O)", or nothing when the holder is unknown.
 pub fn describe_holder(holder: Option<&LockMetadata>) -> String {
     match holder {
+        // A holder the daemon could not read ([`unreadable_holder`]): its note says it all.
+        Some(h) if h.pid <= 0 && h.hostname.starts_with(UNKNOWN_HOLDER) => {
+            format!(" {}", h.hostname)
+        }
         Some(h) => format!(
             " (held by pid {} on {}{})",
             h.pid,
@@ -91,6 +95,22 @@ pub fn wait_timed_out(url: &str, timeout: Duration, holder: Option<LockMetadata>
 pub fn busy_holder(url: &str) -> LockMetadata {
     let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
     holder.hostname = format!("(busy: the lock file of {url} kept changing)");
+    holder
+}
+
+/// How the hostname of a holder that could not be read starts.
+const UNKNOWN_HOLDER: &str = "(held by an unknown holder";
+
+/// The holder of a lock file that exists but that this daemon may not read (another user's
+/// 0600 file): held, never stale. No new wire variant says so: the note goes where every
+/// client, old ones included, shows the holder, its hostname; the format is `Foreign` (held,
+/// never stale by time), the truth about a file nobody here can judge.
+pub fn unreadable_holder(file: &Unreadable) -> LockMetadata {
+    let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
+    holder.hostname = format!(
+        "{UNKNOWN_HOLDER}: the lock file is unreadable, {file}; held until its owner removes \
+         it or makes it readable)"
+    );
     holder
 }
 
@@ -184,6 +204,10 @@ impl LockActor {
         {
             Ok(None) => Ok(None),
             Ok(Some(observed)) => Ok(Some(self.judge(state, &observed).0)),
+            Err(StoreError {
+                unreadable: Some(file),
+                ..
+            }) => Ok(Some(unreadable_holder(&file))),
             Err(e) => Err(store_error(e)),
         }
     }
