@@ -166,6 +166,16 @@ impl LockActor {
             let observed = match self.within(store.read(&state.target.lock_path)).await {
                 // Others kept rewriting it (handoffs, renewals): it is held; wait or say so.
                 Err(e) if e.contended => return busy(waiter, &state.target.url),
+                // There but unreadable to us: held by someone unknown, and never stale, since
+                // its bytes cannot be compared for an exact steal. Re-checked with backoff
+                // like any foreign holder, until the file is gone.
+                Err(StoreError {
+                    unreadable: Some(file),
+                    ..
+                }) => {
+                    let holder = replies::unreadable_holder(&file);
+                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+                }
                 Err(e) => return Attempt::Failed(Box::new(waiter), replies::store_error(e)),
                 Ok(None) => continue,
                 Ok(Some(observed)) => observed,

@@ -12,7 +12,7 @@ use super::actor::LockActor;
 use super::actor::LockMessage;
 use super::state::LockState;
 use crate::lockfile;
-use crate::store::StoreError;
+use crate::store::{StoreError, Unreadable};
 
 /// A store's failure, as the client sees it.
 pub fn store_error(error: StoreError) -> WireError {
@@ -36,6 +36,8 @@ pub fn describe_holder(holder: Option<&LockMetadata>) -> String {
         .map(|o| format!(", owner {o}"))
         .unwrap_or_default();
     match (h.pid, h.hostname.as_str(), h.format) {
+        // A holder the daemon could not read ([`unreadable_holder`]): its note says it all.
+        (pid, note, _) if pid <= 0 && note.starts_with(UNKNOWN_HOLDER) => format!(" {note}"),
         (0, "", LockFileFormat::Corrupt) => {
             " (by an unknown holder: the lock file is empty or cannot be read as a lock)".into()
         }
@@ -98,6 +100,22 @@ pub fn wait_timed_out(url: &str, timeout: Duration, holder: Option<LockMetadata>
 pub fn busy_holder(url: &str) -> LockMetadata {
     let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
     holder.hostname = format!("(busy: the lock file of {url} kept changing)");
+    holder
+}
+
+/// How the hostname of a holder that could not be read starts.
+const UNKNOWN_HOLDER: &str = "(held by an unknown holder";
+
+/// The holder of a lock file that exists but that this daemon may not read (another user's
+/// 0600 file): held, never stale. No new wire variant says so: the note goes where every
+/// client, old ones included, shows the holder, its hostname; the format is `Foreign` (held,
+/// never stale by time), the truth about a file nobody here can judge.
+pub fn unreadable_holder(file: &Unreadable) -> LockMetadata {
+    let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
+    holder.hostname = format!(
+        "{UNKNOWN_HOLDER}: the lock file is unreadable, {file}; held until its owner removes \
+         it or makes it readable)"
+    );
     holder
 }
 
@@ -191,6 +209,10 @@ impl LockActor {
         {
             Ok(None) => Ok(None),
             Ok(Some(observed)) => Ok(Some(self.judge(state, &observed).0)),
+            Err(StoreError {
+                unreadable: Some(file),
+                ..
+            }) => Ok(Some(unreadable_holder(&file))),
             Err(e) => Err(store_error(e)),
         }
     }

@@ -162,6 +162,42 @@ pub struct StoreError {
     /// Whether it failed only because others kept changing the lock file meanwhile: busy, not
     /// broken; a waiter should wait on.
     pub contended: bool,
+    /// Set when the lock file exists but this daemon may not read it (another user's file, as
+    /// the Go library's 0600 ones are): a lock held by someone unknown, never stale, since
+    /// bytes that cannot be read cannot be compared, so no exact steal is possible. Carried
+    /// on the error, like `contended`, so that every other reader of the file (break, the
+    /// crash journal, detached leases) keeps failing with the message that says what to do.
+    pub unreadable: Option<Unreadable>,
+}
+
+/// A lock file that exists but that this daemon's user may not read: who owns it, and its
+/// mode, for the message that says what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The file's owner.
+    pub uid: u32,
+    /// The owner's user name, where this host resolves it.
+    pub owner: Option<String>,
+    /// The permission bits (`0o600`).
+    pub mode: u32,
+    /// The uid this daemon runs as (its filesystem uid), which was refused.
+    pub reader: u32,
+}
+
+impl std::fmt::Display for Unreadable {
+    /// "owned by uid 1000 (alice), mode 0600, not readable by uid 65534"
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "owned by uid {}", self.uid)?;
+        if let Some(owner) = &self.owner {
+            write!(f, " ({owner})")?;
+        }
+        write!(
+            f,
+            ", mode {:04o}, not readable by vfslockd's uid {}",
+            self.mode & 0o7777,
+            self.reader
+        )
+    }
 }
 
 impl StoreError {
@@ -170,6 +206,7 @@ impl StoreError {
             message: message.into(),
             unsupported: false,
             contended: false,
+            unreadable: None,
         }
     }
 
@@ -184,6 +221,19 @@ impl StoreError {
         StoreError {
             contended: true,
             ..StoreError::new(message)
+        }
+    }
+
+    /// The lock file at `path` exists but `file` says this daemon may not read it.
+    pub(crate) fn unreadable(path: &str, file: Unreadable) -> Self {
+        StoreError {
+            unreadable: Some(file.clone()),
+            ..StoreError::new(format!(
+                "cannot read lock file {path}: it is {file}; it counts as held by an unknown \
+                 holder, never stale, until its owner removes it or makes it readable to \
+                 vfslockd (for instance `chmod a+r`, or a group vfslockd is in), or vfslockd \
+                 runs as a user that may read it"
+            ))
         }
     }
 }

@@ -80,3 +80,24 @@ fn a_holder_without_host_or_pid_is_described_by_what_its_file_is() {
     empty.format = vfslock_proto::LockFileFormat::Foreign;
     assert!(describe_holder(Some(&empty)).contains("another tool"));
 }
+
+#[test]
+fn a_holder_whose_lock_file_cannot_be_read_is_unknown_held_and_never_stale() {
+    let file = Unreadable {
+        uid: 1000,
+        owner: Some("alice".into()),
+        mode: 0o600,
+        reader: 998,
+    };
+    let holder = unreadable_holder(&file);
+    assert!(!holder.stale);
+    assert_eq!(holder.format, vfslock_proto::LockFileFormat::Foreign);
+    let error = already_held("file:///d/x", Some(holder), 0);
+    assert_eq!(
+        error.message,
+        "file:///d/x is already locked (held by an unknown holder: the lock file is unreadable, \
+         owned by uid 1000 (alice), mode 0600, not readable by vfslockd's uid 998; held until \
+         its owner removes it or makes it readable); run `vfslockctl show file:///d/x` to see \
+         who holds it"
+    );
+}

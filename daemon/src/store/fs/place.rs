@@ -10,8 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::describe;
-use super::sys::{c_name, check, open_dir_nofollow, read_small};
-use crate::store::{Observed, StoreError};
+use super::sys::{c_name, check, open_dir_nofollow, read_small, user_name};
+use crate::store::{Observed, StoreError, Unreadable};
 
 /// Where a lock file lives: its directory, opened without following symlinks, and its name
 /// in it. Every call below acts relative to the directory descriptor, so nothing is resolved
@@ -83,6 +83,14 @@ impl Place {
         let mut file = match self.open(&self.name, libc::O_RDONLY) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // There but not ours to read (another user's 0600 file): held by someone unknown,
+            // not a broken directory. Told apart by whether the file itself can be looked at.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(match self.stat(&self.name) {
+                    Ok(Some(info)) => StoreError::unreadable(&self.path, unreadable(&info)),
+                    _ => describe("read", &self.path, &e),
+                })
+            }
             Err(e) => return Err(describe("read", &self.path, &e)),
         };
         let bytes = read_small(&mut file).map_err(|e| describe("read", &self.path, &e))?;
@@ -204,6 +212,11 @@ impl Place {
     }
 
     fn exists(&self, name: &CStr) -> io::Result<bool> {
+        self.stat(name).map(|info| info.is_some())
+    }
+
+    /// `name`'s status (not following a link); `None` when it does not exist.
+    fn stat(&self, name: &CStr) -> io::Result<Option<libc::stat>> {
         // SAFETY: `stat` is plain data, filled in by the call.
         let mut info: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: a valid descriptor, C string and out pointer.
@@ -216,8 +229,8 @@ impl Place {
             )
         };
         match check(rc) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Ok(_) => Ok(Some(info)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -286,5 +299,32 @@ impl Place {
             return Err(describe("replace", &self.path, &e));
         }
         Ok(modified)
+    }
+}
+
+/// Who owns the file `info` describes and its mode, for the message of a refused read.
+fn unreadable(info: &libc::stat) -> Unreadable {
+    Unreadable {
+        uid: info.st_uid,
+        owner: user_name(info.st_uid),
+        // `mode_t` is 32 bits on Linux, 16 on the BSDs and macOS.
+        #[allow(clippy::unnecessary_cast)]
+        mode: info.st_mode as u32 & 0o7777,
+        reader: filesystem_uid(),
+    }
+}
+
+/// The uid that file access is checked against: the effective uid, or on Linux the thread's
+/// filesystem uid (the same, unless someone changed it).
+fn filesystem_uid() -> u32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: an invalid id changes nothing; the call then only returns the current one.
+        unsafe { libc::setfsuid(libc::uid_t::MAX) as u32 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: cannot fail.
+        unsafe { libc::geteuid() }
     }
 }

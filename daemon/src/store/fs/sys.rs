@@ -106,6 +106,23 @@ pub(super) fn read_small(file: &mut File) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The name of user `uid`, where this host resolves it (for messages only).
+pub(super) fn user_name(uid: libc::uid_t) -> Option<String> {
+    // SAFETY: `passwd` is plain data, filled in by the call.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: valid out pointers and a buffer of the length passed; the reentrant call keeps
+    // every string it returns inside `buf`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated name inside `buf`, which is still alive.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Whether the directory `dir` is reached without a symbolic link on its path (then an
 /// absolute, normalized `dir` is already its real path).
 pub fn reached_without_links(dir: &Path) -> bool {

@@ -342,3 +342,60 @@ async fn leftover_temporary_copies_with_our_lock_id_are_removed_and_nothing_else
     assert!(fifo.exists(), "the FIFO was removed");
     assert!(Path::new(&path).exists(), "the lock file was removed");
 }
+
+/// Issue 13: another user's 0600 lock file (the Go library's) is there but unreadable; the
+/// read says so with the owner and mode, not "needs write access to the directory".
+#[cfg(target_os = "linux")]
+#[test]
+fn a_lock_file_that_cannot_be_read_is_reported_with_its_owner_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = lock_path(&dir);
+    fs::write(&path, b"{}").unwrap();
+    // SAFETY: cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let (owner, mode, reader) = if me == 0 {
+        // Root reads every file: give the file to a third user, and read as `nobody` on this
+        // thread only (the filesystem uid is per thread), as a daemon running as another user.
+        std::os::unix::fs::chown(&path, Some(1), Some(1)).unwrap();
+        (1, 0o600, 65534)
+    } else {
+        (me, 0o000, me)
+    };
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    if me == 0 {
+        // SAFETY: changes this thread's filesystem uid only; restored below.
+        unsafe { libc::setfsuid(reader) };
+    }
+    let read = Place::of(&path).and_then(|place| place.read_now(true));
+    if me == 0 {
+        // SAFETY: as above.
+        unsafe { libc::setfsuid(0) };
+    }
+    let error = read.expect_err("an unreadable lock file is not read");
+    let expected = crate::store::Unreadable {
+        uid: owner,
+        owner: sys::user_name(owner),
+        mode,
+        reader,
+    };
+    assert_eq!(
+        error.unreadable,
+        Some(expected.clone()),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains(&expected.to_string()),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains(&format!("mode {mode:04o}"))
+            && error.message.contains("held by an unknown holder")
+            && !error.message.contains("needs write access"),
+        "{}",
+        error.message
+    );
+}
