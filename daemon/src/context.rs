@@ -3,6 +3,7 @@
 //! hold it; the registry of lock actors is the lock layer's own ([`crate::lock::Registry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Settings;
@@ -52,6 +53,8 @@ pub struct Context {
     pub stats: Stats,
     /// The live connections, for the cleanup after a failed lock actor.
     pub sessions: crate::link::Sessions,
+    /// Connections and open acquires of each non-admin uid, for the per-uid limits.
+    pub uids: Arc<crate::link::UidUsage>,
     /// Set once shutdown has begun: new acquires are refused.
     shutting_down: AtomicBool,
     /// What the watched stale rule has seen, kept here so it outlives idle target actors.
@@ -120,6 +123,7 @@ impl Context {
             started: Instant::now(),
             stats: Stats::default(),
             sessions: crate::link::Sessions::default(),
+            uids: Arc::default(),
             shutting_down: AtomicBool::new(false),
             watched: Watched::default(),
         }
@@ -142,6 +146,14 @@ impl Context {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Where a connection of `caller` counts its acquires by uid: `None` for root and the
+    /// admin group (exempt) and for a caller without a uid (`crate::link::uids`).
+    pub fn lock_share(&self, caller: &crate::link::Caller) -> Option<crate::link::LockShare> {
+        let uid = caller.uid.filter(|_| !caller.admin)?;
+        let limit = self.settings.limits.max_locks_per_uid;
+        Some(crate::link::LockShare::new(&self.uids, uid, limit))
     }
 
     /// Marks the start of shutdown.

@@ -9,7 +9,7 @@
 //! | [`server`]   | the socket, the accept loop, graceful shutdown                       |
 //! | [`server::session`] | one connection: handshake, frames, peer credentials, routing  |
 //! | [`lock`]     | one actor per target (acquire, queue, renew, steal, release), the registry that routes to them and the supervisor that replaces a failed one |
-//! | [`link`]     | what a connection and the lock actors share: the caller, the way back, open requests |
+//! | [`link`]     | what a connection and the lock actors share: the caller, the way back, open requests, per-uid counts |
 //! | [`lockfile`] | the lock-file JSON (a superset of the Go library's), foreign and corrupt files |
 //! | [`store`]    | where lock files live: local files by syscalls, memory in a table, object stores via OpenDAL |
 //! | [`address`]  | target URLs and their one normalized form                            |

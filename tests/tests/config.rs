@@ -107,6 +107,13 @@ fn check_config_refuses_an_unknown_key_with_78() {
 }
 
 #[test]
+fn check_config_refuses_a_per_uid_limit_of_zero_with_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = check_config(dir.path(), "[limits]\nmax-locks-per-uid = 0\n");
+    assert_refused(&output, &["limits.max-locks-per-uid", "above zero"]);
+}
+
+#[test]
 fn check_config_refuses_an_unknown_access_user_with_78() {
     let dir = tempfile::tempdir().unwrap();
     let output = check_config(

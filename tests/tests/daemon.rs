@@ -23,6 +23,8 @@ fn print_config_shows_the_embedded_defaults_and_a_files_overrides() {
         "[stores.file]\nenabled = true\nstale-rule = \"seed\"",
         "[stores.mem]\nenabled = true",
         "max-frame = 1048576",
+        "reserved-admin-connections = 64\nmax-connections-per-uid = 1024",
+        "max-locks-per-uid = 100000",
     ] {
         assert!(printed.contains(line), "missing {line:?} in:\n{printed}");
     }

@@ -5,9 +5,11 @@
 //! actors (which answer through it), so that neither has to import the other. It also keeps,
 //! outside every actor, what a failed actor's cleanup needs: which requests each connection has
 //! routed to which actor and not yet had answered ([`SessionLink::open_at`]), and the live
-//! connections themselves ([`Sessions`]).
+//! connections themselves ([`Sessions`]). Every start and end of an acquire passes through
+//! that bookkeeping, so it also keeps the caller's per-uid lock count ([`uids`]).
 
 pub mod outbound;
+pub mod uids;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -16,6 +18,7 @@ use ractor::ActorId;
 use vfslock_proto::{Event, RequestId, Response, ServerFrame, WireError};
 
 pub use outbound::{Outbound, Outgoing};
+pub use uids::{ConnectionSlot, LockShare, UidUsage};
 
 /// Who is on the other end of a connection, from the socket's peer credentials: never from
 /// what the client says.
@@ -56,6 +59,23 @@ pub struct SessionLink {
     /// version here, so nothing else needs to know which version a client speaks.
     pub protocol: u32,
     open: Mutex<OpenRequests>,
+    /// The caller's uid's count of acquires, which this connection's acquires are part of;
+    /// `None` for a caller not counted by uid (root, the admin group, no uid).
+    share: Option<LockShare>,
+}
+
+/// Which limit an acquire would pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// The connection's own (`limits.max-locks-per-session`).
+    Session,
+    /// Its uid's, over all of that uid's connections (`limits.max-locks-per-uid`).
+    Uid {
+        /// The uid.
+        uid: u32,
+        /// Its limit.
+        limit: usize,
+    },
 }
 
 /// The requests of one connection that were routed to a lock actor and are not over: each
@@ -96,7 +116,14 @@ impl SessionLink {
             caller,
             protocol: vfslock_proto::handshake::PROTOCOL_VERSION,
             open: Mutex::default(),
+            share: None,
         }
+    }
+
+    /// The same link, with its acquires also counted in its uid's `share`.
+    pub fn sharing(mut self, share: LockShare) -> Self {
+        self.share = Some(share);
+        self
     }
 
     /// The same link, to a client that speaks protocol `version`.
@@ -117,13 +144,25 @@ impl SessionLink {
             .send(ServerFrame::Response { id, result }.for_version(self.protocol));
     }
 
-    /// Counts the acquire `id` against the limit; `false` if the connection is at `limit`.
-    pub fn acquire_started(&self, id: RequestId, limit: usize) -> bool {
+    /// Counts the acquire `id` against the connection's `limit` and its uid's share; refused
+    /// (and not counted anywhere) if either is full.
+    pub fn acquire_started(&self, id: RequestId, limit: usize) -> Result<(), Overflow> {
         let mut open = self.open();
         if open.acquires >= limit {
-            return false;
+            return Err(Overflow::Session);
         }
-        let before = open.by_id.insert(
+        // An id reused while its acquire is open was counted already.
+        let counted = open.by_id.get(&id).is_some_and(|o| o.acquire);
+        if !counted {
+            if let Some(share) = self.share.as_ref().filter(|share| !share.take()) {
+                return Err(Overflow::Uid {
+                    uid: share.uid(),
+                    limit: share.limit(),
+                });
+            }
+            open.acquires += 1;
+        }
+        open.by_id.insert(
             id,
             Open {
                 acquire: true,
@@ -131,10 +170,15 @@ impl SessionLink {
                 actor: None,
             },
         );
-        if !before.is_some_and(|o| o.acquire) {
-            open.acquires += 1;
+        Ok(())
+    }
+
+    /// `count` acquires of this connection ended: uncounted here and in the uid's share.
+    fn acquires_ended(&self, open: &mut OpenRequests, count: usize) {
+        open.acquires -= count;
+        if let Some(share) = &self.share {
+            share.give_back(count);
         }
-        true
     }
 
     /// Records that request `id` was routed to `actor` (an acquire counted before, or any
@@ -166,7 +210,7 @@ impl SessionLink {
             }
         }
         if open.by_id.remove(&id).is_some_and(|o| o.acquire) {
-            open.acquires -= 1;
+            self.acquires_ended(&mut open, 1);
         }
     }
 
@@ -192,7 +236,7 @@ impl SessionLink {
             acquires += usize::from(entry.acquire);
             false
         });
-        open.acquires -= acquires;
+        self.acquires_ended(&mut open, acquires);
         orphans.held.sort_unstable();
         orphans.pending.sort_unstable();
         orphans
@@ -207,6 +251,20 @@ impl SessionLink {
     /// Whether the client is gone.
     pub fn is_closed(&self) -> bool {
         self.out.is_closed()
+    }
+}
+
+impl Drop for SessionLink {
+    /// The connection is closed and every actor has let go of it: what is still counted ends
+    /// here, and goes back to the uid. This is how a closed connection's waits end: its
+    /// targets drop its waiters without answering them (there is no one to answer), and with
+    /// them their references to this link. (Holdings are released, and counted down, as
+    /// they end.)
+    fn drop(&mut self) {
+        let open = self.open.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let (Some(share), count @ 1..) = (&self.share, open.acquires) {
+            share.give_back(count);
+        }
     }
 }
 
@@ -253,10 +311,11 @@ mod tests {
     #[test]
     fn the_acquire_limit_counts_acquires_until_they_end_and_nothing_else() {
         let link = link();
-        assert!(link.acquire_started(1, 2));
-        assert!(link.acquire_started(2, 2));
-        assert!(
-            !link.acquire_started(3, 2),
+        assert!(link.acquire_started(1, 2).is_ok());
+        assert!(link.acquire_started(2, 2).is_ok());
+        assert_eq!(
+            link.acquire_started(3, 2),
+            Err(Overflow::Session),
             "a third acquire passed a limit of 2"
         );
         link.routed(4, actor(7)); // a release: not an acquire
@@ -271,10 +330,10 @@ mod tests {
     fn a_failed_actors_requests_are_taken_out_as_held_or_pending() {
         let link = link();
         for id in [1, 2] {
-            assert!(link.acquire_started(id, 10));
+            assert!(link.acquire_started(id, 10).is_ok());
             link.routed(id, actor(7));
         }
-        assert!(link.acquire_started(3, 10));
+        assert!(link.acquire_started(3, 10).is_ok());
         link.routed(3, actor(8)); // another actor: untouched
         link.routed(4, actor(7)); // a metadata request in the failed actor's mailbox
         link.settle(1, true); // granted
@@ -292,5 +351,79 @@ mod tests {
             "only the other actor's acquire is left"
         );
         assert_eq!(link.open_at(actor(7)), Orphans::default());
+    }
+
+    /// Two connections of uid 1000 sharing a limit of 3 acquires.
+    fn links_of_one_uid(usage: &Arc<UidUsage>) -> (SessionLink, SessionLink) {
+        let of_uid = |id| {
+            let (out, _frames) = Outbound::queued();
+            SessionLink::new(id, out, Caller::default()).sharing(LockShare::new(usage, 1000, 3))
+        };
+        (of_uid(1), of_uid(2))
+    }
+
+    #[test]
+    fn a_uids_acquires_are_counted_over_its_connections_until_each_ends() {
+        let usage = Arc::new(UidUsage::default());
+        let (first, second) = links_of_one_uid(&usage);
+        for id in [1, 2] {
+            assert!(first.acquire_started(id, 100).is_ok());
+        }
+        assert!(second.acquire_started(1, 100).is_ok());
+        assert_eq!(
+            second.acquire_started(2, 100),
+            Err(Overflow::Uid {
+                uid: 1000,
+                limit: 3
+            }),
+            "a fourth acquire of the uid passed its limit of 3"
+        );
+        assert_eq!(
+            second.open_acquires(),
+            1,
+            "the refused acquire is not counted"
+        );
+        assert!(
+            first.acquire_started(1, 100).is_ok(),
+            "an id already counted is not counted twice"
+        );
+        assert_eq!(usage.usage(1000).locks, 3);
+        // Each way an acquire ends gives its place back: refused, ended, and held then
+        // released.
+        first.reply(1, Err(WireError::new(ErrorKind::Timeout, "no")));
+        assert_eq!(usage.usage(1000).locks, 2);
+        first.acquire_ended(2);
+        assert_eq!(usage.usage(1000).locks, 1);
+        assert!(second.acquire_started(2, 100).is_ok());
+        second.settle(2, true); // granted
+        assert_eq!(usage.usage(1000).locks, 2, "a held lock still counts");
+        second.acquire_ended(2);
+        assert_eq!(usage.usage(1000).locks, 1);
+        // A failed actor's cleanup takes out what was open at it.
+        second.routed(1, actor(7));
+        second.open_at(actor(7));
+        assert_eq!(usage.usage(1000), uids::Usage::default());
+    }
+
+    #[test]
+    fn a_closed_connection_gives_back_what_it_still_counted() {
+        let usage = Arc::new(UidUsage::default());
+        let (first, second) = links_of_one_uid(&usage);
+        for id in [1, 2] {
+            assert!(first.acquire_started(id, 100).is_ok());
+        }
+        assert!(second.acquire_started(1, 100).is_ok());
+        drop(first);
+        assert_eq!(usage.usage(1000).locks, 1);
+        assert!(second.acquire_started(2, 100).is_ok(), "a place was freed");
+    }
+
+    #[test]
+    fn a_caller_without_a_share_is_limited_by_its_connection_only() {
+        let link = link();
+        for id in 0..10 {
+            assert!(link.acquire_started(id, 10).is_ok());
+        }
+        assert_eq!(link.acquire_started(10, 10), Err(Overflow::Session));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! It is apart from the session because it is the one part of a connection that every protocol
 //! version shares (the 8-byte hellos and the welcome), and because a connection refused over
-//! the connection limit goes through it without ever becoming a session. The rules are
+//! a connection limit goes through it without ever becoming a session. The rules are
 //! `vfslock_proto::handshake`'s: a client of any version from the oldest to ours is answered in
 //! its own version; any other gets our hello and a close.
 
@@ -59,19 +59,13 @@ pub async fn handshake(ctx: &Context, stream: &mut Stream) -> Result<u32, String
     }
 }
 
-/// Answers a connection over the limit: a hello in the client's version, then an error frame
-/// (request id 0) saying why, then close. A client reads the error where it expected the
-/// welcome. A client of a version we do not speak gets our hello only, as in [`handshake`].
-pub async fn refuse(mut stream: Stream, limit: usize, io_timeout: Duration) {
+/// Answers a connection over a limit: a hello in the client's version, then an error frame
+/// (request id 0) saying `why` (the limit, named), then close. A client reads the error where
+/// it expected the welcome. A client of a version we do not speak gets our hello only, as in [`handshake`].
+pub async fn refuse(mut stream: Stream, why: String, io_timeout: Duration) {
     let refusal = ServerFrame::Response {
         id: 0,
-        result: Err(WireError::new(
-            ErrorKind::LimitExceeded,
-            format!(
-                "vfslockd serves its maximum of {limit} connections (limits.max-connections); \
-                 try again later"
-            ),
-        )),
+        result: Err(WireError::new(ErrorKind::LimitExceeded, why)),
     };
     let mut hello = [0u8; HELLO_LEN];
     let _ = tokio::time::timeout(io_timeout, async {

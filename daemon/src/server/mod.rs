@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use vfslock_proto::{ListEntry, StatusInfo};
 
 use crate::context::{Context, Stats};
+use crate::link::{Caller, ConnectionSlot};
 use crate::lock::{LockMessage, Registry};
 
 /// Why the listening socket could not be bound.
@@ -206,19 +207,26 @@ pub async fn serve(
         tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok(stream) if sessions.len() >= ctx.settings.limits.max_connections => {
-                    // Told why, then closed: the sessions already open are not affected.
-                    let limit = ctx.settings.limits.max_connections;
-                    tracing::warn!(limit, "connection refused: limits.max-connections reached");
-                    tokio::spawn(handshake::refuse(stream, limit, ctx.settings.limits.io_timeout));
-                }
                 Ok(stream) => {
-                    sessions.spawn(session::serve(
-                        ctx.clone(),
-                        registry.clone(),
-                        stream,
-                        shutdown_rx.clone(),
-                    ));
+                    let caller = session::caller_of(&ctx, &stream);
+                    match admit(&ctx, sessions.len(), &caller) {
+                        Ok(slot) => {
+                            sessions.spawn(session::serve(
+                                ctx.clone(),
+                                registry.clone(),
+                                stream,
+                                caller,
+                                slot,
+                                shutdown_rx.clone(),
+                            ));
+                        }
+                        Err(why) => {
+                            // Told why, then closed: the sessions already open are not
+                            // affected.
+                            tracing::warn!(uid = ?caller.uid, pid = caller.pid, %why, "connection refused");
+                            tokio::spawn(handshake::refuse(stream, why, ctx.settings.limits.io_timeout));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning; the
@@ -257,6 +265,50 @@ pub async fn serve(
     registry.stop();
     drop(reporter);
     tracing::info!("stopped");
+}
+
+/// Whether a new connection of `caller` is served while `open` others are, by the limits in
+/// order: every connection (`limits.max-connections`, admins included: it bounds what the
+/// daemon takes of the host), the ones kept for root and the admin group, and the caller's
+/// uid's share. A connection counted by uid comes with its slot; a refusal is the message for
+/// the client.
+fn admit(
+    ctx: &Arc<Context>,
+    open: usize,
+    caller: &Caller,
+) -> Result<Option<ConnectionSlot>, String> {
+    let limits = &ctx.settings.limits;
+    let max = limits.max_connections;
+    if open >= max {
+        return Err(format!(
+            "vfslockd serves its maximum of {max} connections (limits.max-connections); try \
+             again later"
+        ));
+    }
+    if caller.admin {
+        return Ok(None);
+    }
+    let reserved = limits.admin_reserve();
+    if open >= max - reserved {
+        return Err(format!(
+            "vfslockd serves {open} connections, and the last {reserved} of its {max} \
+             (limits.max-connections) are kept for root and the admin group \
+             (limits.reserved-admin-connections); try again later"
+        ));
+    }
+    // No uid (credentials unreadable): nothing to count it under; the limits above hold.
+    let Some(uid) = caller.uid else {
+        return Ok(None);
+    };
+    let limit = limits.max_connections_per_uid;
+    match ctx.uids.connect(uid, limit) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(format!(
+            "uid {uid} already has {limit} connections open to vfslockd \
+             (limits.max-connections-per-uid): close some (one vfslock Client per process \
+             serves all of its locks), or ask the administrator to raise the limit"
+        )),
+    }
 }
 
 /// Shuts down every target actor, including any started while this runs.

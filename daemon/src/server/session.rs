@@ -23,22 +23,26 @@ use vfslock_proto::{
 use crate::access::{off_runtime, resolve_file, Need};
 use crate::address::{Address, Scheme};
 use crate::context::{Context, Stats};
-use crate::link::{Caller, Outbound, SessionLink};
+use crate::link::{Caller, ConnectionSlot, Outbound, Overflow, SessionLink};
 use crate::lock::{LockMessage, Registry};
 
-/// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
+/// Serves one connection of `caller` (admitted by the accept loop, which counted it in its
+/// uid's `slot`) until the client leaves, misbehaves, or the daemon shuts down.
 pub async fn serve(
     ctx: Arc<Context>,
     registry: Arc<Registry>,
     stream: Stream,
+    caller: Caller,
+    slot: Option<ConnectionSlot>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let caller = caller_of(&ctx, &stream);
     let id = ctx.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::debug_span!("session", id, pid = caller.pid);
     serve_as(ctx, registry, stream, shutdown, id, caller)
         .instrument(span)
-        .await
+        .await;
+    // The uid's connection is given back only now that the session is over.
+    drop(slot);
 }
 
 async fn serve_as(
@@ -65,7 +69,12 @@ async fn serve_as(
     #[cfg(not(unix))]
     let (out, writer) = Outbound::through_writer();
     let writer = tokio::spawn(writer.run(send, closing_rx));
-    let link = Arc::new(SessionLink::new(id, out, caller).speaking(protocol));
+    let share = ctx.lock_share(&caller);
+    let mut link = SessionLink::new(id, out, caller).speaking(protocol);
+    if let Some(share) = share {
+        link = link.sharing(share);
+    }
+    let link = Arc::new(link);
     ctx.sessions.register(&link);
     let mut session = Session {
         ctx: ctx.clone(),
@@ -91,7 +100,7 @@ async fn serve_as(
 /// Who the client is, from the kernel: pid, uid, groups, and whether it is an admin (root, or
 /// in the admin group by its effective or any supplementary group). Nothing the client sends
 /// counts.
-fn caller_of(ctx: &Context, stream: &Stream) -> Caller {
+pub(super) fn caller_of(ctx: &Context, stream: &Stream) -> Caller {
     match stream.peer_creds() {
         Ok(creds) => {
             #[cfg(unix)]
@@ -418,18 +427,28 @@ impl Session {
                 match self.locate(&request.target, Some(Need::Create)).await {
                     Ok(address) => {
                         let limit = self.ctx.settings.limits.max_locks_per_session;
-                        if !self.link.acquire_started(id, limit) {
-                            return self.reply(
-                                id,
-                                Err(WireError::new(
-                                    ErrorKind::LimitExceeded,
+                        if let Err(overflow) = self.link.acquire_started(id, limit) {
+                            let message = match overflow {
+                                Overflow::Session => format!(
+                                    "this connection already holds or waits for {limit} locks \
+                                     (limits.max-locks-per-session): release some first"
+                                ),
+                                Overflow::Uid { uid, limit } => {
+                                    tracing::warn!(
+                                        uid,
+                                        limit,
+                                        "acquire refused: limits.max-locks-per-uid reached"
+                                    );
                                     format!(
-                                        "this connection already holds or waits for {limit} \
-                                         locks (limits.max-locks-per-session): release some \
-                                         first"
-                                    ),
-                                )),
-                            );
+                                        "uid {uid} already holds or waits for {limit} locks \
+                                         over all of its connections \
+                                         (limits.max-locks-per-uid): release some first, or \
+                                         ask the administrator to raise the limit"
+                                    )
+                                }
+                            };
+                            return self
+                                .reply(id, Err(WireError::new(ErrorKind::LimitExceeded, message)));
                         }
                         if !self.touched.contains_key(address.key()) {
                             self.touched

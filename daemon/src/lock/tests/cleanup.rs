@@ -174,3 +174,81 @@ async fn a_detached_lease_outlives_the_failure_of_its_targets_actor() {
         .expect("the detached lease stays");
     assert!(String::from_utf8_lossy(&file.bytes).contains(&lease.lock_id));
 }
+
+/// Every pending message of every actor handled (a call queues behind them).
+async fn settled(daemon: &Daemon) {
+    for actor in daemon.registry.actors() {
+        actor.call(LockMessage::Snapshot, None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_closed_connection_gives_its_uid_back_what_it_held_and_awaited() {
+    let daemon = Daemon::start().await;
+    let (leaving, mut leaving_frames) = daemon.session(1, 1000);
+    let (staying, mut staying_frames) = daemon.session(2, 1001);
+    daemon.acquire(&leaving, 1, TARGET, WaitMode::Try).await;
+    granted(&mut leaving_frames).await;
+    daemon
+        .acquire(&staying, 1, "mem:///other", WaitMode::Try)
+        .await;
+    granted(&mut staying_frames).await;
+    daemon
+        .acquire(
+            &leaving,
+            2,
+            "mem:///other",
+            WaitMode::Wait { timeout: None },
+        )
+        .await;
+    settled(&daemon).await;
+    assert_eq!(
+        daemon.ctx.uids.usage(1000).locks,
+        2,
+        "one held, one awaited"
+    );
+    for target in [TARGET, "mem:///other"] {
+        let closed = LockMessage::SessionClosed { session_id: 1 };
+        daemon.send(target, closed).await;
+    }
+    settled(&daemon).await;
+    // The session lets go of its link last, as the server's does when it closes.
+    drop(leaving);
+    assert_eq!(daemon.ctx.uids.usage(1000).locks, 0);
+    assert_eq!(
+        daemon.ctx.uids.usage(1001).locks,
+        1,
+        "another uid's lock is its own"
+    );
+}
+
+#[cfg(feature = "faults")]
+#[tokio::test]
+async fn after_an_actor_fails_its_cleanup_gives_the_uids_locks_back() {
+    use crate::lock::tests::request;
+    let daemon = Daemon::with(|s| s.faults.panic_owner = Some("panic please".into())).await;
+    let (holder, mut holder_frames) = daemon.session(1, 1000);
+    let (waiter, mut waiter_frames) = daemon.session(2, 1000);
+    daemon.acquire(&holder, 1, TARGET, WaitMode::Try).await;
+    granted(&mut holder_frames).await;
+    daemon
+        .acquire(&waiter, 1, TARGET, WaitMode::Wait { timeout: None })
+        .await;
+    assert!(matches!(
+        event(&mut waiter_frames).await,
+        Event::QueuePosition { position: 1 }
+    ));
+    assert_eq!(daemon.ctx.uids.usage(1000).locks, 2);
+    let (trigger, mut trigger_frames) = daemon.session(3, 0);
+    let mut panic_please = request(TARGET, WaitMode::Try);
+    panic_please.owner_id = Some("panic please".into());
+    daemon.acquire_with(&trigger, 1, panic_please).await;
+    assert!(matches!(
+        event(&mut holder_frames).await,
+        Event::LeaseEnded { .. }
+    ));
+    assert_eq!(refused(&mut waiter_frames).await.kind, ErrorKind::Internal);
+    refused(&mut trigger_frames).await;
+    // Both connections are still open: the cleanup itself gave the places back.
+    assert_eq!(daemon.ctx.uids.usage(1000).locks, 0);
+}

@@ -43,7 +43,8 @@ impl Daemon {
         Daemon { ctx, registry }
     }
 
-    /// A connection of `uid` (root is an admin), registered as the server registers one.
+    /// A connection of `uid` (root is an admin), registered as the server registers one, its
+    /// acquires counted by uid unless it is root's.
     pub fn session(&self, id: u64, uid: u32) -> (Arc<SessionLink>, Frames) {
         let (out, frames) = Outbound::queued();
         let caller = Caller {
@@ -52,7 +53,12 @@ impl Daemon {
             groups: vec![],
             admin: uid == 0,
         };
-        let link = Arc::new(SessionLink::new(id, out, caller));
+        let share = self.ctx.lock_share(&caller);
+        let mut link = SessionLink::new(id, out, caller);
+        if let Some(share) = share {
+            link = link.sharing(share);
+        }
+        let link = Arc::new(link);
         self.ctx.sessions.register(&link);
         (link, frames)
     }
@@ -81,7 +87,7 @@ impl Daemon {
         id: RequestId,
         request: AcquireRequest,
     ) {
-        assert!(session.acquire_started(id, 1000));
+        assert!(session.acquire_started(id, 1000).is_ok());
         let target = request.target.clone();
         let message = LockMessage::Acquire {
             session: session.clone(),

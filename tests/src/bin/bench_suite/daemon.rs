@@ -9,11 +9,14 @@ use std::time::Duration;
 use vfslock_tests::Launch;
 
 /// The daemon's configuration for every section, with the limits the scale section needs
-/// raised (the defaults: 4096 connections, 100,000 locks per connection, 10,000 waiters).
+/// raised (the defaults: 4096 connections, 100,000 locks per connection, 10,000 waiters), the
+/// per-uid ones too: every bench client runs as one user, root or not.
 pub const BENCH_CONFIG: &str = r#"
 [limits]
 max-connections = 8192
+max-connections-per-uid = 8192
 max-locks-per-session = 200000
+max-locks-per-uid = 200000
 max-waiters-per-target = 10000
 "#;
 
