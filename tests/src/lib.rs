@@ -70,6 +70,19 @@ impl Daemon {
     /// `file://` targets live in `shared` (when given) instead of a directory of its own, and
     /// with extra command-line arguments (`--host-id NAME`, `--clock-offset +1h`).
     pub fn start_host(config: &str, shared: Option<&Path>, args: &[&str]) -> Daemon {
+        Daemon::start_in(config, shared, args, false)
+    }
+
+    /// Starts a daemon as [`Daemon::start_host`] does (without shared data), but as the leader
+    /// of a process group of its own, so that [`Daemon::signal_group`] can signal the whole
+    /// group as `timeout(1)` and some service managers do; and with `XDG_STATE_HOME` inside
+    /// [`Daemon::dir`], so that every file and process of its own (an SFTP store's `ssh`
+    /// control sockets) names that directory.
+    pub fn start_own_group(config: &str, args: &[&str]) -> Daemon {
+        Daemon::start_in(config, None, args, true)
+    }
+
+    fn start_in(config: &str, shared: Option<&Path>, args: &[&str], own_group: bool) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("vfslock-test-")
             .tempdir()
@@ -90,33 +103,7 @@ impl Daemon {
             _dir: dir,
             launch,
             data,
-            own_group: false,
-        };
-        daemon.restart();
-        daemon
-    }
-
-    /// Starts a daemon as [`Daemon::start_host`] does (without shared data), but as the leader
-    /// of a process group of its own, so that [`Daemon::signal_group`] can signal the whole
-    /// group as `timeout(1)` and some service managers do; and with `XDG_STATE_HOME` inside
-    /// [`Daemon::dir`], so that every file and process of its own (an SFTP store's `ssh`
-    /// control sockets) names that directory.
-    pub fn start_own_group(config: &str, args: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("vfslock-test-")
-            .tempdir()
-            .expect("temporary directory");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).expect("data directory");
-        let mut launch = Launch::in_dir(bin("vfslockd"), dir.path());
-        launch.args = args.iter().map(|a| a.to_string()).collect();
-        std::fs::write(&launch.config, config).expect("config file");
-        let mut daemon = Daemon {
-            child: None,
-            _dir: dir,
-            launch,
-            data,
-            own_group: true,
+            own_group,
         };
         daemon.restart();
         daemon
