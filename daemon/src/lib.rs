@@ -90,17 +90,35 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     prepare_socket_dir(&socket)?;
     #[cfg(unix)]
     let _instance = instance::InstanceLock::acquire(&socket)?;
+    // Resolved before `ssh::prepare` points XDG_STATE_HOME at the ssh control directory.
+    let state_dir = settings
+        .daemon
+        .state_dir
+        .clone()
+        .unwrap_or_else(journal::default_state_dir);
+    // Ends what a SIGKILLed predecessor's ssh left, before our stores start their own.
+    #[cfg(unix)]
+    {
+        let sftp = settings
+            .stores
+            .object
+            .iter()
+            .any(|store| store.parsed.0 == address::Scheme::Sftp);
+        let ended =
+            store::object::ssh::prepare(&socket, sftp).map_err(|source| StartError::SshDir {
+                dir: store::object::ssh::control_dir(&socket),
+                source,
+            })?;
+        if ended > 0 {
+            tracing::info!(ended, "ended the ssh control masters of the previous run");
+        }
+    }
     let stores = store::Stores::new(&settings).await?;
     let host_id = settings
         .daemon
         .host_id
         .clone()
         .unwrap_or_else(context::hostname);
-    let state_dir = settings
-        .daemon
-        .state_dir
-        .clone()
-        .unwrap_or_else(journal::default_state_dir);
     let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)?;
     if !left.is_empty() {
         let (removed, unsettled) = journal::recover(&stores, left).await;
@@ -172,14 +190,18 @@ async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        // SIGHUP too (a closed terminal sends it to the whole foreground group): its default
+        // action would end the daemon without releasing its locks or ending its ssh.
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(mut term), Ok(mut int)) => {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
+                    _ = hup.recv() => {}
                 }
             }
             _ => std::future::pending().await,

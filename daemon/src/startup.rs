@@ -50,6 +50,20 @@ pub enum StartError {
     #[cfg(unix)]
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    /// The SFTP store's `ssh` control directory (`<socket>.ssh`) could not be created.
+    #[cfg(unix)]
+    #[error(
+        "cannot create {}, where the SFTP store's ssh keeps its control sockets \
+         (it sits beside the socket: the daemon needs write access to that directory)",
+        dir.display()
+    )]
+    SshDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A store could not be opened or failed its startup probe.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -42,6 +42,8 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
     launch: Launch,
     data: PathBuf,
+    /// Started in a process group of its own ([`Daemon::start_own_group`]).
+    own_group: bool,
 }
 
 /// Test settings: actors retire quickly and foreign holders are re-checked often, so tests
@@ -69,6 +71,19 @@ impl Daemon {
     /// `file://` targets live in `shared` (when given) instead of a directory of its own, and
     /// with extra command-line arguments (`--host-id NAME`, `--clock-offset +1h`).
     pub fn start_host(config: &str, shared: Option<&Path>, args: &[&str]) -> Daemon {
+        Daemon::start_in(config, shared, args, false)
+    }
+
+    /// Starts a daemon as [`Daemon::start_host`] does (without shared data), but as the leader
+    /// of a process group of its own, so that [`Daemon::signal_group`] can signal the whole
+    /// group as `timeout(1)` and some service managers do; and with `XDG_STATE_HOME` inside
+    /// [`Daemon::dir`], so that every file and process of its own (an SFTP store's `ssh`
+    /// control sockets) names that directory.
+    pub fn start_own_group(config: &str, args: &[&str]) -> Daemon {
+        Daemon::start_in(config, None, args, true)
+    }
+
+    fn start_in(config: &str, shared: Option<&Path>, args: &[&str], own_group: bool) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("vfslock-test-")
             .tempdir()
@@ -89,6 +104,7 @@ impl Daemon {
             _dir: dir,
             launch,
             data,
+            own_group,
         };
         daemon.restart();
         daemon
@@ -96,7 +112,30 @@ impl Daemon {
 
     /// The `vfslockd` command this daemon runs, with its config and socket, logging to its log.
     pub fn command(&self) -> Command {
-        self.launch.command().expect("log file")
+        let mut command = self.launch.command().expect("log file");
+        if self.own_group {
+            use std::os::unix::process::CommandExt;
+            let xdg = self._dir.path().join("xdg");
+            std::fs::create_dir_all(&xdg).expect("XDG_STATE_HOME directory");
+            command.process_group(0).env("XDG_STATE_HOME", xdg);
+        }
+        command
+    }
+
+    /// The temporary directory that holds this daemon's files (config, socket, log, state).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Sends `signal` to the daemon's whole process group (the daemon and every process it
+    /// started that stayed in its group) and waits for the daemon to exit. Only for a daemon
+    /// started by [`Daemon::start_own_group`]: any other shares the test's group.
+    pub fn signal_group(&mut self, signal: libc::c_int) -> ExitStatus {
+        assert!(self.own_group, "the daemon shares the test's process group");
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: plain syscall; the group is led by our own child, which is not reaped yet.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), signal) };
+        wait_with_deadline(&mut child)
     }
 
     /// Starts the daemon (again) on the same socket, config and data, and waits until it serves.

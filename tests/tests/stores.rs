@@ -15,7 +15,10 @@
 //! 6. writes that land but report a failure (the `faults` feature) are resolved by reading back;
 //! 7. store requests per uncontended acquire + release;
 //! 8. a target no store serves is refused, and a store whose server is unreachable stops the
-//!    daemon at startup.
+//!    daemon at startup;
+//! 9. an SFTP store's `ssh` control masters do not outlive the daemon when its whole process
+//!    group gets SIGTERM, and those a SIGKILLed daemon left are ended at its next start
+//!    (issue 13).
 
 use std::path::Path;
 
@@ -51,7 +54,7 @@ macro_rules! per_store {
 }
 
 /// A daemon that is stopped with SIGTERM when dropped, so that it closes its store connections
-/// (an SFTP store's SSH master outlives a SIGKILL).
+/// (an SFTP store's SSH master outlives a SIGKILL until the daemon starts again).
 struct Host(Daemon);
 
 impl std::ops::Deref for Host {
@@ -991,4 +994,150 @@ async fn secrets_are_warned_about_and_never_shown() {
         printed.contains("<redacted>") && !printed.contains(&account_key),
         "{printed}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. No ssh left behind (SFTP)
+// ---------------------------------------------------------------------------------------------
+
+/// The `ssh` processes of our user whose command line names a path inside `dir`, as pid and
+/// command line. A test daemon's control sockets live inside its own temporary directory
+/// (`Daemon::start_own_group` puts `XDG_STATE_HOME` there too), so this finds exactly its `ssh`
+/// processes, however it names them, and none of a daemon of another test.
+fn ssh_naming(dir: &Path) -> Vec<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let needle = format!("{}/", dir.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        if entry.metadata().ok().map(|m| m.uid()) != Some(uid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let argv0 = cmdline.split(' ').next().unwrap_or_default();
+        let ssh = argv0 == "ssh" || argv0.ends_with("/ssh") || argv0 == "ssh:";
+        if ssh && cmdline.contains(&needle) {
+            found.push((pid, cmdline.trim_end().to_owned()));
+        }
+    }
+    found
+}
+
+/// Ends the `ssh` processes [`ssh_naming`] finds when dropped, so that a failing test leaves
+/// none behind on the machine either.
+struct EndSshOnDrop(std::path::PathBuf);
+
+impl Drop for EndSshOnDrop {
+    fn drop(&mut self) {
+        for (pid, _) in ssh_naming(&self.0) {
+            // SAFETY: plain syscall on a pid just read from /proc.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+/// Takes and releases a lock on a fresh SFTP target through `daemon`, so that its store has
+/// connections open (and their `ssh` masters running) when the test stops it.
+async fn use_sftp(daemon: &Daemon, test: &str) {
+    let client = daemon.client().await;
+    let target = Store::Sftp.target(test);
+    let mut lock = client.new_lock(&target.url, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    within("release", lock.release()).await.expect("release");
+}
+
+/// A signal to the daemon's whole process group, as `timeout(1)` sends SIGTERM, while a lock is
+/// held: the `ssh` channel dies at once with the daemon, whose shutdown then still works on the
+/// store (it releases the lock), and the daemon still ends every control master it started.
+/// SIGINT and SIGHUP (Ctrl-C, a closed terminal) reach the whole group too, and end it the
+/// same way. The master used to survive most SIGTERMs and every SIGHUP (issue 13).
+#[tokio::test(flavor = "multi_thread")]
+async fn sftp_ssh_does_not_outlive_a_sigterm_to_the_process_group() {
+    for (round, signal) in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTERM]
+        .into_iter()
+        .enumerate()
+    {
+        let mut daemon =
+            Daemon::start_own_group(&Store::Sftp.daemon_config("", ""), &["--host-id", "h0"]);
+        let dir = daemon.dir().to_owned();
+        let _end = EndSshOnDrop(dir.clone());
+        let client = daemon.client().await;
+        let target = Store::Sftp.target("ssh-group-term");
+        let mut held = client.new_lock(&target.url, LockOptions::default());
+        within("acquire", held.acquire()).await.expect("acquire");
+        assert!(
+            !ssh_naming(&dir).is_empty(),
+            "round {round}: the daemon runs no ssh naming {}: the test cannot see its masters",
+            dir.display()
+        );
+        let status = daemon.signal_group(libc::SIGTERM);
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{}",
+            daemon.log()
+        );
+        let start = Instant::now();
+        loop {
+            let left = ssh_naming(&dir);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "round {round} (signal {signal}): ssh still runs {DEADLINE:?} after the daemon \
+                 exited: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A SIGKILL leaves the daemon no chance to end its `ssh` masters; its next start ends them
+/// before it serves, and then works with masters of its own, which it ends at exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn sftp_ssh_left_by_a_sigkilled_daemon_is_ended_by_the_next_start() {
+    let mut daemon =
+        Daemon::start_own_group(&Store::Sftp.daemon_config("", ""), &["--host-id", "h0"]);
+    let dir = daemon.dir().to_owned();
+    let _end = EndSshOnDrop(dir.clone());
+    use_sftp(&daemon, "ssh-kill").await;
+    daemon.kill();
+    let left = ssh_naming(&dir);
+    assert!(
+        !left.is_empty(),
+        "a SIGKILLed daemon left no ssh naming {}: the test cannot see its masters",
+        dir.display()
+    );
+
+    daemon.restart();
+    // The predecessor's processes are known by their command lines (each names its own
+    // control directory), not by pid, which a new process may reuse.
+    let still: Vec<_> = ssh_naming(&dir)
+        .into_iter()
+        .filter(|(_, cmdline)| left.iter().any(|(_, old)| old == cmdline))
+        .collect();
+    assert!(
+        still.is_empty(),
+        "the restarted daemon serves while its predecessor's ssh still runs: {still:?}\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("ended the ssh control masters of the previous run"),
+        "{}",
+        daemon.log()
+    );
+    use_sftp(&daemon, "ssh-kill-again").await;
+    let status = daemon.signal_group(libc::SIGTERM);
+    assert!(status.success(), "{status}\n{}", daemon.log());
+    let left = ssh_naming(&dir);
+    assert!(left.is_empty(), "ssh outlives the daemon: {left:?}");
 }

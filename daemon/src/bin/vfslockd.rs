@@ -118,7 +118,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(vfslockd::run(settings, socket)) {
+    let outcome = runtime.block_on(vfslockd::run(settings, socket));
+    // Only once the runtime is gone can no task start another ssh master: end those still
+    // running (the SFTP store's; see `store::object::ssh`), however `run` ended.
+    drop(runtime);
+    #[cfg(unix)]
+    vfslockd::store::object::ssh::end_masters();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{error}vfslockd: cannot start: {}", Chain(&e));

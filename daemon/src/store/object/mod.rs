@@ -40,11 +40,15 @@
 //! - `lock.rs`: the lock-file operations the [`Store`](super::Store) calls (create, read,
 //!   replace, delete), SFTP's create-only variants included;
 //! - `startup.rs`: the OpenDAL operator built from the config, and the startup probe that checks
-//!   the store enforces the conditions the lock protocol needs.
+//!   the store enforces the conditions the lock protocol needs;
+//! - `ssh.rs`: the SFTP store's `ssh` control masters, ended at exit and, after a SIGKILL, at
+//!   the next start.
 
 mod fence;
 mod lock;
 mod request;
+#[cfg(unix)]
+pub mod ssh;
 mod startup;
 
 pub use startup::open;
