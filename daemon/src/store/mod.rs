@@ -224,7 +224,9 @@ impl StoreError {
         }
     }
 
-    /// The lock file at `path` exists but `file` says this daemon may not read it.
+    /// The lock file at `path` exists but `file` says this daemon may not read it. Only the
+    /// `file://` store (Unix) can tell.
+    #[cfg(unix)]
     pub(crate) fn unreadable(path: &str, file: Unreadable) -> Self {
         StoreError {
             unreadable: Some(file.clone()),
