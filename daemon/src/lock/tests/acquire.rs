@@ -223,26 +223,10 @@ async fn a_granted_wait_stops_its_timeout_timer() {
     );
 }
 
-/// Writes an empty lock file for `target` straight into its store, as a racing Go reader
-/// leaves one.
-async fn plant_empty(daemon: &Daemon, target: &str) {
-    let address = crate::address::Address::parse(target).unwrap();
-    let store = daemon.ctx.stores.for_address(&address).unwrap();
-    let created = store
-        .create(
-            &crate::store::lock_path(&address),
-            0,
-            Box::new(|_| Vec::new()),
-        )
-        .await
-        .unwrap();
-    assert!(matches!(created, crate::store::Created::Won(_)));
-}
-
 #[tokio::test]
 async fn a_young_empty_lock_file_is_held_by_an_unknown_holder_and_says_so() {
     let daemon = Daemon::start().await;
-    plant_empty(&daemon, TARGET).await;
+    daemon.plant_with(TARGET, Box::new(|_| Vec::new())).await;
     let (session, mut frames) = daemon.session(1, 1000);
     daemon.acquire(&session, 1, TARGET, WaitMode::Try).await;
     let error = refused(&mut frames).await;
@@ -270,7 +254,7 @@ async fn an_empty_lock_file_stops_blocking_after_empty_grace_not_corrupt_grace()
     // daemon's own and never empty).
     let dir = tempfile::tempdir().unwrap();
     let target = format!("file://{}/empty.csv", dir.path().display());
-    plant_empty(&daemon, &target).await;
+    daemon.plant_with(&target, Box::new(|_| Vec::new())).await;
     let (session, mut frames) = daemon.session(1, 1000);
     daemon
         .acquire(&session, 1, &target, WaitMode::Wait { timeout: None })

@@ -10,23 +10,9 @@ const TARGET: &str = "mem:///cleanup";
 #[tokio::test]
 async fn a_closed_connection_releases_its_holding_and_its_waits_end() {
     let daemon = Daemon::start().await;
-    let (leaving, mut leaving_frames) = daemon.session(1, 0);
-    let (staying, mut staying_frames) = daemon.session(2, 0);
-    daemon.acquire(&leaving, 1, TARGET, WaitMode::Try).await;
-    granted(&mut leaving_frames).await;
-    // The leaving connection also waits for another target held by the staying one.
-    daemon
-        .acquire(&staying, 1, "mem:///other", WaitMode::Try)
-        .await;
-    granted(&mut staying_frames).await;
-    daemon
-        .acquire(
-            &leaving,
-            2,
-            "mem:///other",
-            WaitMode::Wait { timeout: None },
-        )
-        .await;
+    // The leaving connection holds TARGET and waits for another target the staying one holds.
+    let [(_leaving, _leaving_frames), (staying, mut staying_frames)] =
+        daemon.holding_and_waiting(TARGET, 0, 0).await;
     daemon
         .acquire(&staying, 2, TARGET, WaitMode::Wait { timeout: None })
         .await;
@@ -185,22 +171,8 @@ async fn settled(daemon: &Daemon) {
 #[tokio::test]
 async fn a_closed_connection_gives_its_uid_back_what_it_held_and_awaited() {
     let daemon = Daemon::start().await;
-    let (leaving, mut leaving_frames) = daemon.session(1, 1000);
-    let (staying, mut staying_frames) = daemon.session(2, 1001);
-    daemon.acquire(&leaving, 1, TARGET, WaitMode::Try).await;
-    granted(&mut leaving_frames).await;
-    daemon
-        .acquire(&staying, 1, "mem:///other", WaitMode::Try)
-        .await;
-    granted(&mut staying_frames).await;
-    daemon
-        .acquire(
-            &leaving,
-            2,
-            "mem:///other",
-            WaitMode::Wait { timeout: None },
-        )
-        .await;
+    let [(leaving, _leaving_frames), (_staying, _staying_frames)] =
+        daemon.holding_and_waiting(TARGET, 1000, 1001).await;
     settled(&daemon).await;
     assert_eq!(
         daemon.ctx.uids.usage(1000).locks,

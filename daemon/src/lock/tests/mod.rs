@@ -125,18 +125,46 @@ impl Daemon {
 
     /// Writes a lock file for `target` straight into its store, as another host would.
     pub async fn plant(&self, target: &str, record: LockRecord) {
+        let record = Arc::new(record);
+        self.plant_with(
+            target,
+            Box::new(move |token| record.to_json_with_token(token)),
+        )
+        .await
+    }
+
+    /// Writes the bytes `make` gives straight into `target`'s store (an empty file, as a
+    /// racing Go reader leaves one).
+    pub async fn plant_with(&self, target: &str, make: crate::store::MakeLock) {
         let address = Address::parse(target).unwrap();
         let store = self.ctx.stores.for_address(&address).unwrap();
-        let record = Arc::new(record);
         let created = store
-            .create(
-                &crate::store::lock_path(&address),
-                0,
-                Box::new(move |token| record.to_json_with_token(token)),
-            )
+            .create(&crate::store::lock_path(&address), 0, make)
             .await
             .unwrap();
         assert!(matches!(created, crate::store::Created::Won(_)));
+    }
+
+    /// `leaving` (connection 1, `leaving_uid`) holds `holder_target` and waits for
+    /// `mem:///other`, which `staying` (connection 2, `staying_uid`) holds: what the tests of
+    /// a connection's end start from.
+    pub async fn holding_and_waiting(
+        &self,
+        holder_target: &str,
+        leaving_uid: u32,
+        staying_uid: u32,
+    ) -> [(Arc<SessionLink>, Frames); 2] {
+        let (leaving, mut leaving_frames) = self.session(1, leaving_uid);
+        let (staying, mut staying_frames) = self.session(2, staying_uid);
+        self.acquire(&leaving, 1, holder_target, WaitMode::Try)
+            .await;
+        granted(&mut leaving_frames).await;
+        self.acquire(&staying, 1, "mem:///other", WaitMode::Try)
+            .await;
+        granted(&mut staying_frames).await;
+        let patient = WaitMode::Wait { timeout: None };
+        self.acquire(&leaving, 2, "mem:///other", patient).await;
+        [(leaving, leaving_frames), (staying, staying_frames)]
     }
 }
 
