@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# A daemon of an earlier release and this checkout's daemon sharing one store: both serve the
+# same file:// directory (each its own socket, host id and state), and every lock taken through
+# one is seen as held through the other, both ways, and freed for the other at release, with a
+# fencing token that keeps increasing across the two. The earlier release is built as
+# tests/bench-compare.sh builds it (a worktree and target dir under target/bench-compare).
+#
+# Usage: tests/cross-release.sh REV
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+rev=${1:?usage: tests/cross-release.sh REV}
+
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+work="$target_dir/bench-compare"
+old_tree="$work/tree-$(git rev-parse --short "$rev")"
+mkdir -p "$work"
+[[ -d "$old_tree" ]] || git worktree add --detach "$old_tree" "$rev" >&2
+(cd "$old_tree" && CARGO_TARGET_DIR="$work/target-old" \
+    cargo build --release --locked --bins -p vfslockd >&2)
+cargo build --release --locked --bins -p vfslockd >&2
+old="$work/target-old/release"
+new="$target_dir/release"
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+mkdir -p "$dir/data"
+for side in old new; do
+    bin=$old
+    [[ $side == new ]] && bin=$new
+    "$bin/vfslockd" --socket "$dir/$side.sock" --state-dir "$dir/$side-state" \
+        --host-id "host-$side" >"$dir/$side.log" 2>&1 &
+    pids+=($!)
+done
+for side in old new; do
+    for _ in $(seq 100); do [[ -S "$dir/$side.sock" ]] && break; sleep 0.05; done
+done
+
+failures=0
+check() { # WHAT EXPECTED ACTUAL
+    if [[ $2 == "$3" ]]; then echo "ok: $1"; else echo "FAILED: $1 (expected $2, got $3)"; failures=$((failures + 1)); fi
+}
+ctl() { local side=$1; shift; local bin=$old; [[ $side == new ]] && bin=$new; "$bin/vfslockctl" --socket "$dir/$side.sock" "$@"; }
+
+target="$dir/data/shared.csv"
+for holder in old new; do
+    other=new
+    [[ $holder == new ]] && other=old
+    # The holder keeps the lock while the other side tries it and reads it.
+    ctl "$holder" run "$target" -- sleep 3 &
+    runner=$!
+    for _ in $(seq 100); do [[ -e "$target.lock" ]] && break; sleep 0.05; done
+    set +e
+    ctl "$other" run -n "$target" -- true
+    code=$?
+    shown=$(ctl "$other" show "$target")
+    set -e
+    check "held through the $holder daemon, refused through the $other" 1 "$code"
+    check "the $other daemon shows the $holder daemon's holder" yes \
+        "$(grep -q "host-$holder" <<<"$shown" && echo yes || echo no)"
+    token=$(grep -o '"token": [0-9]*' "$target.lock" | grep -o '[0-9]*$')
+    wait "$runner"
+    check "released by the $holder daemon" no "$([[ -e "$target.lock" ]] && echo yes || echo no)"
+    # The other side takes it now, with a larger fencing token.
+    ctl "$other" run -n "$target" -- sh -c "grep -o '\"token\": [0-9]*' '$target.lock'" \
+        >"$dir/token"
+    check "taken through the $other daemon after the release" 0 "$?"
+    later=$(grep -o '[0-9]*$' "$dir/token")
+    check "fencing token increases across the two ($token < $later)" yes \
+        "$([[ $later -gt $token ]] && echo yes || echo no)"
+done
+echo "$failures failed"
+[[ $failures -eq 0 ]]
