@@ -7,6 +7,7 @@
 //! this crate starts, the mutex checker's and the bench's too, starts through [`Launch`].
 
 pub mod gopeer;
+pub mod http_counter;
 pub mod v1;
 
 use std::path::{Path, PathBuf};

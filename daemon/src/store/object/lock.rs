@@ -107,7 +107,7 @@ impl ObjectStore {
         }
         let bytes = make(None);
         Counters::bump(&self.counters.replaces);
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.round_trip();
         self.timed("write", key, self.operator.write(key, bytes.clone()))
             .await?
             .map_err(|e| failed("rewrite", key, e))?;
@@ -129,7 +129,7 @@ impl ObjectStore {
                 return Ok(Conditional::Changed);
             }
             Counters::bump(&self.counters.deletes);
-            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.round_trip();
             return match self.timed("delete", key, self.operator.delete(key)).await? {
                 Ok(()) => Ok(Conditional::Done),
                 Err(e) => Err(failed("delete", key, e)),
@@ -141,7 +141,7 @@ impl ObjectStore {
             )));
         };
         Counters::bump(&self.counters.deletes);
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.round_trip();
         let mut delete = self.operator.delete_with(key);
         delete = if self.service.uses_generations() {
             delete.if_version_match(tag)

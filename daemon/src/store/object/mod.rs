@@ -39,6 +39,7 @@
 //!   once a lock is won;
 //! - `lock.rs`: the lock-file operations the [`Store`](super::Store) calls (create, read,
 //!   replace, delete), SFTP's create-only variants included;
+//! - `wire.rs`: the HTTP requests each store sends, counted where they are sent;
 //! - `startup.rs`: the OpenDAL operator built from the config, and the startup probe that checks
 //!   the store enforces the conditions the lock protocol needs;
 //! - `ssh.rs`: the SFTP store's `ssh` control masters, ended at exit and, after a SIGKILL, at
@@ -50,10 +51,12 @@ mod request;
 #[cfg(unix)]
 pub mod ssh;
 mod startup;
+mod wire;
 
 pub use startup::open;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opendal::{ErrorKind, Operator};
@@ -77,16 +80,6 @@ impl Service {
     /// Whether versions are generations (GCS) rather than ETags.
     fn uses_generations(self) -> bool {
         self == Service::Gcs
-    }
-
-    /// HTTP requests (or SFTP round trips) one conditional create costs: GCS's is a resumable
-    /// upload (start, then upload).
-    fn create_requests(self) -> u64 {
-        if self == Service::Gcs {
-            2
-        } else {
-            1
-        }
     }
 }
 
@@ -117,8 +110,8 @@ pub struct Counters {
     pub fences: AtomicU64,
     /// Ambiguous writes resolved by reading back.
     pub ambiguous: AtomicU64,
-    /// HTTP requests (SFTP round trips) in all.
-    pub requests: AtomicU64,
+    /// HTTP requests in all, counted as they are sent (`wire.rs`); SFTP round trips.
+    pub requests: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -135,7 +128,7 @@ impl Counters {
             ("deletes", &self.deletes),
             ("fences", &self.fences),
             ("ambiguous", &self.ambiguous),
-            ("requests", &self.requests),
+            ("requests", &*self.requests),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))
@@ -182,6 +175,12 @@ impl ObjectStore {
         fencing: bool,
         request_timeout: Duration,
     ) -> Self {
+        let counters = Counters::default();
+        let operator = if service == Service::Sftp {
+            operator
+        } else {
+            wire::counted(operator, counters.requests.clone())
+        };
         ObjectStore {
             operator,
             service,
@@ -192,7 +191,7 @@ impl ObjectStore {
             },
             fencing: fencing && service != Service::Sftp,
             request_timeout,
-            counters: Counters::default(),
+            counters,
             fences: Default::default(),
             #[cfg(feature = "faults")]
             faults: None,
@@ -234,6 +233,13 @@ impl ObjectStore {
     /// Whether a lock file can be replaced conditionally (steal, handoff).
     pub fn can_replace(&self) -> bool {
         self.mode != Mode::CreateOnly
+    }
+
+    /// Counts one SFTP round trip; HTTP requests are counted as they are sent (`wire.rs`).
+    fn round_trip(&self) {
+        if self.service == Service::Sftp {
+            Counters::bump(&self.counters.requests);
+        }
     }
 
     /// Accepts a missing capability (the config's `accept-weak`).

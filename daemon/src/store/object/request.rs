@@ -55,7 +55,7 @@ impl ObjectStore {
     pub(super) async fn stat(&self, key: &str) -> Result<Option<Metadata>, StoreError> {
         let mut attempt = 0;
         loop {
-            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.round_trip();
             let result = self.timed("stat", key, self.operator.stat(key)).await;
             match result {
                 Ok(Ok(meta)) => return Ok(Some(meta)),
@@ -77,7 +77,7 @@ impl ObjectStore {
             let Some(before) = self.stat(key).await? else {
                 return Ok(None);
             };
-            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.round_trip();
             let body = match self.timed("read", key, self.operator.read(key)).await? {
                 Ok(body) => body.to_vec(),
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -114,7 +114,7 @@ impl ObjectStore {
     /// Just the bytes (one request), for comparing with what we wrote.
     pub(super) async fn read_body(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Counters::bump(&self.counters.reads);
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.round_trip();
         match self.timed("read", key, self.operator.read(key)).await? {
             Ok(body) => Ok(Some(body.to_vec())),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -152,11 +152,7 @@ impl ObjectStore {
         if let Some(pair) = user_metadata {
             write = write.user_metadata([pair]);
         }
-        let cost = match condition {
-            None => self.service.create_requests(),
-            Some(_) => 1,
-        };
-        self.counters.requests.fetch_add(cost, Ordering::Relaxed);
+        self.round_trip();
         let outcome = self.timed("write", key, write).await;
         #[cfg(feature = "faults")]
         let outcome = match (&self.faults, outcome) {
@@ -203,7 +199,7 @@ impl ObjectStore {
     }
 
     async fn plain_put(&self, key: &str, bytes: &[u8]) -> Result<Put, StoreError> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.round_trip();
         match self
             .timed("write", key, self.operator.write(key, bytes.to_vec()))
             .await?

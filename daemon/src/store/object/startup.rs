@@ -126,7 +126,11 @@ pub async fn open(
                 .bucket(authority)
                 .root("/")
                 .disable_config_load()
-                .disable_vm_metadata();
+                .disable_vm_metadata()
+                // A lock file is a few hundred bytes: one upload carrying its precondition, not
+                // a resumable session. A lost answer is settled by reading back (`request.rs`),
+                // which is what makes the one-request path safe here.
+                .enable_single_request_conditional_write();
             if let Some(endpoint) = &config.endpoint {
                 builder = builder.endpoint(endpoint);
             }
