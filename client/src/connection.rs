@@ -19,6 +19,8 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::spin::Spin;
 use vfslock_proto::handshake::{
     after_daemon_hello, AfterHello, Hello, HELLO_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
@@ -113,6 +115,8 @@ pub(crate) struct Connection {
     welcome: Welcome,
     #[cfg(unix)]
     raw_fd: std::os::fd::RawFd,
+    /// Whether to poll for an answer before parking.
+    spin: Spin,
 }
 
 /// How a handshake ended, when it did not fail.
@@ -189,6 +193,7 @@ impl Connection {
             welcome,
             #[cfg(unix)]
             raw_fd,
+            spin: Spin::new(),
         })))
     }
 
@@ -240,7 +245,17 @@ impl Connection {
             self.routes.lock().expect("routes lock").pending.remove(&id);
             return Err(e);
         }
-        rx.await.unwrap_or_else(|_| Err(Error::connection_lost()))
+        let sent = std::time::Instant::now();
+        #[cfg(unix)]
+        self.spin.wait_readable(self.raw_fd);
+        let answer = rx.await.unwrap_or_else(|_| Err(Error::connection_lost()));
+        self.spin.answered(sent.elapsed());
+        answer
+    }
+
+    /// Records how long an acquire's answer took, for [`Spin`].
+    pub(crate) fn answered(&self, after: std::time::Duration) {
+        self.spin.answered(after);
     }
 
     /// Sends an acquire; its events and final answer arrive on the returned channel.
@@ -258,6 +273,8 @@ impl Connection {
             self.routes.lock().expect("routes lock").pending.remove(&id);
             return Err(e);
         }
+        #[cfg(unix)]
+        self.spin.wait_readable(self.raw_fd);
         Ok((id, rx))
     }
 

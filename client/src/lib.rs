@@ -54,6 +54,7 @@ mod connection;
 mod error;
 mod lock;
 pub mod socket;
+mod spin;
 pub mod transport;
 
 pub use client::Client;

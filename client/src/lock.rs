@@ -177,6 +177,7 @@ impl Lock {
 
     pub(crate) async fn acquire_with(&mut self, wait: WaitMode) -> Result<(), Error> {
         let conn = &self.client.conn;
+        let sent = std::time::Instant::now();
         let (id, mut updates) = conn.start_acquire(AcquireRequest {
             target: self.target.clone(),
             ttl: self.options.ttl,
@@ -223,6 +224,7 @@ impl Lock {
             }
         };
         pending.finished = true;
+        conn.answered(sent.elapsed());
         let (grant, lease) = outcome?;
         // A second acquire of a held `Lock` cannot be granted (locks are not re-entrant), so
         // there is never an old holding to overwrite here.

@@ -6,6 +6,7 @@
 //! bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
 //! bench_suite drive --socket S --target T [--cycles N] [--targets N]   # load for a profiler
 //! bench_suite compare --old F1,F2.. --new F1,F2.. [--tolerance 0.05]  # two builds' passes
+//! bench_suite hops [--cycles N] [--target mem|file] [--blocking]  # switches, migrations
 //! ```
 //!
 //! A pass measures every section once, under whatever CPU affinity it was started with
@@ -25,6 +26,8 @@ mod compare;
 mod contention;
 #[path = "bench_suite/daemon.rs"]
 mod daemon;
+#[path = "bench_suite/hops.rs"]
+mod hops;
 #[path = "bench_suite/peers.rs"]
 mod peers;
 #[path = "bench_suite/report.rs"]
@@ -152,7 +155,8 @@ const USAGE: &str = "usage:
   bench_suite pass --label pinned|unpinned --out FILE [--quick] [--rounds N] [--sections a,b]
   bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
   bench_suite drive --socket S --target T [--cycles N] [--targets N]
-  bench_suite compare --old FILE,FILE.. --new FILE,FILE.. [--tolerance 0.05]";
+  bench_suite compare --old FILE,FILE.. --new FILE,FILE.. [--tolerance 0.05]
+  bench_suite hops [--cycles N] [--target mem|file] [--blocking]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -239,6 +243,22 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             }
+        }
+        Some("hops") => {
+            let bin_dir = match vfslock_tests::find_bin("vfslockd") {
+                Ok(vfslockd) => vfslockd.parent().expect("a file's directory").to_owned(),
+                Err(e) => {
+                    eprintln!("bench_suite: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let cycles = flag("--cycles")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(20_000);
+            let target = flag("--target").unwrap_or_else(|| "mem".into());
+            let blocking = args.iter().any(|a| a == "--blocking");
+            print!("{}", hops::run(&bin_dir, cycles, &target, blocking));
+            ExitCode::SUCCESS
         }
         Some("drive") => {
             // Load for a profiler attached to a daemon started by hand (docs/benchmark.md).

@@ -726,7 +726,7 @@ fn command_line(options: &Options, dirs: &Dirs, figures: &mut Vec<Figure>) {
 }
 
 /// The CPUs this process may run on, as a list (`0` when pinned by `taskset -c 0`).
-fn allowed_cpus() -> String {
+pub fn allowed_cpus() -> String {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer and size for this process (pid 0).
