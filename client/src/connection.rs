@@ -264,6 +264,8 @@ impl Connection {
         request: AcquireRequest,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<AcquireUpdate>), Error> {
         let id = self.next_id();
+        #[cfg(unix)]
+        let waits = matches!(request.wait, vfslock_proto::WaitMode::Wait { .. });
         let (tx, rx) = mpsc::unbounded_channel();
         self.register(id, Route::Acquire(tx))?;
         if let Err(e) = self.send(&ClientFrame::Request {
@@ -273,8 +275,11 @@ impl Connection {
             self.routes.lock().expect("routes lock").pending.remove(&id);
             return Err(e);
         }
+        // A waiting acquire is answered when the holder lets go: nothing to poll for.
         #[cfg(unix)]
-        self.spin.wait_readable(self.raw_fd);
+        if !waits {
+            self.spin.wait_readable(self.raw_fd);
+        }
         Ok((id, rx))
     }
 

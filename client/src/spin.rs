@@ -8,7 +8,8 @@
 //! `docs/benchmark.md`, "Where the unpinned cycle goes"). So a client that reads its answers
 //! itself polls its socket for a short while first, and parks only if nothing came.
 //!
-//! It polls only where that can pay:
+//! It polls only where that can pay, and never for an acquire that waits (its answer comes when
+//! the holder lets go):
 //! - the process may run on more than one CPU: on the daemon's own CPU a poll would only hold
 //!   the daemon off;
 //! - the caller runs on a current-thread runtime (the one `vfslockctl` uses), which reads the
@@ -102,17 +103,21 @@ impl Spin {
 }
 
 /// Whether a thread of this process is polling.
+#[cfg(unix)]
 static POLLING: AtomicBool = AtomicBool::new(false);
 
 /// Ends this thread's poll, however it ends.
+#[cfg(unix)]
 struct Polling;
 
+#[cfg(unix)]
 impl Drop for Polling {
     fn drop(&mut self) {
         POLLING.store(false, Ordering::Release);
     }
 }
 
+#[cfg(unix)]
 fn on_current_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
@@ -140,7 +145,6 @@ fn allowed_cpus() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[test]
     fn a_slow_answer_stops_polling_and_a_prompt_one_resumes_it() {
@@ -165,7 +169,7 @@ mod tests {
             prompt: AtomicBool::new(true),
         };
         ours.write_all(b"answer").expect("write");
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         spin.wait_readable(std::os::fd::AsRawFd::as_raw_fd(&theirs));
         assert!(start.elapsed() < Duration::from_secs(30));
     }

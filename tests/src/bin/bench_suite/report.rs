@@ -1,6 +1,7 @@
 //! Two passes (pinned, unpinned) → the report's tables (`tests/bench-results/results.md`, from
-//! which `docs/benchmark.md` quotes), issue 7's targets judged on the pinned pass, and an SVG
-//! chart drawn by hand (no plotting dependency).
+//! which `docs/benchmark.md` quotes), issue 7's targets judged on the pinned pass, issue 14's
+//! on the unpinned pass against the pinned one, and an SVG chart drawn by hand (no plotting
+//! dependency).
 
 use std::fmt::Write;
 
@@ -44,6 +45,23 @@ pub fn markdown(pinned: &Pass, unpinned: &Pass) -> String {
     let _ = writeln!(out, "| target | measured | limit | |");
     let _ = writeln!(out, "|---|---|---|---|");
     for t in targets(pinned) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.measured,
+            t.limit,
+            match t.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "not measured",
+            }
+        );
+    }
+    let _ = writeln!(out, "\n#### Targets as users get them (unpinned pass)\n");
+    let _ = writeln!(out, "| target | measured | limit | |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for t in unpinned_targets(pinned, unpinned) {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
@@ -117,6 +135,92 @@ struct Target {
     measured: String,
     limit: String,
     met: Option<bool>,
+}
+
+/// A ratio `value ÷ base` held to `≤ limit` (or, with `at_least`, `≥ limit`).
+fn judged(
+    what: String,
+    value: Option<f64>,
+    base: Option<f64>,
+    limit: f64,
+    at_least: bool,
+) -> Target {
+    let (measured, met) = match (value, base) {
+        (Some(v), Some(b)) if b > 0.0 => {
+            let r = v / b;
+            (
+                format!("{} ÷ {} = {r:.2}×", number(v), number(b)),
+                Some(if at_least { r >= limit } else { r <= limit }),
+            )
+        }
+        _ => ("–".into(), None),
+    };
+    Target {
+        what,
+        measured,
+        limit: format!("{} {limit}×", if at_least { "≥" } else { "≤" }),
+        met,
+    }
+}
+
+/// Issue 14's targets: nobody pins a lock daemon and its clients to one CPU, so the unpinned
+/// pass is judged too, against Redis in the same pass and against the pinned pass.
+fn unpinned_targets(pinned: &Pass, unpinned: &Pass) -> Vec<Target> {
+    let us = |p: &Pass, name: &str| p.get(name, "µs/cycle").map(|s| s.median);
+    let mut out = vec![
+        judged(
+            "unpinned mem:// cycle vs unpinned Redis (TCP) cycle".into(),
+            us(unpinned, names::VFS_MEM),
+            us(unpinned, names::REDIS_TCP),
+            1.5,
+            false,
+        ),
+        judged(
+            "unpinned mem:// cycle vs pinned mem:// cycle".into(),
+            us(unpinned, names::VFS_MEM),
+            us(pinned, names::VFS_MEM),
+            1.5,
+            false,
+        ),
+        judged(
+            "unpinned file:// (disk) cycle vs pinned file:// (disk) cycle".into(),
+            us(unpinned, names::VFS_FILE),
+            us(pinned, names::VFS_FILE),
+            1.5,
+            false,
+        ),
+        judged(
+            "pinned mem:// cycle vs pinned Redis (TCP) cycle".into(),
+            us(pinned, names::VFS_MEM),
+            us(pinned, names::REDIS_TCP),
+            1.25,
+            false,
+        ),
+    ];
+    for system in &names::CONTENDERS[..2] {
+        for hold in [0, 100] {
+            let name = names::contention(8, hold, system);
+            let acq = |p: &Pass| p.get(&name, "acq/s").map(|s| s.median);
+            out.push(judged(
+                format!("{name}: unpinned vs pinned acq/s"),
+                acq(unpinned),
+                acq(pinned),
+                1.0,
+                true,
+            ));
+        }
+    }
+    for name in [names::MANY_MEM, names::MANY_FILE] {
+        let cycles = |p: &Pass| p.get(name, "cycles/s").map(|s| s.median);
+        out.push(judged(
+            format!("{name}: unpinned vs pinned cycles/s"),
+            cycles(unpinned),
+            cycles(pinned),
+            1.0,
+            true,
+        ));
+    }
+    out
 }
 
 fn targets(p: &Pass) -> Vec<Target> {
