@@ -20,7 +20,7 @@ use interprocess::local_socket::{GenericFilePath, ToFsName};
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::spin::Spin;
+use crate::spin::{InFlight, Spin};
 use vfslock_proto::handshake::{
     after_daemon_hello, AfterHello, Hello, HELLO_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
@@ -238,6 +238,7 @@ impl Connection {
 
     /// Sends a request and waits for its one response.
     pub(crate) async fn request(&self, request: Request) -> Result<Response, Error> {
+        let _in_flight = InFlight::begin();
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.register(id, Route::Once(tx))?;
@@ -251,6 +252,11 @@ impl Connection {
         let answer = rx.await.unwrap_or_else(|_| Err(Error::connection_lost()));
         self.spin.answered(sent.elapsed());
         answer
+    }
+
+    /// Counts an acquire in flight until the returned value is dropped, for [`Spin`].
+    pub(crate) fn in_flight(&self) -> InFlight {
+        InFlight::begin()
     }
 
     /// Records how long an acquire's answer took, for [`Spin`].

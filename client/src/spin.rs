@@ -15,22 +15,29 @@
 //! - the caller runs on a current-thread runtime (the one `vfslockctl` uses), which reads the
 //!   answer on the caller's own thread: on a multi-thread runtime another task may need the
 //!   worker, and another thread reads the answer anyway;
-//! - the previous answer on this connection came within the poll's budget: a daemon that waits
-//!   for S3, or a lock that is held elsewhere, answers in milliseconds, and polling for those
-//!   would burn CPU for nothing. One prompt answer turns polling back on;
-//! - no other thread of the process is polling: many threads of one program waiting at once is
-//!   load, and their polls would take the CPUs the daemon needs to answer them.
+//! - the previous answer on this connection came within three budgets: a daemon that waits for
+//!   S3, or a lock that is held elsewhere, answers in milliseconds, and polling for those would
+//!   burn CPU for nothing. One prompt answer turns polling back on;
+//! - it is the only request of the process in flight: other threads of the program waiting on
+//!   the daemon (for an answer, or in line for a lock) mean load, and a poll would take the CPU
+//!   the daemon needs to answer them. (Other processes' waits are not seen: contention between
+//!   many processes is where polling can still cost.)
 //!
 //! While it polls it yields the CPU between looks, so that anything else runnable there (the
 //! daemon itself, another client) runs first.
 //!
 //! The budget is 50 µs, set by `VFSLOCK_SPIN_US` (`0` turns polling off).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long a poll lasts when `VFSLOCK_SPIN_US` does not say.
 const DEFAULT_BUDGET: Duration = Duration::from_micros(50);
+
+/// An answer counts as prompt within this many budgets. More than one: an answer that was not
+/// polled for arrives after the very wake-up a poll saves, so judging it by the budget alone
+/// would turn polling off for good after one slow answer.
+const PROMPT_FACTOR: u32 = 3;
 
 /// One connection's polling state.
 #[derive(Debug)]
@@ -72,12 +79,12 @@ impl Spin {
         {
             return;
         }
-        // One poller per process: many threads of one program waiting at once is load, and
-        // their polls would take the CPUs the daemon needs to answer them.
-        if POLLING.swap(true, Ordering::Acquire) {
+        // Only the sole request of this process in flight: other threads waiting on the daemon
+        // (for an answer or for a lock) are load, and a poll would take the CPU the daemon
+        // needs to answer them.
+        if IN_FLIGHT.load(Ordering::Relaxed) > 1 {
             return;
         }
-        let _done = Polling;
         let start = std::time::Instant::now();
         let mut poll = libc::pollfd {
             fd,
@@ -98,22 +105,28 @@ impl Spin {
 
     /// Records how long the answer to a request took (from sending it).
     pub(crate) fn answered(&self, after: Duration) {
-        self.prompt.store(after <= self.budget, Ordering::Relaxed);
+        self.prompt
+            .store(after <= self.budget * PROMPT_FACTOR, Ordering::Relaxed);
     }
 }
 
-/// Whether a thread of this process is polling.
-#[cfg(unix)]
-static POLLING: AtomicBool = AtomicBool::new(false);
+/// Requests of this process sent and not yet answered, waiting acquires included.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Ends this thread's poll, however it ends.
-#[cfg(unix)]
-struct Polling;
+/// One request in flight, counted in [`IN_FLIGHT`] until dropped.
+pub(crate) struct InFlight(());
 
-#[cfg(unix)]
-impl Drop for Polling {
+impl InFlight {
+    /// Counts a request about to be sent.
+    pub(crate) fn begin() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        POLLING.store(false, Ordering::Release);
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -154,8 +167,11 @@ mod tests {
         };
         spin.answered(Duration::from_millis(3));
         assert!(!spin.prompt.load(Ordering::Relaxed));
-        spin.answered(Duration::from_micros(30));
+        // Unpolled, an answer also carries the wake-up: still prompt at twice the budget.
+        spin.answered(Duration::from_micros(100));
         assert!(spin.prompt.load(Ordering::Relaxed));
+        spin.answered(Duration::from_micros(151));
+        assert!(!spin.prompt.load(Ordering::Relaxed));
     }
 
     #[cfg(unix)]
