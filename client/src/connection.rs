@@ -254,11 +254,6 @@ impl Connection {
         answer
     }
 
-    /// Counts an acquire in flight until the returned value is dropped, for [`Spin`].
-    pub(crate) fn in_flight(&self) -> InFlight {
-        InFlight::begin()
-    }
-
     /// Records how long an acquire's answer took, for [`Spin`].
     pub(crate) fn answered(&self, after: std::time::Duration) {
         self.spin.answered(after);

@@ -177,7 +177,7 @@ impl Lock {
 
     pub(crate) async fn acquire_with(&mut self, wait: WaitMode) -> Result<(), Error> {
         let conn = &self.client.conn;
-        let _in_flight = conn.in_flight();
+        let _in_flight = crate::spin::InFlight::begin();
         let sent = std::time::Instant::now();
         let (id, mut updates) = conn.start_acquire(AcquireRequest {
             target: self.target.clone(),

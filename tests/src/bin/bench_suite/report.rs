@@ -137,28 +137,43 @@ struct Target {
     met: Option<bool>,
 }
 
-/// A ratio `value ÷ base` held to `≤ limit` (or, with `at_least`, `≥ limit`).
-fn judged(
-    what: String,
-    value: Option<f64>,
-    base: Option<f64>,
-    limit: f64,
-    at_least: bool,
-) -> Target {
+/// Which side of its limit a ratio must fall on.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// `≤ limit`.
+    AtMost,
+    /// `< limit`.
+    Below,
+    /// `≥ limit`.
+    AtLeast,
+}
+
+/// The ratio `value ÷ base`, judged against `limit`.
+fn judged(what: String, value: Option<f64>, base: Option<f64>, limit: f64, bound: Bound) -> Target {
     let (measured, met) = match (value, base) {
         (Some(v), Some(b)) if b > 0.0 => {
             let r = v / b;
+            let met = match bound {
+                Bound::AtMost => r <= limit,
+                Bound::Below => r < limit,
+                Bound::AtLeast => r >= limit,
+            };
             (
                 format!("{} ÷ {} = {r:.2}×", number(v), number(b)),
-                Some(if at_least { r >= limit } else { r <= limit }),
+                Some(met),
             )
         }
         _ => ("–".into(), None),
     };
+    let sign = match bound {
+        Bound::AtMost => "≤",
+        Bound::Below => "<",
+        Bound::AtLeast => "≥",
+    };
     Target {
         what,
         measured,
-        limit: format!("{} {limit}×", if at_least { "≥" } else { "≤" }),
+        limit: format!("{sign} {limit}×"),
         met,
     }
 }
@@ -167,36 +182,52 @@ fn judged(
 /// pass is judged too, against Redis in the same pass and against the pinned pass.
 fn unpinned_targets(pinned: &Pass, unpinned: &Pass) -> Vec<Target> {
     let us = |p: &Pass, name: &str| p.get(name, "µs/cycle").map(|s| s.median);
-    let mut out = vec![
-        judged(
-            "unpinned mem:// cycle vs unpinned Redis (TCP) cycle".into(),
-            us(unpinned, names::VFS_MEM),
-            us(unpinned, names::REDIS_TCP),
+    let cycles = [
+        (
+            "unpinned mem:// cycle vs unpinned Redis (TCP) cycle",
+            unpinned,
+            names::VFS_MEM,
+            unpinned,
+            names::REDIS_TCP,
             1.5,
-            false,
         ),
-        judged(
-            "unpinned mem:// cycle vs pinned mem:// cycle".into(),
-            us(unpinned, names::VFS_MEM),
-            us(pinned, names::VFS_MEM),
+        (
+            "unpinned mem:// cycle vs pinned mem:// cycle",
+            unpinned,
+            names::VFS_MEM,
+            pinned,
+            names::VFS_MEM,
             1.5,
-            false,
         ),
-        judged(
-            "unpinned file:// (disk) cycle vs pinned file:// (disk) cycle".into(),
-            us(unpinned, names::VFS_FILE),
-            us(pinned, names::VFS_FILE),
+        (
+            "unpinned file:// (disk) cycle vs pinned file:// (disk) cycle",
+            unpinned,
+            names::VFS_FILE,
+            pinned,
+            names::VFS_FILE,
             1.5,
-            false,
         ),
-        judged(
-            "pinned mem:// cycle vs pinned Redis (TCP) cycle".into(),
-            us(pinned, names::VFS_MEM),
-            us(pinned, names::REDIS_TCP),
+        (
+            "pinned mem:// cycle vs pinned Redis (TCP) cycle",
+            pinned,
+            names::VFS_MEM,
+            pinned,
+            names::REDIS_TCP,
             1.25,
-            false,
         ),
     ];
+    let mut out: Vec<Target> = cycles
+        .into_iter()
+        .map(|(what, pass, name, base_pass, base, limit)| {
+            judged(
+                what.into(),
+                us(pass, name),
+                us(base_pass, base),
+                limit,
+                Bound::AtMost,
+            )
+        })
+        .collect();
     for system in &names::CONTENDERS[..2] {
         for hold in [0, 100] {
             let name = names::contention(8, hold, system);
@@ -206,7 +237,7 @@ fn unpinned_targets(pinned: &Pass, unpinned: &Pass) -> Vec<Target> {
                 acq(unpinned),
                 acq(pinned),
                 1.0,
-                true,
+                Bound::AtLeast,
             ));
         }
     }
@@ -217,7 +248,7 @@ fn unpinned_targets(pinned: &Pass, unpinned: &Pass) -> Vec<Target> {
             cycles(unpinned),
             cycles(pinned),
             1.0,
-            true,
+            Bound::AtLeast,
         ));
     }
     out
@@ -226,45 +257,29 @@ fn unpinned_targets(pinned: &Pass, unpinned: &Pass) -> Vec<Target> {
 fn targets(p: &Pass) -> Vec<Target> {
     let mut out = Vec::new();
     let us = |name: &str| p.get(name, "µs/cycle").map(|s| s.median);
-    let mut ratio =
-        |what: &str, value: Option<f64>, base: Option<f64>, limit: f64, strict: bool| {
-            let (measured, met) = match (value, base) {
-                (Some(v), Some(b)) if b > 0.0 => {
-                    let r = v / b;
-                    (
-                        format!("{} ÷ {} = {r:.2}×", number(v), number(b)),
-                        Some(if strict { r < limit } else { r <= limit }),
-                    )
-                }
-                _ => ("–".into(), None),
-            };
-            out.push(Target {
-                what: what.into(),
-                measured,
-                limit: format!("{} {limit}×", if strict { "<" } else { "≤" }),
-                met,
-            });
-        };
+    let mut ratio = |what: &str, value: Option<f64>, base: Option<f64>, limit: f64, bound| {
+        out.push(judged(what.into(), value, base, limit, bound));
+    };
     ratio(
         "mem:// cycle vs Redis (TCP) cycle",
         us(names::VFS_MEM),
         us(names::REDIS_TCP),
         0.75,
-        false,
+        Bound::AtMost,
     );
     ratio(
         "mem:// cycle vs Redis (Unix socket) cycle",
         us(names::VFS_MEM),
         us(names::REDIS_UNIX),
         1.0,
-        true,
+        Bound::Below,
     );
     ratio(
         "file:// cycle vs simulated daemon (2 round trips + sidecar)",
         us(names::VFS_FILE),
         us(names::SIMULATED),
         1.25,
-        false,
+        Bound::AtMost,
     );
     let acq = |system: &str| {
         p.get(&names::contention(8, 0, system), "acq/s")
