@@ -74,5 +74,33 @@ for holder in old new; do
     check "fencing token increases across the two ($token < $later)" yes \
         "$([[ $later -gt $token ]] && echo yes || echo no)"
 done
+# Lock modes (issue 15): a shared lock file of the new daemon (a holder list under the Go
+# library's top-level fields) is held for an old daemon, which reads only those fields, and
+# an old daemon's exclusive lock keeps a new shared request out. Skipped when REV predates
+# lock modes on both sides (its vfslockctl has no -s).
+if ctl new run --help | grep -q -- '--shared'; then
+    ctl new run -s "$target" -- sleep 3 &
+    runner=$!
+    for _ in $(seq 100); do [[ -e "$target.lock" ]] && break; sleep 0.05; done
+    set +e
+    ctl old run -n "$target" -- true
+    code=$?
+    shown=$(ctl old show "$target")
+    set -e
+    check "a shared lock of the new daemon is held for the old one" 1 "$code"
+    check "the old daemon shows the shared holder" yes \
+        "$(grep -q "host-new" <<<"$shown" && echo yes || echo no)"
+    wait "$runner"
+    check "released by the new daemon" no "$([[ -e "$target.lock" ]] && echo yes || echo no)"
+    ctl old run "$target" -- sleep 3 &
+    runner=$!
+    for _ in $(seq 100); do [[ -e "$target.lock" ]] && break; sleep 0.05; done
+    set +e
+    ctl new run -s -n "$target" -- true
+    code=$?
+    set -e
+    check "an old daemon's exclusive lock keeps a new shared request out" 1 "$code"
+    wait "$runner"
+fi
 echo "$failures failed"
 [[ $failures -eq 0 ]]

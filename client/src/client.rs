@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vfslock_proto::{ListEntry, Request, Response, StatusInfo, WaitMode, Welcome};
+use vfslock_proto::{ListEntry, LockMode, Request, Response, StatusInfo, WaitMode, Welcome};
 
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, WithLockError};
@@ -124,6 +124,22 @@ impl Client {
         owner_id: Option<String>,
         wait: Option<Option<Duration>>,
     ) -> Result<DetachedLease, Error> {
+        self.acquire_detached_in(target, ttl, owner_id, wait, LockMode::Exclusive)
+            .await
+    }
+
+    /// [`Client::acquire_detached`] in `mode`: a detached lease that is shared, or takes one
+    /// slot of a semaphore (see [`LockOptions::shared`] and [`LockOptions::slots`]). It is an
+    /// entry of its own in the lock file, released or renewed by its lock id like any
+    /// detached lease.
+    pub async fn acquire_detached_in(
+        &self,
+        target: impl Into<String>,
+        ttl: Duration,
+        owner_id: Option<String>,
+        wait: Option<Option<Duration>>,
+        mode: LockMode,
+    ) -> Result<DetachedLease, Error> {
         if ttl.is_zero() {
             return Err(Error::new(
                 ErrorKind::Other,
@@ -133,6 +149,7 @@ impl Client {
         let mut options = LockOptions::default().ttl(ttl);
         options.owner_id = owner_id;
         options.detached = true;
+        options.mode = mode;
         let mut lock = self.new_lock(target, options);
         let wait = match wait {
             None => WaitMode::Try,

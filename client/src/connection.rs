@@ -25,8 +25,8 @@ use vfslock_proto::handshake::{
     after_daemon_hello, AfterHello, Hello, HELLO_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use vfslock_proto::{
-    codec, frame, AcquireRequest, ClientFrame, Event, Grant, Request, RequestId, Response,
-    ServerFrame, Welcome,
+    codec, frame, AcquireRequest, ClientFrame, Event, Grant, LockMode, Request, RequestId,
+    Response, ServerFrame, Welcome,
 };
 
 use crate::error::{Error, ErrorKind};
@@ -216,9 +216,9 @@ impl Connection {
 
     /// Queues a frame for the writer. Works outside any runtime.
     ///
-    /// Every frame a client sends exists in every protocol version (version 2 added only an
-    /// event), so nothing is checked here; a request added by a later version must be refused
-    /// when `welcome.protocol_version` is older than that version.
+    /// Every frame sent here exists in the connection's protocol version: the one request a
+    /// later version added (`AcquireIn`, version 3) is refused before it gets here
+    /// ([`Connection::start_acquire`]).
     pub(crate) fn send(&self, frame: &ClientFrame) -> Result<(), Error> {
         let bytes = codec::encode_frame(frame)
             .map_err(|e| Error::new(ErrorKind::Protocol, format!("cannot encode request: {e}")))?;
@@ -263,16 +263,44 @@ impl Connection {
     pub(crate) fn start_acquire(
         &self,
         request: AcquireRequest,
+        mode: LockMode,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<AcquireUpdate>), Error> {
+        // Modes came with protocol version 3; an exclusive acquire keeps the message every
+        // version has.
+        let request = match mode {
+            LockMode::Exclusive => Request::Acquire(request),
+            mode if self.welcome.protocol_version >= 3 => Request::AcquireIn { request, mode },
+            mode => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the vfslockd at {} speaks protocol {} and has no {mode} locks (they \
+                         came with protocol 3): upgrade vfslockd (this client's version is {})",
+                        self.socket_path.display(),
+                        self.welcome.protocol_version,
+                        env!("CARGO_PKG_VERSION"),
+                    ),
+                ))
+            }
+        };
         let id = self.next_id();
         #[cfg(unix)]
-        let waits = matches!(request.wait, vfslock_proto::WaitMode::Wait { .. });
+        let waits = matches!(
+            &request,
+            Request::Acquire(AcquireRequest {
+                wait: vfslock_proto::WaitMode::Wait { .. },
+                ..
+            }) | Request::AcquireIn {
+                request: AcquireRequest {
+                    wait: vfslock_proto::WaitMode::Wait { .. },
+                    ..
+                },
+                ..
+            }
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         self.register(id, Route::Acquire(tx))?;
-        if let Err(e) = self.send(&ClientFrame::Request {
-            id,
-            request: Request::Acquire(request),
-        }) {
+        if let Err(e) = self.send(&ClientFrame::Request { id, request }) {
             self.routes.lock().expect("routes lock").pending.remove(&id);
             return Err(e);
         }
@@ -671,14 +699,17 @@ mod tests {
         let connection = Connection::open(&path).await.expect("connect");
         assert_eq!(connection.welcome().protocol_version, 1);
         let (_, mut updates) = connection
-            .start_acquire(AcquireRequest {
-                target: "mem:///a".into(),
-                ttl: Some(Duration::from_secs(30)),
-                owner_id: None,
-                wait: WaitMode::Try,
-                ask_on_stale: false,
-                detached: false,
-            })
+            .start_acquire(
+                AcquireRequest {
+                    target: "mem:///a".into(),
+                    ttl: Some(Duration::from_secs(30)),
+                    owner_id: None,
+                    wait: WaitMode::Try,
+                    ask_on_stale: false,
+                    detached: false,
+                },
+                LockMode::Exclusive,
+            )
             .expect("send the acquire");
         let Some(AcquireUpdate::Granted(grant, mut lease)) = updates.recv().await else {
             panic!("expected a grant");

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use vfslock_proto::{AcquireRequest, ClientFrame, Request, RequestId, WaitMode};
+use vfslock_proto::{AcquireRequest, ClientFrame, LockMode, Request, RequestId, WaitMode};
 
 use crate::connection::{AcquireUpdate, LeaseWatch};
 use crate::error::{Error, ErrorKind};
@@ -27,6 +27,7 @@ pub struct LockOptions {
     pub(crate) on_queue_position: Option<PositionHandler>,
     pub(crate) wait: Option<Option<Duration>>,
     pub(crate) detached: bool,
+    pub(crate) mode: LockMode,
 }
 
 impl fmt::Debug for LockOptions {
@@ -36,6 +37,7 @@ impl fmt::Debug for LockOptions {
             .field("owner_id", &self.owner_id)
             .field("on_stale", &self.on_stale.is_some())
             .field("wait", &self.wait)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -73,6 +75,44 @@ impl LockOptions {
     pub fn on_queue_position(mut self, observe: impl Fn(u32) + Send + Sync + 'static) -> Self {
         self.on_queue_position = Some(Arc::new(observe));
         self
+    }
+
+    /// Takes the lock shared (the read side of a reader/writer lock, `flock -s`): any number
+    /// of shared holders at once, on every host, and no exclusive holder meanwhile. A shared
+    /// request queues behind an exclusive one that waits before it, so writers are not starved;
+    /// so a holder asking again for a shared lock it already holds waits behind a waiting
+    /// writer (locks are not re-entrant). Refused with [`ErrorKind::ModeConflict`] where the
+    /// lock is held as a semaphore, and with [`ErrorKind::Unsupported`] on a store without
+    /// compare-and-swap (SFTP).
+    ///
+    /// ```no_run
+    /// # async fn example(client: vfslock::Client) -> Result<(), vfslock::Error> {
+    /// use vfslock::LockOptions;
+    /// let mut reader = client.new_lock("/srv/data.csv", LockOptions::default().shared());
+    /// reader.acquire_wait().await?;
+    /// // ... read /srv/data.csv while no writer holds it ...
+    /// reader.release().await
+    /// # }
+    /// ```
+    pub fn shared(mut self) -> Self {
+        self.mode = LockMode::Shared;
+        self
+    }
+
+    /// Takes one of `n` slots (a counting semaphore): at most `n` holders at once, on every
+    /// host. Every holder of a target must ask for the same `n`: another number, or a shared
+    /// lock, is refused with [`ErrorKind::ModeConflict`] naming both. `slots(1)` is a
+    /// semaphore of one, which excludes like an exclusive lock but does not mix with one's
+    /// callers. Refused on a store without compare-and-swap (SFTP), and `n` must be at least 1.
+    pub fn slots(mut self, n: u32) -> Self {
+        self.mode = LockMode::Slots(n);
+        self
+    }
+
+    /// The mode the lock is taken in: exclusive unless [`LockOptions::shared`] or
+    /// [`LockOptions::slots`] said otherwise.
+    pub fn mode(&self) -> LockMode {
+        self.mode
     }
 
     /// Makes [`Client::with_lock`] wait up to `timeout` for the lock instead of failing at once.
@@ -179,14 +219,17 @@ impl Lock {
         let conn = &self.client.conn;
         let _in_flight = crate::spin::InFlight::begin();
         let sent = std::time::Instant::now();
-        let (id, mut updates) = conn.start_acquire(AcquireRequest {
-            target: self.target.clone(),
-            ttl: self.options.ttl,
-            owner_id: self.options.owner_id.clone(),
-            wait,
-            ask_on_stale: self.options.on_stale.is_some(),
-            detached: self.options.detached,
-        })?;
+        let (id, mut updates) = conn.start_acquire(
+            AcquireRequest {
+                target: self.target.clone(),
+                ttl: self.options.ttl,
+                owner_id: self.options.owner_id.clone(),
+                wait,
+                ask_on_stale: self.options.on_stale.is_some(),
+                detached: self.options.detached,
+            },
+            self.options.mode,
+        )?;
         let mut pending = PendingAcquire {
             client: &self.client,
             target: &self.target,

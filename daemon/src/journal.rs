@@ -347,6 +347,39 @@ pub async fn recover(
                 continue;
             }
         };
+        if let Some(mut joint) = lockfile::joint::Joint::parse(&observed.bytes) {
+            // A shared lock or semaphore: only our entry goes, the other holders stay.
+            if !joint.remove(&lock_id) {
+                continue;
+            }
+            let outcome = if joint.holders.is_empty() {
+                store
+                    .delete(&path, &observed.version())
+                    .await
+                    .map(|c| c == Conditional::Done)
+            } else {
+                // A fresh file id without the daemon's id source (the context sits above the
+                // journal): the entry's own id, which no other write uses, and the time.
+                let now = std::time::SystemTime::now();
+                let file_id = format!("{lock_id}-recovered-{}", lockfile::unix_ns(now));
+                let make: crate::store::MakeLock =
+                    Box::new(move |_| joint.to_json(&file_id, "", now));
+                store
+                    .replace(&path, &observed.version(), crate::store::Token::Keep, make)
+                    .await
+                    .map(|r| matches!(r, crate::store::Replaced::Done(_)))
+            };
+            match outcome {
+                Ok(true) => removed += 1,
+                // Rewritten meanwhile by another holder: our entry expires with its lease.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "cannot remove an entry of a shared lock left by the previous run");
+                    unsettled.push((lock_id, target));
+                }
+            }
+            continue;
+        }
         let parsed = lockfile::parse(&observed.bytes);
         if parsed.lock_id.as_deref() != Some(lock_id.as_str()) || parsed.detached {
             continue;

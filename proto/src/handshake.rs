@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 4] = *b"VFSL";
 
 /// The newest protocol version this crate speaks. What each version added is listed in
 /// [`crate::versions`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version this crate still speaks, with daemons and clients alike.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
@@ -129,9 +129,19 @@ mod tests {
             after_daemon_hello(PROTOCOL_VERSION, PROTOCOL_VERSION),
             AfterHello::Proceed
         );
-        assert_eq!(after_daemon_hello(2, 1), AfterHello::Reconnect(1));
+        for older in OLDEST_PROTOCOL_VERSION..PROTOCOL_VERSION {
+            assert_eq!(
+                after_daemon_hello(PROTOCOL_VERSION, older),
+                AfterHello::Reconnect(older)
+            );
+        }
         // After the fallback, the daemon must name the version asked for.
         assert_eq!(after_daemon_hello(1, 1), AfterHello::Proceed);
+        assert_eq!(
+            after_daemon_hello(2, 1),
+            AfterHello::Incompatible { daemon: 1 },
+            "only a hello of the newest version falls back"
+        );
         assert_eq!(
             after_daemon_hello(1, 2),
             AfterHello::Incompatible { daemon: 2 }

@@ -95,6 +95,45 @@ pub enum Request {
     Status,
     /// Answers [`Response::Pong`].
     Ping,
+    /// Take a lock in `mode` (protocol version 3). [`LockMode::Exclusive`] is the same as
+    /// [`Request::Acquire`]; the shared modes add [`ErrorKind::ModeConflict`] to its errors.
+    AcquireIn {
+        /// What is asked, as for [`Request::Acquire`].
+        request: AcquireRequest,
+        /// How the lock is shared.
+        mode: LockMode,
+    },
+}
+
+/// How a lock is held: alone, or together with other holders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockMode {
+    /// One holder at a time (every lock before protocol version 3).
+    #[default]
+    Exclusive,
+    /// Any number of shared holders at once, and no exclusive one (a reader/writer lock's
+    /// read side; the exclusive mode is its write side).
+    Shared,
+    /// At most this many holders at once (a counting semaphore). Every holder of a target must
+    /// ask for the same number.
+    Slots(u32),
+}
+
+impl std::fmt::Display for LockMode {
+    /// "exclusive", "shared", or "a semaphore of N slots".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockMode::Exclusive => f.write_str("exclusive"),
+            LockMode::Shared => f.write_str("shared"),
+            LockMode::Slots(n) => {
+                write!(
+                    f,
+                    "a semaphore of {n} slot{}",
+                    if *n == 1 { "" } else { "s" }
+                )
+            }
+        }
+    }
 }
 
 /// The parameters of [`Request::Acquire`].
@@ -434,6 +473,10 @@ pub enum ErrorKind {
     NotFound,
     /// A failure of the client library itself; the message says what (client side).
     Other,
+    /// The lock is held in a mode that cannot be shared with the one asked for (shared
+    /// against a semaphore, or semaphores of different sizes): waiting would not help
+    /// (protocol version 3; older clients never ask for a mode, so never get it).
+    ModeConflict,
 }
 
 impl WireError {

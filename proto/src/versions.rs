@@ -6,22 +6,23 @@
 //! possible:
 //! - a new message is a new enum variant appended at the end of its enum (variant indices are
 //!   positional, so existing variants never move), and a new field goes into a new variant or a
-//!   new message, never into an existing one;
+//!   new message, never into an existing one; a new error kind is appended to [`ErrorKind`];
 //! - everything a new version adds has a meaning in each older version, written here as a
 //!   downgrade: [`ServerFrame::for_version`] rewrites a frame into what a client of that version
 //!   understands, and the daemon applies it in the one place all its answers and events pass;
 //! - a client sends only what the version it negotiated has (version 2 added nothing that a
-//!   client sends).
+//!   client sends; version 3 added [`Request::AcquireIn`](crate::Request::AcquireIn)).
 //!
 //! | version | added                                                                        |
 //! |---------|------------------------------------------------------------------------------|
 //! | 1       | everything else                                                              |
 //! | 2       | [`Event::LeaseEnded`]: a lost lease with an error kind; version 1 gets [`Event::LeaseLost`] |
+//! | 3       | `Request::AcquireIn` (lock modes) and [`ErrorKind::ModeConflict`]; older versions never ask for a mode, and would get `AlreadyHeld` |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
 use crate::handshake::PROTOCOL_VERSION;
-use crate::{Event, ServerFrame};
+use crate::{ErrorKind, Event, ServerFrame, WireError};
 
 impl ServerFrame {
     /// This frame as a client speaking protocol `version` can decode it: the same frame for
@@ -36,6 +37,13 @@ impl ServerFrame {
                 id,
                 event: event.for_version(version),
             },
+            ServerFrame::Response {
+                id,
+                result: Err(error),
+            } => ServerFrame::Response {
+                id,
+                result: Err(error.for_version(version)),
+            },
             response @ ServerFrame::Response { .. } => response,
         }
     }
@@ -44,7 +52,37 @@ impl ServerFrame {
     pub fn since_version(&self) -> u32 {
         match self {
             ServerFrame::Event { event, .. } => event.since_version(),
+            ServerFrame::Response {
+                result: Err(error), ..
+            } => error.kind.since_version(),
             ServerFrame::Response { .. } => 1,
+        }
+    }
+}
+
+impl WireError {
+    /// This error as protocol `version` has it: a kind the version lacks becomes its nearest
+    /// older one.
+    pub fn for_version(mut self, version: u32) -> WireError {
+        self.kind = self.kind.for_version(version);
+        self
+    }
+}
+
+impl ErrorKind {
+    /// This kind as protocol `version` has it.
+    pub fn for_version(self, version: u32) -> ErrorKind {
+        match self {
+            ErrorKind::ModeConflict if version < 3 => ErrorKind::AlreadyHeld,
+            kind => kind,
+        }
+    }
+
+    /// The oldest protocol version that has this kind.
+    pub fn since_version(self) -> u32 {
+        match self {
+            ErrorKind::ModeConflict => 3,
+            _ => 1,
         }
     }
 }
@@ -102,6 +140,31 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_older_client_hears_a_mode_conflict_as_already_held() {
+        let frame = ServerFrame::Response {
+            id: 3,
+            result: Err(WireError::new(
+                ErrorKind::ModeConflict,
+                "shared against slots",
+            )),
+        };
+        assert_eq!(frame.since_version(), 3);
+        for version in [1, 2] {
+            let old = frame.clone().for_version(version);
+            assert_eq!(old.since_version(), 1);
+            let ServerFrame::Response {
+                result: Err(error), ..
+            } = old
+            else {
+                panic!("not an error: {old:?}");
+            };
+            assert_eq!(error.kind, ErrorKind::AlreadyHeld);
+            assert_eq!(error.message, "shared against slots");
+        }
+        assert_eq!(frame.clone().for_version(3), frame);
     }
 
     #[test]

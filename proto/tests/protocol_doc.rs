@@ -219,12 +219,13 @@ fn every_error_kind() -> Vec<ErrorKind> {
         ConnectionLost,
         NotFound,
         Other,
+        ModeConflict,
     ];
     for kind in &all {
         match kind {
             AlreadyHeld | Timeout | InvalidTarget | StaleVetoed | Store | Protocol | Cancelled
             | ShuttingDown | LeaseLost | Unsupported | LimitExceeded | PermissionDenied
-            | Internal | DaemonUnavailable | ConnectionLost | NotFound | Other => {}
+            | Internal | DaemonUnavailable | ConnectionLost | NotFound | Other | ModeConflict => {}
         }
     }
     all

@@ -142,8 +142,18 @@ fn request() -> BoxedStrategy<Request> {
         Just(Request::List),
         Just(Request::Status),
         Just(Request::Ping),
+        (acquire_request(), lock_mode())
+            .prop_map(|(request, mode)| Request::AcquireIn { request, mode }),
     ]
     .boxed()
+}
+
+fn lock_mode() -> impl Strategy<Value = LockMode> {
+    prop_oneof![
+        Just(LockMode::Exclusive),
+        Just(LockMode::Shared),
+        any::<u32>().prop_map(LockMode::Slots),
+    ]
 }
 
 fn client_frame() -> BoxedStrategy<ClientFrame> {
@@ -283,6 +293,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
     prop_oneof![
         Just(ErrorKind::AlreadyHeld),
         Just(ErrorKind::Timeout),
+        Just(ErrorKind::ModeConflict),
         Just(ErrorKind::InvalidTarget),
         Just(ErrorKind::StaleVetoed),
         Just(ErrorKind::Store),
@@ -407,7 +418,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -419,6 +430,7 @@ impl Variant for Request {
             Request::List => 6,
             Request::Status => 7,
             Request::Ping => 8,
+            Request::AcquireIn { .. } => 9,
         }
     }
 }
@@ -488,7 +500,7 @@ impl Variant for LockFileFormat {
 }
 
 impl Variant for ErrorKind {
-    const COUNT: usize = 17;
+    const COUNT: usize = 18;
     fn variant(&self) -> usize {
         match self {
             ErrorKind::AlreadyHeld => 0,
@@ -508,6 +520,7 @@ impl Variant for ErrorKind {
             ErrorKind::ConnectionLost => 14,
             ErrorKind::NotFound => 15,
             ErrorKind::Other => 16,
+            ErrorKind::ModeConflict => 17,
         }
     }
 }

@@ -170,3 +170,76 @@ async fn a_go_reader_racing_our_deletes_never_blocks_us_for_long() {
         .await
         .expect("acquire");
 }
+
+/// A lock file with a holder list (shared locks and semaphores, `vfslockd::lockfile::joint`)
+/// keeps the Go library's top-level fields: the Go library finds it held while a listed holder
+/// lives, and so does a daemon that reads only those fields, as every release before lock
+/// modes does (this build's acquire path, which does not read the holder list, stands in for
+/// it); once every holder has expired, the file is stale for both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_file_with_a_holder_list_is_held_for_go_and_for_daemons_without_modes() {
+    use std::time::SystemTime;
+    use vfslockd::lockfile::joint::{HolderEntry, Joint, JointMode};
+
+    let Some(peer) = GoPeer::get() else { return };
+    let daemon = Daemon::start();
+    let target = daemon.file_target("shared.csv");
+    let now = SystemTime::now();
+    let holder = |id: &str, host: &str, ttl: Duration| HolderEntry {
+        lock_id: id.into(),
+        daemon_id: format!("daemon-{host}"),
+        hostname: host.into(),
+        pid: 4242,
+        owner_id: None,
+        uid: Some(1000),
+        token: Some(7),
+        created_at: now,
+        acquired_at: now,
+        ttl,
+        count: 1,
+        detached: false,
+    };
+    // One holder expires at once, the other lives 3 s: the file must be held for 3 s.
+    let joint = Joint {
+        mode: JointMode::Shared,
+        holders: vec![
+            holder("a", "reader-1", Duration::from_millis(1)),
+            holder("b", "reader-2", Duration::from_secs(3)),
+        ],
+    };
+    std::fs::write(
+        format!("{target}.lock"),
+        joint.to_json("file-1", "daemon-reader-1", now),
+    )
+    .expect("write the lock file");
+
+    let output = go_acquire(&peer, "fresh", &target, 1).await;
+    assert_eq!(output.status.code(), Some(1), "{}", says(&output));
+    assert!(
+        says(&output).starts_with("held after 1"),
+        "{}",
+        says(&output)
+    );
+    let client = daemon.client().await;
+    let mut ours = client.new_lock(&target, LockOptions::default().ttl(LEASE));
+    let refused = ours
+        .acquire()
+        .await
+        .expect_err("held by the listed readers");
+    assert_eq!(refused.kind(), vfslock::ErrorKind::AlreadyHeld, "{refused}");
+    assert!(refused.to_string().contains("reader-1"), "{refused}");
+
+    // Past the last holder's expiry the file is stale: taken over.
+    let mut waiting = client.new_lock(&target, LockOptions::default().ttl(LEASE));
+    waiting
+        .acquire_timeout(Duration::from_secs(20))
+        .await
+        .expect("stale once every holder expired");
+    assert!(
+        SystemTime::now() >= now + Duration::from_secs(3),
+        "granted before the last listed holder expired"
+    );
+    let file = std::fs::read_to_string(format!("{target}.lock")).expect("our lock file");
+    assert!(!file.contains("reader-2"), "{file}");
+    waiting.release().await.expect("release");
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use vfslock::{ErrorKind, LockOptions};
-use vfslock_proto::handshake::{Hello, HELLO_LEN};
+use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
 use vfslock_proto::{codec, frame, ServerFrame, Welcome};
 use vfslock_tests::{within, Daemon};
 
@@ -117,7 +117,7 @@ async fn handshaken(socket: &Path) -> UnixStream {
     within("the daemon's hello", stream.read_exact(&mut hello))
         .await
         .expect("read hello");
-    assert_eq!(&hello, b"VFSL\0\0\0\x02");
+    assert_eq!(hello, Hello::current().encode());
     let mut prefix = [0u8; frame::LEN_PREFIX];
     within("the welcome", stream.read_exact(&mut prefix))
         .await
@@ -127,7 +127,7 @@ async fn handshaken(socket: &Path) -> UnixStream {
         .await
         .expect("read the welcome");
     let welcome: Welcome = codec::decode(&payload).expect("a welcome frame");
-    assert_eq!(welcome.protocol_version, 2);
+    assert_eq!(welcome.protocol_version, PROTOCOL_VERSION);
     stream
 }
 
@@ -198,16 +198,19 @@ async fn a_wrong_protocol_version_gets_the_daemons_hello_then_a_close() {
         let mut stream = UnixStream::connect(&socket).await.expect("connect");
         let mut hello = b"VFSL".to_vec();
         // One above the newest version the daemon speaks.
-        hello.extend_from_slice(&3u32.to_be_bytes());
+        hello.extend_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         stream.write_all(&hello).await.expect("send hello");
         let received = read_until_closed(&mut stream).await;
         assert_eq!(
-            received, b"VFSL\0\0\0\x02",
+            received,
+            Hello::current().encode(),
             "the daemon's hello, nothing more"
         );
         assert_eq!(
             Hello::decode(received[..].try_into().unwrap()),
-            Ok(Hello { version: 2 })
+            Ok(Hello {
+                version: PROTOCOL_VERSION
+            })
         );
     })
     .await;

@@ -30,6 +30,8 @@ pub(super) struct AcquireArgs {
     /// Wait up to DURATION for the lock instead of failing at once.
     #[arg(short = 'w', long = "timeout", value_name = "DURATION", value_parser = duration::parse)]
     timeout: Option<Duration>,
+    #[command(flatten)]
+    mode: super::mode::ModeArgs,
 }
 
 /// Arguments of `vfslockctl release` and `renew`.
@@ -49,11 +51,16 @@ pub(super) struct LeaseArgs {
 pub(super) async fn acquire(client: &Client, args: AcquireArgs, json: bool) -> Result<u8, Failure> {
     let wait = args.timeout.map(Some);
     let lease = match client
-        .acquire_detached(&args.target, args.ttl, args.owner, wait)
+        .acquire_detached_in(&args.target, args.ttl, args.owner, wait, args.mode.mode())
         .await
     {
         Ok(lease) => lease,
-        Err(e) if matches!(e.kind(), ErrorKind::AlreadyHeld | ErrorKind::Timeout) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::AlreadyHeld | ErrorKind::Timeout | ErrorKind::ModeConflict
+            ) =>
+        {
             return Err(Failure::new(EXIT_CONFLICT, e.message()))
         }
         Err(e) => return Err(e.into()),

@@ -68,6 +68,7 @@ mod break_lock;
 mod docs;
 mod lease;
 mod list;
+mod mode;
 mod output;
 mod run;
 mod show;

@@ -111,6 +111,8 @@ pub(super) struct RunArgs {
     /// Owner id written into the lock file.
     #[arg(long, value_name = "ID")]
     owner: Option<String>,
+    #[command(flatten)]
+    mode: super::mode::ModeArgs,
     /// The file to lock: an absolute path, file:///path or mem:///path.
     target: String,
     /// The command to run while holding the lock, and its arguments.
@@ -133,6 +135,11 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
     if let Some(owner) = &args.owner {
         options = options.owner_id(owner.clone());
     }
+    options = match args.mode.mode() {
+        vfslock::LockMode::Exclusive => options,
+        vfslock::LockMode::Shared => options.shared(),
+        vfslock::LockMode::Slots(n) => options.slots(n),
+    };
     let mut lock = client.new_lock(args.target.clone(), options);
     let acquired = match args.timeout {
         _ if args.nonblock => lock.acquire().await,
@@ -161,7 +168,7 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
 fn conflict(e: vfslock::Error, args: &RunArgs) -> Failure {
     match e.kind() {
         // The daemon's messages already name `vfslockctl show`.
-        ErrorKind::AlreadyHeld | ErrorKind::Timeout => {
+        ErrorKind::AlreadyHeld | ErrorKind::Timeout | ErrorKind::ModeConflict => {
             Failure::new(args.conflict_exit_code, e.message())
         }
         _ => e.into(),

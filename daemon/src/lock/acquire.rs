@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use vfslock_proto::{
-    AcquireRequest, ErrorKind, Event, LockFileFormat, LockMetadata, RequestId, WaitMode, WireError,
+    AcquireRequest, ErrorKind, Event, LockFileFormat, LockMetadata, LockMode, RequestId, WaitMode,
+    WireError,
 };
 
 use super::actor::{LockActor, LockMessage};
+use super::joint::{joint_mode, mode_conflict};
 use super::lifecycle::must;
 use super::replies;
 use super::state::{LockState, PendingSteal, Waiter};
@@ -54,16 +56,21 @@ impl LockActor {
         session: Arc<SessionLink>,
         id: RequestId,
         request: AcquireRequest,
+        mode: LockMode,
     ) {
         let ttl = request.ttl.unwrap_or(self.ctx.settings.locks.default_ttl);
         if request.detached && ttl.is_zero() {
             return session.reply(id, Err(replies::detached_needs_ttl()));
+        }
+        if let Some(error) = joint_mode(mode).and_then(|m| self.refuse_mode(state, m)) {
+            return session.reply(id, Err(error));
         }
         let waiter = Waiter {
             session,
             acquire_id: id,
             request,
             ttl,
+            mode,
             expiry: None,
         };
         // Queued waiters go first: a newcomer must not overtake them when a foreign holder
@@ -71,12 +78,40 @@ impl LockActor {
         if state.phase.is_free() && !state.queue.is_empty() {
             self.serve_queue(myself, state).await;
         }
+        if state.queue.is_empty() {
+            match self.joins_here(state, mode) {
+                Some(Ok(())) => {
+                    let outcome = self.join_local(myself, state, waiter).await;
+                    return self.settle_attempt(myself, state, outcome);
+                }
+                Some(Err(conflict)) => return waiter.session.reply(id, Err(conflict)),
+                None => {}
+            }
+        }
         if !state.phase.is_free() || !state.queue.is_empty() {
+            if let (Some(asked), Some(joint)) = (joint_mode(mode), state.joint()) {
+                if asked != joint.mode {
+                    let conflict = mode_conflict(&state.target.url, asked, joint.mode);
+                    return waiter.session.reply(id, Err(conflict));
+                }
+            }
             let holder = self.holder_metadata(state).await;
             self.refuse_or_queue(myself, state, waiter, holder);
             return;
         }
-        match self.attempt(myself, state, waiter).await {
+        let outcome = self.attempt_any(myself, state, waiter).await;
+        self.settle_attempt(myself, state, outcome);
+    }
+
+    /// Deals with what an attempt came to: held (a try is refused, a wait queued and the
+    /// holder re-checked), or failed (answered).
+    fn settle_attempt(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        outcome: Attempt,
+    ) {
+        match outcome {
             Attempt::Granted | Attempt::Asked => {}
             Attempt::Held(waiter, holder) => {
                 let queued = matches!(waiter.request.wait, WaitMode::Wait { .. });
@@ -86,6 +121,19 @@ impl LockActor {
                 }
             }
             Attempt::Failed(waiter, error) => waiter.session.reply(waiter.acquire_id, Err(error)),
+        }
+    }
+
+    /// Tries to take the lock on the store in the waiter's mode.
+    pub(super) async fn attempt_any(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+    ) -> Attempt {
+        match joint_mode(waiter.mode) {
+            None => self.attempt(myself, state, waiter).await,
+            Some(mode) => self.attempt_joint(myself, state, waiter, mode).await,
         }
     }
 
@@ -276,7 +324,7 @@ impl LockActor {
     }
 
     /// Replaces the stale file `judged` (exactly that version) with the waiter's lock.
-    async fn steal(
+    pub(super) async fn steal(
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
@@ -284,6 +332,11 @@ impl LockActor {
         judged: Observed,
         holder: LockMetadata,
     ) -> Result<(), StealLost> {
+        if let Some(mode) = joint_mode(waiter.mode) {
+            return self
+                .join_judged(myself, state, waiter, mode, judged, Some(holder))
+                .await;
+        }
         let (record, sent, replaced) = self.take_over(state, &waiter, &judged.version()).await;
         match replaced {
             Ok(Replaced::Done(written)) => {
@@ -421,14 +474,26 @@ impl LockActor {
             }
             state.handoff.cooldown_until = None;
         }
-        while state.phase.is_free() {
-            let Some(waiter) = state.queue.pop_front() else {
-                break;
-            };
-            if waiter.session.is_closed() {
+        while let Some(head) = state.queue.front() {
+            if head.session.is_closed() {
+                state.queue.pop_front();
                 continue;
             }
-            match self.attempt(myself, state, waiter).await {
+            // Free: the head tries the store. Held jointly here: a head of the same mode joins
+            // (consecutive shared requests at the head are granted together); any other head
+            // waits for the joint holders to leave, and so does everyone behind it.
+            let joins = match self.joins_here(state, head.mode) {
+                Some(Ok(())) => true,
+                Some(Err(_)) | None if !state.phase.is_free() => break,
+                _ => false,
+            };
+            let waiter = state.queue.pop_front().expect("looked at above");
+            let outcome = if joins {
+                self.join_local(myself, state, waiter).await
+            } else {
+                self.attempt_any(myself, state, waiter).await
+            };
+            match outcome {
                 Attempt::Granted | Attempt::Asked => {}
                 Attempt::Held(waiter, holder) => {
                     state.queue.push_front(*waiter);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
-use vfslock_proto::{AcquireRequest, ListEntry, RequestId, Response};
+use vfslock_proto::{AcquireRequest, ListEntry, LockMode, RequestId, Response};
 
 use super::registry::Registry;
 use super::state::{LockState, Tally, Target};
@@ -42,6 +42,8 @@ pub enum LockMessage {
         id: RequestId,
         /// What is asked.
         request: AcquireRequest,
+        /// How the lock is to be held.
+        mode: LockMode,
     },
     /// Request: release the lock `lock_id` if `session` holds it.
     Release {
@@ -246,7 +248,11 @@ impl LockActor {
                 session,
                 id,
                 request,
-            } => self.on_acquire(&myself, state, session, id, request).await,
+                mode,
+            } => {
+                self.on_acquire(&myself, state, session, id, request, mode)
+                    .await
+            }
             LockMessage::Release {
                 session,
                 id,
@@ -255,8 +261,17 @@ impl LockActor {
                 let held = state
                     .holding()
                     .is_some_and(|h| h.session.id == session.id && h.record.lock_id == lock_id);
+                let member = state.joint().and_then(|j| {
+                    j.members
+                        .iter()
+                        .find(|m| m.session.id == session.id && m.lock_id == lock_id)
+                        .map(|m| m.acquire_id)
+                });
                 let result = if held {
                     self.release_holder(&myself, state).await
+                } else if let Some(acquire_id) = member {
+                    self.leave_joint(&myself, state, session.id, acquire_id)
+                        .await
                 } else {
                     self.release_detached(state, &session, &lock_id).await
                 };
@@ -334,8 +349,13 @@ impl LockActor {
                 let due = state
                     .holding()
                     .is_some_and(|h| h.renewal.generation == generation);
+                let joint_due = state
+                    .joint()
+                    .is_some_and(|j| j.renewal.generation == generation);
                 if due {
                     self.renew(&myself, state).await;
+                } else if joint_due {
+                    self.renew_joint(&myself, state).await;
                 }
             }
             LockMessage::Recheck { generation } => {

@@ -135,6 +135,18 @@ impl LockActor {
         if state.holding().is_some_and(|h| h.session.id == session_id) {
             let _ = self.release_holder(myself, state).await;
         }
+        let members: Vec<_> = state.joint().map_or_else(Vec::new, |j| {
+            j.members
+                .iter()
+                .filter(|m| m.session.id == session_id)
+                .map(|m| m.acquire_id)
+                .collect()
+        });
+        for acquire_id in members {
+            let _ = self
+                .leave_joint(myself, state, session_id, acquire_id)
+                .await;
+        }
     }
 
     /// The daemon is stopping: waiters are refused, the holder is told and its lock file
@@ -163,6 +175,7 @@ impl LockActor {
             self.ctx.journal_release(&holding.record.lock_id);
             holding.session.acquire_ended(holding.acquire_id);
         }
+        self.shut_down_joint(state).await;
         let _ = state.phase.retire();
     }
 
@@ -262,6 +275,12 @@ impl LockActor {
         else {
             return false;
         };
+        if let Some(mut joint) = crate::lockfile::joint::Joint::parse(&observed.bytes) {
+            // Only this daemon writes a private store: every entry is ours; detached leases
+            // stay, the failed actor's connection-held entry goes.
+            joint.holders.retain(|h| h.detached);
+            return self.keep_only(state, &observed, joint).await;
+        }
         let parsed = crate::lockfile::parse(&observed.bytes);
         if parsed.detached || parsed.daemon_id.as_deref() != Some(self.ctx.instance_id.as_str()) {
             return false;
@@ -269,6 +288,38 @@ impl LockActor {
         matches!(
             self.delete_if_ours(state, &observed.version()).await,
             Some(Conditional::Done)
+        )
+    }
+}
+
+impl LockActor {
+    /// Rewrites the lock file read as `observed` to list only `joint`'s holders (deleting it if
+    /// none is left), if it is still that version; whether anything was removed.
+    async fn keep_only(
+        &self,
+        state: &LockState,
+        observed: &crate::store::Observed,
+        joint: crate::lockfile::joint::Joint,
+    ) -> bool {
+        if joint.holders.is_empty() {
+            return matches!(
+                self.delete_if_ours(state, &observed.version()).await,
+                Some(Conditional::Done)
+            );
+        }
+        let now = self.ctx.now();
+        let writer = self.ctx.instance_id.clone();
+        let make: crate::store::MakeLock =
+            Box::new(move |_| joint.to_json(&crate::context::random_id(), &writer, now));
+        matches!(
+            self.within(state.target.store.replace(
+                &state.target.lock_path,
+                &observed.version(),
+                crate::store::Token::Keep,
+                make,
+            ))
+            .await,
+            Ok(crate::store::Replaced::Done(_))
         )
     }
 }

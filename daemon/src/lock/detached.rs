@@ -59,7 +59,16 @@ impl LockActor {
         lock_id: &str,
     ) -> Result<Response, WireError> {
         let Some((observed, _)) = self.detached_lease(state, session, lock_id).await? else {
-            return Ok(Response::Released { held: false });
+            // Perhaps a shared one: an entry of a joint lock file.
+            let removed = self
+                .change_detached_entry(state, session, lock_id, None)
+                .await?;
+            if removed.is_some() {
+                tracing::info!(target = %state.target.url, %lock_id, "detached shared lease released");
+            }
+            return Ok(Response::Released {
+                held: removed.is_some(),
+            });
         };
         match self.delete_if_ours(state, &observed.version()).await {
             Some(Conditional::Done) => {
@@ -80,7 +89,13 @@ impl LockActor {
     ) -> Result<Response, WireError> {
         let gone = || replies::no_detached_lease(&state.target.url, lock_id);
         let Some((observed, parsed)) = self.detached_lease(state, session, lock_id).await? else {
-            return Err(gone());
+            return match self
+                .change_detached_entry(state, session, lock_id, Some(ttl))
+                .await?
+            {
+                Some(entry) => Ok(Response::Renewed(super::joint::entry_metadata(&entry))),
+                None => Err(gone()),
+            };
         };
         let now = self.ctx.now();
         let record = LockRecord {
@@ -148,6 +163,16 @@ impl LockActor {
             );
             self.lose(myself, state, why, true).await;
             return Ok(Response::Broken(Some(broken)));
+        }
+        if state.joint().is_some() {
+            // Our holders of a shared lock are told first; the file, with every other
+            // holder's entry, goes below.
+            tracing::warn!(target = %state.target.url, by = %who, %reason, "shared lock broken by an admin");
+            let why = format!(
+                "the lock on {} was broken by {who}: {reason}",
+                state.target.url
+            );
+            self.end_joint_lost(state, why);
         }
         for _ in 0..4 {
             let observed = self

@@ -59,10 +59,17 @@ impl LockActor {
         if !state.target.store.can_replace() || !self.handoff_allowed(state) {
             return None;
         }
-        while let Some(waiter) = state.queue.pop_front() {
-            if !waiter.session.is_closed() {
-                return Some(waiter);
+        while let Some(head) = state.queue.front() {
+            if head.session.is_closed() {
+                state.queue.pop_front();
+                continue;
             }
+            // Handed over are exclusive waiters only: a shared-mode head takes the lock from
+            // the store once the file is gone (release, then the queue is served).
+            if head.mode != vfslock_proto::LockMode::Exclusive {
+                return None;
+            }
+            return state.queue.pop_front();
         }
         None
     }

@@ -14,8 +14,16 @@
 //! (`end_steal`), and the lock is then held through `hold` from `Free`; a handoff ends the
 //! holding (`end_holding`) before the next one is held. So "held here" and "a steal is
 //! pending" can never be true at once, and nothing is done by an actor that has retired.
+//!
+//! A lock held here in a shared mode (shared, or a semaphore) is `Joint`, entered from `Free`
+//! (`hold_joint`) and left to `Free` (`end_joint`) when the last local holder is gone:
+//!
+//! ```text
+//!            hold_joint
+//!   Free ◄────end_joint──── Joint
+//! ```
 
-use super::state::{Holding, PendingSteal};
+use super::state::{Holding, JointHolding, PendingSteal};
 
 /// Where a target is in its life.
 #[derive(Debug, Default)]
@@ -28,6 +36,8 @@ pub enum Lifecycle {
     Held(Box<Holding>),
     /// The lock file is stale and the head acquirer's on-stale decision is awaited.
     Stealing(Box<PendingSteal>),
+    /// Clients of this daemon hold it in a shared mode, through one entry of the lock file.
+    Joint(Box<JointHolding>),
     /// The actor stopped (idle, or the daemon shut down): nothing more happens.
     Retired,
 }
@@ -49,6 +59,7 @@ impl Lifecycle {
             Lifecycle::Free => "free",
             Lifecycle::Held(_) => "held",
             Lifecycle::Stealing(_) => "stealing",
+            Lifecycle::Joint(_) => "held jointly",
             Lifecycle::Retired => "retired",
         }
     }
@@ -103,6 +114,46 @@ impl Lifecycle {
                 *self = other;
                 Err(refused)
             }
+        }
+    }
+
+    /// Free → Joint: the first local holder in a shared mode.
+    pub fn hold_joint(&mut self, joint: JointHolding) -> Result<(), Refused> {
+        match self {
+            Lifecycle::Free => {
+                *self = Lifecycle::Joint(Box::new(joint));
+                Ok(())
+            }
+            other => Err(other.refuse("hold_joint")),
+        }
+    }
+
+    /// Joint → Free: the last local holder in a shared mode is gone, or the entry was lost;
+    /// returns the joint holding.
+    pub fn end_joint(&mut self) -> Result<JointHolding, Refused> {
+        match std::mem::take(self) {
+            Lifecycle::Joint(joint) => Ok(*joint),
+            other => {
+                let refused = other.refuse("end_joint");
+                *self = other;
+                Err(refused)
+            }
+        }
+    }
+
+    /// The joint holding, if held here in a shared mode.
+    pub fn joint(&self) -> Option<&JointHolding> {
+        match self {
+            Lifecycle::Joint(joint) => Some(joint),
+            _ => None,
+        }
+    }
+
+    /// The joint holding, to change it in place.
+    pub fn joint_mut(&mut self) -> Option<&mut JointHolding> {
+        match self {
+            Lifecycle::Joint(joint) => Some(joint),
+            _ => None,
         }
     }
 

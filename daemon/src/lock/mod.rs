@@ -27,6 +27,7 @@ pub mod detached;
 #[cfg(feature = "faults")]
 pub mod faults;
 pub mod handoff;
+pub mod joint;
 pub mod lease;
 pub mod lifecycle;
 pub mod registry;

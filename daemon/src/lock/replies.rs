@@ -225,6 +225,9 @@ impl LockActor {
         if let Some(steal) = state.phase.steal() {
             return Some(steal.holder.clone());
         }
+        if let Some(holder) = self.joint_holder(state) {
+            return Some(holder);
+        }
         self.read_metadata(state).await.ok().flatten()
     }
 
@@ -232,6 +235,21 @@ impl LockActor {
     pub(super) fn snapshot(&self, state: &LockState) -> Option<ListEntry> {
         if state.is_idle() {
             return None;
+        }
+        if let Some(joint) = state.joint() {
+            // The first local holder stands for all of them (the entry's token is theirs).
+            let first = joint.members.first();
+            return Some(ListEntry {
+                target: state.target.url.clone(),
+                lock_id: first.map(|m| m.lock_id.clone()),
+                pid: first.map(|m| m.session.caller.pid),
+                uid: first.and_then(|m| m.session.caller.uid),
+                owner_id: first.and_then(|m| m.owner_id.clone()),
+                held_for: first.map(|m| m.since.elapsed()),
+                ttl: joint.entry.ttl,
+                token: joint.entry.token,
+                waiters: state.queue.len() as u32,
+            });
         }
         let holder = state.holding();
         Some(ListEntry {

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vfslock_proto::{AcquireRequest, LockMetadata, RequestId};
+use vfslock_proto::{AcquireRequest, LockMetadata, LockMode, RequestId};
 
 use super::lifecycle::Lifecycle;
 use super::timing::Timer;
 use crate::context::{Context, Stats};
 use crate::link::SessionLink;
+use crate::lockfile::joint::{HolderEntry, JointMode};
 use crate::lockfile::LockRecord;
 use crate::store::{Observed, Store, Version};
 
@@ -84,6 +85,76 @@ impl LockState {
     pub fn holding(&self) -> Option<&Holding> {
         self.phase.holding()
     }
+
+    /// The joint holding, if held here in a shared mode.
+    pub fn joint(&self) -> Option<&JointHolding> {
+        self.phase.joint()
+    }
+}
+
+/// The lock as held by clients of this daemon in a shared mode (shared, or slots of a
+/// semaphore): one entry of the lock file stands for all of them (`lockfile::joint` says why).
+#[derive(Debug)]
+pub struct JointHolding {
+    /// How the lock is shared.
+    pub mode: JointMode,
+    /// This daemon's entry as last written.
+    pub entry: HolderEntry,
+    /// The version of the lock file last written or read with our entry in it: the next change
+    /// acts on it, or reads the file again.
+    pub written: Version,
+    /// The local holders, in the order they were granted.
+    pub members: Vec<Member>,
+    /// Until when the entry's lease is certainly valid (as for [`Holding::valid_until`]).
+    pub valid_until: Option<Instant>,
+    /// The entry's next renewal.
+    pub renewal: Renewal,
+}
+
+impl JointHolding {
+    /// Slots this daemon's entry should take: one per local holder (semaphores), one for the
+    /// whole entry (shared).
+    pub fn wanted_count(&self) -> u32 {
+        match self.mode {
+            JointMode::Shared => 1,
+            JointMode::Slots(_) => u32::try_from(self.members.len()).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    /// The lease the entry needs: the longest any local holder asked for (zero, never
+    /// expiring, is the longest).
+    pub fn wanted_ttl(&self) -> Duration {
+        let ttls = self.members.iter().map(|m| m.ttl);
+        if self.members.iter().any(|m| m.ttl.is_zero()) {
+            Duration::ZERO
+        } else {
+            ttls.max().unwrap_or(self.entry.ttl)
+        }
+    }
+}
+
+/// One local holder of a joint holding.
+#[derive(Debug)]
+pub struct Member {
+    /// The holder's connection.
+    pub session: Arc<SessionLink>,
+    /// The acquire that was granted.
+    pub acquire_id: RequestId,
+    /// The holding's own id, which its release names (the lock file lists the entry's).
+    pub lock_id: String,
+    /// When it was granted.
+    pub since: Instant,
+    /// The lease it asked for.
+    pub ttl: Duration,
+    /// Its owner id, for `list`.
+    pub owner_id: Option<String>,
+}
+
+impl Member {
+    /// Whether this member is `session_id`'s acquire `acquire_id`.
+    pub fn is(&self, session_id: u64, acquire_id: RequestId) -> bool {
+        self.session.id == session_id && self.acquire_id == acquire_id
+    }
 }
 
 /// The lock as held by a client of this daemon.
@@ -137,6 +208,8 @@ pub struct Waiter {
     pub request: AcquireRequest,
     /// The lease to give (the request's, or the daemon's default).
     pub ttl: Duration,
+    /// How the lock is to be held.
+    pub mode: LockMode,
     /// The timer that ends the wait at its timeout, stopped with the waiter.
     pub expiry: Option<Timer>,
 }
@@ -196,6 +269,11 @@ impl WaitQueue {
     pub fn push_front(&mut self, waiter: Waiter) {
         self.tally.waiting(1);
         self.waiters.push_front(waiter);
+    }
+
+    /// The head, without taking it.
+    pub fn front(&self) -> Option<&Waiter> {
+        self.waiters.front()
     }
 
     /// Takes the head.

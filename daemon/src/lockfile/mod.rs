@@ -12,10 +12,12 @@
 //! - `write.rs`: [`LockRecord`], what this daemon writes, and its JSON written by hand;
 //! - `read.rs`: [`parse`], which reads any lock file as Go's decoder would, into [`ParsedLock`];
 //! - `stale.rs`: when a lock is stale ([`is_stale`], [`stale_at`]);
+//! - `joint.rs`: lock files with a holder list (shared locks, semaphores): [`joint::Joint`];
 //! - `go_time.rs`: times as Go formats and parses them, and the calendar arithmetic under them;
 //! - `mod.rs`: the format version, and a lock as the wire protocol carries it ([`to_wire`]).
 
 mod go_time;
+pub mod joint;
 mod read;
 mod stale;
 #[cfg(test)]

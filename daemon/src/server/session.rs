@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 use vfslock_proto::{
-    codec, frame::FrameDecoder, ClientFrame, ErrorKind, Request, RequestId, Response, ServerFrame,
-    WireError,
+    codec, frame::FrameDecoder, AcquireRequest, ClientFrame, ErrorKind, LockMode, Request,
+    RequestId, Response, ServerFrame, WireError,
 };
 
 use crate::access::{off_runtime, resolve_file, Need};
@@ -391,6 +391,64 @@ impl Session {
         }
     }
 
+    /// An acquire in `mode`: refused while shutting down, or over a limit; else routed.
+    async fn acquire(
+        &mut self,
+        id: RequestId,
+        session: Arc<SessionLink>,
+        request: AcquireRequest,
+        mode: LockMode,
+    ) {
+        if self.ctx.is_shutting_down() {
+            return self.reply(
+                id,
+                Err(WireError::new(
+                    ErrorKind::ShuttingDown,
+                    "vfslockd is shutting down",
+                )),
+            );
+        }
+        match self.locate(&request.target, Some(Need::Create)).await {
+            Ok(address) => {
+                let limit = self.ctx.settings.limits.max_locks_per_session;
+                if let Err(overflow) = self.link.acquire_started(id, limit) {
+                    let message = match overflow {
+                        Overflow::Session => format!(
+                            "this connection already holds or waits for {limit} locks \
+                             (limits.max-locks-per-session): release some first"
+                        ),
+                        Overflow::Uid { uid, limit } => {
+                            tracing::warn!(
+                                uid,
+                                limit,
+                                "acquire refused: limits.max-locks-per-uid reached"
+                            );
+                            format!(
+                                "uid {uid} already holds or waits for {limit} locks \
+                                 over all of its connections \
+                                 (limits.max-locks-per-uid): release some first, or \
+                                 ask the administrator to raise the limit"
+                            )
+                        }
+                    };
+                    return self.reply(id, Err(WireError::new(ErrorKind::LimitExceeded, message)));
+                }
+                if !self.touched.contains_key(address.key()) {
+                    self.touched
+                        .insert(address.key().to_owned(), address.clone());
+                }
+                let message = LockMessage::Acquire {
+                    session,
+                    id,
+                    request,
+                    mode,
+                };
+                self.route(id, &address, message).await;
+            }
+            Err(e) => self.reply(id, Err(e)),
+        }
+    }
+
     async fn handle(&mut self, frame: ClientFrame) {
         let (id, request) = match frame {
             ClientFrame::Request { id, request } => (id, request),
@@ -415,55 +473,10 @@ impl Session {
         let session = self.link.clone();
         match request {
             Request::Acquire(request) => {
-                if self.ctx.is_shutting_down() {
-                    return self.reply(
-                        id,
-                        Err(WireError::new(
-                            ErrorKind::ShuttingDown,
-                            "vfslockd is shutting down",
-                        )),
-                    );
-                }
-                match self.locate(&request.target, Some(Need::Create)).await {
-                    Ok(address) => {
-                        let limit = self.ctx.settings.limits.max_locks_per_session;
-                        if let Err(overflow) = self.link.acquire_started(id, limit) {
-                            let message = match overflow {
-                                Overflow::Session => format!(
-                                    "this connection already holds or waits for {limit} locks \
-                                     (limits.max-locks-per-session): release some first"
-                                ),
-                                Overflow::Uid { uid, limit } => {
-                                    tracing::warn!(
-                                        uid,
-                                        limit,
-                                        "acquire refused: limits.max-locks-per-uid reached"
-                                    );
-                                    format!(
-                                        "uid {uid} already holds or waits for {limit} locks \
-                                         over all of its connections \
-                                         (limits.max-locks-per-uid): release some first, or \
-                                         ask the administrator to raise the limit"
-                                    )
-                                }
-                            };
-                            return self
-                                .reply(id, Err(WireError::new(ErrorKind::LimitExceeded, message)));
-                        }
-                        if !self.touched.contains_key(address.key()) {
-                            self.touched
-                                .insert(address.key().to_owned(), address.clone());
-                        }
-                        let message = LockMessage::Acquire {
-                            session,
-                            id,
-                            request,
-                        };
-                        self.route(id, &address, message).await;
-                    }
-                    Err(e) => self.reply(id, Err(e)),
-                }
+                self.acquire(id, session, request, LockMode::Exclusive)
+                    .await
             }
+            Request::AcquireIn { request, mode } => self.acquire(id, session, request, mode).await,
             Request::Cancel { target, acquire_id } => match self.locate(&target, None).await {
                 Ok(address) => {
                     let message = LockMessage::Cancel {

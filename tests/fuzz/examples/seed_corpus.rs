@@ -15,8 +15,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use vfslock_proto::handshake::{Hello, PROTOCOL_VERSION};
 use vfslock_proto::{
     codec, AcquireRequest, ClientFrame, ErrorKind, Event, Grant, ListEntry, LockFileFormat,
-    LockMetadata, Request, Response, ServerFrame, StatusInfo, StoreInfo, WaitMode, Welcome,
-    WireError,
+    LockMetadata, LockMode, Request, Response, ServerFrame, StatusInfo, StoreInfo, WaitMode,
+    Welcome, WireError,
 };
 use vfslockd::lockfile::LockRecord;
 
@@ -46,6 +46,23 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     let request = |id, request| ClientFrame::Request { id, request };
     vec![
         ("ping", request(1, Request::Ping)),
+        (
+            "acquire-slots",
+            request(
+                9,
+                Request::AcquireIn {
+                    request: AcquireRequest {
+                        target: "s3://locks/gpu".into(),
+                        ttl: None,
+                        owner_id: None,
+                        wait: WaitMode::Try,
+                        ask_on_stale: false,
+                        detached: false,
+                    },
+                    mode: LockMode::Slots(4),
+                },
+            ),
+        ),
         (
             "acquire-wait",
             request(

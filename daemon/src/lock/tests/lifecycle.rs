@@ -33,6 +33,24 @@ fn holding() -> Holding {
     }
 }
 
+fn joint() -> JointHolding {
+    JointHolding {
+        mode: crate::lockfile::joint::JointMode::Shared,
+        entry: crate::lock::tests::some_entry(),
+        written: Version {
+            bytes: b"{}".to_vec(),
+            tag: None,
+        },
+        members: Vec::new(),
+        valid_until: None,
+        renewal: Renewal {
+            generation: 0,
+            timer: None,
+            retry_delay: Duration::ZERO,
+        },
+    }
+}
+
 fn steal() -> PendingSteal {
     PendingSteal {
         waiter: Waiter {
@@ -40,6 +58,7 @@ fn steal() -> PendingSteal {
             acquire_id: 2,
             request: request("mem:///walk", WaitMode::Try),
             ttl: Duration::from_secs(30),
+            mode: vfslock_proto::LockMode::Exclusive,
             expiry: None,
         },
         judged: Observed {
@@ -57,6 +76,7 @@ fn every_state() -> Vec<Lifecycle> {
         Lifecycle::Free,
         Lifecycle::Held(Box::new(holding())),
         Lifecycle::Stealing(Box::new(steal())),
+        Lifecycle::Joint(Box::new(joint())),
         Lifecycle::Retired,
     ]
 }
@@ -69,15 +89,27 @@ fn apply(state: &mut Lifecycle, edge: &str) -> Result<(), Refused> {
         "ask_steal" => state.ask_steal(steal()),
         "end_steal" => state.end_steal().map(|_| ()),
         "retire" => state.retire(),
+        "hold_joint" => state.hold_joint(joint()),
+        "end_joint" => state.end_joint().map(|_| ()),
         other => unreachable!("{other}"),
     }
 }
 
-const EDGES: [&str; 5] = ["hold", "end_holding", "ask_steal", "end_steal", "retire"];
+const EDGES: [&str; 7] = [
+    "hold",
+    "end_holding",
+    "ask_steal",
+    "end_steal",
+    "retire",
+    "hold_joint",
+    "end_joint",
+];
 
 /// The allowed edges: (from, edge, to). Everything else is refused.
-const ALLOWED: [(&str, &str, &str); 5] = [
+const ALLOWED: [(&str, &str, &str); 7] = [
     ("free", "hold", "held"),
+    ("free", "hold_joint", "held jointly"),
+    ("held jointly", "end_joint", "free"),
     ("held", "end_holding", "free"),
     ("free", "ask_steal", "stealing"),
     ("stealing", "end_steal", "free"),
@@ -97,6 +129,8 @@ fn a_lock_walks_every_allowed_transition_in_the_order_its_life_takes_them() {
         ("end_steal", "free"),
         ("hold", "held"),
         ("end_holding", "free"),
+        ("hold_joint", "held jointly"),
+        ("end_joint", "free"),
         ("retire", "retired"),
     ];
     for (edge, to) in walk {
@@ -114,6 +148,7 @@ fn every_edge_not_allowed_is_refused_and_leaves_the_state_as_it_was() {
                 "free" => Lifecycle::Free,
                 "held" => Lifecycle::Held(Box::new(holding())),
                 "stealing" => Lifecycle::Stealing(Box::new(steal())),
+                "held jointly" => Lifecycle::Joint(Box::new(joint())),
                 _ => Lifecycle::Retired,
             };
             let allowed = ALLOWED

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use vfslock_proto::{
-    AcquireRequest, Event, Grant, LockMetadata, RequestId, Response, ServerFrame, WaitMode,
-    WireError,
+    AcquireRequest, Event, Grant, LockMetadata, LockMode, RequestId, Response, ServerFrame,
+    WaitMode, WireError,
 };
 
 use super::{LockMessage, Registry};
@@ -87,12 +87,25 @@ impl Daemon {
         id: RequestId,
         request: AcquireRequest,
     ) {
+        self.acquire_in(session, id, request, LockMode::Exclusive)
+            .await
+    }
+
+    /// The same in `mode`.
+    pub async fn acquire_in(
+        &self,
+        session: &Arc<SessionLink>,
+        id: RequestId,
+        request: AcquireRequest,
+        mode: LockMode,
+    ) {
         assert!(session.acquire_started(id, 1000).is_ok());
         let target = request.target.clone();
         let message = LockMessage::Acquire {
             session: session.clone(),
             id,
             request,
+            mode,
         };
         self.send(&target, message).await
     }
@@ -176,6 +189,25 @@ pub fn request(target: &str, wait: WaitMode) -> AcquireRequest {
         owner_id: None,
         wait,
         ask_on_stale: false,
+        detached: false,
+    }
+}
+
+/// An entry of a joint lock file as another host's daemon would write it: renewed now, 30 s.
+pub fn some_entry() -> crate::lockfile::joint::HolderEntry {
+    let now = SystemTime::now();
+    crate::lockfile::joint::HolderEntry {
+        lock_id: "fedcba9876543210fedcba9876543210".into(),
+        daemon_id: "another-daemon".into(),
+        hostname: "elsewhere".into(),
+        pid: 4242,
+        owner_id: Some("reader".into()),
+        uid: Some(1000),
+        token: Some(5),
+        created_at: now,
+        acquired_at: now,
+        ttl: Duration::from_secs(30),
+        count: 1,
         detached: false,
     }
 }

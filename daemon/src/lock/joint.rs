@@ -1,0 +1,1025 @@
+//! Shared locks and semaphores: a lock held by several holders at once, through one entry per
+//! daemon in the lock file's holder list (the format and why one entry per daemon:
+//! [`crate::lockfile::joint`]).
+//!
+//! Every change of the file is conditional on the version read, as a steal is: joining adds
+//! this daemon's entry to the version read, renewing rewrites the entry's `createdAt`, leaving
+//! removes it (and deletes the file if no entry is left). Another daemon's write in between
+//! makes ours fail; the file is then read again and the change made afresh on what is there, as
+//! long as our entry is still listed. An entry that is gone (removed by an admin's break, or by
+//! another daemon because it had expired) is a lost lease for every local holder.
+//!
+//! Any writer removes the entries whose lease ran out (the store's stale rule, per entry), so a
+//! dead host's entry goes at the next write while the others keep holding.
+//!
+//! Local holders share the entry: a shared lock's holders join and leave without a store write
+//! while the entry exists; a semaphore's entry counts its slots, so each join and leave
+//! rewrites it. All of them share the entry's fencing token, committed when the entry was
+//! added (greater than every token issued before for the target).
+//!
+//! Handles [`LockMessage::Acquire`] in the shared modes, and [`LockMessage::Release`] and
+//! [`LockMessage::Renew`] for joint holdings.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use ractor::ActorRef;
+use vfslock_proto::{
+    ErrorKind, Event, Grant, LockFileFormat, LockMetadata, LockMode, Response, WireError,
+};
+
+use super::acquire::Attempt;
+use super::actor::{LockActor, LockMessage};
+use super::lifecycle::must;
+use super::replies;
+use super::state::{JointHolding, LockState, Member, Renewal, Waiter};
+use super::timing::{self, first_renewal, next_renewal, Timer};
+use crate::config::StaleRule;
+use crate::context::random_id;
+use crate::lockfile::joint::{HolderEntry, Joint, JointMode};
+use crate::lockfile::{self, unix_ns};
+use crate::store::{
+    Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token, Written,
+};
+
+/// First delay before retrying a failed renewal of a joint entry.
+const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
+
+/// How often a change of our entry is tried again on a file others keep rewriting.
+const CHANGE_TRIES: usize = 8;
+
+/// The joint mode of a lock mode; `None` for exclusive.
+pub fn joint_mode(mode: LockMode) -> Option<JointMode> {
+    match mode {
+        LockMode::Exclusive => None,
+        LockMode::Shared => Some(JointMode::Shared),
+        LockMode::Slots(n) => Some(JointMode::Slots(n)),
+    }
+}
+
+/// The refusal of `asked` where the lock is held as `held`: shared against a semaphore, or
+/// semaphores of different sizes. Waiting would not help, so a wait is refused too.
+pub fn mode_conflict(url: &str, asked: JointMode, held: JointMode) -> WireError {
+    let message = match (asked, held) {
+        (JointMode::Slots(a), JointMode::Slots(h)) => format!(
+            "{url} is held as a semaphore of {h} slot{}, and this acquire asked for {a}: every \
+             holder of a semaphore must ask for the same number of slots",
+            if h == 1 { "" } else { "s" }
+        ),
+        _ => format!(
+            "{url} is held {}, and this acquire asked for {}: shared locks and semaphores do not \
+             mix on one target",
+            describe_held(held),
+            describe_held(asked)
+        ),
+    };
+    WireError::new(ErrorKind::ModeConflict, message)
+}
+
+fn describe_held(mode: JointMode) -> String {
+    match mode {
+        JointMode::Shared => "shared".into(),
+        slots => format!("as {}", slots.describe()),
+    }
+}
+
+/// Whether a request in `asked` may join a joint holding in `held`.
+fn compatible(asked: JointMode, held: JointMode) -> bool {
+    asked == held
+}
+
+/// What a change of the lock file through our entry came to.
+enum Changed {
+    /// Written.
+    Done,
+    /// No entry is left: the file was deleted.
+    Deleted,
+    /// Our entry is no longer listed: the lease is lost.
+    Gone,
+    /// The change does not fit (a semaphore's slots are all taken).
+    Full,
+}
+
+impl LockActor {
+    /// Refuses a shared-mode acquire the target's store cannot serve safely; `None` if it can.
+    pub(super) fn refuse_mode(&self, state: &LockState, mode: JointMode) -> Option<WireError> {
+        if let JointMode::Slots(0) = mode {
+            return Some(WireError::new(
+                ErrorKind::InvalidTarget,
+                "a semaphore needs at least 1 slot",
+            ));
+        }
+        if !state.target.store.can_replace() {
+            return Some(WireError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} cannot be locked {}: its store ({}) has no compare-and-swap, and \
+                     holders who share a lock file must rewrite it; only exclusive locks work \
+                     there",
+                    state.target.url,
+                    describe_held(mode),
+                    state.target.store.prefix(),
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Takes the lock in a shared mode on the store for `waiter`: creates the file with our
+    /// entry, or adds our entry to the holder list there, or takes over a stale file (after the
+    /// waiter's on-stale decision, if it asked for one). Only while no joint holding is here
+    /// (or for a detached lease, which gets an entry of its own).
+    pub(super) async fn attempt_joint(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+        mode: JointMode,
+    ) -> Attempt {
+        let store = state.target.store.clone();
+        for _ in 0..4 {
+            let now = self.ctx.now();
+            let entry = self.new_entry(&waiter, now);
+            self.journal_entry(state, &entry);
+            let sent = Instant::now();
+            let first = Joint {
+                mode,
+                holders: vec![entry.clone()],
+            };
+            let created = self
+                .within(store.create(
+                    &state.target.lock_path,
+                    self.ctx.token_floor(),
+                    self.joint_maker(first, entry.lock_id.clone(), now),
+                ))
+                .await;
+            match created {
+                Err(e) => {
+                    self.ctx.journal_release(&entry.lock_id);
+                    return Attempt::Failed(Box::new(waiter), replies::store_error(e));
+                }
+                Ok(Created::Won(written)) => {
+                    self.grant_joint(myself, state, waiter, mode, entry, written, sent, None);
+                    return Attempt::Granted;
+                }
+                Ok(Created::Exists) => self.ctx.journal_release(&entry.lock_id),
+            }
+            let observed = match self.within(store.read(&state.target.lock_path)).await {
+                Err(e) if e.contended => {
+                    let holder = replies::busy_holder(&state.target.url);
+                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+                }
+                Err(StoreError {
+                    unreadable: Some(file),
+                    ..
+                }) => {
+                    let holder = replies::unreadable_holder(&file);
+                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+                }
+                Err(e) => return Attempt::Failed(Box::new(waiter), replies::store_error(e)),
+                Ok(None) => continue,
+                Ok(Some(observed)) => observed,
+            };
+            let Some(mut there) = Joint::parse(&observed.bytes) else {
+                // An exclusive lock file (ours, a Go peer's, another tool's, a corrupt one):
+                // one exclusive holder, judged as a whole, as for an exclusive acquire.
+                let (holder, stale) = self.judge(state, &observed);
+                if !stale {
+                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+                }
+                if waiter.request.ask_on_stale {
+                    return self.ask_on_stale(myself, state, waiter, observed, holder);
+                }
+                match self
+                    .join_judged(myself, state, waiter, mode, observed, Some(holder))
+                    .await
+                {
+                    Ok(()) => return Attempt::Granted,
+                    Err(super::acquire::StealLost::Changed(back)) => {
+                        return self.retry_later(*back, &state.target.url)
+                    }
+                    Err(super::acquire::StealLost::Failed(back, e)) => {
+                        return Attempt::Failed(back, e)
+                    }
+                }
+            };
+            if !compatible(mode, there.mode) {
+                let error = mode_conflict(&state.target.url, mode, there.mode);
+                return Attempt::Failed(Box::new(waiter), error);
+            }
+            let expired = self.expired_entries(state, &observed, &there);
+            let live: Vec<&HolderEntry> = there
+                .holders
+                .iter()
+                .filter(|h| !expired.contains(&h.lock_id))
+                .collect();
+            if let JointMode::Slots(n) = mode {
+                let taken = live.iter().map(|h| h.count).fold(0u32, u32::saturating_add);
+                if taken >= n {
+                    let holder = self.joint_metadata(&observed, &there);
+                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+                }
+            }
+            if !expired.is_empty() && waiter.request.ask_on_stale {
+                there.holders.retain(|h| expired.contains(&h.lock_id));
+                let holder = self.joint_metadata(&observed, &there);
+                return self.ask_on_stale(myself, state, waiter, observed, holder);
+            }
+            match self
+                .join_judged(myself, state, waiter, mode, observed, None)
+                .await
+            {
+                Ok(()) => return Attempt::Granted,
+                // Someone else wrote meanwhile: look again.
+                Err(super::acquire::StealLost::Changed(back)) => {
+                    return self.retry_later(*back, &state.target.url)
+                }
+                Err(super::acquire::StealLost::Failed(back, e)) => return Attempt::Failed(back, e),
+            }
+        }
+        let holder = replies::busy_holder(&state.target.url);
+        Attempt::Held(Box::new(waiter), Box::new(holder))
+    }
+
+    /// A join that lost a race: held for now (a try says so; a wait re-checks soon).
+    fn retry_later(&self, waiter: Waiter, url: &str) -> Attempt {
+        Attempt::Held(Box::new(waiter), Box::new(replies::busy_holder(url)))
+    }
+
+    /// Parks `waiter` until its on-stale decision about `holder` comes.
+    fn ask_on_stale(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+        observed: Observed,
+        holder: LockMetadata,
+    ) -> Attempt {
+        waiter.session.event(
+            waiter.acquire_id,
+            Event::StaleQuestion {
+                holder: holder.clone(),
+            },
+        );
+        let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
+        myself.send_after(self.ctx.settings.locks.stale_answer_timeout, move || {
+            LockMessage::StaleAnswerExpired {
+                session_id,
+                acquire_id,
+            }
+        });
+        must(state.phase.ask_steal(super::state::PendingSteal {
+            waiter,
+            judged: observed,
+            holder,
+        }));
+        Attempt::Asked
+    }
+
+    /// Replaces exactly the version `judged` with it plus our entry for `waiter`, its expired
+    /// entries left out (or, for an exclusive file judged stale, with our entry alone), and
+    /// grants. Also the steal of a joint waiter after its on-stale decision.
+    pub(super) async fn join_judged(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+        mode: JointMode,
+        judged: Observed,
+        stole: Option<LockMetadata>,
+    ) -> Result<(), super::acquire::StealLost> {
+        use super::acquire::StealLost;
+        let now = self.ctx.now();
+        let entry = self.new_entry(&waiter, now);
+        let mut next = match Joint::parse(&judged.bytes) {
+            Some(there) if there.mode != mode => {
+                let error = mode_conflict(&state.target.url, mode, there.mode);
+                return Err(StealLost::Failed(Box::new(waiter), error));
+            }
+            Some(mut there) => {
+                let expired = self.expired_entries(state, &judged, &there);
+                there.holders.retain(|h| !expired.contains(&h.lock_id));
+                there
+            }
+            None => Joint {
+                mode,
+                holders: Vec::new(),
+            },
+        };
+        next.holders.push(entry.clone());
+        self.journal_entry(state, &entry);
+        let sent = Instant::now();
+        let replaced = self
+            .within(state.target.store.replace(
+                &state.target.lock_path,
+                &judged.version(),
+                Token::Fresh {
+                    floor: self.ctx.token_floor(),
+                },
+                self.joint_maker(next, entry.lock_id.clone(), now),
+            ))
+            .await;
+        match replaced {
+            Ok(Replaced::Done(written)) => {
+                if stole.is_some() {
+                    tracing::info!(target = %state.target.url, "took over a stale lock for a shared holder");
+                }
+                self.ctx.watched.forget(&state.target.key);
+                self.grant_joint(myself, state, waiter, mode, entry, written, sent, stole);
+                Ok(())
+            }
+            Ok(Replaced::Changed) => {
+                self.ctx.journal_release(&entry.lock_id);
+                Err(StealLost::Changed(Box::new(waiter)))
+            }
+            Err(e) => {
+                self.ctx.journal_release(&entry.lock_id);
+                Err(StealLost::Failed(Box::new(waiter), replies::store_error(e)))
+            }
+        }
+    }
+
+    /// The entries of `joint` (as read in `observed`) whose lease ran out, by the store's rule:
+    /// past `createdAt + ttl` (with the skew allowance) under the seed rule; under the watched
+    /// rule, the whole file unchanged in this daemon's sight for the entry's ttl (any renewal
+    /// of any entry changes the file, so this never calls a renewed entry expired). An entry
+    /// dated further ahead than the allowance is judged by the watched rule whatever the
+    /// store's.
+    fn expired_entries(
+        &self,
+        state: &LockState,
+        observed: &Observed,
+        joint: &Joint,
+    ) -> Vec<String> {
+        let settings = &self.ctx.settings;
+        let now = self.ctx.now();
+        let judged_at = now
+            .checked_sub(settings.locks.skew_allowance)
+            .unwrap_or(now);
+        let watched = self
+            .ctx
+            .watched
+            .unchanged_for(&state.target.key, &observed.bytes);
+        joint
+            .holders
+            .iter()
+            .filter(|h| {
+                if h.ttl.is_zero() {
+                    return false;
+                }
+                let from_future = h.created_at > now + settings.locks.skew_allowance;
+                if state.target.store.stale_rule() == StaleRule::Watched || from_future {
+                    watched >= h.ttl
+                } else {
+                    h.expired(judged_at)
+                }
+            })
+            .map(|h| h.lock_id.clone())
+            .collect()
+    }
+
+    /// The entry a grant to `waiter` adds, without its token (the store issues it).
+    fn new_entry(&self, waiter: &Waiter, now: SystemTime) -> HolderEntry {
+        HolderEntry {
+            lock_id: random_id(),
+            daemon_id: self.ctx.instance_id.clone(),
+            hostname: self.ctx.host_id.clone(),
+            pid: waiter.session.caller.pid,
+            owner_id: waiter.request.owner_id.clone().filter(|o| !o.is_empty()),
+            uid: waiter.session.caller.uid,
+            token: None,
+            created_at: now,
+            acquired_at: now,
+            ttl: waiter.ttl,
+            count: 1,
+            detached: waiter.request.detached,
+        }
+    }
+
+    /// Journals a new entry, as a new exclusive holding is (not a detached one, whose entry is
+    /// its state, nor on a private store).
+    fn journal_entry(&self, state: &LockState, entry: &HolderEntry) {
+        if !entry.detached && !state.target.store.is_private() {
+            self.ctx.journal_acquire(&entry.lock_id, &state.target.url);
+        }
+    }
+
+    /// The bytes of `joint` with the token the store issues given to the entry `fresh` (the
+    /// one being added), each time under a fresh file id.
+    fn joint_maker(&self, joint: Joint, fresh: String, now: SystemTime) -> MakeLock {
+        let writer = self.ctx.instance_id.clone();
+        Box::new(move |token| {
+            let mut joint = joint.clone();
+            if let (Some(token), Some(entry)) = (token, joint.entry_mut(&fresh)) {
+                entry.token = Some(token);
+            }
+            joint.to_json(&random_id(), &writer, now)
+        })
+    }
+
+    /// Answers `waiter` with its grant in a shared mode, and holds the entry for it (a
+    /// detached lease's entry is its own, and not held here).
+    #[allow(clippy::too_many_arguments)]
+    fn grant_joint(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+        mode: JointMode,
+        mut entry: HolderEntry,
+        written: Written,
+        sent: Instant,
+        stole: Option<LockMetadata>,
+    ) {
+        entry.token = written.token;
+        let valid_until = self.valid_until_joint(sent, entry.ttl);
+        if entry.detached {
+            let grant = self.joint_grant(state, &entry, entry.lock_id.clone(), valid_until, stole);
+            waiter
+                .session
+                .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
+            waiter.session.acquire_ended(waiter.acquire_id);
+            tracing::info!(target = %state.target.url, uid = ?entry.uid, lock_id = %entry.lock_id, mode = %mode.describe(), "detached lease granted");
+            return;
+        }
+        let ttl = entry.ttl;
+        let member = Member {
+            session: waiter.session.clone(),
+            acquire_id: waiter.acquire_id,
+            lock_id: entry.lock_id.clone(),
+            since: Instant::now(),
+            ttl: waiter.ttl,
+            owner_id: entry.owner_id.clone(),
+        };
+        let grant = self.joint_grant(state, &entry, member.lock_id.clone(), valid_until, stole);
+        must(state.phase.hold_joint(JointHolding {
+            mode,
+            entry,
+            written: written.version(),
+            members: vec![member],
+            valid_until,
+            renewal: Renewal {
+                generation: 0,
+                timer: None,
+                retry_delay: RENEW_RETRY_MIN,
+            },
+        }));
+        self.tally.held(1);
+        waiter
+            .session
+            .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
+        state.recheck.delay = self.ctx.settings.locks.recheck_min;
+        if !ttl.is_zero() {
+            let next = if valid_until.is_some_and(|until| until <= Instant::now()) {
+                Duration::ZERO
+            } else {
+                first_renewal(ttl).saturating_sub(sent.elapsed())
+            };
+            schedule_joint_renewal(myself, state, next);
+        }
+    }
+
+    /// A grant of a holding through `entry`, named `lock_id`.
+    fn joint_grant(
+        &self,
+        state: &LockState,
+        entry: &HolderEntry,
+        lock_id: String,
+        valid_until: Option<Instant>,
+        stole: Option<LockMetadata>,
+    ) -> Grant {
+        // The holding's own id, also in the metadata: a client releases by the metadata's
+        // lock id, and local holders share one entry, whose id would name them all.
+        let mut metadata = entry_metadata(entry);
+        metadata.lock_id = Some(lock_id.clone());
+        Grant {
+            target: state.target.url.clone(),
+            lock_id,
+            metadata,
+            stole,
+            token: entry.token,
+            valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
+            valid_until_monotonic_ns: valid_until.and_then(crate::context::monotonic_ns),
+        }
+    }
+
+    /// As [`LockActor::valid_until`] for an exclusive lease.
+    fn valid_until_joint(&self, sent: Instant, ttl: Duration) -> Option<Instant> {
+        if ttl.is_zero() {
+            return None;
+        }
+        let margin = (ttl / 10)
+            .max(self.ctx.settings.locks.lease_margin)
+            .min(ttl / 2);
+        Some(sent + (ttl - margin))
+    }
+
+    /// The lock file as the wire shows a joint one: its top-level fields (the first holder's
+    /// host and pid, the latest expiry).
+    fn joint_metadata(&self, observed: &Observed, joint: &Joint) -> LockMetadata {
+        let now = self.ctx.now();
+        let bytes = joint.to_json("", "", now);
+        let mut metadata = lockfile::into_wire(lockfile::parse(&bytes), observed.modified, false);
+        metadata.lock_id = None;
+        metadata.daemon_id = None;
+        metadata
+    }
+
+    /// Whether a request in `mode` may join what is held here: `Some(Ok)` joins, `Some(Err)`
+    /// is refused at once (a mode that cannot be shared with the held one), `None` waits.
+    pub(super) fn joins_here(
+        &self,
+        state: &LockState,
+        mode: LockMode,
+    ) -> Option<Result<(), WireError>> {
+        let joint = state.joint()?;
+        let asked = joint_mode(mode)?;
+        if compatible(asked, joint.mode) {
+            Some(Ok(()))
+        } else {
+            Some(Err(mode_conflict(&state.target.url, asked, joint.mode)))
+        }
+    }
+
+    /// Adds `waiter` to the joint holding here: at once for a shared lock (unless its lease
+    /// must grow), through a rewrite of our entry's slot count for a semaphore (which waits if
+    /// every slot is taken).
+    pub(super) async fn join_local(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+    ) -> Attempt {
+        if waiter.request.detached {
+            // A detached lease is an entry of its own in the file, not a member of ours.
+            let mode = state.joint().expect("joined while held jointly").mode;
+            return self.attempt_joint(myself, state, waiter, mode).await;
+        }
+        let joint = state.phase.joint_mut().expect("joined while held jointly");
+        joint.members.push(Member {
+            session: waiter.session.clone(),
+            acquire_id: waiter.acquire_id,
+            lock_id: random_id(),
+            since: Instant::now(),
+            ttl: waiter.ttl,
+            owner_id: waiter.request.owner_id.clone().filter(|o| !o.is_empty()),
+        });
+        let must_write = joint.wanted_count() != joint.entry.count
+            || joint.wanted_ttl() != joint.entry.ttl && !joint.entry.ttl.is_zero();
+        if must_write {
+            match self.rewrite_entry(state).await {
+                Ok(Changed::Done) => {}
+                Ok(Changed::Full) => {
+                    let joint = state.phase.joint_mut().expect("still held jointly");
+                    joint.members.pop();
+                    let holder = self.holder_metadata(state).await;
+                    return Attempt::Held(
+                        Box::new(waiter),
+                        Box::new(holder.unwrap_or_else(|| replies::busy_holder(&state.target.url))),
+                    );
+                }
+                Ok(Changed::Gone | Changed::Deleted) => {
+                    let joint = state.phase.joint_mut().expect("still held jointly");
+                    joint.members.pop();
+                    // Every local holder hears of the loss; the caller serves the queue next.
+                    let reason = replies::replaced_by_someone_else(&state.target.url);
+                    self.end_joint_lost(state, reason);
+                    return Attempt::Held(
+                        Box::new(waiter),
+                        Box::new(replies::busy_holder(&state.target.url)),
+                    );
+                }
+                Err(e) => {
+                    let joint = state.phase.joint_mut().expect("still held jointly");
+                    joint.members.pop();
+                    return Attempt::Failed(Box::new(waiter), replies::store_error(e));
+                }
+            }
+        }
+        let joint = state.joint().expect("still held jointly");
+        let member = joint.members.last().expect("just added");
+        let grant = self.joint_grant(
+            state,
+            &joint.entry,
+            member.lock_id.clone(),
+            joint.valid_until,
+            None,
+        );
+        self.tally.held(1);
+        waiter
+            .session
+            .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
+        Attempt::Granted
+    }
+
+    /// Writes our entry as the joint holding now wants it (slot count, lease, a fresh
+    /// `createdAt`), on the version last seen, reading the file again when someone else wrote
+    /// meanwhile. With no local holder left, removes the entry (deleting the file if it was the
+    /// last). Expired entries of others are left out on the way.
+    async fn rewrite_entry(&self, state: &mut LockState) -> Result<Changed, StoreError> {
+        let limit = state.joint().and_then(|j| j.valid_until).map_or(
+            self.ctx.settings.locks.store_timeout,
+            |until| {
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(self.ctx.settings.locks.store_timeout)
+            },
+        );
+        let store = state.target.store.clone();
+        let path = state.target.lock_path.clone();
+        let mut observed: Option<Observed> = None;
+        for _ in 0..CHANGE_TRIES {
+            let joint = state.joint().expect("rewritten while held jointly");
+            let (bytes, version) = match &observed {
+                Some(o) => (o.bytes.clone(), o.version()),
+                None => (joint.written.bytes.clone(), joint.written.clone()),
+            };
+            let Some(mut next) = Joint::parse(&bytes) else {
+                return Ok(Changed::Gone);
+            };
+            let own = joint.entry.lock_id.clone();
+            if next.entry(&own).is_none() {
+                return Ok(Changed::Gone);
+            }
+            let judged = Observed {
+                bytes: bytes.clone(),
+                tag: version.tag.clone(),
+                modified: None,
+            };
+            let expired = self.expired_entries(state, &judged, &next);
+            next.holders
+                .retain(|h| h.lock_id == own || !expired.contains(&h.lock_id));
+            let joint = state.joint().expect("rewritten while held jointly");
+            let leaving = joint.members.is_empty();
+            let now = self.ctx.now();
+            let (count, ttl) = (joint.wanted_count(), joint.wanted_ttl());
+            if leaving {
+                next.remove(&own);
+            } else {
+                if let JointMode::Slots(n) = next.mode {
+                    let others = next
+                        .holders
+                        .iter()
+                        .filter(|h| h.lock_id != own)
+                        .map(|h| h.count)
+                        .fold(0u32, u32::saturating_add);
+                    if others.saturating_add(count) > n {
+                        if observed.is_some() {
+                            return Ok(Changed::Full);
+                        }
+                        // Judged on what we last wrote: others may have left since. Look.
+                        match timing::within(limit, store.read(&path)).await? {
+                            None => return Ok(Changed::Gone),
+                            Some(fresh) => {
+                                observed = Some(fresh);
+                                continue;
+                            }
+                        }
+                    }
+                }
+                let entry = next.entry_mut(&own).expect("checked above");
+                entry.count = count;
+                entry.ttl = ttl;
+                entry.created_at = now;
+            }
+            if next.holders.is_empty() {
+                match timing::within(limit, store.delete(&path, &version)).await? {
+                    Conditional::Done => return Ok(Changed::Deleted),
+                    Conditional::Changed => {}
+                }
+            } else {
+                let writer = self.ctx.instance_id.clone();
+                let make: MakeLock = Box::new(move |_| next.to_json(&random_id(), &writer, now));
+                match timing::within(limit, store.replace(&path, &version, Token::Keep, make))
+                    .await?
+                {
+                    Replaced::Done(written) => {
+                        let joint = state
+                            .phase
+                            .joint_mut()
+                            .expect("rewritten while held jointly");
+                        if let Some(entry) =
+                            Joint::parse(&written.bytes).and_then(|j| j.entry(&own).cloned())
+                        {
+                            joint.entry = entry;
+                        }
+                        joint.written = written.version();
+                        return Ok(Changed::Done);
+                    }
+                    Replaced::Changed => {}
+                }
+            }
+            // Someone else wrote meanwhile: read what is there and make the change on it.
+            match timing::within(limit, store.read(&path)).await? {
+                None => return Ok(Changed::Gone),
+                Some(fresh) => observed = Some(fresh),
+            }
+        }
+        Err(StoreError::contended(format!(
+            "the lock file of {} kept changing while this daemon rewrote its entry",
+            state.target.url
+        )))
+    }
+
+    /// A local holder of the joint holding lets go (release, or its connection closed): it is
+    /// answered; with no local holder left, our entry leaves the file and the lock is free here.
+    pub(super) async fn leave_joint(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        session_id: u64,
+        acquire_id: vfslock_proto::RequestId,
+    ) -> Result<Response, WireError> {
+        let Some(joint) = state.phase.joint_mut() else {
+            return Ok(Response::Released { held: false });
+        };
+        let Some(at) = joint
+            .members
+            .iter()
+            .position(|m| m.is(session_id, acquire_id))
+        else {
+            return Ok(Response::Released { held: false });
+        };
+        let member = joint.members.remove(at);
+        self.tally.held(-1);
+        member.session.acquire_ended(member.acquire_id);
+        let past_deadline = joint
+            .valid_until
+            .is_some_and(|until| Instant::now() >= until);
+        let changes_file = joint.members.is_empty() || joint.wanted_count() != joint.entry.count;
+        if !changes_file {
+            return Ok(Response::Released { held: true });
+        }
+        let outcome = self.rewrite_entry(state).await;
+        let last = state.joint().is_some_and(|j| j.members.is_empty());
+        let gone = matches!(outcome, Ok(Changed::Gone));
+        let result = match outcome {
+            Ok(Changed::Done | Changed::Deleted) if !past_deadline => {
+                Ok(Response::Released { held: true })
+            }
+            Ok(Changed::Done | Changed::Deleted) => Err(replies::lease_lost_at_release(
+                &state.target.url,
+                "it was not renewed in time",
+            )),
+            Ok(Changed::Gone) => Err(replies::lease_lost_at_release(
+                &state.target.url,
+                "the lock file was replaced or removed by someone else",
+            )),
+            Ok(Changed::Full) => Ok(Response::Released { held: true }),
+            Err(e) => {
+                // Our entry stays in the file until its lease runs out (or the next renewal,
+                // for a semaphore's count); the holder did let go.
+                tracing::warn!(target = %state.target.url, error = %e, "could not rewrite our entry of a shared lock at release; it expires with its lease");
+                Ok(Response::Released { held: true })
+            }
+        };
+        if gone && !last {
+            let reason = replies::replaced_by_someone_else(&state.target.url);
+            self.lose_joint(myself, state, reason).await;
+        } else if last {
+            let joint = must(state.phase.end_joint());
+            self.ctx.journal_release(&joint.entry.lock_id);
+        }
+        result
+    }
+
+    /// Renews our entry: a fresh `createdAt`, on the version last seen (or read again); a
+    /// failure is retried with backoff until the deadline, which is a loss for every local
+    /// holder.
+    pub(super) async fn renew_joint(&self, myself: &ActorRef<LockMessage>, state: &mut LockState) {
+        let Some(joint) = state.joint() else {
+            return;
+        };
+        let sent = Instant::now();
+        if joint.valid_until.is_some_and(|until| until <= sent) {
+            let reason = replies::not_renewed_in_time(&state.target.url);
+            return self.lose_joint(myself, state, reason).await;
+        }
+        match self.rewrite_entry(state).await {
+            Ok(Changed::Done) | Ok(Changed::Full) => {
+                state.target.store.count_renewal();
+                let joint = state.phase.joint_mut().expect("renewed while held jointly");
+                let ttl = joint.entry.ttl;
+                joint.valid_until = self.valid_until_joint(sent, ttl);
+                joint.renewal.retry_delay = RENEW_RETRY_MIN;
+                if let Some(until) = joint.valid_until {
+                    for member in &joint.members {
+                        member.session.event(
+                            member.acquire_id,
+                            Event::LeaseRenewed {
+                                valid_for: until.saturating_duration_since(Instant::now()),
+                                valid_until_monotonic_ns: crate::context::monotonic_ns(until),
+                            },
+                        );
+                    }
+                }
+                if !ttl.is_zero() {
+                    let next = next_renewal(ttl).saturating_sub(sent.elapsed());
+                    schedule_joint_renewal(myself, state, next);
+                }
+            }
+            Ok(Changed::Gone | Changed::Deleted) => {
+                let reason = replies::replaced_by_someone_else(&state.target.url);
+                self.lose_joint(myself, state, reason).await;
+            }
+            Err(e) => {
+                let joint = state.phase.joint_mut().expect("renewed while held jointly");
+                let ttl = joint.entry.ttl;
+                let left = joint.valid_until.map_or(Duration::MAX, |until| {
+                    until.saturating_duration_since(Instant::now())
+                });
+                let delay = joint.renewal.retry_delay.min(left);
+                joint.renewal.retry_delay = (joint.renewal.retry_delay * 2).min(ttl / 3);
+                tracing::warn!(target = %state.target.url, error = %e, retry_in = ?delay, "renewal of a shared lock failed");
+                schedule_joint_renewal(myself, state, delay);
+            }
+        }
+    }
+
+    /// Ends the joint holding because its lease is lost: every local holder is told.
+    pub(super) async fn lose_joint(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        reason: String,
+    ) {
+        self.end_joint_lost(state, reason);
+        self.serve_queue(myself, state).await;
+    }
+
+    /// [`LockActor::lose_joint`] without serving the queue (an admin's break removes the file
+    /// first).
+    pub(super) fn end_joint_lost(&self, state: &mut LockState, reason: String) {
+        let Ok(joint) = state.phase.end_joint() else {
+            return;
+        };
+        tracing::warn!(target = %state.target.url, %reason, holders = joint.members.len(), "shared lease lost");
+        self.tally.held(-(joint.members.len() as i64));
+        for member in &joint.members {
+            member.session.acquire_ended(member.acquire_id);
+            member.session.event(
+                member.acquire_id,
+                Event::LeaseEnded {
+                    kind: ErrorKind::LeaseLost,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        self.ctx.journal_release(&joint.entry.lock_id);
+    }
+
+    /// The daemon is stopping: every local holder is told, and our entry leaves the file.
+    pub(super) async fn shut_down_joint(&self, state: &mut LockState) {
+        let Some(joint) = state.phase.joint_mut() else {
+            return;
+        };
+        let members = std::mem::take(&mut joint.members);
+        self.tally.held(-(members.len() as i64));
+        for member in &members {
+            member.session.event(
+                member.acquire_id,
+                Event::Releasing {
+                    reason: "vfslockd is shutting down and releases this lock".into(),
+                },
+            );
+        }
+        if let Err(e) = self.rewrite_entry(state).await {
+            tracing::error!(target = %state.target.url, error = %e, "could not remove our entry of a shared lock at shutdown; it expires with its lease");
+        }
+        for member in &members {
+            member.session.acquire_ended(member.acquire_id);
+        }
+        if let Ok(joint) = state.phase.end_joint() {
+            self.ctx.journal_release(&joint.entry.lock_id);
+        }
+    }
+
+    /// Removes or renews (`renew` with its new ttl) the detached entry `lock_id` of a joint
+    /// lock file, if `session` may act on it: `Ok(None)` when there is no such entry.
+    pub(super) async fn change_detached_entry(
+        &self,
+        state: &LockState,
+        session: &crate::link::SessionLink,
+        lock_id: &str,
+        renew: Option<Option<Duration>>,
+    ) -> Result<Option<HolderEntry>, WireError> {
+        for _ in 0..CHANGE_TRIES {
+            let Some(observed) = self
+                .within(state.target.store.read(&state.target.lock_path))
+                .await
+                .map_err(replies::store_error)?
+            else {
+                return Ok(None);
+            };
+            let Some(mut joint) = Joint::parse(&observed.bytes) else {
+                return Ok(None);
+            };
+            let Some(entry) = joint.entry(lock_id).filter(|e| e.detached).cloned() else {
+                return Ok(None);
+            };
+            let caller = &session.caller;
+            if !(caller.admin || (caller.uid.is_some() && caller.uid == entry.uid)) {
+                return Err(replies::not_your_detached_lease(
+                    &state.target.url,
+                    lock_id,
+                    entry.uid,
+                ));
+            }
+            let now = self.ctx.now();
+            if let Some(ttl) = renew {
+                if self
+                    .expired_entries(state, &observed, &joint)
+                    .contains(&entry.lock_id)
+                {
+                    return Ok(None);
+                }
+                let changed = joint.entry_mut(lock_id).expect("found above");
+                changed.created_at = now;
+                if let Some(ttl) = ttl {
+                    changed.ttl = ttl;
+                }
+                if changed.ttl.is_zero() {
+                    return Err(WireError::new(
+                        ErrorKind::InvalidTarget,
+                        "a detached lease needs a TTL above zero",
+                    ));
+                }
+            } else {
+                joint.remove(lock_id);
+            }
+            let result = joint.entry(lock_id).cloned().unwrap_or(entry);
+            let done = if joint.holders.is_empty() {
+                self.within(
+                    state
+                        .target
+                        .store
+                        .delete(&state.target.lock_path, &observed.version()),
+                )
+                .await
+                .map_err(replies::store_error)?
+                    == Conditional::Done
+            } else {
+                let writer = self.ctx.instance_id.clone();
+                let make: MakeLock = Box::new(move |_| joint.to_json(&random_id(), &writer, now));
+                matches!(
+                    self.within(state.target.store.replace(
+                        &state.target.lock_path,
+                        &observed.version(),
+                        Token::Keep,
+                        make,
+                    ))
+                    .await
+                    .map_err(replies::store_error)?,
+                    Replaced::Done(_)
+                )
+            };
+            if done {
+                return Ok(Some(result));
+            }
+        }
+        Err(replies::kept_changing_while_breaking(&state.target.url))
+    }
+
+    /// What `list` and "held by" messages show of the joint holding here: our entry.
+    pub(super) fn joint_holder(&self, state: &LockState) -> Option<LockMetadata> {
+        state.joint().map(|j| entry_metadata(&j.entry))
+    }
+}
+
+/// An entry as the wire shows a holder.
+pub(super) fn entry_metadata(entry: &HolderEntry) -> LockMetadata {
+    LockMetadata {
+        created_at_unix_ns: Some(unix_ns(entry.created_at)),
+        acquired_at_unix_ns: Some(unix_ns(entry.acquired_at)),
+        modified_unix_ns: None,
+        ttl_ns: i64::try_from(entry.ttl.as_nanos()).unwrap_or(i64::MAX),
+        hostname: entry.hostname.clone(),
+        pid: entry.pid,
+        owner_id: entry.owner_id.clone(),
+        lock_id: Some(entry.lock_id.clone()),
+        daemon_id: Some(entry.daemon_id.clone()),
+        token: entry.token,
+        uid: entry.uid,
+        detached: entry.detached,
+        format: LockFileFormat::Vfslock(crate::lockfile::joint::JOINT_FORMAT_VERSION),
+        stale: false,
+    }
+}
+
+/// Sends this actor the renewal of the joint holding after `delay`, replacing the timer of the
+/// one before.
+fn schedule_joint_renewal(myself: &ActorRef<LockMessage>, state: &mut LockState, delay: Duration) {
+    state.renewals += 1;
+    let generation = state.renewals;
+    let Some(joint) = state.phase.joint_mut() else {
+        return;
+    };
+    joint.renewal.generation = generation;
+    joint.renewal.timer =
+        Some(Timer(myself.send_after(delay, move || {
+            LockMessage::Renew { generation }
+        })));
+}
+
+#[cfg(test)]
+#[path = "tests/joint.rs"]
+mod tests;
