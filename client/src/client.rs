@@ -4,7 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vfslock_proto::{ListEntry, LockMode, Request, Response, StatusInfo, WaitMode, Welcome};
+use vfslock_proto::{
+    HolderView, ListEntry, ListedLock, LockMode, LockView, Request, Response, StatusInfo, WaitMode,
+    Welcome,
+};
 
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, WithLockError};
@@ -230,6 +233,66 @@ impl Client {
         {
             Response::Metadata(meta) => Ok(meta),
             other => Err(unexpected("a metadata request", other)),
+        }
+    }
+
+    /// The target's lock file with every holder it lists (a shared lock's or semaphore's
+    /// entries; one holder for an exclusive file), or `None` when it is not locked. A daemon of
+    /// protocol 2 or older has no such request: then every holder is the file's one, from
+    /// [`Client::metadata`].
+    pub async fn describe(&self, target: &str) -> Result<Option<LockView>, Error> {
+        if self.conn.welcome().protocol_version < 3 {
+            return Ok(self.metadata(target).await?.map(|lock| LockView {
+                holders: vec![HolderView {
+                    lock_id: lock.lock_id.clone(),
+                    hostname: lock.hostname.clone(),
+                    pid: lock.pid,
+                    owner_id: lock.owner_id.clone(),
+                    uid: lock.uid,
+                    token: lock.token,
+                    expires_unix_ns: lock
+                        .expires_at()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos() as i128),
+                    count: 1,
+                    detached: lock.detached,
+                    local: false,
+                    expired: lock.stale,
+                }],
+                lock,
+                mode: LockMode::Exclusive,
+            }));
+        }
+        match self
+            .conn
+            .request(Request::Describe {
+                target: target.to_owned(),
+            })
+            .await?
+        {
+            Response::Described(view) => Ok(view),
+            other => Err(unexpected("a describe request", other)),
+        }
+    }
+
+    /// Locks held and queued through this daemon, with their modes and number of holders
+    /// (exclusive, one holder each, from a daemon of protocol 2 or older).
+    pub async fn list_modes(&self) -> Result<Vec<ListedLock>, Error> {
+        if self.conn.welcome().protocol_version < 3 {
+            return Ok(self
+                .list()
+                .await?
+                .into_iter()
+                .map(|entry| ListedLock {
+                    holders: u32::from(entry.lock_id.is_some()),
+                    entry,
+                    mode: LockMode::Exclusive,
+                })
+                .collect());
+        }
+        match self.conn.request(Request::ListModes).await? {
+            Response::ListedModes(listed) => Ok(listed),
+            other => Err(unexpected("a list request", other)),
         }
     }
 

@@ -64,7 +64,10 @@ pub use lock::{Lock, LockOptions, DEFAULT_TTL};
 /// `SystemTime` through [`LockMetadata::created_at`], [`LockMetadata::ttl`],
 /// [`LockMetadata::expires_at`] and the like.
 pub use vfslock_proto::LockMetadata;
-pub use vfslock_proto::{ListEntry, LockFileFormat, LockMode, StatusInfo, StoreInfo, Welcome};
+pub use vfslock_proto::{
+    HolderView, ListEntry, ListedLock, LockFileFormat, LockMode, LockView, StatusInfo, StoreInfo,
+    Welcome,
+};
 
 /// A detached lease: held by a uid and a lock id rather than a connection; see
 /// [`Client::acquire_detached`].

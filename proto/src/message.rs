@@ -103,6 +103,16 @@ pub enum Request {
         /// How the lock is shared.
         mode: LockMode,
     },
+    /// Read a target's lock file with every holder it lists (protocol version 3; older
+    /// clients use [`Request::Metadata`]). Answers [`Response::Described`].
+    Describe {
+        /// The target.
+        target: String,
+    },
+    /// What this daemon holds and queues, with each lock's mode and number of holders
+    /// (protocol version 3; older clients use [`Request::List`]). Answers
+    /// [`Response::ListedModes`].
+    ListModes,
 }
 
 /// How a lock is held: alone, or together with other holders.
@@ -221,6 +231,62 @@ pub enum Response {
     Broken(Option<LockMetadata>),
     /// Answer to [`Request::Ping`].
     Pong,
+    /// Answer to [`Request::Describe`]: the lock file with its holders, or `None` when there
+    /// is none (protocol version 3).
+    Described(Option<LockView>),
+    /// Answer to [`Request::ListModes`] (protocol version 3).
+    ListedModes(Vec<ListedLock>),
+}
+
+/// A lock file with every holder it lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockView {
+    /// The file as a whole, as [`Response::Metadata`] has it (what a Go peer reads).
+    pub lock: LockMetadata,
+    /// How it is held: an exclusive file (ours, a Go peer's, any other) has one holder.
+    pub mode: LockMode,
+    /// The holders: each entry of a shared lock or semaphore, with this daemon's own entry
+    /// shown as its local holders.
+    pub holders: Vec<HolderView>,
+}
+
+/// One holder of a lock, as [`LockView`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderView {
+    /// The holding's lock id (for a local holder of this daemon, the one its release names).
+    pub lock_id: Option<String>,
+    /// The holder's host.
+    pub hostname: String,
+    /// The holding process (for another daemon's entry: its first holder's).
+    pub pid: i64,
+    /// The owner id.
+    pub owner_id: Option<String>,
+    /// The holding user.
+    pub uid: Option<u32>,
+    /// The fencing token.
+    pub token: Option<u64>,
+    /// When the holder's lease runs out unless renewed, in nanoseconds since the Unix epoch;
+    /// `None` never.
+    pub expires_unix_ns: Option<i128>,
+    /// Slots taken (semaphores); 1 otherwise.
+    pub count: u32,
+    /// A detached lease.
+    pub detached: bool,
+    /// Whether this daemon serves the holder.
+    pub local: bool,
+    /// Whether its lease had run out when the daemon read the file.
+    pub expired: bool,
+}
+
+/// One line of [`Response::ListedModes`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedLock {
+    /// What [`Response::List`] says of the target (its first local holder).
+    pub entry: ListEntry,
+    /// How it is held here.
+    pub mode: LockMode,
+    /// How many clients of this daemon hold it.
+    pub holders: u32,
 }
 
 /// What the holder of a fresh lock learns.

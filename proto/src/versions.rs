@@ -17,12 +17,12 @@
 //! |---------|------------------------------------------------------------------------------|
 //! | 1       | everything else                                                              |
 //! | 2       | [`Event::LeaseEnded`]: a lost lease with an error kind; version 1 gets [`Event::LeaseLost`] |
-//! | 3       | `Request::AcquireIn` (lock modes) and [`ErrorKind::ModeConflict`]; older versions never ask for a mode, and would get `AlreadyHeld` |
+//! | 3       | `Request::AcquireIn` (lock modes), `Request::Describe`, `Request::ListModes` and their answers, and [`ErrorKind::ModeConflict`]; older versions never ask for these, and would get `AlreadyHeld` for the kind |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
 use crate::handshake::PROTOCOL_VERSION;
-use crate::{ErrorKind, Event, ServerFrame, WireError};
+use crate::{ErrorKind, Event, Response, ServerFrame, WireError};
 
 impl ServerFrame {
     /// This frame as a client speaking protocol `version` can decode it: the same frame for
@@ -44,6 +44,24 @@ impl ServerFrame {
                 id,
                 result: Err(error.for_version(version)),
             },
+            // Answers to requests only version 3 sends; their older equivalents, should one
+            // ever be asked for.
+            ServerFrame::Response {
+                id,
+                result: Ok(Response::Described(view)),
+            } if version < 3 => ServerFrame::Response {
+                id,
+                result: Ok(Response::Metadata(view.map(|v| v.lock))),
+            },
+            ServerFrame::Response {
+                id,
+                result: Ok(Response::ListedModes(listed)),
+            } if version < 3 => ServerFrame::Response {
+                id,
+                result: Ok(Response::List(
+                    listed.into_iter().map(|l| l.entry).collect(),
+                )),
+            },
             response @ ServerFrame::Response { .. } => response,
         }
     }
@@ -55,6 +73,10 @@ impl ServerFrame {
             ServerFrame::Response {
                 result: Err(error), ..
             } => error.kind.since_version(),
+            ServerFrame::Response {
+                result: Ok(Response::Described(_) | Response::ListedModes(_)),
+                ..
+            } => 3,
             ServerFrame::Response { .. } => 1,
         }
     }

@@ -144,6 +144,8 @@ fn request() -> BoxedStrategy<Request> {
         Just(Request::Ping),
         (acquire_request(), lock_mode())
             .prop_map(|(request, mode)| Request::AcquireIn { request, mode }),
+        text().prop_map(|target| Request::Describe { target }),
+        Just(Request::ListModes),
     ]
     .boxed()
 }
@@ -285,8 +287,57 @@ fn response() -> BoxedStrategy<Response> {
         lock_metadata().prop_map(Response::Renewed),
         option::of(lock_metadata()).prop_map(Response::Broken),
         Just(Response::Pong),
+        option::of(lock_view()).prop_map(Response::Described),
+        vec(listed_lock(), 0..3).prop_map(Response::ListedModes),
     ]
     .boxed()
+}
+
+fn holder_view() -> impl Strategy<Value = HolderView> {
+    (
+        (option::of(text()), text(), any::<i64>(), option::of(text())),
+        (option::of(any::<u32>()), option::of(any::<u64>())),
+        (option::of(any::<i128>()), any::<u32>(), any::<bool>()),
+        (any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |(
+                (lock_id, hostname, pid, owner_id),
+                (uid, token),
+                (expires_unix_ns, count, detached),
+                (local, expired),
+            )| HolderView {
+                lock_id,
+                hostname,
+                pid,
+                owner_id,
+                uid,
+                token,
+                expires_unix_ns,
+                count,
+                detached,
+                local,
+                expired,
+            },
+        )
+}
+
+fn lock_view() -> impl Strategy<Value = LockView> {
+    (lock_metadata(), lock_mode(), vec(holder_view(), 0..3)).prop_map(|(lock, mode, holders)| {
+        LockView {
+            lock,
+            mode,
+            holders,
+        }
+    })
+}
+
+fn listed_lock() -> impl Strategy<Value = ListedLock> {
+    (list_entry(), lock_mode(), any::<u32>()).prop_map(|(entry, mode, holders)| ListedLock {
+        entry,
+        mode,
+        holders,
+    })
 }
 
 fn error_kind() -> impl Strategy<Value = ErrorKind> {
@@ -418,7 +469,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 10;
+    const COUNT: usize = 12;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -431,6 +482,8 @@ impl Variant for Request {
             Request::Status => 7,
             Request::Ping => 8,
             Request::AcquireIn { .. } => 9,
+            Request::Describe { .. } => 10,
+            Request::ListModes => 11,
         }
     }
 }
@@ -457,7 +510,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 9;
+    const COUNT: usize = 11;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -469,6 +522,8 @@ impl Variant for Response {
             Response::Renewed(_) => 6,
             Response::Broken(_) => 7,
             Response::Pong => 8,
+            Response::Described(_) => 9,
+            Response::ListedModes(_) => 10,
         }
     }
 }

@@ -550,6 +550,8 @@ async fn list_shows_held_locks() {
     assert_eq!(entry["ttl_seconds"], 300.0);
     assert_eq!(entry["token"], lock.token().expect("a token"));
     assert_eq!(entry["waiters"], 0);
+    assert_eq!(entry["mode"], "exclusive");
+    assert_eq!(entry["holders"], 1);
     assert!(entry["age_seconds"].as_f64().expect("age") >= 0.0);
 
     let out = output(ctl(&daemon).arg("list")).await;
@@ -559,16 +561,18 @@ async fn list_shows_held_locks() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS"]
+        ["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS", "MODE", "HOLDERS"]
     );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row[0], url, "{text}");
     assert_eq!(row[1], std::process::id().to_string(), "{text}");
     assert_eq!(row[3], "lister", "{text}");
-    assert_eq!(row[row.len() - 3], "5m", "{text}");
+    assert_eq!(row[row.len() - 5], "5m", "{text}");
     let token = lock.token().expect("a token").to_string();
-    assert_eq!(row[row.len() - 2], token, "{text}");
-    assert_eq!(row[row.len() - 1], "0", "{text}");
+    assert_eq!(row[row.len() - 4], token, "{text}");
+    assert_eq!(row[row.len() - 3], "0", "{text}");
+    assert_eq!(row[row.len() - 2], "exclusive", "{text}");
+    assert_eq!(row[row.len() - 1], "1", "{text}");
 
     lock.release().await.expect("release");
     let out = output(ctl(&daemon).args(["list", "--json"])).await;

@@ -309,3 +309,171 @@ async fn sftp_refuses_shared_locks_and_semaphores_naming_the_mode() {
     // Exclusive locks still work there.
     release(take(&client, &target.url, LockOptions::default()).await).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. The admin view
+// ---------------------------------------------------------------------------------------------
+
+fn ctl_json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let output = vfslock_tests::vfslockctl(daemon, None, &all);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vfslockctl {args:?}: {e}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// `show` lists every holder of a semaphore (this daemon's two local holders, the other
+/// host's entry) with their slots, and `list` gives the mode and the number of local holders.
+#[tokio::test(flavor = "multi_thread")]
+async fn show_lists_every_holder_and_list_the_mode_and_count() {
+    let store = Store::File;
+    let here = host(store, "here");
+    let there = host(store, "there");
+    let target = store.target("modes-view");
+    let url = target.url.as_str();
+    let a = here.client().await;
+    let b = there.client().await;
+    let first = take(&a, url, slots(3).owner_id("first")).await;
+    let second = take(&a, url, slots(3).owner_id("second")).await;
+    let remote = take(&b, url, slots(3).owner_id("remote")).await;
+
+    let shown = ctl_json(&here, &["show", url]);
+    assert_eq!(shown["locked"], true, "{shown}");
+    assert_eq!(shown["mode"], "slots", "{shown}");
+    assert_eq!(shown["slots"], 3, "{shown}");
+    let holders = shown["holders"].as_array().expect("holders");
+    let owners: Vec<(&str, &str, bool)> = holders
+        .iter()
+        .map(|h| {
+            (
+                h["owner_id"].as_str().unwrap_or("-"),
+                h["hostname"].as_str().unwrap_or("-"),
+                h["local"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("first", "here", true),
+            ("second", "here", true),
+            ("remote", "there", false)
+        ],
+        "{shown}"
+    );
+    for holder in holders {
+        assert!(holder["token"].as_u64().is_some(), "{holder}");
+        assert!(holder["expires_at"].is_string(), "{holder}");
+        assert_eq!(holder["slots_taken"], 1, "{holder}");
+    }
+    let text = vfslock_tests::vfslockctl(&here, None, &["show", url]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("3 (3 of 3 slots taken)"), "{text}");
+
+    let listed = ctl_json(&here, &["list"]);
+    let entry = listed
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e["target"].as_str() == Some(format!("file://{url}").as_str()))
+        })
+        .unwrap_or_else(|| panic!("{url} in {listed}"));
+    assert_eq!(entry["mode"], "slots", "{entry}");
+    assert_eq!(entry["slots"], 3, "{entry}");
+    assert_eq!(entry["holders"], 2, "{entry}");
+
+    for lock in [first, second, remote] {
+        release(lock).await;
+    }
+    let shown = ctl_json(&here, &["show", url]);
+    assert_eq!(shown["locked"], false, "{shown}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A writer is not starved by readers on other hosts
+// ---------------------------------------------------------------------------------------------
+
+const READERS_PER_HOST: usize = 4;
+const READ_HOLD: Duration = Duration::from_millis(100);
+
+/// 8 readers loop on one target, 4 through each of two daemons, so that the lock is always
+/// held shared; a writer then starts waiting on the first daemon. Readers of its own daemon
+/// queue behind it (first come, first served); the other daemon reads the writer's waiting
+/// mark before every join and lets no new reader in while it is fresh. So the writer is
+/// granted after at most a bounded number of new shared grants: the readers already on their
+/// way (one each), plus, on an object store, what the other daemon grants in the one second
+/// (`MARK_INTERVAL`) it trusts a mark it read (one per reader per hold).
+async fn writer_not_starved(store: Store) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let target = store.target("modes-writer");
+    let url = target.url.clone();
+    let (first, second) = two_hosts(store);
+    let second = second.expect("two hosts");
+    let grants = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = tokio::task::JoinSet::new();
+    for host in [&first, &second] {
+        for _ in 0..READERS_PER_HOST {
+            let client = host.client().await;
+            let (url, grants, stop) = (url.clone(), grants.clone(), stop.clone());
+            readers.spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut reader = client.new_lock(&url, shared());
+                    match reader.acquire_timeout(Duration::from_secs(60)).await {
+                        Ok(()) => {
+                            grants.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(READ_HOLD).await;
+                            reader.release().await.expect("release a read lock");
+                        }
+                        Err(e) => panic!("a reader failed: {e}"),
+                    }
+                }
+            });
+        }
+    }
+    // The readers are in full swing: every one of them has been granted at least twice.
+    let started = std::time::Instant::now();
+    while grants.load(Ordering::SeqCst) < (2 * 2 * READERS_PER_HOST) as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the readers do not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = first.client().await;
+    let mut writer = client.new_lock(&url, LockOptions::default());
+    let before = grants.load(Ordering::SeqCst);
+    within(
+        "the writer, while readers loop on both hosts",
+        writer.acquire_timeout(Duration::from_secs(60)),
+    )
+    .await
+    .expect("the writer is granted");
+    let new_grants = grants.load(Ordering::SeqCst) - before;
+    let in_flight = (2 * READERS_PER_HOST) as u64;
+    let trusted = if store == Store::File {
+        0
+    } else {
+        READERS_PER_HOST as u64 * (1000 / READ_HOLD.as_millis() as u64)
+    };
+    assert!(
+        new_grants <= in_flight + trusted,
+        "{store:?}: {new_grants} new shared grants while the writer waited (bound {})",
+        in_flight + trusted
+    );
+    eprintln!("{store:?}: {new_grants} new shared grants while the writer waited");
+    release(writer).await;
+    stop.store(true, Ordering::SeqCst);
+    while let Some(done) = readers.join_next().await {
+        done.expect("a reader task");
+    }
+}
+
+per_store!(writer_not_starved, [file => File, s3 => S3]);

@@ -6,7 +6,7 @@
 
 use clap::Args;
 use serde_json::json;
-use vfslock::{Client, ListEntry};
+use vfslock::{Client, ListEntry, ListedLock, LockMode};
 
 use super::output::{emit, emit_json, or_dash, seconds, table};
 use super::Failure;
@@ -23,7 +23,7 @@ pub(super) struct ListArgs {
 /// Prints the locks held and queued through the daemon; see the module docs of [`super`] for
 /// the JSON fields.
 pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<u8, Failure> {
-    let mut entries = client.list().await?;
+    let mut entries = client.list_modes().await?;
     if let Some(prefix) = &args.prefix {
         // A plain path prefix means the same as its file:// URL, as targets do.
         let url = if prefix.starts_with('/') {
@@ -31,9 +31,9 @@ pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<
         } else {
             prefix.clone()
         };
-        entries.retain(|e| e.target.starts_with(&url));
+        entries.retain(|e| e.entry.target.starts_with(&url));
     }
-    entries.sort_by(|a, b| a.target.cmp(&b.target));
+    entries.sort_by(|a, b| a.entry.target.cmp(&b.entry.target));
     if json {
         emit_json(&serde_json::Value::Array(
             entries.iter().map(entry_json).collect(),
@@ -43,7 +43,7 @@ pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<
     let rows: Vec<Vec<String>> = entries.iter().map(entry_row).collect();
     emit(&table(
         &[
-            "TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS",
+            "TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS", "MODE", "HOLDERS",
         ],
         &rows,
     ))?;
@@ -55,8 +55,28 @@ fn held_here(entry: &ListEntry) -> bool {
     entry.held_for.is_some()
 }
 
-fn entry_json(entry: &ListEntry) -> serde_json::Value {
+/// The mode as the table and `--json` name it.
+fn mode_name(mode: LockMode) -> String {
+    match mode {
+        LockMode::Exclusive => "exclusive".to_owned(),
+        LockMode::Shared => "shared".to_owned(),
+        LockMode::Slots(n) => format!("slots:{n}"),
+    }
+}
+
+fn entry_json(listed: &ListedLock) -> serde_json::Value {
+    let entry = &listed.entry;
     json!({
+        "mode": match listed.mode {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+            LockMode::Slots(_) => "slots",
+        },
+        "slots": match listed.mode {
+            LockMode::Slots(n) => Some(n),
+            _ => None,
+        },
+        "holders": listed.holders,
         "target": entry.target,
         "lock_id": entry.lock_id,
         "pid": entry.pid,
@@ -69,7 +89,8 @@ fn entry_json(entry: &ListEntry) -> serde_json::Value {
     })
 }
 
-fn entry_row(entry: &ListEntry) -> Vec<String> {
+fn entry_row(listed: &ListedLock) -> Vec<String> {
+    let entry = &listed.entry;
     let ttl = if !held_here(entry) {
         "-".to_owned()
     } else if entry.ttl.is_zero() {
@@ -86,5 +107,8 @@ fn entry_row(entry: &ListEntry) -> Vec<String> {
         ttl,
         or_dash(entry.token),
         entry.waiters.to_string(),
+        // New columns go last: scripts reading the table by position keep working.
+        mode_name(listed.mode),
+        listed.holders.to_string(),
     ]
 }

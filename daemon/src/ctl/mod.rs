@@ -27,7 +27,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | done |
-//! | 1 | the lock is held, or the wait for it timed out (`run`; `-E` changes it); the target is not locked (`show`) |
+//! | 1 | the lock is held, held in a mode that cannot be shared with the one asked for, or the wait for it timed out (`run`; `-E` changes it); the target is not locked (`show`) |
 //! | 2 | usage error |
 //! | 69 | no daemon answers at the socket (`EX_UNAVAILABLE`) |
 //! | 70 | any other failure (`EX_SOFTWARE`) |
@@ -50,15 +50,21 @@
 //!
 //! `list` prints an array (`[]` when nothing is held or queued) of objects: `target`
 //! (normalized URL), `lock_id`, `pid`, `uid`, `owner_id`, `age_seconds`, `ttl_seconds`
-//! (0: never expires), `token`, `waiters`. The holder's fields are `null` for a target that only has
-//! waiters (its holder is outside this daemon).
+//! (0: never expires), `token`, `waiters`, `mode` (`"exclusive"`, `"shared"` or `"slots"`),
+//! `slots` (N for a semaphore, else `null`) and `holders` (how many clients of this daemon
+//! hold it; the other holder fields are the first one's). The holder's fields are `null` for a
+//! target that only has waiters (its holder is outside this daemon).
 //!
 //! `show` prints one object: `target` (as given) and `locked`; when `locked` is true also
 //! `format` (`"vfslock"`, `"go"`, `"foreign"` or `"corrupt"`), `format_version` (vfslock
 //! files only), `hostname`, `pid`, `owner_id`, `created_at`, `acquired_at` (vfslock files
 //! only), `age_seconds`, `ttl_seconds` (0: never expires; negative: already stale, as the Go
 //! library reads it), `never_expires`, `expires_at`, `stale`, `lock_id`, `daemon_id`, `token`,
-//! `uid`, `detached`.
+//! `uid`, `detached`, `mode` and `slots` (as in `list`), and `holders`: an array of
+//! `{lock_id, hostname, pid, owner_id, uid, token, expires_at, never_expires, slots_taken,
+//! detached, local, expired}`, one per holder the lock file lists (one for an exclusive
+//! file; this daemon's own entry of a shared lock shown as its local holders). The top-level
+//! fields are the file's as a whole, as a Go peer reads them.
 //!
 //! `acquire` prints `{target, lock_id, token, ttl_seconds}`; `release` prints `{target,
 //! lock_id, released}`; `renew` prints `{target, lock_id, ttl_seconds, expires_at}`; `break`

@@ -10,9 +10,9 @@ use std::time::SystemTime;
 
 use clap::Args;
 use serde_json::json;
-use vfslock::{Client, LockFileFormat, LockMetadata};
+use vfslock::{Client, HolderView, LockFileFormat, LockMetadata, LockMode, LockView};
 
-use super::output::{emit, emit_json, key_values, or_dash, relative, rfc3339, seconds};
+use super::output::{emit, emit_json, key_values, or_dash, relative, rfc3339, seconds, table};
 use super::{Failure, EXIT_NOT_LOCKED};
 use crate::duration;
 
@@ -25,7 +25,7 @@ pub(super) struct ShowArgs {
 
 /// Prints `target`'s lock file; see the module docs of [`super`] for the JSON fields.
 pub(super) async fn show(client: &Client, target: &str, json: bool) -> Result<u8, Failure> {
-    let Some(meta) = client.metadata(target).await? else {
+    let Some(view) = client.describe(target).await? else {
         if json {
             emit_json(&json!({ "target": target, "locked": false }))?;
         } else {
@@ -33,12 +33,108 @@ pub(super) async fn show(client: &Client, target: &str, json: bool) -> Result<u8
         }
         return Ok(EXIT_NOT_LOCKED);
     };
+    let meta = &view.lock;
     if json {
-        emit_json(&to_json(target, &meta))?;
+        let mut value = to_json(target, meta);
+        value["mode"] = mode_name(view.mode).into();
+        value["slots"] = match view.mode {
+            LockMode::Slots(n) => n.into(),
+            _ => serde_json::Value::Null,
+        };
+        value["holders"] = view.holders.iter().map(holder_json).collect();
+        emit_json(&value)?;
     } else {
-        emit(&key_values(&to_rows(target, &meta)))?;
+        let mut rows = to_rows(target, meta);
+        if view.mode != LockMode::Exclusive {
+            rows.insert(1, ("mode", view.mode.to_string()));
+            rows.insert(2, ("holders", holders_summary(&view)));
+        }
+        let mut text = key_values(&rows);
+        if view.mode != LockMode::Exclusive {
+            text.push_str(&holders_table(&view.holders));
+        }
+        emit(&text)?;
     }
     Ok(0)
+}
+
+/// The mode as `--json` names it.
+fn mode_name(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::Exclusive => "exclusive",
+        LockMode::Shared => "shared",
+        LockMode::Slots(_) => "slots",
+    }
+}
+
+fn holders_summary(view: &LockView) -> String {
+    let taken: u32 = view.holders.iter().map(|h| h.count).sum();
+    match view.mode {
+        LockMode::Slots(n) => format!("{} ({taken} of {n} slots taken)", view.holders.len()),
+        _ => view.holders.len().to_string(),
+    }
+}
+
+fn expiry(holder: &HolderView) -> Option<SystemTime> {
+    let ns = u64::try_from(holder.expires_unix_ns?).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_nanos(ns))
+}
+
+fn holder_json(holder: &HolderView) -> serde_json::Value {
+    json!({
+        "lock_id": holder.lock_id,
+        "hostname": holder.hostname,
+        "pid": Some(holder.pid).filter(|&p| p > 0),
+        "owner_id": holder.owner_id,
+        "uid": holder.uid,
+        "token": holder.token,
+        "expires_at": expiry(holder).and_then(rfc3339),
+        "never_expires": holder.expires_unix_ns.is_none(),
+        "slots_taken": holder.count,
+        "detached": holder.detached,
+        "local": holder.local,
+        "expired": holder.expired,
+    })
+}
+
+/// One line per holder, under the key-value rows.
+fn holders_table(holders: &[HolderView]) -> String {
+    let rows: Vec<Vec<String>> = holders
+        .iter()
+        .map(|h| {
+            let mut note = Vec::new();
+            if h.local {
+                note.push("this daemon");
+            }
+            if h.detached {
+                note.push("detached");
+            }
+            if h.expired {
+                note.push("expired");
+            }
+            vec![
+                h.hostname.clone(),
+                or_dash(Some(h.pid).filter(|&p| p > 0)),
+                or_dash(h.uid),
+                or_dash(h.owner_id.as_deref()),
+                or_dash(h.token),
+                match expiry(h) {
+                    Some(t) => when(Some(t)),
+                    None => "never".to_owned(),
+                },
+                h.count.to_string(),
+                if note.is_empty() {
+                    "-".to_owned()
+                } else {
+                    note.join(", ")
+                },
+            ]
+        })
+        .collect();
+    let headers = [
+        "HOST", "PID", "UID", "OWNER", "TOKEN", "EXPIRES", "SLOTS", "NOTE",
+    ];
+    format!("\n{}", table(&headers, &rows))
 }
 
 fn format_name(format: LockFileFormat) -> (&'static str, Option<u32>) {

@@ -96,7 +96,15 @@ impl LockActor {
                 }
             }
             let holder = self.holder_metadata(state).await;
+            let writer_behind_readers = state.joint().is_some()
+                && mode == LockMode::Exclusive
+                && matches!(waiter.request.wait, WaitMode::Wait { .. });
             self.refuse_or_queue(myself, state, waiter, holder);
+            if writer_behind_readers {
+                // Re-checked like a wait for another host, so that its waiting mark stays fresh
+                // while other hosts' readers hold on too.
+                self.schedule_recheck(myself, state, None);
+            }
             return;
         }
         let outcome = self.attempt_any(myself, state, waiter).await;
@@ -522,6 +530,9 @@ impl LockActor {
             return;
         }
         let settings = &self.ctx.settings;
+        state.recheck.joint_seen = holder.is_some_and(|h| {
+            h.format == LockFileFormat::Vfslock(crate::lockfile::joint::JOINT_FORMAT_VERSION)
+        });
         let mut delay = jitter(state.recheck.delay);
         if let Some(until_stale) = holder.and_then(|h| self.until_stale(h)) {
             delay = delay.min(until_stale + Duration::from_millis(1));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
-use vfslock_proto::{AcquireRequest, ListEntry, LockMode, RequestId, Response};
+use vfslock_proto::{AcquireRequest, ListedLock, LockMode, RequestId, Response};
 
 use super::registry::Registry;
 use super::state::{LockState, Tally, Target};
@@ -107,8 +107,15 @@ pub enum LockMessage {
         /// The closed session.
         session_id: u64,
     },
+    /// Request: the lock file with every holder it lists.
+    Describe {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+    },
     /// Request: what is held and queued here (for `vfslockctl list`).
-    Snapshot(RpcReplyPort<Option<ListEntry>>),
+    Snapshot(RpcReplyPort<Option<ListedLock>>),
     /// Request: the daemon is stopping; tell the holder, release, fail the waiters, stop.
     Shutdown(RpcReplyPort<()>),
     /// Request (the supervisor's, always this actor's first message): the actor `failed` that
@@ -175,7 +182,8 @@ impl LockMessage {
             | LockMessage::Cancel { session, id, .. }
             | LockMessage::RenewDetached { session, id, .. }
             | LockMessage::Break { session, id, .. }
-            | LockMessage::Metadata { session, id } => Some((session, *id)),
+            | LockMessage::Metadata { session, id }
+            | LockMessage::Describe { session, id } => Some((session, *id)),
             _ => None,
         }
     }
@@ -330,6 +338,10 @@ impl LockActor {
             LockMessage::Metadata { session, id } => {
                 let result = self.read_metadata(state).await;
                 session.reply(id, result.map(Response::Metadata));
+            }
+            LockMessage::Describe { session, id } => {
+                let result = self.describe(state).await;
+                session.reply(id, result.map(Response::Described));
             }
             LockMessage::SessionClosed { session_id } => {
                 self.drop_session(&myself, state, session_id).await;

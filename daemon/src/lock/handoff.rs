@@ -13,21 +13,68 @@ use super::state::{LockState, Waiter};
 impl LockActor {
     /// While this daemon's waiters wait for a holder elsewhere (not for a cooldown of its own),
     /// tells the other daemons, once per re-check, so that the holder's daemon gives them their
-    /// turn ([`Self::uncap_if_nobody_else_waits`]).
+    /// turn ([`Self::uncap_if_nobody_else_waits`]); while one of them is exclusive, the mark
+    /// says so, and other hosts let no new shared holder in ([`crate::store::waiting`]). Once
+    /// no exclusive request waits any more, a mark that said so is taken back.
     pub(super) async fn mark_waiting(&self, state: &mut LockState) {
-        if state.holding().is_none()
-            && !state.queue.is_empty()
-            && state.recheck.scheduled
-            && state.handoff.cooldown_until.is_none()
-            && state.recheck.marked_generation != state.recheck.generation
+        // Nobody else can wait for a private store's lock; the hot path pays nothing here.
+        if state.target.store.is_private()
+            || (state.queue.is_empty() && state.recheck.marked_exclusive.is_none())
         {
-            state.recheck.marked_generation = state.recheck.generation;
-            state
-                .target
-                .store
-                .mark_waiting(&state.target.lock_path, &self.ctx.instance_id)
-                .await;
+            return;
         }
+        let exclusive = state.queue.has_exclusive();
+        let store = state.target.store.clone();
+        let now = self.ctx.now();
+        let settings = &self.ctx.settings;
+        let fresh_for = (
+            settings.locks.recheck_max * 3,
+            settings.locks.skew_allowance,
+        );
+        if state.recheck.marked_exclusive.is_some() && !exclusive {
+            state.recheck.marked_exclusive = None;
+            store
+                .mark_waiting(
+                    &state.target.lock_path,
+                    &self.ctx.instance_id,
+                    false,
+                    now,
+                    fresh_for,
+                )
+                .await;
+            return;
+        }
+        let waits_elsewhere = state.holding().is_none()
+            && !state.queue.is_empty()
+            && (state.recheck.scheduled || state.joint().is_some())
+            && state.handoff.cooldown_until.is_none();
+        if !waits_elsewhere || state.recheck.marked_generation == state.recheck.generation {
+            return;
+        }
+        // Object stores: marks cost a PUT each, and serve only a writer waiting for shared
+        // holders, at most once per interval.
+        if store.is_object() {
+            let due = state
+                .recheck
+                .marked_exclusive
+                .is_none_or(|at| at.elapsed() >= crate::store::waiting::MARK_INTERVAL);
+            if !(exclusive && (state.recheck.joint_seen || state.joint().is_some()) && due) {
+                return;
+            }
+        }
+        state.recheck.marked_generation = state.recheck.generation;
+        if exclusive {
+            state.recheck.marked_exclusive = Some(std::time::Instant::now());
+        }
+        store
+            .mark_waiting(
+                &state.target.lock_path,
+                &self.ctx.instance_id,
+                exclusive,
+                now,
+                fresh_for,
+            )
+            .await;
     }
 
     /// At a capped handoff streak, starts a new one if no daemon elsewhere marked itself

@@ -136,6 +136,16 @@ impl LockActor {
         mode: JointMode,
     ) -> Attempt {
         let store = state.target.store.clone();
+        // A writer elsewhere was seen waiting lately: a free lock is its to take first, so do
+        // not create the file for a new reader while its mark is fresh. (Not looked up
+        // otherwise: an uncontended shared acquire costs no extra request.)
+        let writer_lately = state.recheck.writer_seen.is_some_and(|(at, seen)| {
+            seen && at.elapsed() < self.ctx.settings.locks.recheck_max * 3
+        });
+        if writer_lately && self.writer_waits_elsewhere(state).await {
+            let holder = replies::writer_waiting_holder(&state.target.url);
+            return Attempt::Held(Box::new(waiter), Box::new(holder));
+        }
         for _ in 0..4 {
             let now = self.ctx.now();
             let entry = self.new_entry(&waiter, now);
@@ -219,6 +229,10 @@ impl LockActor {
                     return Attempt::Held(Box::new(waiter), Box::new(holder));
                 }
             }
+            if self.writer_waits_elsewhere(state).await {
+                let holder = replies::writer_waiting_holder(&state.target.url);
+                return Attempt::Held(Box::new(waiter), Box::new(holder));
+            }
             if !expired.is_empty() && waiter.request.ask_on_stale {
                 there.holders.retain(|h| expired.contains(&h.lock_id));
                 let holder = self.joint_metadata(&observed, &there);
@@ -238,6 +252,34 @@ impl LockActor {
         }
         let holder = replies::busy_holder(&state.target.url);
         Attempt::Held(Box::new(waiter), Box::new(holder))
+    }
+
+    /// Whether another daemon's exclusive request waits for this lock (its waiting mark is
+    /// fresh): then no new shared holder or slot is let in here, so that readers here cannot
+    /// starve a writer there. On object stores the answer read is trusted for
+    /// `MARK_INTERVAL` (one GET at most per interval).
+    pub(super) async fn writer_waits_elsewhere(&self, state: &mut LockState) -> bool {
+        let store = state.target.store.clone();
+        if store.is_private() {
+            return false;
+        }
+        if let Some((at, answer)) = state.recheck.writer_seen {
+            if store.is_object() && at.elapsed() < crate::store::waiting::MARK_INTERVAL {
+                return answer;
+            }
+        }
+        let settings = &self.ctx.settings;
+        let answer = store
+            .exclusive_waiting_elsewhere(
+                &state.target.lock_path,
+                &self.ctx.instance_id,
+                self.ctx.now(),
+                settings.locks.recheck_max * 3,
+                settings.locks.skew_allowance,
+            )
+            .await;
+        state.recheck.writer_seen = Some((Instant::now(), answer));
+        answer
     }
 
     /// A join that lost a race: held for now (a try says so; a wait re-checks soon).
@@ -344,7 +386,7 @@ impl LockActor {
     /// of any entry changes the file, so this never calls a renewed entry expired). An entry
     /// dated further ahead than the allowance is judged by the watched rule whatever the
     /// store's.
-    fn expired_entries(
+    pub(super) fn expired_entries(
         &self,
         state: &LockState,
         observed: &Observed,
@@ -549,6 +591,10 @@ impl LockActor {
         state: &mut LockState,
         waiter: Waiter,
     ) -> Attempt {
+        if self.writer_waits_elsewhere(state).await {
+            let holder = replies::writer_waiting_holder(&state.target.url);
+            return Attempt::Held(Box::new(waiter), Box::new(holder));
+        }
         if waiter.request.detached {
             // A detached lease is an entry of its own in the file, not a member of ours.
             let mode = state.joint().expect("joined while held jointly").mode;

@@ -1,17 +1,21 @@
 //! The wire replies of a lock actor: what a client is told, in words that say what happened and
 //! what to do, and the read-only answers (the lock file's metadata, `vfslockctl list` entries).
 //!
-//! Handles [`LockMessage::Metadata`] and [`LockMessage::Snapshot`].
+//! Handles [`LockMessage::Metadata`], [`LockMessage::Describe`] and [`LockMessage::Snapshot`].
 
 use std::time::Duration;
 
-use vfslock_proto::{ErrorKind, ListEntry, LockFileFormat, LockMetadata, WireError};
+use vfslock_proto::{
+    ErrorKind, HolderView, ListEntry, ListedLock, LockFileFormat, LockMetadata, LockMode, LockView,
+    WireError,
+};
 
 use super::actor::LockActor;
 #[cfg(doc)]
 use super::actor::LockMessage;
 use super::state::LockState;
 use crate::lockfile;
+use crate::lockfile::joint::{Joint, JointMode};
 use crate::store::{StoreError, Unreadable};
 
 /// A store's failure, as the client sees it.
@@ -37,7 +41,9 @@ pub fn describe_holder(holder: Option<&LockMetadata>) -> String {
         .unwrap_or_default();
     match (h.pid, h.hostname.as_str(), h.format) {
         // A holder the daemon could not read ([`unreadable_holder`]): its note says it all.
-        (pid, note, _) if pid <= 0 && note.starts_with(UNKNOWN_HOLDER) => format!(" {note}"),
+        // A holder the daemon could not name (unreadable, busy, a writer waiting elsewhere):
+        // its note says it all.
+        (pid, note, _) if pid <= 0 && note.starts_with('(') => format!(" {note}"),
         (0, "", LockFileFormat::Corrupt) => {
             " (by an unknown holder: the lock file is empty or cannot be read as a lock)".into()
         }
@@ -100,6 +106,17 @@ pub fn wait_timed_out(url: &str, timeout: Duration, holder: Option<LockMetadata>
 pub fn busy_holder(url: &str) -> LockMetadata {
     let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
     holder.hostname = format!("(busy: the lock file of {url} kept changing)");
+    holder
+}
+
+/// What a shared request is told when it waits (or a try is refused) because another host's
+/// exclusive request waits for the lock: no new shared holder is let in meanwhile.
+pub fn writer_waiting_holder(url: &str) -> LockMetadata {
+    let mut holder = lockfile::into_wire(lockfile::parse(b"{}"), None, false);
+    holder.hostname = format!(
+        "(shared holders, and an exclusive request on another host waits for {url}: no new \
+         shared holder is let in until it has had its turn)"
+    );
     holder
 }
 
@@ -231,15 +248,96 @@ impl LockActor {
         self.read_metadata(state).await.ok().flatten()
     }
 
+    /// The lock file with every holder it lists: one for an exclusive file (from its
+    /// top-level fields), each entry of a joint one, with this daemon's own entry shown as its
+    /// local holders.
+    pub(super) async fn describe(&self, state: &LockState) -> Result<Option<LockView>, WireError> {
+        let observed = match self
+            .within(state.target.store.read(&state.target.lock_path))
+            .await
+        {
+            Ok(None) => return Ok(None),
+            Ok(Some(observed)) => observed,
+            Err(StoreError {
+                unreadable: Some(file),
+                ..
+            }) => {
+                let lock = unreadable_holder(&file);
+                return Ok(Some(LockView {
+                    holders: vec![whole_file_holder(&lock, false)],
+                    lock,
+                    mode: LockMode::Exclusive,
+                }));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let (lock, stale) = self.judge(state, &observed);
+        let Some(joint) = Joint::parse(&observed.bytes) else {
+            let local = state
+                .holding()
+                .is_some_and(|h| Some(&h.record.lock_id) == lock.lock_id.as_ref());
+            return Ok(Some(LockView {
+                holders: vec![HolderView {
+                    expired: stale,
+                    ..whole_file_holder(&lock, local)
+                }],
+                lock,
+                mode: LockMode::Exclusive,
+            }));
+        };
+        let expired = self.expired_entries(state, &observed, &joint);
+        let ours = state.joint().map(|j| &j.entry.lock_id);
+        let mut holders = Vec::new();
+        for entry in &joint.holders {
+            let view = HolderView {
+                lock_id: Some(entry.lock_id.clone()),
+                hostname: entry.hostname.clone(),
+                pid: entry.pid,
+                owner_id: entry.owner_id.clone(),
+                uid: entry.uid,
+                token: entry.token,
+                expires_unix_ns: entry.expires_at().map(lockfile::unix_ns),
+                count: entry.count,
+                detached: entry.detached,
+                local: false,
+                expired: expired.contains(&entry.lock_id),
+            };
+            match state.joint() {
+                Some(here) if ours == Some(&entry.lock_id) => {
+                    for member in &here.members {
+                        holders.push(HolderView {
+                            lock_id: Some(member.lock_id.clone()),
+                            pid: member.session.caller.pid,
+                            owner_id: member.owner_id.clone(),
+                            uid: member.session.caller.uid,
+                            count: 1,
+                            local: true,
+                            ..view.clone()
+                        });
+                    }
+                }
+                _ => holders.push(view),
+            }
+        }
+        Ok(Some(LockView {
+            lock,
+            mode: match joint.mode {
+                JointMode::Shared => LockMode::Shared,
+                JointMode::Slots(n) => LockMode::Slots(n),
+            },
+            holders,
+        }))
+    }
+
     /// What `vfslockctl list` shows of this target, if anything happens here.
-    pub(super) fn snapshot(&self, state: &LockState) -> Option<ListEntry> {
+    pub(super) fn snapshot(&self, state: &LockState) -> Option<ListedLock> {
         if state.is_idle() {
             return None;
         }
         if let Some(joint) = state.joint() {
             // The first local holder stands for all of them (the entry's token is theirs).
             let first = joint.members.first();
-            return Some(ListEntry {
+            let entry = ListEntry {
                 target: state.target.url.clone(),
                 lock_id: first.map(|m| m.lock_id.clone()),
                 pid: first.map(|m| m.session.caller.pid),
@@ -249,10 +347,18 @@ impl LockActor {
                 ttl: joint.entry.ttl,
                 token: joint.entry.token,
                 waiters: state.queue.len() as u32,
+            };
+            return Some(ListedLock {
+                entry,
+                mode: match joint.mode {
+                    JointMode::Shared => LockMode::Shared,
+                    JointMode::Slots(n) => LockMode::Slots(n),
+                },
+                holders: joint.members.len() as u32,
             });
         }
         let holder = state.holding();
-        Some(ListEntry {
+        let entry = ListEntry {
             target: state.target.url.clone(),
             lock_id: holder.map(|h| h.record.lock_id.clone()),
             pid: holder.map(|h| h.record.pid),
@@ -262,7 +368,32 @@ impl LockActor {
             ttl: holder.map(|h| h.record.ttl).unwrap_or_default(),
             token: holder.and_then(|h| h.record.token),
             waiters: state.queue.len() as u32,
+        };
+        Some(ListedLock {
+            entry,
+            mode: LockMode::Exclusive,
+            holders: u32::from(holder.is_some()),
         })
+    }
+}
+
+/// The one holder of an exclusive lock file, from its top-level fields.
+fn whole_file_holder(lock: &LockMetadata, local: bool) -> HolderView {
+    HolderView {
+        lock_id: lock.lock_id.clone(),
+        hostname: lock.hostname.clone(),
+        pid: lock.pid,
+        owner_id: lock.owner_id.clone(),
+        uid: lock.uid,
+        token: lock.token,
+        expires_unix_ns: lock
+            .expires_at()
+            .map(lockfile::unix_ns)
+            .filter(|_| lock.ttl_ns != 0),
+        count: 1,
+        detached: lock.detached,
+        local,
+        expired: lock.stale,
     }
 }
 

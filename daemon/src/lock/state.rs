@@ -64,6 +64,9 @@ impl LockState {
                 scheduled: false,
                 delay: recheck_min,
                 marked_generation: 0,
+                marked_exclusive: None,
+                joint_seen: false,
+                writer_seen: None,
             },
             handoff: Handoff::default(),
             idle: Idle {
@@ -271,6 +274,13 @@ impl WaitQueue {
         self.waiters.push_front(waiter);
     }
 
+    /// Whether an exclusive request waits.
+    pub fn has_exclusive(&self) -> bool {
+        self.waiters
+            .iter()
+            .any(|w| w.mode == LockMode::Exclusive && !w.session.is_closed())
+    }
+
     /// The head, without taking it.
     pub fn front(&self) -> Option<&Waiter> {
         self.waiters.front()
@@ -319,6 +329,14 @@ pub struct Recheck {
     pub delay: Duration,
     /// The re-check generation for which this daemon last marked itself waiting.
     pub marked_generation: u64,
+    /// When this daemon last marked an exclusive waiter (object stores write at most one mark
+    /// per `MARK_INTERVAL`), and whether the mark it left says exclusive.
+    pub marked_exclusive: Option<Instant>,
+    /// Whether the lock file last seen held elsewhere was a shared lock or semaphore.
+    pub joint_seen: bool,
+    /// Another daemon's exclusive waiter, as last read from its mark (object stores read it at
+    /// most once per `MARK_INTERVAL`).
+    pub writer_seen: Option<(Instant, bool)>,
 }
 
 /// Handoff fairness: how many handoffs to this daemon's waiters in a row, and the cooldown

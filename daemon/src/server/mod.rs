@@ -19,7 +19,7 @@ use interprocess::local_socket::tokio::{prelude::*, Listener};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use vfslock_proto::{ListEntry, StatusInfo};
+use vfslock_proto::{ListedLock, StatusInfo};
 
 use crate::context::{Context, Stats};
 use crate::link::{Caller, ConnectionSlot};
@@ -346,7 +346,7 @@ pub fn status(ctx: &Context) -> StatusInfo {
 }
 
 /// What `vfslockctl list` shows: every target with a holder or waiters.
-pub async fn list(registry: &Registry) -> Vec<ListEntry> {
+pub async fn list(registry: &Registry) -> Vec<ListedLock> {
     let mut calls = JoinSet::new();
     for actor in registry.actors() {
         calls.spawn(async move {
@@ -361,6 +361,6 @@ pub async fn list(registry: &Registry) -> Vec<ListEntry> {
             entries.push(entry);
         }
     }
-    entries.sort_by(|a, b| a.target.cmp(&b.target));
+    entries.sort_by(|a, b| a.entry.target.cmp(&b.entry.target));
     entries
 }

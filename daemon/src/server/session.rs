@@ -557,12 +557,25 @@ impl Session {
                 }
                 Err(e) => self.reply(id, Err(e)),
             },
-            Request::List => {
+            Request::Describe { target } => match self.locate(&target, Some(Need::Search)).await {
+                Ok(address) => {
+                    self.route(id, &address, LockMessage::Describe { session, id })
+                        .await
+                }
+                Err(e) => self.reply(id, Err(e)),
+            },
+            Request::List | Request::ListModes => {
                 // Asking every actor takes a moment; keep reading this connection meanwhile.
                 let registry = self.registry.clone();
+                let with_modes = matches!(request, Request::ListModes);
                 tokio::spawn(async move {
-                    let entries = super::list(&registry).await;
-                    session.reply(id, Ok(Response::List(entries)));
+                    let listed = super::list(&registry).await;
+                    let response = if with_modes {
+                        Response::ListedModes(listed)
+                    } else {
+                        Response::List(listed.into_iter().map(|l| l.entry).collect())
+                    };
+                    session.reply(id, Ok(response));
                 });
             }
             Request::Status => self.reply(id, Ok(Response::Status(super::status(&self.ctx)))),

@@ -16,6 +16,7 @@ pub mod faults;
 pub mod fs;
 pub mod memory;
 pub mod object;
+pub mod waiting;
 
 use std::time::SystemTime;
 
@@ -380,15 +381,73 @@ impl Store {
     }
 
     /// Tells daemons on other hosts that `waiter` (a daemon instance id) waits for the lock at
-    /// `path` (`file://`; elsewhere nothing). Best effort: a failure only costs fairness.
-    pub async fn mark_waiting(&self, path: &str, waiter: &str) {
-        #[cfg(unix)]
-        if let Backend::Fs(s) = &self.backend {
-            if let Err(e) = Box::pin(s.mark_waiting(path, waiter)).await {
-                tracing::debug!(error = %e, "could not mark a waiter");
+    /// `path`, and whether an exclusive request does ([`waiting`] has the rules per store).
+    /// Best effort: a failure only costs fairness.
+    pub async fn mark_waiting(
+        &self,
+        path: &str,
+        waiter: &str,
+        exclusive: bool,
+        now: SystemTime,
+        fresh_for: (std::time::Duration, std::time::Duration),
+    ) {
+        if !exclusive && !self.has_plain_marks() {
+            return;
+        }
+        if !exclusive {
+            // A plain mark never replaces another daemon's fresh exclusive one: that says
+            // "someone waits" too, and more. (Read, then write: a mark lost in between is
+            // written again at the writer's next re-check.)
+            let (within, skew) = fresh_for;
+            if self
+                .exclusive_waiting_elsewhere(path, waiter, now, within, skew)
+                .await
+            {
+                return;
             }
         }
-        let _ = (path, waiter);
+        let mark = waiting::Mark::encode(waiter, exclusive, now);
+        let outcome = match &self.backend {
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.mark_waiting(path, mark)).await,
+            Backend::Object(s) if exclusive && s.can_replace() => {
+                Box::pin(s.write_mark(path, &mark)).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "could not mark a waiter");
+        }
+    }
+
+    /// Whether another daemon than `me` marked that an exclusive request of its own waits for
+    /// the lock at `path`, within `within` of `now` (its clock allowed `skew` from ours).
+    /// Unreadable counts as no: the mark is a courtesy to writers, and a store that cannot be
+    /// read fails the join that asked anyway.
+    pub async fn exclusive_waiting_elsewhere(
+        &self,
+        path: &str,
+        me: &str,
+        now: SystemTime,
+        within: std::time::Duration,
+        skew: std::time::Duration,
+    ) -> bool {
+        let bytes = match &self.backend {
+            #[cfg(unix)]
+            Backend::Fs(s) => Box::pin(s.read_mark(path)).await,
+            Backend::Object(s) if s.can_replace() => Box::pin(s.read_mark(path)).await,
+            _ => Ok(None),
+        };
+        match bytes {
+            Ok(Some(bytes)) => {
+                waiting::Mark::decode(&bytes).exclusive_elsewhere(me, now, within, skew)
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the waiting mark");
+                false
+            }
+        }
     }
 
     /// Whether a daemon other than `me` marked itself waiting for the lock at `path` within the
@@ -404,6 +463,21 @@ impl Store {
             Backend::Memory(_) => false,
             Backend::Object(_) => true,
         }
+    }
+
+    /// Whether plain waiting marks (any waiter, for the handoff cap) are kept here: on
+    /// `file://` only; object stores mark exclusive waiters alone ([`waiting`]).
+    fn has_plain_marks(&self) -> bool {
+        #[cfg(unix)]
+        if let Backend::Fs(_) = self.backend {
+            return true;
+        }
+        false
+    }
+
+    /// Whether the store is an object store (or SFTP server).
+    pub fn is_object(&self) -> bool {
+        matches!(self.backend, Backend::Object(_))
     }
 
     /// Whether only this daemon can see the store's lock files (`mem://`): nobody outside it can

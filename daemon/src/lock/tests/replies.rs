@@ -64,6 +64,11 @@ fn a_busy_holder_says_the_file_kept_changing() {
         holder.hostname,
         "(busy: the lock file of mem:///x kept changing)"
     );
+    assert_eq!(
+        describe_holder(Some(&holder)),
+        " (busy: the lock file of mem:///x kept changing)",
+        "a note, not a pid 0 on a host"
+    );
 }
 
 #[test]

@@ -93,9 +93,9 @@ impl FsStore {
     pub(in crate::store) async fn mark_waiting(
         &self,
         path: &str,
-        waiter: &str,
+        mark: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let (path, waiter) = (path.to_owned(), waiter.to_owned());
+        let (path, waiter) = (path.to_owned(), mark);
         run(&path.clone(), move |_| {
             let place = Place::of(&path)?;
             let mut file = place
@@ -104,7 +104,7 @@ impl FsStore {
                     libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
                 )
                 .map_err(|e| describe("mark a waiter beside", &path, &e))?;
-            file.write_all(waiter.as_bytes())
+            file.write_all(&waiter)
                 .map_err(|e| describe("mark a waiter beside", &path, &e))?;
             Ok(Some(()))
         })
@@ -134,10 +134,30 @@ impl FsStore {
                 .ok()
                 .and_then(|at| at.elapsed().ok())
                 .is_none_or(|age| age <= within);
-            Ok(Some(fresh && who != me.as_bytes()))
+            let who = crate::store::waiting::Mark::decode(&who).daemon;
+            Ok(Some(fresh && who != me))
         })
         .await;
         answer.unwrap_or(true)
+    }
+
+    /// The bytes of `<lock>.waiting`; `None` when there is none.
+    pub(in crate::store) async fn read_mark(
+        &self,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = path.to_owned();
+        run(&path.clone(), move |_| {
+            let place = Place::of(&path)?;
+            let mut file = match place.open(&place.beside(WAITING_SUFFIX), libc::O_RDONLY) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
+                Err(e) => return Err(describe("read the waiter mark beside", &path, &e)),
+            };
+            let bytes = read_small(&mut file).map_err(|e| describe("read", &path, &e))?;
+            Ok(Some(Some(bytes)))
+        })
+        .await
     }
 
     pub(in crate::store) async fn create(

@@ -42,11 +42,13 @@
 //! - `wire.rs`: the HTTP requests each store sends, counted where they are sent;
 //! - `startup.rs`: the OpenDAL operator built from the config, and the startup probe that checks
 //!   the store enforces the conditions the lock protocol needs;
+//! - `mark.rs`: the waiting mark `<lock key>.waiting` (see [`crate::store::waiting`]);
 //! - `ssh.rs`: the SFTP store's `ssh` control masters, ended at exit and, after a SIGKILL, at
 //!   the next start.
 
 mod fence;
 mod lock;
+mod mark;
 mod request;
 #[cfg(unix)]
 pub mod ssh;
@@ -110,6 +112,8 @@ pub struct Counters {
     pub fences: AtomicU64,
     /// Ambiguous writes resolved by reading back.
     pub ambiguous: AtomicU64,
+    /// Writes and reads of the waiting mark (`<lock key>.waiting`).
+    pub marks: AtomicU64,
     /// HTTP requests in all, counted as they are sent (`wire.rs`); SFTP round trips.
     pub requests: Arc<AtomicU64>,
 }
@@ -128,6 +132,7 @@ impl Counters {
             ("deletes", &self.deletes),
             ("fences", &self.fences),
             ("ambiguous", &self.ambiguous),
+            ("marks", &self.marks),
             ("requests", &*self.requests),
         ]
         .into_iter()
