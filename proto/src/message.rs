@@ -469,8 +469,9 @@ pub struct StoreInfo {
     /// Human description: kind, mode, stale rule.
     pub description: String,
     /// Requests made, by operation (object stores): `creates`, `reads`, `replaces`, `deletes`,
-    /// `fences`, `ambiguous`, and `requests` (HTTP requests or SFTP round trips in all); and on
-    /// every store `renewals`, the leases renewed.
+    /// `fences`, `ambiguous`, `marks` (waiting marks written and read), and `requests` (HTTP
+    /// requests or SFTP round trips in all); and on every store `renewals`, the leases
+    /// renewed, and `writes`, the lock-file writes asked of it (creates, replaces, deletes).
     pub counters: Vec<(String, u64)>,
 }
 

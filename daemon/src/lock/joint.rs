@@ -257,14 +257,25 @@ impl LockActor {
     /// Whether another daemon's exclusive request waits for this lock (its waiting mark is
     /// fresh): then no new shared holder or slot is let in here, so that readers here cannot
     /// starve a writer there. On object stores the answer read is trusted for
-    /// `MARK_INTERVAL` (one GET at most per interval).
+    /// `MARK_INTERVAL` (one GET at most per interval); on `file://` a "no" for `recheck-min`.
     pub(super) async fn writer_waits_elsewhere(&self, state: &mut LockState) -> bool {
         let store = state.target.store.clone();
         if store.is_private() {
             return false;
         }
+        // How long an answer is trusted: a GET on an object store is worth a second; on
+        // `file://` a read is cheap, but one per join of a busy reader/writer lock is not, so
+        // "no writer waits" is trusted for `recheck-min` (a writer's mark is seen at most that
+        // late), and "a writer waits" is read again each time.
         if let Some((at, answer)) = state.recheck.writer_seen {
-            if store.is_object() && at.elapsed() < crate::store::waiting::MARK_INTERVAL {
+            let trusted = if store.is_object() {
+                crate::store::waiting::MARK_INTERVAL
+            } else if !answer {
+                self.ctx.settings.locks.recheck_min
+            } else {
+                Duration::ZERO
+            };
+            if at.elapsed() < trusted {
                 return answer;
             }
         }

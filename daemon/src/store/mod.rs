@@ -269,6 +269,9 @@ pub struct Store {
     faults: Option<Arc<faults::StoreFaults>>,
     /// Leases renewed on this store, shown by `status` so that renewal load can be watched.
     renewals: std::sync::atomic::AtomicU64,
+    /// Writes of lock files asked of this store (creates, replaces, deletes), shown by
+    /// `status` on every store, so that a path meant to cost none can be checked.
+    writes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -293,6 +296,7 @@ impl Store {
         make: MakeLock,
     ) -> Result<Created, StoreError> {
         self.inject("create", path).await?;
+        self.count_write();
         match &self.backend {
             Backend::Memory(s) => s.create(path, floor, make).await,
             #[cfg(unix)]
@@ -321,6 +325,7 @@ impl Store {
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
         self.inject("replace", path).await?;
+        self.count_write();
         match &self.backend {
             Backend::Memory(s) => s.replace(path, expected, token, make).await,
             #[cfg(unix)]
@@ -332,6 +337,7 @@ impl Store {
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
         self.inject("delete", path).await?;
+        self.count_write();
         match &self.backend {
             Backend::Memory(s) => s.delete(path, expected).await,
             #[cfg(unix)]
@@ -486,6 +492,16 @@ impl Store {
         matches!(self.backend, Backend::Memory(_))
     }
 
+    fn count_write(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn writes(&self) -> (String, u64) {
+        let writes = self.writes.load(std::sync::atomic::Ordering::Relaxed);
+        ("writes".to_owned(), writes)
+    }
+
     /// Counts one confirmed renewal.
     pub fn count_renewal(&self) {
         self.renewals
@@ -544,6 +560,7 @@ impl Store {
                 let mut counters = s.counter_snapshot();
                 counters.extend(self.fault_counters());
                 counters.push(self.renewals());
+                counters.push(self.writes());
                 return vfslock_proto::StoreInfo {
                     scheme: self.prefix.clone(),
                     description: format!("{mode}{fencing}; {rule}"),
@@ -568,7 +585,7 @@ impl Store {
             scheme: scheme.into(),
             description: format!("{what}; {rule}"),
             counters: {
-                let mut counters = vec![self.renewals()];
+                let mut counters = vec![self.renewals(), self.writes()];
                 counters.extend(self.fault_counters());
                 counters
             },
@@ -604,6 +621,7 @@ impl Stores {
                 stale_rule,
                 prefix,
                 renewals: Default::default(),
+                writes: Default::default(),
                 #[cfg(feature = "faults")]
                 faults: faults.clone(),
             })

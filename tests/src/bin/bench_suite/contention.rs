@@ -151,12 +151,17 @@ pub fn client_runtime() -> tokio::runtime::Runtime {
 impl VfsContender {
     /// Connects to the daemon at `socket` for a lock on `target`.
     pub fn new(socket: &Path, target: &str) -> VfsContender {
+        VfsContender::with_options(socket, target, LockOptions::default())
+    }
+
+    /// The same, for a lock taken with `options` (a shared one).
+    pub fn with_options(socket: &Path, target: &str, options: LockOptions) -> VfsContender {
         let runtime = client_runtime();
         let client = runtime
             .block_on(Client::connect(socket))
             .expect("connect to the bench daemon");
         VfsContender {
-            lock: client.new_lock(target, LockOptions::default()),
+            lock: client.new_lock(target, options),
             _client: client,
             runtime,
         }

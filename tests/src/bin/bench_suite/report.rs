@@ -281,6 +281,36 @@ fn targets(p: &Pass) -> Vec<Target> {
         1.25,
         Bound::AtMost,
     );
+    // Issue 15: shared locks where holders may overlap, and a shared join that writes nothing.
+    let acq_at = |hold: u64, system: &str| {
+        p.get(&names::contention(8, hold, system), "acq/s")
+            .map(|s| s.median)
+    };
+    for (shared, exclusive) in names::SHARED_CONTENDERS {
+        ratio(
+            &format!("8 clients, hold 100 µs: {shared} vs exclusive, acq/s"),
+            acq_at(100, shared),
+            acq_at(100, exclusive),
+            3.0,
+            Bound::AtLeast,
+        );
+    }
+    ratio(
+        "file:// shared cycle beside another local holder vs mem:// cycle",
+        us(names::VFS_FILE_SHARED),
+        us(names::VFS_MEM),
+        1.25,
+        Bound::AtMost,
+    );
+    let writes = p
+        .get(names::VFS_FILE_SHARED_WRITES, "writes/cycle")
+        .map(|s| s.median);
+    out.push(Target {
+        what: "file:// shared cycle beside another local holder: store writes".into(),
+        measured: writes.map_or("–".into(), |w| format!("{w:.2} per cycle")),
+        limit: "0".into(),
+        met: writes.map(|w| w == 0.0),
+    });
     let acq = |system: &str| {
         p.get(&names::contention(8, 0, system), "acq/s")
             .map(|s| s.median)

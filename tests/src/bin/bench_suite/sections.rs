@@ -35,6 +35,15 @@ pub mod names {
     pub const VFS_FILE: &str = "vfslockd file:// (disk)";
     /// vfslockd on `file://` on tmpfs.
     pub const VFS_FILE_TMPFS: &str = "vfslockd file:// (tmpfs)";
+    /// A shared acquire + release on `file://` (disk) while another local shared holder holds.
+    pub const VFS_FILE_SHARED: &str = "vfslockd file:// shared, another local holder (disk)";
+    /// The lock-file writes that cycle asked of the store, per cycle.
+    pub const VFS_FILE_SHARED_WRITES: &str = "store writes per shared cycle beside a holder";
+    /// Shared-mode contention systems (8 clients, the short hold), beside the exclusive ones.
+    pub const SHARED_CONTENDERS: [(&str, &str); 2] = [
+        ("vfslockd mem://, shared", "vfslockd mem://"),
+        ("vfslockd file://, shared", "vfslockd file://"),
+    ];
     /// Redis over TCP.
     pub const REDIS_TCP: &str = "Redis SET NX PX + compare-and-delete (TCP)";
     /// Redis over its Unix socket.
@@ -294,6 +303,26 @@ fn cycle(
             }),
         ));
     }
+    // A shared acquire + release while another local shared holder (on another connection)
+    // holds the same target: it joins and leaves the daemon's entry, with no store write.
+    let shared_target = file_target(dirs.disk.path(), "cycle-shared");
+    let other = runtime.block_on(daemon.client());
+    let mut other_holder = other.new_lock(&shared_target, LockOptions::default().shared());
+    runtime
+        .block_on(other_holder.acquire())
+        .expect("the other shared holder");
+    let mut shared = client.new_lock(&shared_target, LockOptions::default().shared());
+    cyclers.push((
+        names::VFS_FILE_SHARED,
+        Box::new(move |n| {
+            runtime.block_on(async {
+                for _ in 0..n {
+                    shared.acquire().await.expect("a shared join");
+                    shared.release().await.expect("release");
+                }
+            })
+        }),
+    ));
     if let Some(redis) = redis {
         for (name, conn) in [
             (names::REDIS_TCP, redis.tcp()),
@@ -329,6 +358,36 @@ fn cycle(
     for ((name, _), rounds) in cyclers.iter().zip(rounds) {
         figures.push(figure("cycle", *name, &[(US, Summary::of(&rounds))]));
     }
+    // The store writes of the shared cycle, from the daemon's own counter of lock-file writes.
+    let writes = || {
+        runtime.block_on(client.status()).ok().and_then(|status| {
+            status
+                .stores
+                .iter()
+                .find(|s| s.scheme == "file")
+                .and_then(|s| s.counters.iter().find(|(name, _)| name == "writes"))
+                .map(|(_, n)| *n)
+        })
+    };
+    let mut shared = client.new_lock(&shared_target, LockOptions::default().shared());
+    let before = writes();
+    runtime.block_on(async {
+        for _ in 0..options.cycles {
+            shared.acquire().await.expect("a shared join");
+            shared.release().await.expect("release");
+        }
+    });
+    if let (Some(before), Some(after)) = (before, writes()) {
+        let per_cycle = (after - before) as f64 / options.cycles as f64;
+        figures.push(figure(
+            "cycle",
+            names::VFS_FILE_SHARED_WRITES,
+            &[("writes/cycle", Summary::of(&[per_cycle]))],
+        ));
+    }
+    runtime
+        .block_on(other_holder.release())
+        .expect("release the other shared holder");
     // Python is slow to start and slow per cycle: a tenth of the cycles, in one process.
     match peers::py_filelock(
         dirs.disk.path(),
@@ -414,6 +473,37 @@ fn contention(
                 ));
             }
         }
+    }
+    // Shared locks beside the exclusive rows: 8 clients, the short hold, where readers that
+    // may hold at once should get through several times as fast.
+    for (system, _) in names::SHARED_CONTENDERS {
+        let mut rounds = Vec::new();
+        for round in 0..options.contend_rounds {
+            let name = format!("contend-shared-{round}");
+            let target = if system.contains("mem://") {
+                format!("mem:///bench/{name}")
+            } else {
+                file_target(dirs.disk.path(), &name)
+            };
+            rounds.push(contend(8, SHORT_HOLD, options.contend_for, |_| {
+                VfsContender::with_options(&daemon.socket, &target, LockOptions::default().shared())
+            }));
+        }
+        let metric = |f: fn(&crate::contention::ContentionRound) -> f64| {
+            Summary::of(&rounds.iter().map(f).collect::<Vec<_>>())
+        };
+        let name = names::contention(8, SHORT_HOLD.as_micros() as u64, system);
+        eprintln!("bench:   {name}: {:.0}/s", metric(|r| r.per_second).median);
+        figures.push(figure(
+            "contention",
+            name,
+            &[
+                ("acq/s", metric(|r| r.per_second)),
+                ("wait p50 µs", metric(|r| r.wait_p50_us)),
+                ("wait p99 µs", metric(|r| r.wait_p99_us)),
+                ("share spread ±%", metric(|r| r.spread_percent)),
+            ],
+        ));
     }
 }
 
