@@ -2,8 +2,9 @@
 //! store (two hosts where the store can be shared), talking to the test's clients over their
 //! real sockets. Each case runs once per store, as `<case>::<store>`:
 //!
-//! 1. every cell of the table of how requests meet holders (exclusive, shared, a semaphore);
-//! 2. the last holder out deletes the lock file, whichever host it is on;
+//! 1. every cell of the table of how requests meet holders, one case per column (held by
+//!    nobody, shared holders, a semaphore, an exclusive holder; a foreign one is case 4), and
+//!    the last holder out deletes the lock file, whichever host it is on;
 //! 3. a dead host's shared entry expires while another host's stays;
 //! 4. a Go-format lock file blocks a shared acquire and a semaphore;
 //! 5. SFTP (create-only) refuses both modes, naming them.
@@ -103,37 +104,75 @@ async fn raw(target: &StoreTarget) -> Option<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. The table
+// 1. The table: one case per column (what holds the lock), each cell of it asserted
 // ---------------------------------------------------------------------------------------------
 
-async fn table(store: Store) {
-    let (first, second) = two_hosts(store);
-    let a = first.client().await;
-    let b = match &second {
-        Some(host) => host.client().await,
-        None => first.client().await,
-    };
-    let target = store.target("modes-table");
-    let url = target.url.as_str();
+/// Two clients of one target, on two daemons where the store can be shared.
+struct Table {
+    _first: Host,
+    _second: Option<Host>,
+    a: Client,
+    b: Client,
+    target: StoreTarget,
+}
 
-    // Held by nobody: each mode is granted.
-    for options in [LockOptions::default(), shared(), slots(2)] {
-        release(take(&a, url, options).await).await;
+impl Table {
+    async fn new(store: Store, name: &str) -> Table {
+        let (first, second) = two_hosts(store);
+        let a = first.client().await;
+        let b = match &second {
+            Some(host) => host.client().await,
+            None => first.client().await,
+        };
+        Table {
+            _first: first,
+            _second: second,
+            a,
+            b,
+            target: store.target(name),
+        }
     }
 
-    // Held shared: shared joins (on the other host too), exclusive waits, a semaphore is
-    // refused naming both kinds.
-    let reader_a = take(&a, url, shared()).await;
-    let reader_b = take(&b, url, shared()).await;
+    fn url(&self) -> &str {
+        &self.target.url
+    }
+}
+
+/// Held by nobody: every request is granted.
+async fn cells_nobody(store: Store) {
+    let t = Table::new(store, "modes-nobody").await;
+    for (options, cell) in [
+        (LockOptions::default(), "exclusive"),
+        (shared(), "shared"),
+        (slots(2), "semaphore"),
+    ] {
+        let lock = take(&t.a, t.url(), options).await;
+        assert!(lock.is_held(), "{store:?} {cell} against nobody");
+        release(lock).await;
+        assert_eq!(raw(&t.target).await, None, "{store:?} {cell}: released");
+    }
+}
+
+per_store!(cells_nobody, [
+    file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob,
+]);
+
+/// Held shared: exclusive waits (or "held"), shared joins (on the other host too), a semaphore
+/// is refused naming both kinds; the last one out deletes the file.
+async fn cells_shared(store: Store) {
+    let t = Table::new(store, "modes-shared").await;
+    let url = t.url();
+    let reader_a = take(&t.a, url, shared()).await;
+    let reader_b = take(&t.b, url, shared()).await;
     assert!(reader_a.token().is_some() && reader_b.token().is_some());
     if store != Store::Mem {
-        let bytes = raw(&target).await.expect("the shared lock file");
+        let bytes = raw(&t.target).await.expect("the shared lock file");
         let joint = Joint::parse(&bytes).expect("a holder list");
-        assert_eq!(joint.holders.len(), if second.is_some() { 2 } else { 1 });
+        assert_eq!(joint.holders.len(), 2, "one entry per daemon");
     }
-    let error = refused(&a, url, LockOptions::default()).await;
+    let error = refused(&t.a, url, LockOptions::default()).await;
     assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
-    let mut writer = b.new_lock(url, LockOptions::default());
+    let mut writer = t.b.new_lock(url, LockOptions::default());
     let timed_out = within(
         "a bounded wait",
         writer.acquire_timeout(Duration::from_millis(300)),
@@ -141,38 +180,51 @@ async fn table(store: Store) {
     .await
     .expect_err("an exclusive request waits for shared holders");
     assert_eq!(timed_out.kind(), ErrorKind::Timeout, "{timed_out}");
-    let error = refused(&b, url, slots(2)).await;
+    let error = refused(&t.b, url, slots(2)).await;
     assert_eq!(error.kind(), ErrorKind::ModeConflict, "{error}");
     assert!(
         error.message().contains("shared") && error.message().contains("semaphore of 2"),
         "{error}"
     );
     release(reader_a).await;
+    assert!(
+        store == Store::Mem || raw(&t.target).await.is_some(),
+        "b still holds"
+    );
     release(reader_b).await;
     assert_eq!(
-        raw(&target).await,
+        raw(&t.target).await,
         None,
         "the last one out deleted the file"
     );
+    // The waiting exclusive request then gets it.
+    release(take(&t.b, url, LockOptions::default()).await).await;
+}
 
-    // Held as a semaphore of 2: one more joins, a third waits (or is refused as held), another
-    // size and a shared request are refused naming both, exclusive waits.
-    let slot_a = take(&a, url, slots(2)).await;
-    let slot_b = take(&b, url, slots(2)).await;
-    let error = refused(&a, url, slots(2)).await;
+per_store!(cells_shared, [
+    file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob,
+]);
+
+/// Held as a semaphore of 2: one more joins, a third waits (or is refused as held) and gets a
+/// freed slot, another size and a shared request are refused naming both, exclusive waits.
+async fn cells_semaphore(store: Store) {
+    let t = Table::new(store, "modes-semaphore").await;
+    let url = t.url();
+    let slot_a = take(&t.a, url, slots(2)).await;
+    let slot_b = take(&t.b, url, slots(2)).await;
+    let error = refused(&t.a, url, slots(2)).await;
     assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
-    let error = refused(&b, url, slots(3)).await;
+    let error = refused(&t.b, url, slots(3)).await;
     assert_eq!(error.kind(), ErrorKind::ModeConflict, "{error}");
     assert!(
         error.message().contains("2 slots") && error.message().contains("asked for 3"),
         "{error}"
     );
-    let error = refused(&a, url, shared()).await;
+    let error = refused(&t.a, url, shared()).await;
     assert_eq!(error.kind(), ErrorKind::ModeConflict, "{error}");
-    let error = refused(&a, url, LockOptions::default()).await;
+    let error = refused(&t.a, url, LockOptions::default()).await;
     assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
-    // A waiting slot is granted when one is freed.
-    let mut third = a.new_lock(url, slots(2));
+    let mut third = t.a.new_lock(url, slots(2));
     let (waited, ()) = tokio::join!(
         within(
             "the third slot",
@@ -185,16 +237,26 @@ async fn table(store: Store) {
     waited.expect("a freed slot is taken by the waiter");
     release(third).await;
     release(slot_a).await;
-    assert_eq!(raw(&target).await, None);
+    assert_eq!(raw(&t.target).await, None);
+}
 
-    // Held exclusively: shared and semaphore requests wait (or are refused as held).
-    let exclusive = take(&b, url, LockOptions::default()).await;
+per_store!(cells_semaphore, [
+    file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob,
+]);
+
+/// Held exclusively: shared and semaphore requests wait (or are refused as held), and a
+/// waiting reader gets it at release with a greater token; a writer after the reader gets a
+/// greater one still.
+async fn cells_exclusive(store: Store) {
+    let t = Table::new(store, "modes-exclusive").await;
+    let url = t.url();
+    let exclusive = take(&t.b, url, LockOptions::default()).await;
     for options in [shared(), slots(2)] {
-        let error = refused(&a, url, options).await;
+        let error = refused(&t.a, url, options).await;
         assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
     }
     let exclusive_token = exclusive.token();
-    let mut reader = a.new_lock(url, shared());
+    let mut reader = t.a.new_lock(url, shared());
     let (waited, ()) = tokio::join!(
         within(
             "the reader",
@@ -209,15 +271,17 @@ async fn table(store: Store) {
         reader.token() > exclusive_token,
         "tokens keep increasing across modes"
     );
-    // An exclusive token exceeds every earlier one, shared ones included.
     let reader_token = reader.token();
     release(reader).await;
-    let writer = take(&b, url, LockOptions::default()).await;
-    assert!(writer.token() > reader_token);
+    let writer = take(&t.b, url, LockOptions::default()).await;
+    assert!(
+        writer.token() > reader_token,
+        "an exclusive token exceeds a shared one"
+    );
     release(writer).await;
 }
 
-per_store!(table, [
+per_store!(cells_exclusive, [
     file => File, mem => Mem, s3 => S3, gcs => Gcs, azblob => Azblob,
 ]);
 

@@ -135,6 +135,7 @@ impl LockActor {
         waiter: Waiter,
         mode: JointMode,
     ) -> Attempt {
+        let mut waiter = waiter;
         let store = state.target.store.clone();
         // A writer elsewhere was seen waiting lately: a free lock is its to take first, so do
         // not create the file for a new reader while its mark is fresh. (Not looked up
@@ -204,8 +205,10 @@ impl LockActor {
                     .await
                 {
                     Ok(()) => return Attempt::Granted,
+                    // Someone else wrote after our read: look again.
                     Err(super::acquire::StealLost::Changed(back)) => {
-                        return self.retry_later(*back, &state.target.url)
+                        waiter = *back;
+                        continue;
                     }
                     Err(super::acquire::StealLost::Failed(back, e)) => {
                         return Attempt::Failed(back, e)
@@ -243,10 +246,8 @@ impl LockActor {
                 .await
             {
                 Ok(()) => return Attempt::Granted,
-                // Someone else wrote meanwhile: look again.
-                Err(super::acquire::StealLost::Changed(back)) => {
-                    return self.retry_later(*back, &state.target.url)
-                }
+                // Someone else wrote meanwhile (a renewal, another join): look again.
+                Err(super::acquire::StealLost::Changed(back)) => waiter = *back,
                 Err(super::acquire::StealLost::Failed(back, e)) => return Attempt::Failed(back, e),
             }
         }
@@ -291,11 +292,6 @@ impl LockActor {
             .await;
         state.recheck.writer_seen = Some((Instant::now(), answer));
         answer
-    }
-
-    /// A join that lost a race: held for now (a try says so; a wait re-checks soon).
-    fn retry_later(&self, waiter: Waiter, url: &str) -> Attempt {
-        Attempt::Held(Box::new(waiter), Box::new(replies::busy_holder(url)))
     }
 
     /// Parks `waiter` until its on-stale decision about `holder` comes.
