@@ -541,3 +541,87 @@ async fn writer_not_starved(store: Store) {
 }
 
 per_store!(writer_not_starved, [file => File, s3 => S3]);
+
+// ---------------------------------------------------------------------------------------------
+// 8. The blocking API and vfslockctl
+// ---------------------------------------------------------------------------------------------
+
+/// The blocking API takes the same options: two blocking readers hold at once, a blocking
+/// writer is refused while they do.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocking_clients_take_shared_locks_too() {
+    let daemon = host(Store::File, "h0");
+    let socket = daemon.socket().to_owned();
+    let target = Store::File.target("modes-blocking");
+    let url = target.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let client = vfslock::blocking::Client::connect(&socket).expect("connect");
+        let mut first = client.new_lock(&url, shared());
+        let mut second = client.new_lock(&url, shared());
+        first.acquire().expect("a blocking reader");
+        second.acquire().expect("a second blocking reader at once");
+        let mut writer = client.new_lock(&url, LockOptions::default());
+        let error = writer.acquire().expect_err("no writer while readers hold");
+        assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
+        first.release().expect("release");
+        second.release().expect("release");
+        writer
+            .acquire()
+            .expect("the writer once the readers are gone");
+        writer.release().expect("release");
+    })
+    .await
+    .expect("the blocking client's thread");
+}
+
+/// `vfslockctl run -s` runs commands side by side under a shared lock; `run -n` (exclusive)
+/// exits 1 meanwhile, and `run --slots 2 -n` is refused with exit 1 naming both kinds.
+#[tokio::test(flavor = "multi_thread")]
+async fn vfslockctl_run_takes_shared_locks_and_semaphores() {
+    let daemon = host(Store::File, "h0");
+    let target = Store::File.target("modes-ctl");
+    let url = target.url.as_str();
+    let client = daemon.client().await;
+    let reader = take(&client, url, shared()).await;
+    let inner = format!(
+        "{} --socket {} run -s -n {url} -- true",
+        vfslock_tests::bin("vfslockctl").display(),
+        daemon.socket().display()
+    );
+    let out = vfslock_tests::vfslockctl(
+        &daemon,
+        None,
+        &["run", "-s", "-n", url, "--", "sh", "-c", &inner],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vfslock_tests::vfslockctl(&daemon, None, &["run", "-n", url, "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vfslock_tests::vfslockctl(
+        &daemon,
+        None,
+        &["run", "--slots", "2", "-n", url, "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("shared") && said.contains("semaphore of 2"),
+        "{said}"
+    );
+    let out = vfslock_tests::vfslockctl(
+        &daemon,
+        None,
+        &["run", "-s", "--slots", "2", url, "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(2), "-s and --slots are one choice");
+    release(reader).await;
+}
