@@ -432,3 +432,97 @@ async fn a_detached_shared_lease_is_an_entry_of_its_own_released_by_its_lock_id(
     assert_eq!(file.holders.len(), 1);
     assert!(file.entry(&lease.lock_id).is_none());
 }
+
+/// A joint file with an expired entry (a dead host's), planted as another daemon wrote it.
+async fn plant_with_dead_entry(daemon: &Daemon) -> crate::lockfile::joint::HolderEntry {
+    let live = some_entry();
+    let mut dead = some_entry();
+    dead.lock_id = "dead0000000000000000000000000000".into();
+    dead.hostname = "dead-host".into();
+    dead.created_at -= Duration::from_secs(600);
+    let planted = Joint {
+        mode: JointMode::Shared,
+        holders: vec![dead.clone(), live],
+    };
+    let bytes = planted.to_json("planted", "another-daemon", std::time::SystemTime::now());
+    daemon
+        .plant_with(TARGET, Box::new(move |_| bytes.clone()))
+        .await;
+    dead
+}
+
+#[tokio::test]
+async fn the_on_stale_question_is_asked_about_an_expired_entry_and_a_veto_keeps_it() {
+    let daemon = Daemon::start().await;
+    let dead = plant_with_dead_entry(&daemon).await;
+    let (reader, mut frames) = daemon.session(1, 0);
+    let mut asking = request(TARGET, WaitMode::Try);
+    asking.ask_on_stale = true;
+    daemon
+        .acquire_in(&reader, 1, asking.clone(), LockMode::Shared)
+        .await;
+    match event(&mut frames).await {
+        Event::StaleQuestion { holder } => assert_eq!(holder.hostname, dead.hostname),
+        other => panic!("expected the on-stale question, got {other:?}"),
+    }
+    daemon
+        .send(
+            TARGET,
+            crate::lock::LockMessage::StaleVerdict {
+                session_id: 1,
+                acquire_id: 1,
+                allow: false,
+                reason: "keep it".into(),
+            },
+        )
+        .await;
+    assert_eq!(refused(&mut frames).await.kind, ErrorKind::StaleVetoed);
+    assert!(holders(&daemon)
+        .await
+        .unwrap()
+        .entry(&dead.lock_id)
+        .is_some());
+    // Allowed, the join goes ahead without the dead entry.
+    daemon
+        .acquire_in(&reader, 2, asking, LockMode::Shared)
+        .await;
+    assert!(matches!(
+        event(&mut frames).await,
+        Event::StaleQuestion { .. }
+    ));
+    daemon
+        .send(
+            TARGET,
+            crate::lock::LockMessage::StaleVerdict {
+                session_id: 1,
+                acquire_id: 2,
+                allow: true,
+                reason: String::new(),
+            },
+        )
+        .await;
+    granted(&mut frames).await;
+    let file = holders(&daemon).await.unwrap();
+    assert!(file.entry(&dead.lock_id).is_none());
+    assert_eq!(file.holders.len(), 2, "the live entry and ours");
+}
+
+#[tokio::test]
+async fn under_the_watched_rule_an_entry_is_expired_only_once_seen_unchanged_for_its_ttl() {
+    let daemon = Daemon::with(|settings| {
+        settings.stores.mem.served = Some(crate::config::StaleRule::Watched);
+    })
+    .await;
+    let dead = plant_with_dead_entry(&daemon).await;
+    let (reader, mut frames) = daemon.session(1, 0);
+    daemon
+        .acquire_in(&reader, 1, request(TARGET, WaitMode::Try), LockMode::Shared)
+        .await;
+    granted(&mut frames).await;
+    // Its createdAt is ten minutes old, but this daemon has only just seen it: kept.
+    assert!(holders(&daemon)
+        .await
+        .unwrap()
+        .entry(&dead.lock_id)
+        .is_some());
+}
