@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfslock_proto::{
-    HolderView, ListEntry, ListedLock, LockMode, LockView, Request, Response, StatusInfo, WaitMode,
-    Welcome,
+    ListEntry, ListedLock, LockMode, LockView, Request, Response, StatusInfo, WaitMode, Welcome,
 };
 
 use crate::connection::Connection;
@@ -243,22 +242,7 @@ impl Client {
     pub async fn describe(&self, target: &str) -> Result<Option<LockView>, Error> {
         if self.conn.welcome().protocol_version < 3 {
             return Ok(self.metadata(target).await?.map(|lock| LockView {
-                holders: vec![HolderView {
-                    lock_id: lock.lock_id.clone(),
-                    hostname: lock.hostname.clone(),
-                    pid: lock.pid,
-                    owner_id: lock.owner_id.clone(),
-                    uid: lock.uid,
-                    token: lock.token,
-                    expires_unix_ns: lock
-                        .expires_at()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_nanos() as i128),
-                    count: 1,
-                    detached: lock.detached,
-                    local: false,
-                    expired: lock.stale,
-                }],
+                holders: vec![lock.whole_file_holder(false)],
                 lock,
                 mode: LockMode::Exclusive,
             }));

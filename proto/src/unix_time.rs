@@ -69,6 +69,25 @@ impl LockMetadata {
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.created_at()?.checked_add(self.ttl()?)
     }
+
+    /// The one holder of this lock file read as a whole (an exclusive one, a Go peer's, any
+    /// other tool's), as [`LockView`](crate::LockView) lists holders; `local` when this
+    /// daemon serves it.
+    pub fn whole_file_holder(&self, local: bool) -> crate::HolderView {
+        crate::HolderView {
+            lock_id: self.lock_id.clone(),
+            hostname: self.hostname.clone(),
+            pid: self.pid,
+            owner_id: self.owner_id.clone(),
+            uid: self.uid,
+            token: self.token,
+            expires_unix_ns: self.expires_at().map(unix_ns),
+            count: 1,
+            detached: self.detached,
+            local,
+            expired: self.stale,
+        }
+    }
 }
 
 #[cfg(test)]

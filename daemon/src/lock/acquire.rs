@@ -219,47 +219,22 @@ impl LockActor {
                 }
                 Ok(Created::Exists) => self.ctx.journal_release(&record.lock_id),
             }
-            let observed = match self.within(store.read(&state.target.lock_path)).await {
-                // Others kept rewriting it (handoffs, renewals): it is held; wait or say so.
-                Err(e) if e.contended => return busy(waiter, &state.target.url),
-                // There but unreadable to us: held by someone unknown, and never stale, since
-                // its bytes cannot be compared for an exact steal. Re-checked with backoff
-                // like any foreign holder, until the file is gone.
-                Err(StoreError {
-                    unreadable: Some(file),
-                    ..
-                }) => {
-                    let holder = replies::unreadable_holder(&file);
-                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+            let observed = match self.read_for_attempt(state, waiter).await {
+                Ok((back, observed)) => {
+                    waiter = back;
+                    match observed {
+                        Some(observed) => observed,
+                        None => continue,
+                    }
                 }
-                Err(e) => return Attempt::Failed(Box::new(waiter), replies::store_error(e)),
-                Ok(None) => continue,
-                Ok(Some(observed)) => observed,
+                Err(outcome) => return outcome,
             };
             let (holder, stale) = self.judge(state, &observed);
             if !stale {
                 return Attempt::Held(Box::new(waiter), Box::new(holder));
             }
             if waiter.request.ask_on_stale {
-                waiter.session.event(
-                    waiter.acquire_id,
-                    Event::StaleQuestion {
-                        holder: holder.clone(),
-                    },
-                );
-                let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
-                myself.send_after(self.ctx.settings.locks.stale_answer_timeout, move || {
-                    LockMessage::StaleAnswerExpired {
-                        session_id,
-                        acquire_id,
-                    }
-                });
-                must(state.phase.ask_steal(PendingSteal {
-                    waiter,
-                    judged: observed,
-                    holder,
-                }));
-                return Attempt::Asked;
+                return self.ask_on_stale(myself, state, waiter, observed, holder);
             }
             match self.steal(myself, state, waiter, observed, holder).await {
                 Ok(()) => return Attempt::Granted,
@@ -270,6 +245,66 @@ impl LockActor {
         }
         // The file kept changing under us: someone is busy with it, which is being held.
         busy(waiter, &state.target.url)
+    }
+
+    /// Asks `waiter` whether the stale lock `holder` may be taken (the file read as
+    /// `observed`), and parks it until its decision comes or its deadline passes.
+    pub(super) fn ask_on_stale(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        waiter: Waiter,
+        observed: Observed,
+        holder: LockMetadata,
+    ) -> Attempt {
+        waiter.session.event(
+            waiter.acquire_id,
+            Event::StaleQuestion {
+                holder: holder.clone(),
+            },
+        );
+        let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
+        myself.send_after(self.ctx.settings.locks.stale_answer_timeout, move || {
+            LockMessage::StaleAnswerExpired {
+                session_id,
+                acquire_id,
+            }
+        });
+        must(state.phase.ask_steal(PendingSteal {
+            waiter,
+            judged: observed,
+            holder,
+        }));
+        Attempt::Asked
+    }
+
+    /// Reads the lock file an attempt for `waiter` found there: the waiter back with the file
+    /// (`None`: it vanished meanwhile, look again), or the attempt's outcome when the read
+    /// already tells it.
+    pub(super) async fn read_for_attempt(
+        &self,
+        state: &LockState,
+        waiter: Waiter,
+    ) -> Result<(Waiter, Option<Observed>), Attempt> {
+        match self
+            .within(state.target.store.read(&state.target.lock_path))
+            .await
+        {
+            // Others kept rewriting it (handoffs, renewals): it is held; wait or say so.
+            Err(e) if e.contended => Err(busy(waiter, &state.target.url)),
+            // There but unreadable to us: held by someone unknown, and never stale, since its
+            // bytes cannot be compared for an exact steal. Re-checked with backoff like any
+            // foreign holder, until the file is gone.
+            Err(StoreError {
+                unreadable: Some(file),
+                ..
+            }) => {
+                let holder = replies::unreadable_holder(&file);
+                Err(Attempt::Held(Box::new(waiter), Box::new(holder)))
+            }
+            Err(e) => Err(Attempt::Failed(Box::new(waiter), replies::store_error(e))),
+            Ok(observed) => Ok((waiter, observed)),
+        }
     }
 
     /// Parses a lock file and judges it stale or not, now, by the store's rule.

@@ -32,7 +32,7 @@ use super::actor::{LockActor, LockMessage};
 use super::lifecycle::must;
 use super::replies;
 use super::state::{JointHolding, LockState, Member, Renewal, Waiter};
-use super::timing::{self, first_renewal, next_renewal, Timer};
+use super::timing::{self, first_renewal, next_renewal};
 use crate::config::StaleRule;
 use crate::context::random_id;
 use crate::lockfile::joint::{HolderEntry, Joint, JointMode};
@@ -41,8 +41,7 @@ use crate::store::{
     Conditional, Created, MakeLock, Observed, Replaced, StoreError, Token, Written,
 };
 
-/// First delay before retrying a failed renewal of a joint entry.
-const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
+use super::lease::RENEW_RETRY_MIN;
 
 /// How often a change of our entry is tried again on a file others keep rewriting.
 const CHANGE_TRIES: usize = 8;
@@ -174,21 +173,15 @@ impl LockActor {
                 }
                 Ok(Created::Exists) => self.ctx.journal_release(&entry.lock_id),
             }
-            let observed = match self.within(store.read(&state.target.lock_path)).await {
-                Err(e) if e.contended => {
-                    let holder = replies::busy_holder(&state.target.url);
-                    return Attempt::Held(Box::new(waiter), Box::new(holder));
+            let observed = match self.read_for_attempt(state, waiter).await {
+                Ok((back, observed)) => {
+                    waiter = back;
+                    match observed {
+                        Some(observed) => observed,
+                        None => continue,
+                    }
                 }
-                Err(StoreError {
-                    unreadable: Some(file),
-                    ..
-                }) => {
-                    let holder = replies::unreadable_holder(&file);
-                    return Attempt::Held(Box::new(waiter), Box::new(holder));
-                }
-                Err(e) => return Attempt::Failed(Box::new(waiter), replies::store_error(e)),
-                Ok(None) => continue,
-                Ok(Some(observed)) => observed,
+                Err(outcome) => return outcome,
             };
             let Some(mut there) = Joint::parse(&observed.bytes) else {
                 // An exclusive lock file (ours, a Go peer's, another tool's, a corrupt one):
@@ -292,36 +285,6 @@ impl LockActor {
             .await;
         state.recheck.writer_seen = Some((Instant::now(), answer));
         answer
-    }
-
-    /// Parks `waiter` until its on-stale decision about `holder` comes.
-    fn ask_on_stale(
-        &self,
-        myself: &ActorRef<LockMessage>,
-        state: &mut LockState,
-        waiter: Waiter,
-        observed: Observed,
-        holder: LockMetadata,
-    ) -> Attempt {
-        waiter.session.event(
-            waiter.acquire_id,
-            Event::StaleQuestion {
-                holder: holder.clone(),
-            },
-        );
-        let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
-        myself.send_after(self.ctx.settings.locks.stale_answer_timeout, move || {
-            LockMessage::StaleAnswerExpired {
-                session_id,
-                acquire_id,
-            }
-        });
-        must(state.phase.ask_steal(super::state::PendingSteal {
-            waiter,
-            judged: observed,
-            holder,
-        }));
-        Attempt::Asked
     }
 
     /// Replaces exactly the version `judged` with it plus our entry for `waiter`, its expired
@@ -506,11 +469,7 @@ impl LockActor {
             written: written.version(),
             members: vec![member],
             valid_until,
-            renewal: Renewal {
-                generation: 0,
-                timer: None,
-                retry_delay: RENEW_RETRY_MIN,
-            },
+            renewal: Renewal::first(RENEW_RETRY_MIN),
         }));
         self.tally.held(1);
         waiter
@@ -523,7 +482,7 @@ impl LockActor {
             } else {
                 first_renewal(ttl).saturating_sub(sent.elapsed())
             };
-            schedule_joint_renewal(myself, state, next);
+            super::lease::schedule_renewal(myself, state, next);
         }
     }
 
@@ -867,7 +826,7 @@ impl LockActor {
                 }
                 if !ttl.is_zero() {
                     let next = next_renewal(ttl).saturating_sub(sent.elapsed());
-                    schedule_joint_renewal(myself, state, next);
+                    super::lease::schedule_renewal(myself, state, next);
                 }
             }
             Ok(Changed::Gone | Changed::Deleted) => {
@@ -883,7 +842,7 @@ impl LockActor {
                 let delay = joint.renewal.retry_delay.min(left);
                 joint.renewal.retry_delay = (joint.renewal.retry_delay * 2).min(ttl / 3);
                 tracing::warn!(target = %state.target.url, error = %e, retry_in = ?delay, "renewal of a shared lock failed");
-                schedule_joint_renewal(myself, state, delay);
+                super::lease::schedule_renewal(myself, state, delay);
             }
         }
     }
@@ -1056,21 +1015,6 @@ pub(super) fn entry_metadata(entry: &HolderEntry) -> LockMetadata {
         format: LockFileFormat::Vfslock(crate::lockfile::joint::JOINT_FORMAT_VERSION),
         stale: false,
     }
-}
-
-/// Sends this actor the renewal of the joint holding after `delay`, replacing the timer of the
-/// one before.
-fn schedule_joint_renewal(myself: &ActorRef<LockMessage>, state: &mut LockState, delay: Duration) {
-    state.renewals += 1;
-    let generation = state.renewals;
-    let Some(joint) = state.phase.joint_mut() else {
-        return;
-    };
-    joint.renewal.generation = generation;
-    joint.renewal.timer =
-        Some(Timer(myself.send_after(delay, move || {
-            LockMessage::Renew { generation }
-        })));
 }
 
 #[cfg(test)]

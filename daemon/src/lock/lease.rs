@@ -20,7 +20,7 @@ use crate::lockfile::{self, LockRecord};
 use crate::store::{Conditional, Replaced, Token, Written};
 
 /// First delay before retrying a failed renewal.
-const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
+pub(super) const RENEW_RETRY_MIN: Duration = Duration::from_millis(50);
 
 impl LockActor {
     /// Until when a lease confirmed by a write sent at `sent` is certainly valid: the TTL minus
@@ -81,11 +81,7 @@ impl LockActor {
             written: written.version(),
             since: Instant::now(),
             valid_until,
-            renewal: Renewal {
-                generation: 0,
-                timer: None,
-                retry_delay: RENEW_RETRY_MIN,
-            },
+            renewal: Renewal::first(RENEW_RETRY_MIN),
         }));
         self.tally.held(1);
         session.reply(acquire_id, Ok(Response::Granted(grant)));
@@ -278,16 +274,20 @@ impl LockActor {
     }
 }
 
-/// Sends this actor the renewal of the current holding after `delay`, replacing (and so
-/// stopping) the timer of the one before.
-fn schedule_renewal(myself: &ActorRef<LockMessage>, state: &mut LockState, delay: Duration) {
+/// Sends this actor the renewal of the current holding (exclusive or joint) after `delay`,
+/// replacing (and so stopping) the timer of the one before.
+pub(super) fn schedule_renewal(
+    myself: &ActorRef<LockMessage>,
+    state: &mut LockState,
+    delay: Duration,
+) {
     state.renewals += 1;
     let generation = state.renewals;
-    let Some(holding) = state.phase.holding_mut() else {
+    let Some(renewal) = state.phase.renewal_mut() else {
         return;
     };
-    holding.renewal.generation = generation;
-    holding.renewal.timer =
+    renewal.generation = generation;
+    renewal.timer =
         Some(Timer(myself.send_after(delay, move || {
             LockMessage::Renew { generation }
         })));

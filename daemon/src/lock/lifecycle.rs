@@ -184,6 +184,15 @@ impl Lifecycle {
         }
     }
 
+    /// The renewal of the holding here, exclusive or joint.
+    pub fn renewal_mut(&mut self) -> Option<&mut super::state::Renewal> {
+        match self {
+            Lifecycle::Held(holding) => Some(&mut holding.renewal),
+            Lifecycle::Joint(joint) => Some(&mut joint.renewal),
+            _ => None,
+        }
+    }
+
     /// The pending steal, if one is asked.
     pub fn steal(&self) -> Option<&PendingSteal> {
         match self {

@@ -264,7 +264,7 @@ impl LockActor {
             }) => {
                 let lock = unreadable_holder(&file);
                 return Ok(Some(LockView {
-                    holders: vec![whole_file_holder(&lock, false)],
+                    holders: vec![lock.whole_file_holder(false)],
                     lock,
                     mode: LockMode::Exclusive,
                 }));
@@ -279,7 +279,7 @@ impl LockActor {
             return Ok(Some(LockView {
                 holders: vec![HolderView {
                     expired: stale,
-                    ..whole_file_holder(&lock, local)
+                    ..lock.whole_file_holder(local)
                 }],
                 lock,
                 mode: LockMode::Exclusive,
@@ -374,26 +374,6 @@ impl LockActor {
             mode: LockMode::Exclusive,
             holders: u32::from(holder.is_some()),
         })
-    }
-}
-
-/// The one holder of an exclusive lock file, from its top-level fields.
-fn whole_file_holder(lock: &LockMetadata, local: bool) -> HolderView {
-    HolderView {
-        lock_id: lock.lock_id.clone(),
-        hostname: lock.hostname.clone(),
-        pid: lock.pid,
-        owner_id: lock.owner_id.clone(),
-        uid: lock.uid,
-        token: lock.token,
-        expires_unix_ns: lock
-            .expires_at()
-            .map(lockfile::unix_ns)
-            .filter(|_| lock.ttl_ns != 0),
-        count: 1,
-        detached: lock.detached,
-        local,
-        expired: lock.stale,
     }
 }
 

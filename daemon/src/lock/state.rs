@@ -200,6 +200,17 @@ pub struct Renewal {
     pub retry_delay: Duration,
 }
 
+impl Renewal {
+    /// The renewal of a holding just granted: none scheduled yet, retries from `retry_min`.
+    pub fn first(retry_min: Duration) -> Renewal {
+        Renewal {
+            generation: 0,
+            timer: None,
+            retry_delay: retry_min,
+        }
+    }
+}
+
 /// An acquire that has not been granted yet.
 #[derive(Debug)]
 pub struct Waiter {

@@ -456,21 +456,8 @@ fn contention(
                     };
                     rounds.push(outcome);
                 }
-                let metric = |f: fn(&crate::contention::ContentionRound) -> f64| {
-                    Summary::of(&rounds.iter().map(f).collect::<Vec<_>>())
-                };
                 let name = names::contention(clients, hold.as_micros() as u64, system);
-                eprintln!("bench:   {name}: {:.0}/s", metric(|r| r.per_second).median);
-                figures.push(figure(
-                    "contention",
-                    name,
-                    &[
-                        ("acq/s", metric(|r| r.per_second)),
-                        ("wait p50 µs", metric(|r| r.wait_p50_us)),
-                        ("wait p99 µs", metric(|r| r.wait_p99_us)),
-                        ("share spread ±%", metric(|r| r.spread_percent)),
-                    ],
-                ));
+                figures.push(contention_figure(name, &rounds));
             }
         }
     }
@@ -489,22 +476,27 @@ fn contention(
                 VfsContender::with_options(&daemon.socket, &target, LockOptions::default().shared())
             }));
         }
-        let metric = |f: fn(&crate::contention::ContentionRound) -> f64| {
-            Summary::of(&rounds.iter().map(f).collect::<Vec<_>>())
-        };
         let name = names::contention(8, SHORT_HOLD.as_micros() as u64, system);
-        eprintln!("bench:   {name}: {:.0}/s", metric(|r| r.per_second).median);
-        figures.push(figure(
-            "contention",
-            name,
-            &[
-                ("acq/s", metric(|r| r.per_second)),
-                ("wait p50 µs", metric(|r| r.wait_p50_us)),
-                ("wait p99 µs", metric(|r| r.wait_p99_us)),
-                ("share spread ±%", metric(|r| r.spread_percent)),
-            ],
-        ));
+        figures.push(contention_figure(name, &rounds));
     }
+}
+
+/// The contention figure `name` from its rounds: throughput, wait percentiles, fairness.
+fn contention_figure(name: String, rounds: &[crate::contention::ContentionRound]) -> Figure {
+    let metric = |f: fn(&crate::contention::ContentionRound) -> f64| {
+        Summary::of(&rounds.iter().map(f).collect::<Vec<_>>())
+    };
+    eprintln!("bench:   {name}: {:.0}/s", metric(|r| r.per_second).median);
+    figure(
+        "contention",
+        name,
+        &[
+            ("acq/s", metric(|r| r.per_second)),
+            ("wait p50 µs", metric(|r| r.wait_p50_us)),
+            ("wait p99 µs", metric(|r| r.wait_p99_us)),
+            ("share spread ±%", metric(|r| r.spread_percent)),
+        ],
+    )
 }
 
 const MANY_CLIENTS: usize = 32;
