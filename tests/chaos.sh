@@ -11,6 +11,8 @@
 #   tests/chaos.sh 300                                  # 5 minutes on file://
 #   tests/chaos.sh 300 --store s3 --partition           # 5 minutes on S3 with partitions
 #   tests/chaos.sh 600 --error-rate 0.05 --kill-daemon-every-ms 1000
+#   tests/chaos.sh 120 --mode mixed                     # shared and exclusive clients
+#   tests/chaos.sh 120 --mode slots:3                   # a semaphore of 3
 #
 # The first argument is the duration in seconds (default 300); the others go to
 # `mutex_checker chaos` after it (see `mutex_checker --help`; `--dir DIR` keeps the records

@@ -3,7 +3,8 @@
 # one directory of file:// targets (or one prefix in a bucket of a test object store), many
 # workers, random SIGKILLs; prints one summary line and exits 0 only if no two holders ever
 # overlapped, fencing tokens strictly increased, no late write was rejected, no lease loss was
-# heard late and no lock file (or lock object) was left behind.
+# heard late and no lock file (or lock object) was left behind (with --mode: no exclusive
+# section overlapped another, no semaphore had more than N holders).
 #
 #   tests/mutex-checker.sh                                   # 2 minutes, 4 daemons × 8 clients
 #   tests/mutex-checker.sh --duration 300 --daemons 4 --clients 8 --targets 3
@@ -30,6 +31,17 @@
 # report them failed ([faults] write-then-fail); it needs the `faults` feature, which this
 # script then builds in. The summary line ends with `store=<name>` (and `injected=<n>`, the
 # daemons' ambiguous writes, with --faults).
+#
+# Lock modes (issue 15): `--mode mixed` makes each acquisition shared with probability
+# `--shared-share` (default 0.7), else exclusive: no exclusive section may overlap any other,
+# and the summary adds how often shared ones did (`shared_overlaps`); `--mode slots:N` makes
+# every acquisition take one of N slots: never more than N sections of a target at once (the
+# summary adds `max_concurrent`). Shared and slot holders do a guarded read instead of the
+# write (`rejected_reads`). Not on SFTP (no compare-and-swap, so no shared modes):
+#
+#   tests/mutex-checker.sh --duration 60 --daemons 4 --clients 6 --mode mixed
+#   tests/mutex-checker.sh --duration 60 --daemons 4 --clients 6 --mode slots:3
+#   tests/mutex-checker.sh --store s3 --duration 60 --daemons 2 --clients 4 --targets 2 --mode mixed
 #
 # The chaos run (daemon kills, store faults, a network partition) has a script of its own:
 # tests/chaos.sh.

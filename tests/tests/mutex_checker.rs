@@ -6,7 +6,10 @@
 //! find the overlaps. And short chaos runs (issue 6 §6): three daemons × eight workers on
 //! `file://` with daemon kills and store faults, and on S3 with daemon kills, store faults and
 //! a network partition of one host (root and `ip` needed; the run starts a moto of its own
-//! from the venv `tests/servers/start.sh` installs).
+//! from the venv `tests/servers/start.sh` installs). And the lock modes (issue 15) on
+//! `file://`: shared and exclusive clients mixed (no exclusive section overlaps another, shared
+//! ones do), and a semaphore of 3 (never more than 3 sections at once), with its self-test on
+//! `mem://`, where each daemon grants its own 2 slots of "the" semaphore of 2.
 //!
 //! `mutex_checker` finds `vfslockd` next to itself: build the binaries first
 //! (`cargo build --workspace --bins --features vfslockd/faults`; `tests/run.sh` does it). The
@@ -142,6 +145,73 @@ fn the_checker_finds_the_overlaps_of_daemons_that_do_not_share_a_store() {
     assert!(!outcome.success, "a broken run passed: {context}");
     assert!(outcome.count("overlaps") > 0, "{context}");
     assert_eq!(outcome.count("kills"), 0, "{context}");
+}
+
+#[test]
+fn shared_and_exclusive_clients_mixed_never_overlap_an_exclusive_section() {
+    let outcome = checker(&["--mode", "mixed", "--duration", "3"]);
+    let context = assert_no_violation(&outcome);
+    assert_eq!(
+        outcome.summary.get("mode").map(String::as_str),
+        Some("mixed"),
+        "{context}"
+    );
+    assert_eq!(outcome.count("rejected_reads"), 0, "{context}");
+    assert!(outcome.count("acquisitions") > 50, "{context}");
+    // Both modes were taken, and the shared sections did share.
+    assert!(outcome.count("shared_sections") > 0, "{context}");
+    assert!(
+        outcome.count("shared_sections") < outcome.count("acquisitions"),
+        "{context}"
+    );
+    assert!(outcome.count("shared_overlaps") > 0, "{context}");
+    assert!(outcome.count("kills") > 0, "{context}");
+    assert!(outcome.success, "mutex_checker failed: {context}");
+}
+
+#[test]
+fn a_semaphore_of_three_never_has_more_than_three_holders() {
+    let outcome = checker(&["--mode", "slots:3", "--duration", "3"]);
+    let context = assert_no_violation(&outcome);
+    assert_eq!(
+        outcome.summary.get("mode").map(String::as_str),
+        Some("slots:3"),
+        "{context}"
+    );
+    assert_eq!(outcome.count("rejected_reads"), 0, "{context}");
+    assert!(outcome.count("acquisitions") > 50, "{context}");
+    let most = outcome.count("max_concurrent");
+    assert!((2..=3).contains(&most), "{context}");
+    assert!(outcome.count("kills") > 0, "{context}");
+    assert!(outcome.success, "mutex_checker failed: {context}");
+}
+
+#[test]
+fn the_checker_finds_a_semaphore_overrun_by_daemons_that_do_not_share_a_store() {
+    // Each daemon's mem:// is its own: two daemons each grant 2 slots of "the" semaphore of 2.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let outcome = checker(&[
+        "--dir",
+        dir.path().to_str().expect("UTF-8 temporary path"),
+        "--mem",
+        "--mode",
+        "slots:2",
+        "--daemons",
+        "2",
+        "--clients",
+        "3",
+        "--targets",
+        "1",
+        "--duration",
+        "2",
+        "--kill-every-ms",
+        "0",
+    ]);
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    assert!(!outcome.success, "a broken run passed: {context}");
+    assert!(outcome.count("overlaps") > 0, "{context}");
+    assert!(outcome.count("max_concurrent") > 2, "{context}");
+    assert!(outcome.stderr.contains("over 2 slots"), "{context}");
 }
 
 /// Fails (rather than skips) when the test servers' variables are missing.

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! mutex_checker run [--store file|s3|gcs|azblob|sftp] [--faults RATE]
+//!                   [--mode exclusive|mixed|slots:N] [--shared-share P]
 //!                   [--daemons N] [--clients M] [--targets K] [--duration SECS]
 //!                   [--hold-ms MS] [--kill-every-ms MS] [--kill-holder-percent P]
 //!                   [--ttl SECS] [--dir DIR]
@@ -16,6 +17,7 @@
 //!                     [--calm-ms MS]
 //! mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
 //!                      --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
+//!                      [--mode exclusive|mixed|slots:N] [--shared-share P]
 //! ```
 //!
 //! `run` (the coordinator) starts N `vfslockd`s, a guarded resource that rejects writes with
@@ -28,11 +30,18 @@
 //! are SIGKILLed and restarted, the daemons inject store errors and delays, and with
 //! `--partition` (S3, root) one host's network link to the store is cut while it holds a lock;
 //! then a calm phase lets everything settle before the orphan check.
+//!
+//! `--mode` (both) chooses the lock modes ([`modes`]): `exclusive` (the default), `mixed`
+//! (each acquisition shared with probability `--shared-share`, 0.7 by default, else
+//! exclusive: no exclusive section may overlap any other, shared ones overlap freely) or
+//! `slots:N` (a semaphore: never more than N sections of a target at once).
 
 #[path = "mutex_checker/analysis.rs"]
 mod analysis;
 #[path = "mutex_checker/coordinator.rs"]
 mod coordinator;
+#[path = "mutex_checker/modes.rs"]
+mod modes;
 #[path = "mutex_checker/partition.rs"]
 mod partition;
 #[path = "mutex_checker/records.rs"]
@@ -49,11 +58,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use coordinator::RunArgs;
+use modes::Mode;
 use store::StoreKind;
 use worker::WorkerArgs;
 
 const USAGE: &str = "usage:
   mutex_checker run [--store file|s3|gcs|azblob|sftp] [--faults RATE]
+                    [--mode exclusive|mixed|slots:N] [--shared-share P]
                     [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
                     [--kill-every-ms MS] [--kill-holder-percent P] [--ttl SECS] [--dir DIR]
                     [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
@@ -62,6 +73,7 @@ const USAGE: &str = "usage:
   mutex_checker chaos [the options of run]
   mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
                        --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
+                       [--mode exclusive|mixed|slots:N] [--shared-share P]
 
   Defaults: 3 daemons, 3 clients per daemon, 2 targets, 6 s, hold 2 ms, a SIGKILL every 400 ms
   (50% of them aimed at the holder of a random target), ttl 5 s.
@@ -90,6 +102,12 @@ const USAGE: &str = "usage:
   chaos defaults: 3 daemons, 8 clients per daemon, 3 targets (2 on an object store), 10 s, ttl
   3 s, a daemon killed every 2 s (3 s on an object store), error rate 0.01, delay rate 0.05,
   delay 20 ms, calm phase ttl + 2 s.
+  --mode: exclusive (default), mixed (each acquisition shared with probability --shared-share,
+  default 0.7, else exclusive; shared and slot holders do a guarded read instead of the write)
+  or slots:N (every acquisition takes one of N slots); not on SFTP. The summary line then ends
+  with mode=, and for mixed shared_sections= shared_overlaps= max_concurrent=, for slots:N
+  max_concurrent=, and rejected_reads=; overlaps= counts the sections that overlapped an
+  exclusive one (mixed) or entered while N were open (slots:N).
   --keep: keep the working directory after a clean run. --mem: lock mem:// targets, which each
   daemon keeps apart, so that with several daemons the run must fail (the checker's self-test).";
 
@@ -209,7 +227,10 @@ fn run_args(flags: &Flags, chaos: bool) -> Result<RunArgs, String> {
         "mem",
         "store",
         "faults",
+        "mode",
+        "shared-share",
     ])?;
+    let mode = mode_of(flags)?;
     let store: StoreKind = flags.get("store")?.unwrap_or(StoreKind::File);
     let defaults = if chaos {
         RunArgs::chaos_defaults(store)
@@ -273,7 +294,21 @@ fn run_args(flags: &Flags, chaos: bool) -> Result<RunArgs, String> {
             None => defaults.calm,
         },
         chaos,
+        mode,
     })
+}
+
+/// `--mode`, with `--shared-share` folded into a mixed one.
+fn mode_of(flags: &Flags) -> Result<Mode, String> {
+    let mode = flags.get::<Mode>("mode")?.unwrap_or(Mode::Exclusive);
+    match (mode, flags.get::<f64>("shared-share")?) {
+        (_, Some(share)) if !(0.0..=1.0).contains(&share) => {
+            Err(format!("--shared-share {share}: a share between 0 and 1"))
+        }
+        (Mode::Mixed { .. }, Some(shared_share)) => Ok(Mode::Mixed { shared_share }),
+        (_, Some(_)) => Err("--shared-share goes with --mode mixed".into()),
+        (mode, None) => Ok(mode),
+    }
 }
 
 fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
@@ -289,6 +324,8 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
         "id",
         "mem",
         "tokenless",
+        "mode",
+        "shared-share",
     ])?;
     let targets: usize = flags.require("targets")?;
     if targets == 0 {
@@ -306,6 +343,7 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
         id: flags.require("id")?,
         mem: flags.has("mem"),
         tokenless: flags.has("tokenless"),
+        mode: mode_of(flags)?,
     })
 }
 
@@ -475,6 +513,32 @@ mod tests {
         );
         assert_eq!(args.ttl, Duration::from_secs(5));
         assert!(worker_args(&flags(&full[..14], &[])).is_err());
+    }
+
+    #[test]
+    fn the_mode_defaults_to_exclusive_and_takes_a_share_when_mixed() {
+        assert_eq!(run_args_of(&flags(&[], &[])).unwrap().mode, Mode::Exclusive);
+        let args = run_args_of(&flags(&["--mode", "slots:3"], &[])).unwrap();
+        assert_eq!(args.mode, Mode::Slots(3));
+        let args = run_args_of(&flags(&["--mode", "mixed"], &[])).unwrap();
+        assert_eq!(
+            args.mode,
+            Mode::Mixed {
+                shared_share: modes::DEFAULT_SHARED_SHARE
+            }
+        );
+        let args = run_args_of(&flags(&["--shared-share", "0.5", "--mode", "mixed"], &[])).unwrap();
+        assert_eq!(args.mode, Mode::Mixed { shared_share: 0.5 });
+        let args = run_args(&flags(&["--mode", "mixed"], &[]), true).unwrap();
+        assert!(args.chaos && matches!(args.mode, Mode::Mixed { .. }));
+        for bad in [
+            &["--mode", "slots:0"][..],
+            &["--mode", "shared"],
+            &["--mode", "mixed", "--shared-share", "1.5"],
+            &["--mode", "slots:2", "--shared-share", "0.5"],
+        ] {
+            assert!(run_args_of(&flags(bad, &[])).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,9 +11,29 @@
 //!
 //! On a store that grants no fencing tokens (SFTP, create-only mode) a section without a token
 //! is expected, and there is no token order to check: only overlaps and late losses count.
+//!
+//! Each section carries the mode it was held in ([`Held`]), and the rules follow it:
+//! - Two intersecting sections of one target are an overlap (a violation) if either is
+//!   exclusive. Two shared ones may intersect: that is counted (`shared_overlaps`), as the proof
+//!   that the run exercised sharing. Slot sections are judged by their number instead: a sweep
+//!   over each target's enters and ends counts the open sections, and every enter that finds N
+//!   already open is an overlap (the run's semaphore of N was exceeded). The sweep also gives
+//!   the largest number of sections open at once (`max_concurrent`).
+//! - Token order, in enter order per target: an exclusive section's token must exceed the
+//!   token of the previous exclusive section and of every section since (its token is greater
+//!   than every token issued before it, in any mode); a shared or slot section's token must
+//!   exceed the previous exclusive section's (its holder's lock file entry was added after that
+//!   holder left). Equal tokens are a violation only where an exclusive section is one of the
+//!   two: the shared holders of one daemon share their entry's token, and entries on different
+//!   daemons are added in no order the records can see. Between exclusive sections alone this
+//!   is the old rule: each token strictly above the previous one.
+//! - A lease loss is late if a section that conflicts with the lost one (either of them
+//!   exclusive) entered before the loss was heard; for slot sections, if a section entered
+//!   past the N while the lost one was still open.
 
 use std::collections::BTreeMap;
 
+use crate::modes::{Held, Mode};
 use crate::records::Record;
 
 /// How many problems are described in full; the rest are only counted.
@@ -54,6 +74,8 @@ pub(crate) struct Section {
     pub(crate) holder: String,
     /// The holding's fencing token.
     pub(crate) token: Option<u64>,
+    /// How it held the lock.
+    pub(crate) held: Held,
     /// When it began (monotonic ns).
     pub(crate) enter: u64,
     /// When it ended (monotonic ns).
@@ -67,12 +89,20 @@ pub(crate) struct Section {
 pub(crate) struct Analysis {
     /// Critical sections.
     pub(crate) acquisitions: u64,
-    /// Pairs of sections of one target whose intervals intersect.
+    /// Pairs of sections of one target whose intervals intersect, one of them exclusive; and
+    /// slot sections that entered while N sections of their target were open.
     pub(crate) overlaps: u64,
-    /// Successive sections of one target (by enter time) whose token decreased.
+    /// Sections of one target (by enter time) whose token was not above the token it must
+    /// exceed (see the module doc).
     pub(crate) order_violations: u64,
-    /// Successive sections of one target with equal tokens.
+    /// The same with equal tokens (always an exclusive section and another).
     pub(crate) equal_tokens: u64,
+    /// Sections held shared.
+    pub(crate) shared_sections: u64,
+    /// Pairs of shared sections of one target whose intervals intersect (allowed).
+    pub(crate) shared_overlaps: u64,
+    /// The most sections of one target open at once.
+    pub(crate) max_concurrent: u64,
     /// Sections ended by a lease-lost event.
     pub(crate) lost_leases: u64,
     /// Sections ended by the kill of their process (killed while holding).
@@ -128,9 +158,14 @@ fn ms(t: u64, origin: u64) -> String {
 
 fn describe(section: &Section, origin: u64) -> String {
     format!(
-        "t{} {} token={} [{} .. {}] ended by {:?}",
+        "t{} {}{} token={} [{} .. {}] ended by {:?}",
         section.target,
         section.holder,
+        match section.held {
+            Held::Exclusive => "",
+            Held::Shared => " (shared)",
+            Held::Slot => " (slot)",
+        },
         section
             .token
             .map_or_else(|| "none".to_owned(), |t| t.to_string()),
@@ -157,7 +192,11 @@ pub(crate) fn sections(
         for record in &instance.records {
             match record {
                 Record::Enter {
-                    t, target, token, ..
+                    t,
+                    target,
+                    token,
+                    mode,
+                    ..
                 } => {
                     if let Some(mut previous) = open.take() {
                         // The worker is sequential: this cannot happen unless its log is
@@ -175,6 +214,7 @@ pub(crate) fn sections(
                         target: *target,
                         holder: holder.clone(),
                         token: *token,
+                        held: *mode,
                         enter: *t,
                         end: u64::MAX,
                         ended_by: EndedBy::RunEnd,
@@ -222,8 +262,15 @@ pub(crate) fn sections(
 
 /// Checks the records of a run. `origin` is the run's start (for descriptions only).
 /// `tokens`: whether the store grants fencing tokens; if not (SFTP), sections without one
-/// are expected and the token order is not checked.
-pub(crate) fn analyze(instances: &[Instance], run_end: u64, origin: u64, tokens: bool) -> Analysis {
+/// are expected and the token order is not checked. `mode`: the run's lock modes (a
+/// semaphore's N bounds its slot sections).
+pub(crate) fn analyze(
+    instances: &[Instance],
+    run_end: u64,
+    origin: u64,
+    tokens: bool,
+    mode: Mode,
+) -> Analysis {
     let mut analysis = Analysis {
         tokens_checked: tokens,
         ..Analysis::default()
@@ -245,61 +292,167 @@ pub(crate) fn analyze(instances: &[Instance], run_end: u64, origin: u64, tokens:
             EndedBy::Kill => analysis.killed_holding += 1,
             EndedBy::Exit | EndedBy::RunEnd => {}
         }
+        if section.held == Held::Shared {
+            analysis.shared_sections += 1;
+        }
         by_target.entry(section.target).or_default().push(section);
     }
     for sections in by_target.values_mut() {
         sections.sort_by_key(|s| (s.enter, s.end));
-        // Overlaps: sorted by enter, every later section that enters before this one ends.
-        for (i, a) in sections.iter().enumerate() {
-            for b in sections[i + 1..].iter().take_while(|b| b.enter <= a.end) {
+        check_overlaps(sections, &mut analysis, origin);
+        count_concurrent(sections, mode.slots(), &mut analysis, origin);
+        if tokens {
+            check_token_order(sections, &mut analysis, origin);
+        }
+        check_late_losses(sections, &mut analysis, origin);
+    }
+    analysis
+}
+
+/// Whether two sections of one target must not overlap: either is exclusive (slot sections
+/// are judged by their number, shared ones overlap freely).
+fn conflict(a: &Section, b: &Section) -> bool {
+    a.held == Held::Exclusive || b.held == Held::Exclusive || a.held != b.held
+}
+
+/// Overlaps, in sections sorted by enter: every later section that enters before one ends.
+fn check_overlaps(sections: &[Section], analysis: &mut Analysis, origin: u64) {
+    for (i, a) in sections.iter().enumerate() {
+        for b in sections[i + 1..].iter().take_while(|b| b.enter <= a.end) {
+            if conflict(a, b) {
                 analysis.overlaps += 1;
                 analysis.problem(format!(
                     "overlap: {} and {}",
                     describe(a, origin),
                     describe(b, origin)
                 ));
-            }
-        }
-        // Token order: strictly increasing in enter order (where the store grants tokens).
-        let mut previous: Option<&Section> = None;
-        for section in sections.iter().filter(|_| tokens) {
-            let Some(token) = section.token else { continue };
-            if let Some(before) = previous {
-                let before_token = before.token.expect("only sections with tokens");
-                if token < before_token {
-                    analysis.order_violations += 1;
-                    analysis.problem(format!(
-                        "token decreased: {} then {}",
-                        describe(before, origin),
-                        describe(section, origin)
-                    ));
-                } else if token == before_token {
-                    analysis.equal_tokens += 1;
-                    analysis.problem(format!(
-                        "equal tokens: {} then {}",
-                        describe(before, origin),
-                        describe(section, origin)
-                    ));
-                }
-            }
-            previous = Some(section);
-        }
-        // Late losses: the holder must hear of the loss before the next holder enters.
-        for pair in sections.windows(2) {
-            let (a, b) = (&pair[0], &pair[1]);
-            if a.ended_by == EndedBy::Lost && a.end > b.enter {
-                analysis.lost_late += 1;
-                analysis.problem(format!(
-                    "lease loss heard late: {} heard at {}, but {} entered at {}",
-                    a.holder,
-                    ms(a.end, origin),
-                    b.holder,
-                    ms(b.enter, origin)
-                ));
+            } else if a.held == Held::Shared {
+                analysis.shared_overlaps += 1;
             }
         }
     }
-    analysis
+}
+
+/// The most sections open at once, and (with a semaphore of `slots`) the slot sections that
+/// entered while that many were open, and the lost ones that were open then (heard late).
+/// An interval includes both ends, as for overlaps: at equal times an enter counts first.
+fn count_concurrent(
+    sections: &[Section],
+    slots: Option<u32>,
+    analysis: &mut Analysis,
+    origin: u64,
+) {
+    // (time, 0 = enter / 1 = end, index): sorted, enters come before ends at equal times.
+    let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(sections.len() * 2);
+    for (i, s) in sections.iter().enumerate() {
+        events.push((s.enter, 0, i));
+        events.push((s.end, 1, i));
+    }
+    events.sort_unstable();
+    let mut open: Vec<usize> = Vec::new();
+    for (_, kind, i) in events {
+        if kind == 1 {
+            open.retain(|&o| o != i);
+            continue;
+        }
+        let entering = &sections[i];
+        if let (Some(n), Held::Slot) = (slots, entering.held) {
+            let open_slots: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&o| sections[o].held == Held::Slot)
+                .collect();
+            if open_slots.len() >= n as usize {
+                analysis.overlaps += 1;
+                let holders: Vec<String> = open_slots
+                    .iter()
+                    .map(|&o| describe(&sections[o], origin))
+                    .collect();
+                analysis.problem(format!(
+                    "over {n} slots: {} entered while {} were open: {}",
+                    describe(entering, origin),
+                    open_slots.len(),
+                    holders.join("; ")
+                ));
+                for &o in &open_slots {
+                    let lost = &sections[o];
+                    if lost.ended_by == EndedBy::Lost {
+                        analysis.lost_late += 1;
+                        analysis.problem(format!(
+                            "lease loss heard late: {} heard at {}, but {} entered at {} past \
+                             the {n} slots",
+                            lost.holder,
+                            ms(lost.end, origin),
+                            entering.holder,
+                            ms(entering.enter, origin)
+                        ));
+                    }
+                }
+            }
+        }
+        open.push(i);
+        analysis.max_concurrent = analysis.max_concurrent.max(open.len() as u64);
+    }
+}
+
+/// Token order, in sections sorted by enter (see the module doc).
+fn check_token_order(sections: &[Section], analysis: &mut Analysis, origin: u64) {
+    // The last exclusive section, and the section with the highest token since it (itself
+    // included): what an exclusive section's token must exceed.
+    let mut last_exclusive: Option<&Section> = None;
+    let mut highest_since: Option<&Section> = None;
+    for section in sections {
+        let Some(token) = section.token else { continue };
+        let bar = match section.held {
+            Held::Exclusive => highest_since,
+            Held::Shared | Held::Slot => last_exclusive,
+        };
+        if let Some(before) = bar {
+            let before_token = before.token.expect("only sections with tokens");
+            if token < before_token {
+                analysis.order_violations += 1;
+                analysis.problem(format!(
+                    "token decreased: {} then {}",
+                    describe(before, origin),
+                    describe(section, origin)
+                ));
+            } else if token == before_token {
+                analysis.equal_tokens += 1;
+                analysis.problem(format!(
+                    "equal tokens: {} then {}",
+                    describe(before, origin),
+                    describe(section, origin)
+                ));
+            }
+        }
+        if section.held == Held::Exclusive {
+            last_exclusive = Some(section);
+            highest_since = Some(section);
+        } else if highest_since.is_none_or(|h| h.token.is_some_and(|t| token > t)) {
+            highest_since = Some(section);
+        }
+    }
+}
+
+/// Late losses: the holder must hear of the loss before a section that conflicts with it
+/// enters (slot sections: in [`count_concurrent`]).
+fn check_late_losses(sections: &[Section], analysis: &mut Analysis, origin: u64) {
+    for (i, a) in sections.iter().enumerate() {
+        if a.ended_by != EndedBy::Lost {
+            continue;
+        }
+        let next = sections[i + 1..].iter().find(|b| conflict(a, b));
+        if let Some(b) = next.filter(|b| a.end > b.enter) {
+            analysis.lost_late += 1;
+            analysis.problem(format!(
+                "lease loss heard late: {} heard at {}, but {} entered at {}",
+                a.holder,
+                ms(a.end, origin),
+                b.holder,
+                ms(b.enter, origin)
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -329,12 +482,25 @@ mod tests {
             }
         }
 
-        fn enter(mut self, target: usize, t: u64, token: u64) -> Self {
+        fn enter(self, target: usize, t: u64, token: u64) -> Self {
+            self.enter_as(Held::Exclusive, target, t, token)
+        }
+
+        fn shared(self, target: usize, t: u64, token: u64) -> Self {
+            self.enter_as(Held::Shared, target, t, token)
+        }
+
+        fn slot(self, target: usize, t: u64, token: u64) -> Self {
+            self.enter_as(Held::Slot, target, t, token)
+        }
+
+        fn enter_as(mut self, held: Held, target: usize, t: u64, token: u64) -> Self {
             self.instance.records.push(Record::Enter {
                 t: t * MS,
                 target,
                 client: self.instance.client.clone(),
                 token: Some(token),
+                mode: held,
             });
             self.instance.records.push(Record::Write {
                 t: t * MS + 1,
@@ -352,6 +518,7 @@ mod tests {
                 target,
                 client: self.instance.client.clone(),
                 token: None,
+                mode: Held::Exclusive,
             });
             self.instance.records.push(Record::WriteSkipped {
                 t: t * MS + 1,
@@ -401,12 +568,18 @@ mod tests {
     }
 
     fn run(instances: &[Instance]) -> Analysis {
-        analyze(instances, 10_000 * MS, 0, true)
+        run_in(Mode::Exclusive, instances)
     }
+
+    fn run_in(mode: Mode, instances: &[Instance]) -> Analysis {
+        analyze(instances, 10_000 * MS, 0, true, mode)
+    }
+
+    const MIXED: Mode = Mode::Mixed { shared_share: 0.5 };
 
     /// As on SFTP: the store grants no tokens.
     fn run_tokenless(instances: &[Instance]) -> Analysis {
-        analyze(instances, 10_000 * MS, 0, false)
+        analyze(instances, 10_000 * MS, 0, false, Mode::Exclusive)
     }
 
     #[test]
@@ -641,5 +814,132 @@ mod tests {
         assert!(analysis.is_clean());
         let strict = run(&instances);
         assert_eq!((strict.order_violations, strict.equal_tokens), (1, 1));
+    }
+
+    #[test]
+    fn shared_sections_may_overlap_and_share_a_token() {
+        let instances = [
+            // Two readers on one daemon share its entry's token; a third on another daemon
+            // holds a greater one but enters first.
+            Worker::new("a").shared(0, 10, 2).exit(0, 30).done(),
+            Worker::new("b").shared(0, 12, 2).exit(0, 25).done(),
+            Worker::new("c").shared(0, 5, 3).exit(0, 20).done(),
+            // A writer after all of them, above every token before it.
+            Worker::new("d").enter(0, 40, 4).exit(0, 50).done(),
+            // A reader after the writer, with a fresh entry.
+            Worker::new("e").shared(0, 60, 5).exit(0, 70).done(),
+        ];
+        let analysis = run_in(MIXED, &instances);
+        assert_eq!(analysis.overlaps, 0, "{:#?}", analysis.problems);
+        assert_eq!(analysis.shared_overlaps, 3);
+        assert_eq!(analysis.shared_sections, 4);
+        assert_eq!(analysis.max_concurrent, 3);
+        assert_eq!((analysis.order_violations, analysis.equal_tokens), (0, 0));
+        assert!(analysis.is_clean(), "{:#?}", analysis.problems);
+        assert!(analysis.problems.is_empty(), "{:#?}", analysis.problems);
+    }
+
+    #[test]
+    fn an_exclusive_section_overlapping_a_shared_one_is_an_overlap() {
+        let instances = [
+            Worker::new("a").shared(0, 10, 2).exit(0, 30).done(),
+            Worker::new("b").shared(0, 12, 2).exit(0, 25).done(),
+            Worker::new("c").enter(0, 20, 3).exit(0, 40).done(),
+        ];
+        let analysis = run_in(MIXED, &instances);
+        assert_eq!(analysis.overlaps, 2, "{:#?}", analysis.problems);
+        assert_eq!(analysis.shared_overlaps, 1);
+        assert!(!analysis.is_clean());
+        assert!(analysis.problems[0].contains("(shared)"));
+    }
+
+    #[test]
+    fn an_exclusive_token_must_exceed_every_shared_token_before_it() {
+        let equal = [
+            Worker::new("a").shared(0, 10, 3).exit(0, 20).done(),
+            Worker::new("b").shared(0, 12, 2).exit(0, 22).done(),
+            Worker::new("c").enter(0, 30, 3).exit(0, 40).done(),
+        ];
+        let analysis = run_in(MIXED, &equal);
+        assert_eq!((analysis.order_violations, analysis.equal_tokens), (0, 1));
+        let lower = [
+            Worker::new("a").shared(0, 10, 3).exit(0, 20).done(),
+            Worker::new("b").shared(0, 12, 2).exit(0, 22).done(),
+            Worker::new("c").enter(0, 30, 2).exit(0, 40).done(),
+        ];
+        let analysis = run_in(MIXED, &lower);
+        assert_eq!((analysis.order_violations, analysis.equal_tokens), (1, 0));
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn a_shared_token_must_exceed_the_exclusive_one_before_it() {
+        let instances = [
+            Worker::new("a").enter(0, 10, 5).exit(0, 20).done(),
+            // An entry from before the writer: a stale reader.
+            Worker::new("b").shared(0, 30, 4).exit(0, 40).done(),
+            Worker::new("c").shared(0, 32, 5).exit(0, 42).done(),
+            Worker::new("d").shared(0, 34, 6).exit(0, 44).done(),
+        ];
+        let analysis = run_in(MIXED, &instances);
+        assert_eq!((analysis.order_violations, analysis.equal_tokens), (1, 1));
+        assert_eq!(analysis.overlaps, 0);
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn a_reader_hearing_its_loss_after_a_writer_entered_is_late_but_not_after_a_reader() {
+        let instances = [
+            Worker::new("a").shared(0, 10, 2).lost(0, 300).done(),
+            Worker::new("b").shared(0, 100, 3).exit(0, 150).done(),
+            Worker::new("c").enter(0, 200, 4).exit(0, 400).done(),
+        ];
+        let analysis = run_in(MIXED, &instances);
+        assert_eq!(analysis.lost_late, 1, "{:#?}", analysis.problems);
+        assert!(analysis.problems.iter().any(|p| p.contains("a#0 heard")));
+        assert_eq!(analysis.overlaps, 1);
+    }
+
+    #[test]
+    fn a_semaphore_of_n_may_have_n_sections_open_but_not_n_plus_one() {
+        let within = [
+            Worker::new("a").slot(0, 10, 2).exit(0, 40).done(),
+            Worker::new("b").slot(0, 12, 2).exit(0, 30).done(),
+            Worker::new("c").slot(0, 14, 3).exit(0, 45).done(),
+            // Enters after b left: still three open.
+            Worker::new("d").slot(0, 31, 3).exit(0, 50).done(),
+            Worker::new("e").slot(1, 20, 1).exit(1, 50).done(),
+        ];
+        let analysis = run_in(Mode::Slots(3), &within);
+        assert_eq!(analysis.overlaps, 0, "{:#?}", analysis.problems);
+        assert_eq!(analysis.max_concurrent, 3);
+        assert_eq!(analysis.shared_overlaps, 0);
+        assert!(analysis.is_clean(), "{:#?}", analysis.problems);
+
+        // The same with a fourth section in the middle: N + 1 open at once.
+        let mut over = within.to_vec();
+        over.push(Worker::new("f").slot(0, 20, 4).exit(0, 22).done());
+        let analysis = run_in(Mode::Slots(3), &over);
+        assert_eq!(analysis.overlaps, 1, "{:#?}", analysis.problems);
+        assert_eq!(analysis.max_concurrent, 4);
+        assert!(analysis.problems[0].starts_with("over 3 slots: t0 f#0 (slot)"));
+        assert!(!analysis.is_clean());
+
+        // A semaphore of 2 where three were open twice over.
+        let analysis = run_in(Mode::Slots(2), &within);
+        assert_eq!(analysis.overlaps, 2, "{:#?}", analysis.problems);
+    }
+
+    #[test]
+    fn a_slot_lost_and_taken_past_the_n_before_the_loss_was_heard_is_late() {
+        let instances = [
+            Worker::new("a").slot(0, 10, 2).lost(0, 300).done(),
+            Worker::new("b").slot(0, 200, 3).exit(0, 400).done(),
+        ];
+        let analysis = run_in(Mode::Slots(1), &instances);
+        assert_eq!((analysis.overlaps, analysis.lost_late), (1, 1));
+        // Within the N, a loss heard while others hold is no matter.
+        let analysis = run_in(Mode::Slots(2), &instances);
+        assert_eq!((analysis.overlaps, analysis.lost_late), (0, 0));
     }
 }

@@ -13,6 +13,10 @@
 //! any stale lock is. Only then do the workers stop and the orphan check look: a lock file left
 //! after that is one the protocol failed to clean up with a healthy store.
 //!
+//! In a mixed or semaphore run (`--mode`, [`crate::modes`]) the workers take shared locks or
+//! slots as well, and the summary line adds what the mode showed: how often shared sections
+//! overlapped, the most sections open at once, the guarded reads refused.
+//!
 //! On SFTP (create-only mode) there are no fencing tokens, stale steals or handoffs: the
 //! workers skip the resource write, the analysis checks overlaps and late losses only, and
 //! the TTL is long (10 s) so that no lock goes stale: a killed worker's lock is released by
@@ -29,6 +33,7 @@ use std::time::{Duration, Instant};
 use vfslock_tests::{find_bin, tail, Launch, NotServing};
 
 use crate::analysis::{analyze, Analysis, Instance};
+use crate::modes::Mode;
 use crate::partition::{Network, PartitionReport};
 use crate::records::{now_ns, read_log, Record};
 use crate::resource::{ResourceServer, ResourceStats};
@@ -121,6 +126,8 @@ pub(crate) struct RunArgs {
     /// Whether this is a chaos run (`mutex_checker chaos`): the summary says what chaos was
     /// made.
     pub(crate) chaos: bool,
+    /// How the workers take their locks.
+    pub(crate) mode: Mode,
 }
 
 impl Default for RunArgs {
@@ -149,6 +156,7 @@ impl Default for RunArgs {
             partition_gap: Duration::from_secs(1),
             calm: Duration::ZERO,
             chaos: false,
+            mode: Mode::Exclusive,
         }
     }
 }
@@ -458,6 +466,16 @@ impl Run {
             .arg("--id")
             .arg(&id)
             .args(self.args.mem.then_some("--mem"))
+            .args(match self.args.mode {
+                Mode::Exclusive => Vec::new(),
+                Mode::Mixed { shared_share } => vec![
+                    "--mode".to_owned(),
+                    "mixed".to_owned(),
+                    "--shared-share".to_owned(),
+                    shared_share.to_string(),
+                ],
+                slots => vec!["--mode".to_owned(), slots.to_string()],
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -493,7 +511,8 @@ impl Run {
     }
 
     /// The worker that holds a random target, as its lock file's `pid` says, if it is one of
-    /// ours.
+    /// ours. A shared lock or semaphore lists one entry per daemon, each with the `pid` of
+    /// that daemon's first holder: a random entry's.
     fn holder_of_random_target(&mut self) -> Option<usize> {
         let target = self.rng.below(self.args.targets as u64);
         let bytes = match &self.object {
@@ -501,7 +520,13 @@ impl Run {
             None => std::fs::read(self.data().join(format!("t{target}.lock"))).ok()?,
         };
         let meta: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        let pid = u32::try_from(meta.get("pid")?.as_u64()?).ok()?;
+        let entry = match meta.get("holders").and_then(|h| h.as_array()) {
+            Some(entries) if !entries.is_empty() => {
+                &entries[self.rng.below(entries.len() as u64) as usize]
+            }
+            _ => &meta,
+        };
+        let pid = u32::try_from(entry.get("pid")?.as_u64()?).ok()?;
         self.workers
             .iter()
             .position(|w| w.child.as_ref().is_some_and(|c| c.id() == pid))
@@ -859,6 +884,13 @@ fn run(args: RunArgs) -> Result<bool, String> {
     if args.daemons == 0 || args.clients == 0 || args.targets == 0 {
         return Err("--daemons, --clients and --targets must be at least 1".into());
     }
+    if !args.mode.is_exclusive() && !args.store.has_tokens() {
+        return Err(format!(
+            "--mode {}: shared locks and semaphores need a store with compare-and-swap, and \
+             SFTP has none",
+            args.mode
+        ));
+    }
     if args.mem && args.store != StoreKind::File {
         return Err("--mem locks mem:// targets: it does not go with --store".into());
     }
@@ -1094,7 +1126,13 @@ fn run(args: RunArgs) -> Result<bool, String> {
             killed_at,
         });
     }
-    let analysis = analyze(&instances, run_end, origin, args.store.has_tokens());
+    let analysis = analyze(
+        &instances,
+        run_end,
+        origin,
+        args.store.has_tokens(),
+        args.mode,
+    );
     let stats = resource.stats();
     let report = Report {
         args: &args,
@@ -1202,6 +1240,26 @@ impl Report<'_> {
             self.injected
                 .map_or_else(String::new, |n| format!(" injected={n}"))
         ) + &self.chaos_columns()
+            + &self.mode_columns()
+    }
+
+    /// What a mixed or semaphore run adds: its mode, how often shared sections overlapped
+    /// (mixed), the most sections of a target open at once, and the guarded reads refused.
+    /// An exclusive run adds nothing: its line stays as it always was.
+    fn mode_columns(&self) -> String {
+        let a = self.analysis;
+        let shared = match self.args.mode {
+            Mode::Exclusive => return String::new(),
+            Mode::Mixed { .. } => format!(
+                " shared_sections={} shared_overlaps={}",
+                a.shared_sections, a.shared_overlaps
+            ),
+            Mode::Slots(_) => String::new(),
+        };
+        format!(
+            " mode={}{shared} max_concurrent={} rejected_reads={}",
+            self.args.mode, a.max_concurrent, self.stats.reads_rejected
+        )
     }
 
     /// What a chaos run adds: daemon kills, and the partitions' checks.
@@ -1230,6 +1288,7 @@ impl Report<'_> {
             .is_none_or(|p| p.failures.is_empty() && p.partitions > 0);
         self.analysis.is_clean()
             && self.stats.rejected == 0
+            && self.stats.reads_rejected == 0
             && self.orphans == 0
             && partitions_clean
     }
@@ -1267,7 +1326,8 @@ fn print_details(
     eprintln!(
         "mutex-checker: processes={} killed_holding={} killed_releasing={} forced_kills={} \
          daemon_pauses={} torn_lines={} writes_accepted={} writes_skipped={} missing_tokens={} \
-         unexpected_tokens={} tokens_checked={} unended={} release_losses={} malformed={}",
+         unexpected_tokens={} tokens_checked={} unended={} release_losses={} malformed={} \
+         reads_accepted={}",
         instances.len(),
         analysis.killed_holding,
         killed_releasing,
@@ -1282,6 +1342,7 @@ fn print_details(
         analysis.unended,
         analysis.release_losses,
         analysis.malformed,
+        stats.reads_accepted,
     );
     for (what, tally) in [
         ("acquire errors", &acquire_errors),
@@ -1392,6 +1453,56 @@ mod tests {
             ..report
         };
         assert!(!orphaned.passes());
+    }
+
+    #[test]
+    fn a_mixed_or_semaphore_summary_ends_with_what_its_mode_showed() {
+        let analysis = Analysis {
+            acquisitions: 900,
+            shared_sections: 600,
+            shared_overlaps: 250,
+            max_concurrent: 5,
+            ..Analysis::default()
+        };
+        let stats = ResourceStats::default();
+        let mixed = RunArgs {
+            mode: Mode::Mixed { shared_share: 0.7 },
+            ..RunArgs::chaos_defaults(StoreKind::File)
+        };
+        let report = Report {
+            args: &mixed,
+            analysis: &analysis,
+            stats: &stats,
+            kills: 3,
+            orphans: 0,
+            injected: Some(40),
+            daemon_kills: 4,
+            partition: None,
+        };
+        assert!(report.summary().ends_with(
+            " store=file injected=40 daemon_kills=4 mode=mixed shared_sections=600 \
+             shared_overlaps=250 max_concurrent=5 rejected_reads=0"
+        ));
+        assert!(report.passes());
+        let slots = RunArgs {
+            mode: Mode::Slots(3),
+            ..RunArgs::default()
+        };
+        let refused = ResourceStats {
+            reads_rejected: 1,
+            ..ResourceStats::default()
+        };
+        let report = Report {
+            args: &slots,
+            stats: &refused,
+            injected: None,
+            daemon_kills: 0,
+            ..report
+        };
+        assert!(report
+            .summary()
+            .ends_with(" orphans=0 store=file mode=slots:3 max_concurrent=5 rejected_reads=1"));
+        assert!(!report.passes());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use opendal::Operator;
 use vfslock::{Client, LockOptions};
 
+use crate::modes::Held;
 use crate::records::{now_ns, realtime_ns, Record, RecordLog};
 use crate::resource::ResourceClient;
 use crate::Rng;
@@ -546,6 +547,7 @@ async fn cycle(
         target: plan.target_index,
         client: a_id.clone(),
         token: token_a,
+        mode: Held::Exclusive,
     });
     write_resource(plan, &mut log_a, token_a, &a_id).await?;
 
@@ -635,6 +637,7 @@ async fn cycle(
         target: plan.target_index,
         client: b_id.clone(),
         token: token_b,
+        mode: Held::Exclusive,
     });
     if (entered as i128) < lease_end {
         return Err(format!(
@@ -709,6 +712,7 @@ async fn settle(plan: &Plan, operator: &Operator, report: &mut PartitionReport) 
             target: plan.target_index,
             client: id.clone(),
             token: lock.token(),
+            mode: Held::Exclusive,
         });
         write_resource(plan, &mut log, lock.token(), &id).await?;
         log.append(&Record::Exit {

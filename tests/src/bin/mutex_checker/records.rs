@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::modes::Held;
+
 /// Now on `CLOCK_MONOTONIC`, in nanoseconds.
 pub(crate) fn now_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -53,6 +55,10 @@ pub(crate) enum Record {
         client: String,
         /// The holding's fencing token, as `Lock::token` gave it.
         token: Option<u64>,
+        /// How the lock is held; left out when exclusive (the records of exclusive runs are
+        /// as they always were).
+        #[serde(default, skip_serializing_if = "Held::is_exclusive")]
+        mode: Held,
     },
     /// The worker wrote to the guarded resource with its token.
     Write {
@@ -63,6 +69,19 @@ pub(crate) enum Record {
         /// The token it wrote with.
         token: Option<u64>,
         /// Whether the resource accepted the write; `None` if it did not answer.
+        accepted: Option<bool>,
+    },
+    /// A shared or slot holder's guarded read: the resource checked that its token is not
+    /// older than the newest write (shared holders share tokens, so they read rather than
+    /// write: see `resource.rs`).
+    Read {
+        /// When the answer arrived.
+        t: u64,
+        /// Which target.
+        target: usize,
+        /// The token it read with.
+        token: Option<u64>,
+        /// Whether the resource accepted the read; `None` if it did not answer.
         accepted: Option<bool>,
     },
     /// The worker did not write to the guarded resource: the holding has no fencing token,
@@ -204,6 +223,20 @@ mod tests {
                 target: 1,
                 client: "h0-c0".into(),
                 token: Some(7),
+                mode: Held::Exclusive,
+            },
+            Record::Enter {
+                t: 2,
+                target: 0,
+                client: "h0-c0".into(),
+                token: Some(8),
+                mode: Held::Shared,
+            },
+            Record::Read {
+                t: 3,
+                target: 0,
+                token: Some(8),
+                accepted: Some(true),
             },
             Record::Write {
                 t: 3,
@@ -239,6 +272,30 @@ mod tests {
         let (read, torn) = read_log(&path).unwrap();
         assert_eq!(read, records);
         assert_eq!(torn, 1);
+    }
+
+    #[test]
+    fn an_exclusive_enter_reads_and_writes_as_it_always_did() {
+        let old = r#"{"ev":"enter","t":2,"target":1,"client":"h0-c0","token":7}"#;
+        let record: Record = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            record,
+            Record::Enter {
+                mode: Held::Exclusive,
+                ..
+            }
+        ));
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let slot = Record::Enter {
+            t: 2,
+            target: 1,
+            client: "h0-c0".into(),
+            token: Some(7),
+            mode: Held::Slot,
+        };
+        assert!(serde_json::to_string(&slot)
+            .unwrap()
+            .ends_with(r#""token":7,"mode":"slot"}"#));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The worker process: takes locks on random targets through one daemon, writes to the
 //! guarded resource with each holding's fencing token, and records every step. On a store
 //! without tokens (`--tokenless`: SFTP) a holding without a token skips the write, and records
-//! that it did.
+//! that it did. In a mixed or semaphore run (`--mode`) it draws each acquisition's mode, records
+//! it with the section, and a shared or slot holding does a guarded read instead of the write
+//! (why: `resource.rs`).
 //!
 //! Each record is appended to the log before the next step, so a SIGKILL loses at most the
 //! step in progress. SIGTERM lets the current step finish, then the worker stops.
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use vfslock::{Client, ErrorKind, LockOptions};
 
+use crate::modes::Mode;
 use crate::records::{now_ns, Record, RecordLog};
 use crate::resource::ResourceClient;
 use crate::Rng;
@@ -54,6 +57,8 @@ pub(crate) struct WorkerArgs {
     /// skips the resource write (recorded as `write_skipped`) instead of sending a write the
     /// resource must reject.
     pub(crate) tokenless: bool,
+    /// How the locks are taken.
+    pub(crate) mode: Mode,
 }
 
 static TERMINATED: AtomicBool = AtomicBool::new(false);
@@ -137,7 +142,7 @@ async fn run(args: WorkerArgs) -> ExitCode {
             }
         })
         .collect();
-    let options = LockOptions::default()
+    let base_options = LockOptions::default()
         .ttl(args.ttl)
         .owner_id(args.id.clone());
     while !terminated() {
@@ -165,7 +170,9 @@ async fn run(args: WorkerArgs) -> ExitCode {
             }
         }
         let target = rng.below(args.targets as u64) as usize;
-        let mut lock = daemon.new_lock(targets[target].clone(), options.clone());
+        let held = args.mode.pick(rng.below(1000));
+        let options = args.mode.options(base_options.clone(), held);
+        let mut lock = daemon.new_lock(targets[target].clone(), options);
         let acquired = tokio::select! {
             acquired = lock.acquire_timeout(ACQUIRE_TIMEOUT) => acquired,
             // Dropping the pending acquire cancels it.
@@ -194,6 +201,7 @@ async fn run(args: WorkerArgs) -> ExitCode {
             target,
             client: args.id.clone(),
             token,
+            mode: held,
         });
         if token.is_none() && args.tokenless {
             log.append(&Record::WriteSkipped {
@@ -201,24 +209,36 @@ async fn run(args: WorkerArgs) -> ExitCode {
                 target,
             });
         } else {
-            let accepted = match resource
-                .as_mut()
-                .expect("connected above")
-                .write(target, token, &args.id)
-                .await
-            {
+            let connection = resource.as_mut().expect("connected above");
+            let reads = !held.is_exclusive();
+            let answer = if reads {
+                connection.read(target, token, &args.id).await
+            } else {
+                connection.write(target, token, &args.id).await
+            };
+            let accepted = match answer {
                 Ok(accepted) => Some(accepted),
                 Err(e) => {
-                    eprintln!("worker {}: write to the resource: {e}", args.id);
+                    eprintln!("worker {}: ask the resource: {e}", args.id);
                     resource = None;
                     None
                 }
             };
-            log.append(&Record::Write {
-                t: now_ns(),
-                target,
-                token,
-                accepted,
+            let t = now_ns();
+            log.append(&if reads {
+                Record::Read {
+                    t,
+                    target,
+                    token,
+                    accepted,
+                }
+            } else {
+                Record::Write {
+                    t,
+                    target,
+                    token,
+                    accepted,
+                }
             });
         }
         let lost = tokio::select! {
