@@ -38,6 +38,7 @@ impl LockActor {
                 .map_or(self.ctx.settings.locks.default_ttl, Duration::from_nanos);
             state.leftover = Some(Box::new(Leftover {
                 version: written.clone(),
+                entry: None,
                 give_up_at: Instant::now() + ttl,
                 delay: self.ctx.settings.locks.recheck_min,
                 scheduled: false,
@@ -61,17 +62,27 @@ impl LockActor {
             return;
         };
         leftover.scheduled = false;
-        match self
-            .within(
-                state
-                    .target
-                    .store
-                    .delete(&state.target.lock_path, &leftover.version),
-            )
-            .await
-        {
+        let outcome = match &leftover.entry {
+            Some(entry) => self
+                .remove_own_entry(state, entry)
+                .await
+                .map(|gone| format!("entry removed: {gone}")),
+            None => self
+                .within(
+                    state
+                        .target
+                        .store
+                        .delete(&state.target.lock_path, &leftover.version),
+                )
+                .await
+                .map(|outcome| format!("{outcome:?}")),
+        };
+        match outcome {
             Ok(outcome) => {
-                tracing::info!(target = %state.target.url, ?outcome, "retried the delete of our lock file");
+                tracing::info!(target = %state.target.url, %outcome, "retried the delete of our lock file");
+                if let Some(entry) = &leftover.entry {
+                    self.ctx.journal_release(entry);
+                }
                 // Waiters here may take it now rather than at their next re-check.
                 self.serve_queue(myself, state).await;
             }
@@ -80,11 +91,16 @@ impl LockActor {
                 leftover.delay = (leftover.delay * 2).min(self.ctx.settings.locks.recheck_max);
                 state.leftover = Some(leftover);
             }
-            Err(e) => tracing::error!(
-                target = %state.target.url,
-                error = %e,
-                "gave up deleting our lock file; it is stale now"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    target = %state.target.url,
+                    error = %e,
+                    "gave up deleting our lock file; it is stale now"
+                );
+                if let Some(entry) = &leftover.entry {
+                    self.ctx.journal_release(entry);
+                }
+            }
         }
     }
 

@@ -764,6 +764,7 @@ impl LockActor {
         let outcome = self.rewrite_entry(state).await;
         let last = state.joint().is_some_and(|j| j.members.is_empty());
         let gone = matches!(outcome, Ok(Changed::Gone));
+        let failed = outcome.is_err();
         let result = match outcome {
             Ok(Changed::Done | Changed::Deleted) if !past_deadline => {
                 Ok(Response::Released { held: true })
@@ -778,9 +779,10 @@ impl LockActor {
             )),
             Ok(Changed::Full) => Ok(Response::Released { held: true }),
             Err(e) => {
-                // Our entry stays in the file until its lease runs out (or the next renewal,
-                // for a semaphore's count); the holder did let go.
-                tracing::warn!(target = %state.target.url, error = %e, "could not rewrite our entry of a shared lock at release; it expires with its lease");
+                // The holder did let go. A semaphore's count is put right at the next renewal;
+                // an entry left behind by the last holder is removed by retries with backoff,
+                // as an exclusive lock file whose delete failed is (`Leftover`).
+                tracing::warn!(target = %state.target.url, error = %e, "could not rewrite our entry of a shared lock at release; retrying");
                 Ok(Response::Released { held: true })
             }
         };
@@ -789,9 +791,72 @@ impl LockActor {
             self.lose_joint(myself, state, reason).await;
         } else if last {
             let joint = must(state.phase.end_joint());
-            self.ctx.journal_release(&joint.entry.lock_id);
+            if failed {
+                self.leave_entry_behind(state, &joint);
+            } else {
+                self.ctx.journal_release(&joint.entry.lock_id);
+            }
         }
         result
+    }
+
+    /// Our entry could not be removed from the lock file when the last local holder left:
+    /// retried later (it stays in the journal until it is gone, so a restart removes it too).
+    fn leave_entry_behind(&self, state: &mut LockState, joint: &JointHolding) {
+        let ttl = if joint.entry.ttl.is_zero() {
+            self.ctx.settings.locks.default_ttl
+        } else {
+            joint.entry.ttl
+        };
+        state.leftover = Some(Box::new(super::state::Leftover {
+            version: joint.written.clone(),
+            entry: Some(joint.entry.lock_id.clone()),
+            give_up_at: Instant::now() + ttl,
+            delay: self.ctx.settings.locks.recheck_min,
+            scheduled: false,
+        }));
+    }
+
+    /// Removes our entry `lock_id` from whatever version of the lock file is there (deleting
+    /// the file if it was the last entry): `true` when it was removed, `false` when it was
+    /// gone already.
+    pub(super) async fn remove_own_entry(
+        &self,
+        state: &LockState,
+        lock_id: &str,
+    ) -> Result<bool, StoreError> {
+        let store = &state.target.store;
+        let path = &state.target.lock_path;
+        for _ in 0..CHANGE_TRIES {
+            let Some(observed) = self.within(store.read(path)).await? else {
+                return Ok(false);
+            };
+            let Some(mut joint) = Joint::parse(&observed.bytes) else {
+                return Ok(false);
+            };
+            if !joint.remove(lock_id) {
+                return Ok(false);
+            }
+            let done = if joint.holders.is_empty() {
+                self.within(store.delete(path, &observed.version())).await? == Conditional::Done
+            } else {
+                let writer = self.ctx.instance_id.clone();
+                let now = self.ctx.now();
+                let make: MakeLock = Box::new(move |_| joint.to_json(&random_id(), &writer, now));
+                matches!(
+                    self.within(store.replace(path, &observed.version(), Token::Keep, make))
+                        .await?,
+                    Replaced::Done(_)
+                )
+            };
+            if done {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::contended(format!(
+            "the lock file of {} kept changing while this daemon removed its entry",
+            state.target.url
+        )))
     }
 
     /// Renews our entry: a fresh `createdAt`, on the version last seen (or read again); a
@@ -894,14 +959,18 @@ impl LockActor {
                 },
             );
         }
-        if let Err(e) = self.rewrite_entry(state).await {
-            tracing::error!(target = %state.target.url, error = %e, "could not remove our entry of a shared lock at shutdown; it expires with its lease");
+        let removed = self.rewrite_entry(state).await;
+        if let Err(e) = &removed {
+            // Left in the journal: the next start removes it.
+            tracing::error!(target = %state.target.url, error = %e, "could not remove our entry of a shared lock at shutdown; the next start removes it, or it expires with its lease");
         }
         for member in &members {
             member.session.acquire_ended(member.acquire_id);
         }
         if let Ok(joint) = state.phase.end_joint() {
-            self.ctx.journal_release(&joint.entry.lock_id);
+            if removed.is_ok() {
+                self.ctx.journal_release(&joint.entry.lock_id);
+            }
         }
     }
 

@@ -371,14 +371,19 @@ pub struct Idle {
     pub handled: u64,
 }
 
-/// A lock file this daemon wrote and failed to delete at the end of a holding. Left alone it
-/// would block every waiter, here and on other hosts, until its TTL runs out; so the delete is
-/// retried with backoff (it stays conditional: only these exact bytes are deleted) until it is
+/// A lock file this daemon wrote and failed to delete at the end of a holding (or, for a shared
+/// lock, our entry in it that could not be removed). Left alone it would block every waiter,
+/// here and on other hosts, until its TTL runs out; so the delete is retried with backoff (it
+/// stays conditional: only these exact bytes are deleted, only our entry removed) until it is
 /// gone, is no longer ours, or the TTL has run out anyway.
 #[derive(Debug)]
 pub struct Leftover {
     /// What we wrote.
     pub version: Version,
+    /// Set for a shared lock or semaphore: the id of our entry in the lock file, which is
+    /// removed from whatever version is there (the file is deleted only if it was the last
+    /// entry), instead of deleting `version`. Journaled until it is gone.
+    pub entry: Option<String>,
     /// When the lock would be stale anyway: no point retrying after.
     pub give_up_at: Instant,
     /// The next retry's delay.

@@ -526,3 +526,45 @@ async fn under_the_watched_rule_an_entry_is_expired_only_once_seen_unchanged_for
         .entry(&dead.lock_id)
         .is_some());
 }
+
+/// The last local holder leaves while the store fails: our entry, left in the lock file, is
+/// removed by retries once the store works again (before, it stayed until its lease ran out
+/// and held every exclusive request off meanwhile).
+#[cfg(feature = "faults")]
+#[tokio::test]
+async fn an_entry_left_behind_by_a_failed_leave_is_removed_by_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = dir.path().join("faults-on");
+    let daemon = Daemon::with(|settings| {
+        settings.faults.operations = Some(crate::config::OperationFaults {
+            error_rate: 1.0,
+            delay_rate: 0.0,
+            delay: Duration::ZERO,
+            switch_file: Some(switch.clone()),
+        });
+    })
+    .await;
+    let (reader, mut frames) = daemon.session(1, 0);
+    daemon
+        .acquire_in(&reader, 1, request(TARGET, WaitMode::Try), LockMode::Shared)
+        .await;
+    let grant = granted(&mut frames).await;
+    std::fs::write(&switch, b"").unwrap();
+    daemon.release(&reader, 2, TARGET, &grant.lock_id).await;
+    released(&mut frames).await;
+    std::fs::remove_file(&switch).unwrap();
+    // A waiter is served as soon as a retry has removed the entry.
+    let (writer, mut writer_frames) = daemon.session(2, 0);
+    daemon
+        .acquire(&writer, 1, TARGET, WaitMode::Wait { timeout: None })
+        .await;
+    // Well inside the entry's 30 s lease: only a retry can have freed it.
+    let write = tokio::time::timeout(Duration::from_secs(10), granted(&mut writer_frames))
+        .await
+        .expect("the entry left behind was not removed");
+    assert!(
+        holders_or_none(&daemon).await.is_none(),
+        "an exclusive file now"
+    );
+    assert!(write.token > grant.token);
+}
