@@ -1,18 +1,20 @@
 //! Lock targets: one actor per target, the only writer of that target's lock file in this
 //! daemon, so that every decision about one lock is made in one place, one message at a time.
 //!
-//! A target is free, held by a client of this daemon, or waiting for an acquirer's verdict on
-//! a stale lock file ([`lifecycle`]). The actor's work is split by concern, each a module with
+//! A target is free, held by a client of this daemon (alone, or jointly with other holders in a
+//! shared mode), or waiting for an acquirer's verdict on a stale lock file ([`lifecycle`]). The actor's work is split by concern, each a module with
 //! its own `impl LockActor` block and its own unit tests (in `tests/`):
 //!
 //! | module         | concern                                                                  |
 //! |----------------|--------------------------------------------------------------------------|
 //! | [`actor`]      | the messages, start and stop, and the dispatch of each message           |
 //! | [`state`]      | what the actor knows, grouped: holding, queue, re-checks, handoff, idle  |
-//! | [`lifecycle`]  | free / held / stealing / retired, with checked transitions               |
+//! | [`lifecycle`]  | free / held / held jointly / stealing / retired, checked transitions     |
 //! | [`acquire`]    | attempt, judge, steal, queue, re-check, cancel, wait timeout             |
 //! | [`lease`]      | grant, renew, lose, release                                              |
-//! | [`handoff`]    | fairness between this daemon's waiters and other hosts'                  |
+//! | [`joint`]      | shared locks and semaphores: modes, conflicts, adding our entry, joining |
+//! | [`joint_lease`]| our entry once taken: rewrites, renewal, leaving, loss, shutdown         |
+//! | [`handoff`]    | fairness between this daemon's waiters and other hosts', waiting marks   |
 //! | [`detached`]   | detached leases, and an admin's break                                    |
 //! | [`cleanup`]    | retried deletes, closed connections, idle retirement, shutdown, recovery |
 //! | [`replies`]    | what clients are told, and the read-only answers                         |
@@ -28,6 +30,7 @@ pub mod detached;
 pub mod faults;
 pub mod handoff;
 pub mod joint;
+pub mod joint_lease;
 pub mod lease;
 pub mod lifecycle;
 pub mod registry;
