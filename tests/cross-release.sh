@@ -102,5 +102,26 @@ if ctl new run --help | grep -q -- '--shared'; then
     check "an old daemon's exclusive lock keeps a new shared request out" 1 "$code"
     wait "$runner"
 fi
+# Clients across releases: the earlier release's vfslockctl against this checkout's daemon,
+# and this checkout's against the earlier daemon (exclusive locks, show, list; a lock mode is
+# refused by the older daemon's side with a message naming its protocol).
+cross() { local bin=$1 side=$2; shift 2; "$bin/vfslockctl" --socket "$dir/$side.sock" "$@"; }
+set +e
+cross "$old" new run -n "$target" -- true
+check "an old client locks through the new daemon" 0 "$?"
+cross "$old" new list >/dev/null
+check "an old client lists through the new daemon" 0 "$?"
+cross "$new" old run -n "$target" -- true
+check "a new client locks through the old daemon" 0 "$?"
+cross "$new" old show "$target" >/dev/null
+check "a new client's show falls back on the old daemon (not locked: 1)" 1 "$?"
+refusal=$(cross "$new" old run -s -n "$target" -- true 2>&1)
+code=$?
+set -e
+if ctl new run --help | grep -q -- '--shared'; then
+    check "a shared lock through the old daemon is refused" 70 "$code"
+    check "the refusal names the daemon's protocol" yes \
+        "$(grep -q "speaks protocol" <<<"$refusal" && echo yes || echo no)"
+fi
 echo "$failures failed"
 [[ $failures -eq 0 ]]

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 use vfslock::{Client, ListEntry, ListedLock, LockMode};
 
-use super::output::{emit, emit_json, or_dash, seconds, table};
+use super::output::{emit, emit_json, mode_json, or_dash, seconds, table};
 use super::Failure;
 use crate::duration;
 
@@ -55,7 +55,7 @@ fn held_here(entry: &ListEntry) -> bool {
     entry.held_for.is_some()
 }
 
-/// The mode as the table and `--json` name it.
+/// The mode as the table names it (`slots:3` for a semaphore).
 fn mode_name(mode: LockMode) -> String {
     match mode {
         LockMode::Exclusive => "exclusive".to_owned(),
@@ -67,15 +67,8 @@ fn mode_name(mode: LockMode) -> String {
 fn entry_json(listed: &ListedLock) -> serde_json::Value {
     let entry = &listed.entry;
     json!({
-        "mode": match listed.mode {
-            LockMode::Exclusive => "exclusive",
-            LockMode::Shared => "shared",
-            LockMode::Slots(_) => "slots",
-        },
-        "slots": match listed.mode {
-            LockMode::Slots(n) => Some(n),
-            _ => None,
-        },
+        "mode": mode_json(listed.mode).0,
+        "slots": mode_json(listed.mode).1,
         "holders": listed.holders,
         "target": entry.target,
         "lock_id": entry.lock_id,

@@ -92,6 +92,16 @@ pub(super) fn relative(time: SystemTime) -> String {
     }
 }
 
+/// A lock mode as `--json` names it (`"exclusive"`, `"shared"`, `"slots"`), and the slot count
+/// of a semaphore (`null` otherwise).
+pub(super) fn mode_json(mode: vfslock::LockMode) -> (&'static str, Option<u32>) {
+    match mode {
+        vfslock::LockMode::Exclusive => ("exclusive", None),
+        vfslock::LockMode::Shared => ("shared", None),
+        vfslock::LockMode::Slots(n) => ("slots", Some(n)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,9 @@ use clap::Args;
 use serde_json::json;
 use vfslock::{Client, HolderView, LockFileFormat, LockMetadata, LockMode, LockView};
 
-use super::output::{emit, emit_json, key_values, or_dash, relative, rfc3339, seconds, table};
+use super::output::{
+    emit, emit_json, key_values, mode_json, or_dash, relative, rfc3339, seconds, table,
+};
 use super::{Failure, EXIT_NOT_LOCKED};
 use crate::duration;
 
@@ -36,11 +38,9 @@ pub(super) async fn show(client: &Client, target: &str, json: bool) -> Result<u8
     let meta = &view.lock;
     if json {
         let mut value = to_json(target, meta);
-        value["mode"] = mode_name(view.mode).into();
-        value["slots"] = match view.mode {
-            LockMode::Slots(n) => n.into(),
-            _ => serde_json::Value::Null,
-        };
+        let (mode, slots) = mode_json(view.mode);
+        value["mode"] = mode.into();
+        value["slots"] = slots.into();
         value["holders"] = view.holders.iter().map(holder_json).collect();
         emit_json(&value)?;
     } else {
@@ -56,15 +56,6 @@ pub(super) async fn show(client: &Client, target: &str, json: bool) -> Result<u8
         emit(&text)?;
     }
     Ok(0)
-}
-
-/// The mode as `--json` names it.
-fn mode_name(mode: LockMode) -> &'static str {
-    match mode {
-        LockMode::Exclusive => "exclusive",
-        LockMode::Shared => "shared",
-        LockMode::Slots(_) => "slots",
-    }
 }
 
 fn holders_summary(view: &LockView) -> String {

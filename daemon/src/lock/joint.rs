@@ -443,7 +443,7 @@ impl LockActor {
         stole: Option<LockMetadata>,
     ) {
         entry.token = written.token;
-        let valid_until = self.valid_until_joint(sent, entry.ttl);
+        let valid_until = self.valid_until(sent, entry.ttl);
         if entry.detached {
             let grant = self.joint_grant(state, &entry, entry.lock_id.clone(), valid_until, stole);
             waiter
@@ -508,17 +508,6 @@ impl LockActor {
             valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
             valid_until_monotonic_ns: valid_until.and_then(crate::context::monotonic_ns),
         }
-    }
-
-    /// As [`LockActor::valid_until`] for an exclusive lease.
-    pub(super) fn valid_until_joint(&self, sent: Instant, ttl: Duration) -> Option<Instant> {
-        if ttl.is_zero() {
-            return None;
-        }
-        let margin = (ttl / 10)
-            .max(self.ctx.settings.locks.lease_margin)
-            .min(ttl / 2);
-        Some(sent + (ttl - margin))
     }
 
     /// The lock file as the wire shows a joint one: its top-level fields (the first holder's

@@ -275,7 +275,7 @@ impl LockActor {
                 state.target.store.count_renewal();
                 let joint = state.phase.joint_mut().expect("renewed while held jointly");
                 let ttl = joint.entry.ttl;
-                joint.valid_until = self.valid_until_joint(sent, ttl);
+                joint.valid_until = self.valid_until(sent, ttl);
                 joint.renewal.retry_delay = RENEW_RETRY_MIN;
                 if let Some(until) = joint.valid_until {
                     for member in &joint.members {

@@ -26,7 +26,7 @@ impl LockActor {
     /// Until when a lease confirmed by a write sent at `sent` is certainly valid: the TTL minus
     /// a margin (the larger of a tenth of the TTL and `lease-margin`, at most half the TTL) for
     /// clock drift and the time the holder needs to hear about a loss.
-    fn valid_until(&self, sent: Instant, ttl: Duration) -> Option<Instant> {
+    pub(super) fn valid_until(&self, sent: Instant, ttl: Duration) -> Option<Instant> {
         if ttl.is_zero() {
             return None;
         }

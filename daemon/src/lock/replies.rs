@@ -15,7 +15,7 @@ use super::actor::LockActor;
 use super::actor::LockMessage;
 use super::state::LockState;
 use crate::lockfile;
-use crate::lockfile::joint::{Joint, JointMode};
+use crate::lockfile::joint::Joint;
 use crate::store::{StoreError, Unreadable};
 
 /// A store's failure, as the client sees it.
@@ -321,10 +321,7 @@ impl LockActor {
         }
         Ok(Some(LockView {
             lock,
-            mode: match joint.mode {
-                JointMode::Shared => LockMode::Shared,
-                JointMode::Slots(n) => LockMode::Slots(n),
-            },
+            mode: joint.mode.lock_mode(),
             holders,
         }))
     }
@@ -350,10 +347,7 @@ impl LockActor {
             };
             return Some(ListedLock {
                 entry,
-                mode: match joint.mode {
-                    JointMode::Shared => LockMode::Shared,
-                    JointMode::Slots(n) => LockMode::Slots(n),
-                },
+                mode: joint.mode.lock_mode(),
                 holders: joint.members.len() as u32,
             });
         }

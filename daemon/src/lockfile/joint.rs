@@ -45,6 +45,14 @@ pub enum JointMode {
 }
 
 impl JointMode {
+    /// The wire's name for this mode.
+    pub fn lock_mode(self) -> vfslock_proto::LockMode {
+        match self {
+            JointMode::Shared => vfslock_proto::LockMode::Shared,
+            JointMode::Slots(n) => vfslock_proto::LockMode::Slots(n),
+        }
+    }
+
     /// As the file and the messages name it: "shared", or "a semaphore of N slots".
     pub fn describe(self) -> String {
         match self {
