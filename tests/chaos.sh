@@ -13,6 +13,7 @@
 #   tests/chaos.sh 600 --error-rate 0.05 --kill-daemon-every-ms 1000
 #   tests/chaos.sh 120 --mode mixed                     # shared and exclusive clients
 #   tests/chaos.sh 120 --mode slots:3                   # a semaphore of 3
+#   tests/chaos.sh 120 --mode set                       # two of three targets at once
 #
 # The first argument is the duration in seconds (default 300); the others go to
 # `mutex_checker chaos` after it (see `mutex_checker --help`; `--dir DIR` keeps the records

@@ -118,10 +118,42 @@ check "a new client's show falls back on the old daemon (not locked: 1)" 1 "$?"
 refusal=$(cross "$new" old run -s -n "$target" -- true 2>&1)
 code=$?
 set -e
-if ctl new run --help | grep -q -- '--shared'; then
+if ctl new run --help | grep -q -- '--shared' && ! ctl old run --help | grep -q -- '--shared'; then
     check "a shared lock through the old daemon is refused" 70 "$code"
     check "the refusal names the daemon's protocol" yes \
         "$(grep -q "speaks protocol" <<<"$refusal" && echo yes || echo no)"
+fi
+# Several targets and max-hold (issue 16): an older daemon refuses both through a new client,
+# naming its protocol; a new daemon's set never takes part of a set one of whose targets an old
+# daemon holds.
+if ctl new run --help | grep -q -- '--max-hold' && ! ctl old run --help | grep -q -- '--max-hold'; then
+    second="$dir/data/second.csv"
+    set +e
+    refusal=$(cross "$new" old run -n "$target" "$second" -- true 2>&1)
+    code=$?
+    set -e
+    check "a set through the old daemon is refused" 70 "$code"
+    check "the set's refusal names the daemon's protocol" yes \
+        "$(grep -q "speaks protocol" <<<"$refusal" && echo yes || echo no)"
+    set +e
+    refusal=$(cross "$new" old run -n --max-hold 1m "$target" -- true 2>&1)
+    code=$?
+    set -e
+    check "a max-hold through the old daemon is refused" 70 "$code"
+    check "the max-hold's refusal names the daemon's protocol" yes \
+        "$(grep -q "speaks protocol" <<<"$refusal" && echo yes || echo no)"
+    ctl old run "$second" -- sleep 3 &
+    runner=$!
+    for _ in $(seq 100); do [[ -e "$second.lock" ]] && break; sleep 0.05; done
+    set +e
+    ctl new run -n "$target" "$second" -- true
+    code=$?
+    set -e
+    check "a new daemon's set is refused while the old daemon holds one of it" 1 "$code"
+    check "and leaves its other target free" no "$([[ -e "$target.lock" ]] && echo yes || echo no)"
+    wait "$runner"
+    ctl new run -n "$target" "$second" -- true
+    check "the set is taken through the new daemon once the old one released" 0 "$?"
 fi
 echo "$failures failed"
 [[ $failures -eq 0 ]]

@@ -37,10 +37,13 @@
 # and the summary adds how often shared ones did (`shared_overlaps`); `--mode slots:N` makes
 # every acquisition take one of N slots: never more than N sections of a target at once (the
 # summary adds `max_concurrent`). Shared and slot holders do a guarded read instead of the
-# write (`rejected_reads`). Not on SFTP (no compare-and-swap, so no shared modes):
+# write (`rejected_reads`). `--mode set` takes two of three targets at once (`lock_all`, random
+# order): no two sections of a target overlap, and no set's wait times out (`set_sections`,
+# `wait_timeouts`, `longest_wait_ms`). Not on SFTP (no compare-and-swap, so no shared modes):
 #
 #   tests/mutex-checker.sh --duration 60 --daemons 4 --clients 6 --mode mixed
 #   tests/mutex-checker.sh --duration 60 --daemons 4 --clients 6 --mode slots:3
+#   tests/mutex-checker.sh --duration 60 --daemons 4 --clients 6 --mode set
 #   tests/mutex-checker.sh --store s3 --duration 60 --daemons 2 --clients 4 --targets 2 --mode mixed
 #
 # The chaos run (daemon kills, store faults, a network partition) has a script of its own:

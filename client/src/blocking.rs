@@ -70,7 +70,8 @@ impl Client {
     /// Takes the lock, runs `run`, and releases the lock on every path; see
     /// [`crate::Client::with_lock`]. A blocking closure cannot be stopped from outside: if the
     /// lease is lost while it runs, it runs to its end and the result is then a lock error of
-    /// kind [`ErrorKind::LeaseLost`] (check [`Lock::is_held`] inside long work).
+    /// kind [`ErrorKind::LeaseLost`] ([`ErrorKind::MaxHoldReached`] when it was held for its
+    /// max-hold; check [`Lock::is_held`] inside long work).
     pub fn with_lock<T, E>(
         &self,
         target: impl Into<String>,
@@ -87,11 +88,7 @@ impl Client {
             .map_err(WithLockError::Lock)?;
         let outcome = run(&lock);
         let released = lock.release();
-        match (outcome, released) {
-            (_, Err(e)) if e.kind() == ErrorKind::LeaseLost => Err(WithLockError::Lock(e)),
-            (Err(e), _) => Err(WithLockError::Closure(e)),
-            (Ok(value), released) => released.map(|()| value).map_err(WithLockError::Lock),
-        }
+        settle(outcome, released)
     }
 
     /// Reads the lock file of `target`; `None` when there is none.
@@ -112,6 +109,16 @@ impl Client {
     /// One round trip to the daemon.
     pub fn ping(&self) -> Result<Duration, Error> {
         self.runtime.block_on(self.inner.ping())
+    }
+}
+
+/// The result of a blocking `with_lock`-style helper, whose closure ran to its end: a lease
+/// lost meanwhile wins over the closure's own outcome.
+fn settle<T, E>(outcome: Result<T, E>, released: Result<(), Error>) -> Result<T, WithLockError<E>> {
+    match (outcome, released) {
+        (_, Err(e)) if e.is_lease_lost() => Err(WithLockError::Lock(e)),
+        (Err(e), _) => Err(WithLockError::Closure(e)),
+        (Ok(value), released) => released.map(|()| value).map_err(WithLockError::Lock),
     }
 }
 
@@ -169,5 +176,79 @@ impl Lock {
     /// Whether the target's lock file is stale now.
     pub fn is_stale(&self) -> Result<bool, Error> {
         self.runtime.block_on(self.inner.is_stale())
+    }
+}
+
+/// Blocking locks on several targets held together; see [`crate::LockSet`]. Dropping it
+/// releases every lock of the set.
+#[derive(Debug)]
+pub struct LockSet {
+    inner: crate::LockSet,
+    runtime: Arc<Runtime>,
+}
+
+impl Client {
+    /// Takes every lock of `targets` or none; see [`crate::Client::lock_all`].
+    pub fn lock_all<I, T>(&self, targets: I, options: LockOptions) -> Result<LockSet, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let inner = self
+            .runtime
+            .block_on(self.inner.lock_all(targets, options))?;
+        Ok(LockSet {
+            inner,
+            runtime: self.runtime.clone(),
+        })
+    }
+
+    /// Takes every lock of `targets`, runs `run`, and releases them all on every path; see
+    /// [`crate::Client::with_lock_all`]. As with [`Client::with_lock`], a blocking closure
+    /// cannot be stopped from outside: a lease lost while it runs is reported when it returns
+    /// (check [`LockSet::is_held`] inside long work).
+    pub fn with_lock_all<I, T, R, E>(
+        &self,
+        targets: I,
+        options: LockOptions,
+        run: impl FnOnce(&LockSet) -> Result<R, E>,
+    ) -> Result<R, WithLockError<E>>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let mut set = self
+            .lock_all(targets, options)
+            .map_err(WithLockError::Lock)?;
+        let outcome = run(&set);
+        let released = set.release();
+        settle(outcome, released)
+    }
+}
+
+impl LockSet {
+    /// The locks, in the order they were taken; see [`crate::LockSet::locks`].
+    pub fn locks(&self) -> &[crate::Lock] {
+        self.inner.locks()
+    }
+
+    /// The lock on `target` as given; see [`crate::LockSet::get`].
+    pub fn get(&self, target: &str) -> Option<&crate::Lock> {
+        self.inner.get(target)
+    }
+
+    /// Whether every lock of the set is held.
+    pub fn is_held(&self) -> bool {
+        self.inner.is_held()
+    }
+
+    /// Waits until the lease on any lock of the set is lost; see [`crate::LockSet::lost`].
+    pub fn lost(&self) -> String {
+        self.runtime.block_on(self.inner.lost())
+    }
+
+    /// Releases every lock of the set; see [`crate::LockSet::release`].
+    pub fn release(&mut self) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.release())
     }
 }

@@ -101,16 +101,11 @@ impl Client {
             _ = lock.lost() => None,
         };
         let released = lock.release().await;
-        match outcome {
-            None => Err(WithLockError::Lock(released.err().unwrap_or_else(|| {
-                Error::new(
-                    ErrorKind::LeaseLost,
-                    "the lease was lost while the closure ran",
-                )
-            }))),
-            Some(Err(e)) => Err(WithLockError::Closure(e)),
-            Some(Ok(value)) => released.map(|()| value).map_err(WithLockError::Lock),
-        }
+        WithLockError::settle(
+            outcome,
+            released,
+            "the lease was lost while the closure ran",
+        )
     }
 
     /// Takes a detached lease on `target`: it belongs to this process's uid and the returned

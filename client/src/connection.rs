@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -264,40 +264,30 @@ impl Connection {
         &self,
         request: AcquireRequest,
         mode: LockMode,
+        max_hold: Option<Duration>,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<AcquireUpdate>), Error> {
-        // Modes came with protocol version 3; an exclusive acquire keeps the message every
-        // version has.
-        let request = match mode {
-            LockMode::Exclusive => Request::Acquire(request),
-            mode if self.welcome.protocol_version >= 3 => Request::AcquireIn { request, mode },
-            mode => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "the vfslockd at {} speaks protocol {} and has no {mode} locks (they \
-                         came with protocol 3): upgrade vfslockd (this client's version is {})",
-                        self.socket_path.display(),
-                        self.welcome.protocol_version,
-                        env!("CARGO_PKG_VERSION"),
-                    ),
-                ))
+        #[cfg(unix)]
+        let waits = matches!(request.wait, vfslock_proto::WaitMode::Wait { .. });
+        // Modes came with protocol version 3, a max-hold with 4; an exclusive acquire without
+        // one keeps the message every version has.
+        let version = self.welcome.protocol_version;
+        let request = match (mode, max_hold) {
+            (LockMode::Exclusive, None) => Request::Acquire(request),
+            (mode, None) if version >= 3 => Request::AcquireIn { request, mode },
+            (mode, Some(max_hold)) if version >= 4 => Request::AcquireBounded {
+                request,
+                mode,
+                max_hold: Some(max_hold),
+            },
+            (mode, max_hold) => {
+                return Err(match (max_hold, mode) {
+                    (Some(_), _) => self.too_old("a max-hold", 4),
+                    (None, LockMode::Slots(_)) => self.too_old("semaphores", 3),
+                    (None, _) => self.too_old("shared locks", 3),
+                });
             }
         };
         let id = self.next_id();
-        #[cfg(unix)]
-        let waits = matches!(
-            &request,
-            Request::Acquire(AcquireRequest {
-                wait: vfslock_proto::WaitMode::Wait { .. },
-                ..
-            }) | Request::AcquireIn {
-                request: AcquireRequest {
-                    wait: vfslock_proto::WaitMode::Wait { .. },
-                    ..
-                },
-                ..
-            }
-        );
         let (tx, rx) = mpsc::unbounded_channel();
         self.register(id, Route::Acquire(tx))?;
         if let Err(e) = self.send(&ClientFrame::Request { id, request }) {
@@ -310,6 +300,20 @@ impl Connection {
             self.spin.wait_readable(self.raw_fd);
         }
         Ok((id, rx))
+    }
+
+    /// What a request that needs protocol `since` is told by a daemon older than that.
+    pub(crate) fn too_old(&self, what: &str, since: u32) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the vfslockd at {} speaks protocol {}, and {what} came with protocol {since}: \
+                 upgrade vfslockd (this client's version is {})",
+                self.socket_path.display(),
+                self.welcome.protocol_version,
+                env!("CARGO_PKG_VERSION"),
+            ),
+        )
     }
 
     /// Stops routing answers for an acquire the caller gave up on. A grant that still arrives
@@ -709,6 +713,7 @@ mod tests {
                     detached: false,
                 },
                 LockMode::Exclusive,
+                None,
             )
             .expect("send the acquire");
         let Some(AcquireUpdate::Granted(grant, mut lease)) = updates.recv().await else {

@@ -51,6 +51,12 @@ impl Error {
         )
     }
 
+    /// The same failure with `note` appended to its message.
+    pub(crate) fn with_note(mut self, note: &str) -> Self {
+        self.0.message = format!("{} {note}", self.0.message);
+        self
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
@@ -70,6 +76,16 @@ impl Error {
     /// Whether someone else holds the lock (the Go library's `ErrLockAlreadyHeld`).
     pub fn is_already_held(&self) -> bool {
         self.kind() == ErrorKind::AlreadyHeld
+    }
+
+    /// Whether a lease was lost ([`ErrorKind::LeaseLost`]), or ended at its max-hold
+    /// ([`ErrorKind::MaxHoldReached`]): what a release reports when the lock had been lost
+    /// before it.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::LeaseLost | ErrorKind::MaxHoldReached
+        )
     }
 
     /// Whether a waiting acquire timed out.
@@ -121,6 +137,24 @@ impl<E: std::error::Error + 'static> std::error::Error for WithLockError<E> {
 }
 
 impl<E> WithLockError<E> {
+    /// The result of a `with_lock`-style helper: the closure's `outcome` (`None`: stopped
+    /// because a lease was lost, which the release then reports) and the release's result.
+    pub(crate) fn settle<T>(
+        outcome: Option<Result<T, E>>,
+        released: Result<(), Error>,
+        lost: &str,
+    ) -> Result<T, WithLockError<E>> {
+        match outcome {
+            None => Err(WithLockError::Lock(
+                released
+                    .err()
+                    .unwrap_or_else(|| Error::new(ErrorKind::LeaseLost, lost)),
+            )),
+            Some(Err(e)) => Err(WithLockError::Closure(e)),
+            Some(Ok(value)) => released.map(|()| value).map_err(WithLockError::Lock),
+        }
+    }
+
     /// The lock error, if this is one.
     pub fn lock_error(&self) -> Option<&Error> {
         match self {

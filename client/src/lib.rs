@@ -46,6 +46,9 @@
 //! # }
 //! ```
 //!
+//! Several targets are taken together, all or none, with [`Client::lock_all`] (in an order
+//! that cannot deadlock), and [`LockOptions::max_hold`] caps how long a lease may be held.
+//!
 //! Programs without an async runtime use [`blocking`], with the same names.
 
 pub mod blocking;
@@ -53,6 +56,7 @@ mod client;
 mod connection;
 mod error;
 mod lock;
+mod set;
 pub mod socket;
 mod spin;
 pub mod transport;
@@ -60,6 +64,7 @@ pub mod transport;
 pub use client::Client;
 pub use error::{Error, ErrorKind, WithLockError};
 pub use lock::{Lock, LockOptions, DEFAULT_TTL};
+pub use set::LockSet;
 /// A lock file's metadata, as the daemon read it: the protocol's own type, with its times as
 /// `SystemTime` through [`LockMetadata::created_at`], [`LockMetadata::ttl`],
 /// [`LockMetadata::expires_at`] and the like.

@@ -28,6 +28,7 @@ pub struct LockOptions {
     pub(crate) wait: Option<Option<Duration>>,
     pub(crate) detached: bool,
     pub(crate) mode: LockMode,
+    pub(crate) max_hold: Option<Duration>,
 }
 
 impl fmt::Debug for LockOptions {
@@ -38,6 +39,7 @@ impl fmt::Debug for LockOptions {
             .field("on_stale", &self.on_stale.is_some())
             .field("wait", &self.wait)
             .field("mode", &self.mode)
+            .field("max_hold", &self.max_hold)
             .finish()
     }
 }
@@ -113,6 +115,32 @@ impl LockOptions {
     /// [`LockOptions::slots`] said otherwise.
     pub fn mode(&self) -> LockMode {
         self.mode
+    }
+
+    /// The longest the lock may be held: when the time is up the daemon stops renewing the
+    /// lease, tells this holder ([`Lock::lost`] returns, and [`Lock::release`] reports
+    /// [`ErrorKind::MaxHoldReached`] with a message that names the cap) and releases the lock,
+    /// so that a hung job cannot keep it for ever. Without it the daemon's own `max-hold`
+    /// applies, if its config sets one; asking for more than that is refused with
+    /// [`ErrorKind::LimitExceeded`] naming the cap. Needs a daemon of protocol 4.
+    ///
+    /// ```no_run
+    /// # async fn example(client: vfslock::Client) -> Result<(), vfslock::Error> {
+    /// use std::time::Duration;
+    /// use vfslock::LockOptions;
+    /// let options = LockOptions::default().max_hold(Duration::from_secs(3600));
+    /// let mut lock = client.new_lock("/srv/nightly.lock-target", options);
+    /// lock.acquire_wait().await?;
+    /// tokio::select! {
+    ///     _ = async { /* the nightly job */ } => {}
+    ///     why = lock.lost() => eprintln!("stopped: {why}"),
+    /// }
+    /// lock.release().await
+    /// # }
+    /// ```
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
     }
 
     /// Makes [`Client::with_lock`] wait up to `timeout` for the lock instead of failing at once.
@@ -229,6 +257,7 @@ impl Lock {
                 detached: self.options.detached,
             },
             self.options.mode,
+            self.options.max_hold,
         )?;
         let mut pending = PendingAcquire {
             client: &self.client,

@@ -113,6 +113,28 @@ pub enum Request {
     /// (protocol version 3; older clients use [`Request::List`]). Answers
     /// [`Response::ListedModes`].
     ListModes,
+    /// Take a lock in `mode`, held for at most `max_hold` (protocol version 4). Without
+    /// `max_hold` the daemon's `max-hold` applies, if it has one; a `max_hold` above it is
+    /// refused with [`ErrorKind::LimitExceeded`]. When the time is up the daemon stops
+    /// renewing, ends the lease with [`Event::LeaseEnded`] of kind
+    /// [`ErrorKind::MaxHoldReached`], and releases the lock. Detached leases have no max-hold
+    /// (they last their TTL): one asked for is refused with [`ErrorKind::Unsupported`].
+    AcquireBounded {
+        /// What is asked, as for [`Request::Acquire`].
+        request: AcquireRequest,
+        /// How the lock is shared.
+        mode: LockMode,
+        /// The longest the lease may be held; `None` takes the daemon's cap, if any.
+        max_hold: Option<Duration>,
+    },
+    /// The daemon's keys for `targets`, judged as an acquire of each would be (store, access
+    /// rules), in the same order (protocol version 4). Answers [`Response::Resolved`]. A
+    /// client that takes several targets at once takes them in the order of their keys, so
+    /// that two callers asking for overlapping sets cannot deadlock each other.
+    Resolve {
+        /// The targets, as an acquire would name them.
+        targets: Vec<String>,
+    },
 }
 
 /// How a lock is held: alone, or together with other holders.
@@ -236,6 +258,10 @@ pub enum Response {
     Described(Option<LockView>),
     /// Answer to [`Request::ListModes`] (protocol version 3).
     ListedModes(Vec<ListedLock>),
+    /// Answer to [`Request::Resolve`]: for each target in order, its key (the normalized URL
+    /// under which the daemon locks it, `file://` directories resolved to the real ones), or
+    /// why it cannot be locked (protocol version 4).
+    Resolved(Vec<Result<String, WireError>>),
 }
 
 /// A lock file with every holder it lists.
@@ -544,6 +570,10 @@ pub enum ErrorKind {
     /// against a semaphore, or semaphores of different sizes): waiting would not help
     /// (protocol version 3; older clients never ask for a mode, so never get it).
     ModeConflict,
+    /// The lease was held for its max-hold (the request's, or the daemon's `max-hold`) and
+    /// the daemon ended it: the lock is released (protocol version 4; older clients hear
+    /// [`ErrorKind::LeaseLost`]).
+    MaxHoldReached,
 }
 
 impl WireError {

@@ -11,13 +11,16 @@
 //!   downgrade: [`ServerFrame::for_version`] rewrites a frame into what a client of that version
 //!   understands, and the daemon applies it in the one place all its answers and events pass;
 //! - a client sends only what the version it negotiated has (version 2 added nothing that a
-//!   client sends; version 3 added [`Request::AcquireIn`](crate::Request::AcquireIn)).
+//!   client sends; version 3 added [`Request::AcquireIn`](crate::Request::AcquireIn), version 4
+//!   [`Request::AcquireBounded`](crate::Request::AcquireBounded) and
+//!   [`Request::Resolve`](crate::Request::Resolve)).
 //!
 //! | version | added                                                                        |
 //! |---------|------------------------------------------------------------------------------|
 //! | 1       | everything else                                                              |
 //! | 2       | [`Event::LeaseEnded`]: a lost lease with an error kind; version 1 gets [`Event::LeaseLost`] |
 //! | 3       | `Request::AcquireIn` (lock modes), `Request::Describe`, `Request::ListModes` and their answers, and [`ErrorKind::ModeConflict`]; older versions never ask for these, and would get `AlreadyHeld` for the kind |
+//! | 4       | `Request::AcquireBounded` (a max-hold), `Request::Resolve` and its answer, and [`ErrorKind::MaxHoldReached`]; older versions get `LeaseLost` for the kind (the daemon's own max-hold ends their leases too) |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
@@ -62,6 +65,18 @@ impl ServerFrame {
                     listed.into_iter().map(|l| l.entry).collect(),
                 )),
             },
+            // No older request has this answer; should it ever be asked for, the older
+            // client gets an error it can decode instead of a frame it cannot.
+            ServerFrame::Response {
+                id,
+                result: Ok(Response::Resolved(_)),
+            } if version < 4 => ServerFrame::Response {
+                id,
+                result: Err(WireError::new(
+                    ErrorKind::Protocol,
+                    "resolving targets needs protocol version 4",
+                )),
+            },
             response @ ServerFrame::Response { .. } => response,
         }
     }
@@ -77,6 +92,14 @@ impl ServerFrame {
                 result: Ok(Response::Described(_) | Response::ListedModes(_)),
                 ..
             } => 3,
+            ServerFrame::Response {
+                result: Ok(Response::Resolved(results)),
+                ..
+            } => results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .map(|e| e.kind.since_version())
+                .fold(4, u32::max),
             ServerFrame::Response { .. } => 1,
         }
     }
@@ -96,6 +119,7 @@ impl ErrorKind {
     pub fn for_version(self, version: u32) -> ErrorKind {
         match self {
             ErrorKind::ModeConflict if version < 3 => ErrorKind::AlreadyHeld,
+            ErrorKind::MaxHoldReached if version < 4 => ErrorKind::LeaseLost,
             kind => kind,
         }
     }
@@ -104,6 +128,7 @@ impl ErrorKind {
     pub fn since_version(self) -> u32 {
         match self {
             ErrorKind::ModeConflict => 3,
+            ErrorKind::MaxHoldReached => 4,
             _ => 1,
         }
     }
@@ -114,6 +139,10 @@ impl Event {
     pub fn for_version(self, version: u32) -> Event {
         match self {
             Event::LeaseEnded { reason, .. } if version < 2 => Event::LeaseLost { reason },
+            Event::LeaseEnded { kind, reason } => Event::LeaseEnded {
+                kind: kind.for_version(version),
+                reason,
+            },
             event => event,
         }
     }
@@ -126,7 +155,7 @@ impl Event {
             | Event::LeaseRenewed { .. }
             | Event::LeaseLost { .. }
             | Event::Releasing { .. } => 1,
-            Event::LeaseEnded { .. } => 2,
+            Event::LeaseEnded { kind, .. } => kind.since_version().max(2),
         }
     }
 }
@@ -190,6 +219,31 @@ mod tests {
     }
 
     #[test]
+    fn an_older_client_hears_a_max_hold_as_a_lost_lease() {
+        let frame = lease_ended(ErrorKind::MaxHoldReached);
+        assert_eq!(frame.since_version(), 4);
+        for version in [2, 3] {
+            let ServerFrame::Event {
+                event: Event::LeaseEnded { kind, reason },
+                ..
+            } = frame.clone().for_version(version)
+            else {
+                panic!("not a lease ended");
+            };
+            assert_eq!(kind, ErrorKind::LeaseLost);
+            assert_eq!(reason, "the lock was broken by uid 0: stuck");
+        }
+        assert!(matches!(
+            frame.clone().for_version(1),
+            ServerFrame::Event {
+                event: Event::LeaseLost { .. },
+                ..
+            }
+        ));
+        assert_eq!(frame.clone().for_version(4), frame);
+    }
+
+    #[test]
     fn a_current_client_gets_the_frame_unchanged() {
         let frame = lease_ended(ErrorKind::Internal);
         assert_eq!(frame.clone().for_version(PROTOCOL_VERSION), frame);
@@ -241,9 +295,13 @@ mod tests {
 
     #[test]
     fn every_downgrade_fits_the_version_it_is_for() {
-        for kind in [ErrorKind::LeaseLost, ErrorKind::Internal] {
+        for kind in [
+            ErrorKind::LeaseLost,
+            ErrorKind::Internal,
+            ErrorKind::MaxHoldReached,
+        ] {
             let frame = lease_ended(kind);
-            assert_eq!(frame.since_version(), 2);
+            assert_eq!(frame.since_version(), kind.since_version().max(2));
             for version in OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION {
                 let down = frame.clone().for_version(version);
                 assert!(

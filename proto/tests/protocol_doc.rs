@@ -220,12 +220,14 @@ fn every_error_kind() -> Vec<ErrorKind> {
         NotFound,
         Other,
         ModeConflict,
+        MaxHoldReached,
     ];
     for kind in &all {
         match kind {
             AlreadyHeld | Timeout | InvalidTarget | StaleVetoed | Store | Protocol | Cancelled
             | ShuttingDown | LeaseLost | Unsupported | LimitExceeded | PermissionDenied
-            | Internal | DaemonUnavailable | ConnectionLost | NotFound | Other | ModeConflict => {}
+            | Internal | DaemonUnavailable | ConnectionLost | NotFound | Other | ModeConflict
+            | MaxHoldReached => {}
         }
     }
     all

@@ -146,6 +146,14 @@ fn request() -> BoxedStrategy<Request> {
             .prop_map(|(request, mode)| Request::AcquireIn { request, mode }),
         text().prop_map(|target| Request::Describe { target }),
         Just(Request::ListModes),
+        (acquire_request(), lock_mode(), option::of(duration())).prop_map(
+            |(request, mode, max_hold)| Request::AcquireBounded {
+                request,
+                mode,
+                max_hold
+            }
+        ),
+        vec(text(), 0..4).prop_map(|targets| Request::Resolve { targets }),
     ]
     .boxed()
 }
@@ -289,6 +297,11 @@ fn response() -> BoxedStrategy<Response> {
         Just(Response::Pong),
         option::of(lock_view()).prop_map(Response::Described),
         vec(listed_lock(), 0..3).prop_map(Response::ListedModes),
+        vec(
+            prop_oneof![text().prop_map(Ok), wire_error().prop_map(Err)],
+            0..3
+        )
+        .prop_map(Response::Resolved),
     ]
     .boxed()
 }
@@ -345,6 +358,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         Just(ErrorKind::AlreadyHeld),
         Just(ErrorKind::Timeout),
         Just(ErrorKind::ModeConflict),
+        Just(ErrorKind::MaxHoldReached),
         Just(ErrorKind::InvalidTarget),
         Just(ErrorKind::StaleVetoed),
         Just(ErrorKind::Store),
@@ -469,7 +483,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 12;
+    const COUNT: usize = 14;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -484,6 +498,8 @@ impl Variant for Request {
             Request::AcquireIn { .. } => 9,
             Request::Describe { .. } => 10,
             Request::ListModes => 11,
+            Request::AcquireBounded { .. } => 12,
+            Request::Resolve { .. } => 13,
         }
     }
 }
@@ -510,7 +526,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 11;
+    const COUNT: usize = 12;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -524,6 +540,7 @@ impl Variant for Response {
             Response::Pong => 8,
             Response::Described(_) => 9,
             Response::ListedModes(_) => 10,
+            Response::Resolved(_) => 11,
         }
     }
 }
@@ -555,7 +572,7 @@ impl Variant for LockFileFormat {
 }
 
 impl Variant for ErrorKind {
-    const COUNT: usize = 18;
+    const COUNT: usize = 19;
     fn variant(&self) -> usize {
         match self {
             ErrorKind::AlreadyHeld => 0,
@@ -576,6 +593,7 @@ impl Variant for ErrorKind {
             ErrorKind::NotFound => 15,
             ErrorKind::Other => 16,
             ErrorKind::ModeConflict => 17,
+            ErrorKind::MaxHoldReached => 18,
         }
     }
 }

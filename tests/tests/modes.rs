@@ -20,51 +20,10 @@ use vfslockd::lockfile::joint::Joint;
 mod raw;
 use raw::Raw;
 
-/// One test per (case, store): `case::store`.
-macro_rules! per_store {
-    ($case:ident, [$($name:ident => $store:ident),+ $(,)?]) => {
-        mod $case {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $name() {
-                    super::$case(vfslock_tests::Store::$store).await;
-                }
-            )+
-        }
-    };
-}
-
-/// A daemon with host id `id` serving `store`, stopped with SIGTERM when dropped (so that an
-/// SFTP store's ssh master goes with it).
-struct Host(Daemon);
-
-impl std::ops::Deref for Host {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.0
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
-}
-
-fn host(store: Store, id: &str) -> Host {
-    Host(Daemon::start_host(
-        &store.daemon_config("", ""),
-        None,
-        &["--host-id", id],
-    ))
-}
-
-/// Two daemons on one store where it can be shared; one daemon twice on `mem://`.
-fn two_hosts(store: Store) -> (Host, Option<Host>) {
-    let first = host(store, "h0");
-    let second = (store != Store::Mem).then(|| host(store, "h1"));
-    (first, second)
-}
+#[path = "support/hosts.rs"]
+#[allow(dead_code)] // each file uses a part
+mod hosts;
+use hosts::{host, per_store, two_clients, two_hosts, Host};
 
 fn shared() -> LockOptions {
     LockOptions::default().shared()
@@ -119,11 +78,7 @@ struct Table {
 impl Table {
     async fn new(store: Store, name: &str) -> Table {
         let (first, second) = two_hosts(store);
-        let a = first.client().await;
-        let b = match &second {
-            Some(host) => host.client().await,
-            None => first.client().await,
-        };
+        let (a, b) = two_clients(&first, &second).await;
         Table {
             _first: first,
             _second: second,
@@ -302,7 +257,7 @@ async fn dead_host_expires(store: Store) {
     let kept = take(&living_client, url, shared()).await;
     // kill -9: the dying host's entry stays in the file until its lease runs out.
     let mut dying = dying;
-    dying.0.kill();
+    dying.kill();
     drop(dying_client);
     let before = Joint::parse(&raw(&target).await.expect("file")).expect("joint");
     assert_eq!(before.holders.len(), 2);

@@ -9,7 +9,10 @@
 //! from the venv `tests/servers/start.sh` installs). And the lock modes (issue 15) on
 //! `file://`: shared and exclusive clients mixed (no exclusive section overlaps another, shared
 //! ones do), and a semaphore of 3 (never more than 3 sections at once), with its self-test on
-//! `mem://`, where each daemon grants its own 2 slots of "the" semaphore of 2.
+//! `mem://`, where each daemon grants its own 2 slots of "the" semaphore of 2. And sets of
+//! locks taken all or nothing (`Client::lock_all`, two of three targets in a random order):
+//! a chaos run on `file://` and one on S3, where no two sections of a target overlap and no
+//! set's wait stalls, and the self-test on `mem://`, where the sets of two daemons overlap.
 //!
 //! `mutex_checker` finds `vfslockd` next to itself: build the binaries first
 //! (`cargo build --workspace --bins --features vfslockd/faults`; `tests/run.sh` does it). The
@@ -121,29 +124,33 @@ fn several_daemons_keep_mutual_exclusion_while_clients_are_killed() {
     assert!(outcome.success, "mutex_checker failed: {context}");
 }
 
-#[test]
-fn the_checker_finds_the_overlaps_of_daemons_that_do_not_share_a_store() {
-    // mem:// lives in each daemon's memory: two daemons each grant "the" lock. The failed
-    // run keeps its directory: give it one that goes with the test.
+/// A run that must fail: two daemons on `mem://`, which each keep their own locks, so that each
+/// grants "the" lock of `extra`'s mode; no kills. The failed run keeps its directory, so it
+/// gets one that goes with the test. Returns the outcome and the context for messages.
+fn broken_run(extra: &[&str]) -> (Outcome, String) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let outcome = checker(&[
+    let mut args = vec![
         "--dir",
         dir.path().to_str().expect("UTF-8 temporary path"),
         "--mem",
         "--daemons",
         "2",
-        "--clients",
-        "2",
-        "--targets",
-        "1",
         "--duration",
         "2",
         "--kill-every-ms",
         "0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let outcome = checker(&args);
     let context = format!("{}\n{}", outcome.line, outcome.stderr);
     assert!(!outcome.success, "a broken run passed: {context}");
     assert!(outcome.count("overlaps") > 0, "{context}");
+    (outcome, context)
+}
+
+#[test]
+fn the_checker_finds_the_overlaps_of_daemons_that_do_not_share_a_store() {
+    let (outcome, context) = broken_run(&["--clients", "2", "--targets", "1"]);
     assert_eq!(outcome.count("kills"), 0, "{context}");
 }
 
@@ -188,28 +195,8 @@ fn a_semaphore_of_three_never_has_more_than_three_holders() {
 
 #[test]
 fn the_checker_finds_a_semaphore_overrun_by_daemons_that_do_not_share_a_store() {
-    // Each daemon's mem:// is its own: two daemons each grant 2 slots of "the" semaphore of 2.
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let outcome = checker(&[
-        "--dir",
-        dir.path().to_str().expect("UTF-8 temporary path"),
-        "--mem",
-        "--mode",
-        "slots:2",
-        "--daemons",
-        "2",
-        "--clients",
-        "3",
-        "--targets",
-        "1",
-        "--duration",
-        "2",
-        "--kill-every-ms",
-        "0",
-    ]);
-    let context = format!("{}\n{}", outcome.line, outcome.stderr);
-    assert!(!outcome.success, "a broken run passed: {context}");
-    assert!(outcome.count("overlaps") > 0, "{context}");
+    // Two daemons each grant 2 slots of "the" semaphore of 2.
+    let (outcome, context) = broken_run(&["--mode", "slots:2", "--clients", "3", "--targets", "1"]);
     assert!(outcome.count("max_concurrent") > 2, "{context}");
     assert!(outcome.stderr.contains("over 2 slots"), "{context}");
 }
@@ -368,4 +355,72 @@ fn a_chaos_run_on_s3_survives_daemon_kills_store_faults_and_a_network_partition(
         assert_eq!(outcome.count(key), partitions, "{key}: {context}");
     }
     assert_eq!(outcome.count("partition_failures"), 0, "{context}");
+}
+
+/// What a set run (`--mode set`) must show besides keeping every promise: its mode, enough
+/// sets, two sections (one per target) per set, and no stall — with the worker's generous
+/// wait (20 s), a wait that timed out means the sets deadlocked, and so would a wait as long
+/// as the run.
+fn assert_sets_kept_going(outcome: &Outcome, at_least: u64) {
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    assert_eq!(
+        outcome.summary.get("mode").map(String::as_str),
+        Some("set"),
+        "{context}"
+    );
+    assert_eq!(outcome.count("targets"), 3, "{context}");
+    let sets = outcome.count("set_sections");
+    assert!(sets >= at_least, "only {sets} sets: {context}");
+    // Every set held two targets; a kill while holding may leave a set's second enter out.
+    let acquisitions = outcome.count("acquisitions");
+    assert!(
+        ((2 * sets).saturating_sub(outcome.count("kills"))..=2 * sets).contains(&acquisitions),
+        "{context}"
+    );
+    assert_eq!(outcome.count("wait_timeouts"), 0, "{context}");
+    // Sections of a target never overlap, so never more than one is open.
+    assert_eq!(outcome.count("max_concurrent"), 1, "{context}");
+    assert!(
+        outcome.count("longest_wait_ms") < 15_000,
+        "a set waited as long as a deadlock would: {context}"
+    );
+}
+
+#[test]
+fn lock_sets_never_overlap_on_a_shared_target_while_clients_are_killed() {
+    // Chaos on file://: worker kills, daemon kills and store faults (errors and delays).
+    let outcome = checker_mode("chaos", &["--mode", "set", "--duration", "4"]);
+    assert_chaos_kept_every_promise(&outcome);
+    assert_sets_kept_going(&outcome, 200);
+}
+
+#[test]
+fn lock_sets_on_s3_never_overlap_through_daemon_kills_and_store_faults() {
+    require_servers(S3_VARS);
+    let outcome = checker_mode(
+        "chaos",
+        &["--store", "s3", "--mode", "set", "--duration", "4"],
+    );
+    let context = format!("{}\n{}", outcome.line, outcome.stderr);
+    assert_eq!(
+        outcome.summary.get("store").map(String::as_str),
+        Some("s3"),
+        "{context}"
+    );
+    assert_chaos_kept_every_promise(&outcome);
+    assert_sets_kept_going(&outcome, 30);
+}
+
+#[test]
+fn the_checker_finds_overlapping_sets_of_daemons_that_do_not_share_a_store() {
+    // The sets one daemon grants overlap the other's.
+    let (outcome, context) = broken_run(&["--mode", "set", "--clients", "2"]);
+    assert_eq!(
+        outcome.summary.get("mode").map(String::as_str),
+        Some("set"),
+        "{context}"
+    );
+    assert!(outcome.count("set_sections") > 0, "{context}");
+    assert!(outcome.count("max_concurrent") > 1, "{context}");
+    assert!(outcome.stderr.contains("finding: overlap: t"), "{context}");
 }

@@ -106,6 +106,19 @@ async fn assert_protocol_error_then_close(stream: &mut UnixStream) {
     }
 }
 
+/// Reads one whole frame (`what`, for messages) and decodes it.
+async fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut UnixStream, what: &str) -> T {
+    let mut prefix = [0u8; frame::LEN_PREFIX];
+    within(what, stream.read_exact(&mut prefix))
+        .await
+        .unwrap_or_else(|e| panic!("read the length of {what}: {e}"));
+    let mut payload = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    within(what, stream.read_exact(&mut payload))
+        .await
+        .unwrap_or_else(|e| panic!("read {what}: {e}"));
+    codec::decode(&payload).unwrap_or_else(|e| panic!("decode {what}: {e}"))
+}
+
 /// Connects and completes a valid handshake by hand; returns the stream after the welcome.
 async fn handshaken(socket: &Path) -> UnixStream {
     let mut stream = UnixStream::connect(socket).await.expect("connect");
@@ -118,15 +131,7 @@ async fn handshaken(socket: &Path) -> UnixStream {
         .await
         .expect("read hello");
     assert_eq!(hello, Hello::current().encode());
-    let mut prefix = [0u8; frame::LEN_PREFIX];
-    within("the welcome", stream.read_exact(&mut prefix))
-        .await
-        .expect("read the welcome's length");
-    let mut payload = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    within("the welcome", stream.read_exact(&mut payload))
-        .await
-        .expect("read the welcome");
-    let welcome: Welcome = codec::decode(&payload).expect("a welcome frame");
+    let welcome: Welcome = read_frame(&mut stream, "the welcome").await;
     assert_eq!(welcome.protocol_version, PROTOCOL_VERSION);
     stream
 }
@@ -452,4 +457,83 @@ async fn large_requests_from_many_tasks_on_one_connection_arrive_whole() {
     })
     .await;
     client.ping().await.expect("the connection is still good");
+}
+
+/// Sends `request` with id 1 over a hand-made connection and returns its one answer.
+async fn ask(stream: &mut UnixStream, request: vfslock_proto::Request) -> ServerFrame {
+    let bytes = codec::encode_frame(&vfslock_proto::ClientFrame::Request { id: 1, request })
+        .expect("encode");
+    stream.write_all(&bytes).await.expect("send");
+    read_frame(stream, "the answer").await
+}
+
+/// A resolve answers each target in order, a refusal in the place of a target the daemon would
+/// refuse; a detached acquire asking for a max-hold is refused (nothing renews it, so nothing
+/// would end it early), and the connection goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_answers_in_order_and_a_detached_max_hold_is_refused() {
+    use vfslock_proto::{AcquireRequest, LockMode, Request, Response, WaitMode};
+    let daemon = Daemon::start();
+    let mut stream = handshaken(daemon.socket()).await;
+    let dir = daemon.data_dir().to_string_lossy().into_owned();
+    let answer = ask(
+        &mut stream,
+        Request::Resolve {
+            targets: vec![
+                "mem:///b".into(),
+                "relative.csv".into(),
+                format!("{dir}/a.csv"),
+            ],
+        },
+    )
+    .await;
+    let ServerFrame::Response {
+        id: 1,
+        result: Ok(Response::Resolved(keys)),
+    } = answer
+    else {
+        panic!("expected the keys, got {answer:?}");
+    };
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys[0].as_deref(), Ok("mem:///b"));
+    let refused = keys[1].as_ref().expect_err("a relative path");
+    assert_eq!(refused.kind, vfslock_proto::ErrorKind::InvalidTarget);
+    let file_key = keys[2].as_ref().expect("a file target");
+    assert!(
+        file_key.starts_with("file:///") && file_key.ends_with("/a.csv"),
+        "{file_key}"
+    );
+    let answer = ask(
+        &mut stream,
+        Request::AcquireBounded {
+            request: AcquireRequest {
+                target: "mem:///detached".into(),
+                ttl: Some(std::time::Duration::from_secs(60)),
+                owner_id: None,
+                wait: WaitMode::Try,
+                ask_on_stale: false,
+                detached: true,
+            },
+            mode: LockMode::Exclusive,
+            max_hold: Some(std::time::Duration::from_secs(5)),
+        },
+    )
+    .await;
+    let ServerFrame::Response {
+        id: 1,
+        result: Err(refused),
+    } = answer
+    else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert_eq!(refused.kind, vfslock_proto::ErrorKind::Unsupported);
+    assert!(refused.message.contains("TTL"), "{}", refused.message);
+    let answer = ask(&mut stream, Request::Ping).await;
+    assert!(matches!(
+        answer,
+        ServerFrame::Response {
+            result: Ok(Response::Pong),
+            ..
+        }
+    ));
 }

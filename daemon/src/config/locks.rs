@@ -27,6 +27,7 @@ pub(super) struct RawLocks {
     handoff_max_time: Option<String>,
     handoff_cooldown: Option<String>,
     peer_ttl_factor: Option<u32>,
+    max_hold: Option<String>,
 }
 
 /// `[locks]`, validated.
@@ -64,6 +65,9 @@ pub struct LockSettings {
     /// The ttl written into lock files, as a multiple of the renewed lease (1..=100): what Go
     /// peers that reuse one `Lock` value, and every other reader, judge staleness by.
     pub peer_ttl_factor: u32,
+    /// The longest a lease renewed by this daemon may be held: the cap of every acquire that
+    /// names none, and the most one may name. `None`: no cap.
+    pub max_hold: Option<Duration>,
 }
 
 impl LockSettings {
@@ -87,7 +91,24 @@ impl LockSettings {
             handoff_max_time: duration_of(&raw.handoff_max_time, "locks.handoff-max-time")?,
             handoff_cooldown: Duration::ZERO,
             peer_ttl_factor: required(&raw.peer_ttl_factor, "locks.peer-ttl-factor")?,
+            max_hold: None,
         };
+        // Empty: no cap.
+        locks.max_hold = match non_empty(&raw.max_hold) {
+            None => None,
+            Some(text) => Some(
+                duration::parse(&text).map_err(|problem| ConfigError::Value {
+                    key: "locks.max-hold".into(),
+                    problem,
+                })?,
+            ),
+        };
+        if locks.max_hold.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::OutOfRange {
+                key: "locks.max-hold".into(),
+                rule: "must be above zero, or empty for no cap",
+            });
+        }
         // Empty: as long as the longest wait between two looks of another daemon.
         locks.handoff_cooldown = match non_empty(&raw.handoff_cooldown) {
             None => locks.recheck_max,
@@ -142,6 +163,7 @@ impl LockSettings {
             handoff_max_time: text(self.handoff_max_time),
             handoff_cooldown: text(self.handoff_cooldown),
             peer_ttl_factor: Some(self.peer_ttl_factor),
+            max_hold: Some(self.max_hold.map(duration::format).unwrap_or_default()),
         }
     }
 }

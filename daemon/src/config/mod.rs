@@ -232,6 +232,22 @@ mod tests {
         assert_eq!(settings.locks.handoff_cooldown, settings.locks.recheck_max);
         assert_eq!(settings.locks.default_ttl, Duration::from_secs(30));
         assert_eq!(settings.limits.max_frame, 1 << 20);
+        assert_eq!(settings.locks.max_hold, None, "no cap unless configured");
+    }
+
+    #[test]
+    fn max_hold_is_a_duration_above_zero_or_empty() {
+        let settings = Settings::from_toml(Some(("[locks]\nmax-hold = \"2h\"\n", "test"))).unwrap();
+        assert_eq!(settings.locks.max_hold, Some(Duration::from_secs(7200)));
+        for bad in ["0s", "soon"] {
+            let text = format!("[locks]\nmax-hold = \"{bad}\"\n");
+            let err = Settings::from_toml(Some((&text, "test"))).unwrap_err();
+            assert!(
+                message(&err).contains("locks.max-hold"),
+                "{}",
+                message(&err)
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! | command | does |
 //! |---------|------|
-//! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
+//! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] [-s \| --slots N] [--max-hold DURATION] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
+//! | `run [OPTIONS] TARGET TARGET.. -- CMD [ARGS..]` | runs CMD holding the locks on every TARGET, taken all or none ([`run`]) |
 //! | `status` | the daemon's identity, uptime, stores and counters ([`status`]) |
 //! | `list [--target PREFIX]` | locks held and queued through this daemon ([`list`]) |
 //! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
@@ -116,10 +117,12 @@ struct Cli {
 enum Command {
     /// Run a command while holding the lock on TARGET, like flock(1).
     ///
-    /// Waits for the lock as long as it takes unless -n or -w is given. The command inherits
-    /// the lock: it stays held until the command ends, even if vfslockctl itself is killed
-    /// (unless -o). SIGINT, SIGTERM and SIGHUP are passed on to the command. Exits with the
-    /// command's status; 1 (or -E CODE) when the lock is held or the wait timed out.
+    /// Waits for the lock as long as it takes unless -n or -w is given. With several targets
+    /// (ended by `--`), takes every one or none, in an order that cannot deadlock, -w covering
+    /// the whole set. The command inherits the lock: it stays held until the command ends,
+    /// even if vfslockctl itself is killed (unless -o). SIGINT, SIGTERM and SIGHUP are passed
+    /// on to the command. Exits with the command's status; 1 (or -E CODE) when a lock is held
+    /// or the wait timed out.
     Run(run::RunArgs),
     /// Show the daemon's version, identity, uptime, stores and counters.
     Status,

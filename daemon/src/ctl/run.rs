@@ -9,12 +9,21 @@
 //!
 //! Decisions the flock(1) model leaves open:
 //! - `-n` and `-w` exclude each other (a usage error) rather than the last one winning.
-//! - The command may follow TARGET directly or after `--`.
+//! - Several targets are taken together, all or none (`Client::lock_all`: in the daemon's key
+//!   order, one wait timeout for the set, and what was taken released when one cannot be).
+//!   With several targets `--` is required: everything before the first `--` is a target. A
+//!   single target may still be followed directly by its command; a command that itself
+//!   contains `--` then needs a `--` right after the target.
 //! - If the lease is lost while the command runs (lock file stolen or broken, renewal failed
 //!   until its deadline, daemon stopped), a warning goes to stderr and the command gets
 //!   SIGTERM (`--on-loss SIGNAL` chooses another signal, `--on-loss none` lets it run on);
-//!   `run` still exits with the command's status. The command finds its fencing token in
-//!   `$VFSLOCK_TOKEN`, to hand to whatever the lock protects.
+//!   `run` still exits with the command's status. With several targets, a lease lost on any
+//!   one of them counts for the whole set. The command finds its fencing token in
+//!   `$VFSLOCK_TOKEN` (one target), to hand to whatever the lock protects; for every target,
+//!   also in `$VFSLOCK_TOKEN_<i>` with `$VFSLOCK_TARGET_<i>` (i from 1, in the order given)
+//!   and `$VFSLOCK_TARGET_COUNT`.
+//! - `--max-hold D` ends the lease after D even while the command runs: the daemon releases
+//!   the lock and the command gets the `--on-loss` signal, as for any other loss.
 //! - A release that fails after the command ended is reported on stderr but does not change
 //!   the exit status: the daemon frees the lock anyway when this process exits and closes the
 //!   connection.
@@ -36,6 +45,11 @@ pub(super) const TARGET_ENV: &str = "VFSLOCK_TARGET";
 /// Environment variable carrying the holding's fencing token, for the command.
 #[cfg(unix)]
 pub(super) const TOKEN_ENV: &str = "VFSLOCK_TOKEN";
+
+/// Environment variable with the number of targets; `VFSLOCK_TARGET_<i>` and
+/// `VFSLOCK_TOKEN_<i>` name each, from 1, in the order given.
+#[cfg(unix)]
+pub(super) const COUNT_ENV: &str = "VFSLOCK_TARGET_COUNT";
 
 /// What to do to the command when the lease is lost while it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,22 +125,60 @@ pub(super) struct RunArgs {
     /// Owner id written into the lock file.
     #[arg(long, value_name = "ID")]
     owner: Option<String>,
+    /// End the lease after DURATION even while the command runs (the command then gets the
+    /// --on-loss signal). Default: the daemon's max-hold, if it has one.
+    #[arg(long = "max-hold", value_name = "DURATION", value_parser = duration::parse)]
+    max_hold: Option<Duration>,
     #[command(flatten)]
     mode: super::mode::ModeArgs,
-    /// The file to lock: an absolute path, file:///path or mem:///path.
-    target: String,
-    /// The command to run while holding the lock, and its arguments.
+    /// TARGET [TARGET.. --] CMD [ARGS..]: the files to lock (an absolute path, file:///path,
+    /// mem:///path, s3://bucket/key, ...), then the command to run while holding them. With
+    /// several targets, `--` ends them.
     #[arg(
-        value_name = "CMD",
+        value_name = "TARGET",
         required = true,
+        num_args = 2..,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    command: Vec<OsString>,
+    words: Vec<OsString>,
 }
 
-/// Takes the lock, runs the command holding it, releases it, and returns the command's status.
+impl RunArgs {
+    /// The targets and the command: everything before the first `--` after the first word
+    /// is a target; without one, the first word is the only target.
+    fn split(&self) -> Result<(Vec<String>, &[OsString]), Failure> {
+        let split_at = self.words.iter().skip(1).position(|w| w == "--");
+        let (targets, command) = match split_at {
+            Some(at) => (&self.words[..=at], &self.words[at + 2..]),
+            None => (&self.words[..1], &self.words[1..]),
+        };
+        if command.is_empty() {
+            return Err(Failure::new(
+                super::EXIT_USAGE,
+                "no command to run: give one after the target(s), e.g. `vfslockctl run /srv/a \
+                 /srv/b -- ./job.sh`",
+            ));
+        }
+        let targets = targets
+            .iter()
+            .map(|t| {
+                t.to_str().map(str::to_owned).ok_or_else(|| {
+                    Failure::new(
+                        super::EXIT_USAGE,
+                        format!("the target {} is not UTF-8", t.to_string_lossy()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((targets, command))
+    }
+}
+
+/// Takes the lock (every lock, for several targets), runs the command holding it, releases
+/// it, and returns the command's status.
 pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
+    let (targets, command) = args.split()?;
     let client = Client::connect(socket).await?;
     let mut options = LockOptions::default();
     if let Some(ttl) = args.ttl {
@@ -135,42 +187,54 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
     if let Some(owner) = &args.owner {
         options = options.owner_id(owner.clone());
     }
+    if let Some(max_hold) = args.max_hold {
+        options = options.max_hold(max_hold);
+    }
     options = match args.mode.mode() {
         vfslock::LockMode::Exclusive => options,
         vfslock::LockMode::Shared => options.shared(),
         vfslock::LockMode::Slots(n) => options.slots(n),
     };
-    let mut lock = client.new_lock(args.target.clone(), options);
-    let acquired = match args.timeout {
-        _ if args.nonblock => lock.acquire().await,
-        Some(timeout) if timeout.is_zero() => lock.acquire().await,
-        Some(timeout) => lock.acquire_timeout(timeout).await,
-        None => lock.acquire_wait().await,
+    options = match args.timeout {
+        _ if args.nonblock => options,
+        Some(timeout) if timeout.is_zero() => options,
+        Some(timeout) => options.wait_timeout(timeout),
+        None => options.wait_forever(),
     };
-    if let Err(e) = acquired {
-        return Err(conflict(e, &args));
-    }
-    let outcome = platform::run_child(&client, &mut lock, &args).await;
-    match lock.release().await {
+    let mut set = match client.lock_all(targets.iter().cloned(), options).await {
+        Ok(set) => set,
+        Err(e) => return Err(conflict(e, &args, targets.len())),
+    };
+    let outcome = platform::run_child(&client, &set, &targets, command, &args).await;
+    match set.release().await {
         Ok(()) => {}
         // Already reported while the command ran.
-        Err(e) if e.kind() == ErrorKind::LeaseLost => {}
+        Err(e) if e.is_lease_lost() => {}
         Err(e) => eprintln!(
             "vfslockctl: could not release the lock on {}: {e} (vfslockd releases it when \
              vfslockctl exits)",
-            args.target
+            targets.join(", ")
         ),
     }
     outcome
 }
 
 /// Turns a lost race for the lock into the conflict exit code; other errors keep theirs.
-fn conflict(e: vfslock::Error, args: &RunArgs) -> Failure {
+fn conflict(e: vfslock::Error, args: &RunArgs, targets: usize) -> Failure {
     match e.kind() {
         // The daemon's messages already name `vfslockctl show`.
         ErrorKind::AlreadyHeld | ErrorKind::Timeout | ErrorKind::ModeConflict => {
             Failure::new(args.conflict_exit_code, e.message())
         }
+        ErrorKind::InvalidTarget if targets > 1 => Failure::new(
+            super::EXIT_USAGE,
+            format!(
+                "{} (with several targets, every word before the first `--` is a target; to \
+                 run a command that contains `--` under one target, write `vfslockctl run \
+                 TARGET -- CMD..`)",
+                e.message()
+            ),
+        ),
         _ => e.into(),
     }
 }
@@ -180,11 +244,13 @@ mod platform {
     use std::os::unix::process::ExitStatusExt as _;
     use std::process::ExitStatus;
 
+    use std::ffi::OsString;
+
     use tokio::process::{Child, Command};
     use tokio::signal::unix::{signal, Signal, SignalKind};
-    use vfslock::{Client, Lock};
+    use vfslock::{Client, LockSet};
 
-    use super::{OnLoss, RunArgs, TARGET_ENV, TOKEN_ENV};
+    use super::{OnLoss, RunArgs, COUNT_ENV, TARGET_ENV, TOKEN_ENV};
     use crate::ctl::{Failure, EXIT_SOFTWARE};
 
     /// Shell conventions (POSIX `sh`, `env(1)`) for a command that could not be started.
@@ -198,10 +264,12 @@ mod platform {
         (SignalKind::hangup(), libc::SIGHUP),
     ];
 
-    /// Runs the command while `lock` is held and returns its exit status as our exit code.
+    /// Runs the command while `set` is held and returns its exit status as our exit code.
     pub(super) async fn run_child(
         client: &Client,
-        lock: &mut Lock,
+        set: &LockSet,
+        targets: &[String],
+        command_words: &[OsString],
         args: &RunArgs,
     ) -> Result<u8, Failure> {
         // Installed before the child exists, so a signal sent as soon as it runs is not lost
@@ -212,11 +280,22 @@ mod platform {
                 .map_err(|e| Failure::software(format!("cannot handle signals: {e}")))?;
             signals.push((stream, number));
         }
-        let (program, rest) = args.command.split_first().expect("clap requires CMD");
+        let (program, rest) = command_words.split_first().expect("split checked CMD");
         let mut command = Command::new(program);
-        command.args(rest).env(TARGET_ENV, &args.target);
-        if let Some(token) = lock.token() {
-            command.env(TOKEN_ENV, token.to_string());
+        command.args(rest);
+        let token_of = |target: &str| set.get(target).and_then(|lock| lock.token());
+        if let [target] = targets {
+            command.env(TARGET_ENV, target);
+            if let Some(token) = token_of(target) {
+                command.env(TOKEN_ENV, token.to_string());
+            }
+        }
+        command.env(COUNT_ENV, targets.len().to_string());
+        for (i, target) in targets.iter().enumerate() {
+            command.env(format!("{TARGET_ENV}_{}", i + 1), target);
+            if let Some(token) = token_of(target) {
+                command.env(format!("{TOKEN_ENV}_{}", i + 1), token.to_string());
+            }
         }
         if !args.close {
             let fd = client.as_raw_fd();
@@ -238,7 +317,11 @@ mod platform {
                 format!("cannot run `{}`: {e}", program.to_string_lossy()),
             )
         })?;
-        let status = supervise(&mut child, lock, &mut signals, &args.target, args.on_loss)
+        let what = match targets {
+            [target] => format!("the lock on {target}"),
+            _ => format!("a lock of the set ({})", targets.join(", ")),
+        };
+        let status = supervise(&mut child, set, &mut signals, &what, args.on_loss)
             .await
             .map_err(|e| Failure::software(format!("cannot wait for the command: {e}")))?;
         Ok(exit_code(status))
@@ -248,9 +331,9 @@ mod platform {
     /// meanwhile, warns once and sends the child the `--on-loss` signal.
     async fn supervise(
         child: &mut Child,
-        lock: &mut Lock,
+        set: &LockSet,
         signals: &mut [(Signal, libc::c_int)],
-        target: &str,
+        what: &str,
         on_loss: OnLoss,
     ) -> std::io::Result<ExitStatus> {
         // The pid cannot be reused before `wait` below reaps the child, so signalling it from
@@ -266,20 +349,19 @@ mod platform {
                 _ = int.recv() => *int_no,
                 _ = term.recv() => *term_no,
                 _ = hup.recv() => *hup_no,
-                reason = lock.lost(), if !lost_reported => {
+                reason = set.lost(), if !lost_reported => {
                     lost_reported = true;
                     match on_loss {
                         OnLoss::Nothing => {
                             eprintln!(
-                                "vfslockctl: lost the lock on {target} while the command runs: \
-                                 {reason}"
+                                "vfslockctl: lost {what} while the command runs: {reason}"
                             );
                             continue;
                         }
                         OnLoss::Signal(number) => {
                             eprintln!(
-                                "vfslockctl: lost the lock on {target} while the command runs: \
-                                 {reason}; sending it signal {number}"
+                                "vfslockctl: lost {what} while the command runs: {reason}; \
+                                 sending it signal {number}"
                             );
                             number
                         }
@@ -314,7 +396,9 @@ mod platform {
 
 #[cfg(not(unix))]
 mod platform {
-    use vfslock::{Client, Lock};
+    use std::ffi::OsString;
+
+    use vfslock::{Client, LockSet};
 
     use super::RunArgs;
     use crate::ctl::Failure;
@@ -322,7 +406,9 @@ mod platform {
     /// Handing the connection to a child and forwarding signals are Unix mechanisms.
     pub(super) async fn run_child(
         _client: &Client,
-        _lock: &mut Lock,
+        _set: &LockSet,
+        _targets: &[String],
+        _command: &[OsString],
         _args: &RunArgs,
     ) -> Result<u8, Failure> {
         Err(Failure::software(

@@ -56,7 +56,7 @@ impl LockActor {
         session: Arc<SessionLink>,
         id: RequestId,
         request: AcquireRequest,
-        mode: LockMode,
+        (mode, max_hold): (LockMode, Option<Duration>),
     ) {
         let ttl = request.ttl.unwrap_or(self.ctx.settings.locks.default_ttl);
         if request.detached && ttl.is_zero() {
@@ -71,6 +71,7 @@ impl LockActor {
             request,
             ttl,
             mode,
+            max_hold,
             expiry: None,
         };
         // Queued waiters go first: a newcomer must not overtake them when a foreign holder

@@ -44,6 +44,8 @@ pub enum LockMessage {
         request: AcquireRequest,
         /// How the lock is to be held.
         mode: LockMode,
+        /// The longest it may be held (the request's, or the daemon's cap); `None`: no limit.
+        max_hold: Option<Duration>,
     },
     /// Request: release the lock `lock_id` if `session` holds it.
     Release {
@@ -154,6 +156,14 @@ pub enum LockMessage {
     IdleCheck,
     /// Timer: retry deleting a lock file of ours whose delete failed.
     RetryDelete,
+    /// Timer: the holding of `session_id`'s acquire `acquire_id` has been held for its
+    /// max-hold.
+    HoldExpired {
+        /// The holder's session.
+        session_id: u64,
+        /// The holder's acquire.
+        acquire_id: RequestId,
+    },
 }
 
 impl LockMessage {
@@ -171,6 +181,7 @@ impl LockMessage {
                 | LockMessage::StaleAnswerExpired { .. }
                 | LockMessage::IdleCheck
                 | LockMessage::RetryDelete
+                | LockMessage::HoldExpired { .. }
         )
     }
 
@@ -257,8 +268,9 @@ impl LockActor {
                 id,
                 request,
                 mode,
+                max_hold,
             } => {
-                self.on_acquire(&myself, state, session, id, request, mode)
+                self.on_acquire(&myself, state, session, id, request, (mode, max_hold))
                     .await
             }
             LockMessage::Release {
@@ -387,6 +399,13 @@ impl LockActor {
                 }
             }
             LockMessage::RetryDelete => self.retry_delete(&myself, state).await,
+            LockMessage::HoldExpired {
+                session_id,
+                acquire_id,
+            } => {
+                self.hold_expired(&myself, state, session_id, acquire_id)
+                    .await
+            }
         }
         self.schedule_leftover(&myself, state);
         self.mark_waiting(state).await;

@@ -461,6 +461,7 @@ impl LockActor {
             since: Instant::now(),
             ttl: waiter.ttl,
             owner_id: entry.owner_id.clone(),
+            max_hold: Self::max_hold_timer(myself, &waiter),
         };
         let grant = self.joint_grant(state, &entry, member.lock_id.clone(), valid_until, stole);
         must(state.phase.hold_joint(JointHolding {
@@ -563,6 +564,7 @@ impl LockActor {
             since: Instant::now(),
             ttl: waiter.ttl,
             owner_id: waiter.request.owner_id.clone().filter(|o| !o.is_empty()),
+            max_hold: Self::max_hold_timer(myself, &waiter),
         });
         let must_write = joint.wanted_count() != joint.entry.count
             || joint.wanted_ttl() != joint.entry.ttl && !joint.entry.ttl.is_zero();

@@ -74,6 +74,7 @@ impl LockActor {
         }
         // Held and counted before the holder hears: what it then asks (`status`) agrees.
         let (session, acquire_id) = (waiter.session.clone(), waiter.acquire_id);
+        let max_hold = Self::max_hold_timer(myself, &waiter);
         must(state.phase.hold(Holding {
             session: waiter.session,
             acquire_id: waiter.acquire_id,
@@ -82,6 +83,7 @@ impl LockActor {
             since: Instant::now(),
             valid_until,
             renewal: Renewal::first(RENEW_RETRY_MIN),
+            max_hold,
         }));
         self.tally.held(1);
         session.reply(acquire_id, Ok(Response::Granted(grant)));
@@ -118,7 +120,7 @@ impl LockActor {
         outcome
     }
 
-    async fn end_holding(
+    pub(super) async fn end_holding(
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,

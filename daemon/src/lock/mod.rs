@@ -14,6 +14,7 @@
 //! | [`lease`]      | grant, renew, lose, release                                              |
 //! | [`joint`]      | shared locks and semaphores: modes, conflicts, adding our entry, joining |
 //! | [`joint_lease`]| our entry once taken: rewrites, renewal, leaving, loss, shutdown         |
+//! | [`max_hold`]   | the cap on how long a lease may be held, and its end                     |
 //! | [`handoff`]    | fairness between this daemon's waiters and other hosts', waiting marks   |
 //! | [`detached`]   | detached leases, and an admin's break                                    |
 //! | [`cleanup`]    | retried deletes, closed connections, idle retirement, shutdown, recovery |
@@ -33,6 +34,7 @@ pub mod joint;
 pub mod joint_lease;
 pub mod lease;
 pub mod lifecycle;
+pub mod max_hold;
 pub mod registry;
 pub mod replies;
 pub mod state;

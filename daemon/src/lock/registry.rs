@@ -112,7 +112,7 @@ impl Registry {
         loop {
             message = match self.send_existing(key, message) {
                 Ok(()) => return Ok(()),
-                Err(back) => back,
+                Err(back) => *back,
             };
             let (actor, tally) = self.spawn(address).await.map_err(|e| RouteError {
                 target: address.url(),
@@ -136,15 +136,17 @@ impl Registry {
         }
     }
 
-    /// Sends `message` to the live actor of `key`; gives it back when there is none.
+    /// Sends `message` to the live actor of `key`; gives it back when there is none (boxed:
+    /// only the first message to a target comes back, and the actor it then starts costs far
+    /// more than the box).
     ///
     /// A request is recorded as open at the actor before it is sent. If the actor has just
     /// failed, the send fails (or the message dies in its mailbox): the request stays recorded
     /// at the failed actor, and its successor answers it ([`LockMessage::Recover`]).
-    pub fn send_existing(&self, key: &str, message: LockMessage) -> Result<(), LockMessage> {
+    pub fn send_existing(&self, key: &str, message: LockMessage) -> Result<(), Box<LockMessage>> {
         let mut entries = self.entries.lock().expect("registry lock");
         let Some(entry) = entries.get_mut(key) else {
-            return Err(message);
+            return Err(Box::new(message));
         };
         if let Some((session, id)) = message.request() {
             session.routed(id, entry.actor.get_id());

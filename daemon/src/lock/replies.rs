@@ -152,6 +152,16 @@ pub fn not_renewed_in_time(url: &str) -> String {
     format!("the lease on {url} could not be renewed before its deadline")
 }
 
+/// Why a lease ended: it was held for its max-hold.
+pub fn max_hold_reached(url: &str, limit: Duration) -> String {
+    format!(
+        "the lease on {url} was held for its max-hold of {} (the acquire's max-hold, or \
+         vfslockd's locks.max-hold), so vfslockd released it; take the lock again if the work \
+         must go on, or ask for a longer max-hold",
+        crate::duration::format(limit)
+    )
+}
+
 /// Why a lease was lost: its lock file changed under it.
 pub fn replaced_by_someone_else(url: &str) -> String {
     format!("the lock file of {url} was replaced or removed by someone else")

@@ -151,6 +151,8 @@ pub struct Member {
     pub ttl: Duration,
     /// Its owner id, for `list`.
     pub owner_id: Option<String>,
+    /// The timer that ends it at its max-hold, stopped with it.
+    pub max_hold: Option<MaxHold>,
 }
 
 impl Member {
@@ -178,6 +180,18 @@ pub struct Holding {
     pub valid_until: Option<Instant>,
     /// The next renewal, stopped with the holding.
     pub renewal: Renewal,
+    /// The timer that ends the holding at its max-hold, stopped with it.
+    pub max_hold: Option<MaxHold>,
+}
+
+/// A holding's max-hold: how long it may be held, and the timer that ends it then
+/// ([`LockMessage::HoldExpired`](super::actor::LockMessage::HoldExpired)).
+#[derive(Debug)]
+pub struct MaxHold {
+    /// The max-hold the holding was granted with.
+    pub limit: Duration,
+    /// Stopped when the holding ends first.
+    pub timer: Timer,
 }
 
 impl Holding {
@@ -224,6 +238,8 @@ pub struct Waiter {
     pub ttl: Duration,
     /// How the lock is to be held.
     pub mode: LockMode,
+    /// The longest it may be held once granted (the request's, or the daemon's cap).
+    pub max_hold: Option<Duration>,
     /// The timer that ends the wait at its timeout, stopped with the waiter.
     pub expiry: Option<Timer>,
 }

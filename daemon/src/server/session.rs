@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -212,6 +213,48 @@ fn refusal(caller: &Caller, address: &Address, denied: crate::access::Denied) ->
 /// Room made in the read buffer before each read: frames are a few hundred bytes.
 const READ_ROOM: usize = 1024;
 
+/// The max-hold an acquire gets: the one it asked for, at most `cap` (the daemon's
+/// `locks.max-hold`), else `cap`. Detached leases have none: nothing renews them, so a hung
+/// job cannot keep one beyond its TTL.
+fn judge_max_hold(
+    request: &AcquireRequest,
+    asked: Option<Duration>,
+    cap: Option<Duration>,
+) -> Result<Option<Duration>, WireError> {
+    let fail = |kind, message: String| Err(WireError::new(kind, message));
+    match asked {
+        _ if request.detached && asked.is_some() => fail(
+            ErrorKind::Unsupported,
+            format!(
+                "{}: a detached lease has no max-hold: nothing renews it, so it lasts its TTL; \
+                 give it a shorter TTL instead",
+                request.target
+            ),
+        ),
+        _ if request.detached => Ok(None),
+        Some(asked) if asked.is_zero() => fail(
+            ErrorKind::InvalidTarget,
+            format!("{}: a max-hold must be above zero", request.target),
+        ),
+        Some(asked) => match cap {
+            Some(cap) if asked > cap => {
+                let cap = crate::duration::format(cap);
+                fail(
+                    ErrorKind::LimitExceeded,
+                    format!(
+                        "{}: a max-hold of {} is above this vfslockd's cap of {cap} \
+                         (locks.max-hold): ask for {cap} or less",
+                        request.target,
+                        crate::duration::format(asked),
+                    ),
+                )
+            }
+            _ => Ok(Some(asked)),
+        },
+        None => Ok(cap),
+    }
+}
+
 fn protocol_error(message: impl Into<String>) -> ServerFrame {
     ServerFrame::Response {
         id: 0,
@@ -391,14 +434,20 @@ impl Session {
         }
     }
 
-    /// An acquire in `mode`: refused while shutting down, or over a limit; else routed.
+    /// An acquire in `mode`, held for at most `max_hold` (else the daemon's cap): refused
+    /// while shutting down, over a limit, or above the cap; else routed.
     async fn acquire(
         &mut self,
         id: RequestId,
         session: Arc<SessionLink>,
         request: AcquireRequest,
         mode: LockMode,
+        max_hold: Option<Duration>,
     ) {
+        let max_hold = match judge_max_hold(&request, max_hold, self.ctx.settings.locks.max_hold) {
+            Ok(max_hold) => max_hold,
+            Err(e) => return self.reply(id, Err(e)),
+        };
         if self.ctx.is_shutting_down() {
             return self.reply(
                 id,
@@ -442,6 +491,7 @@ impl Session {
                     id,
                     request,
                     mode,
+                    max_hold,
                 };
                 self.route(id, &address, message).await;
             }
@@ -473,10 +523,28 @@ impl Session {
         let session = self.link.clone();
         match request {
             Request::Acquire(request) => {
-                self.acquire(id, session, request, LockMode::Exclusive)
+                self.acquire(id, session, request, LockMode::Exclusive, None)
                     .await
             }
-            Request::AcquireIn { request, mode } => self.acquire(id, session, request, mode).await,
+            Request::AcquireIn { request, mode } => {
+                self.acquire(id, session, request, mode, None).await
+            }
+            Request::AcquireBounded {
+                request,
+                mode,
+                max_hold,
+            } => self.acquire(id, session, request, mode, max_hold).await,
+            Request::Resolve { targets } => {
+                let mut keys = Vec::with_capacity(targets.len());
+                for target in &targets {
+                    let key = self
+                        .locate(target, Some(Need::Create))
+                        .await
+                        .map(|address| address.key().to_owned());
+                    keys.push(key);
+                }
+                self.reply(id, Ok(Response::Resolved(keys)));
+            }
             Request::Cancel { target, acquire_id } => match self.locate(&target, None).await {
                 Ok(address) => {
                     let message = LockMessage::Cancel {
@@ -592,5 +660,66 @@ impl Session {
             // A target whose actor has retired holds nothing of ours.
             let _ = self.registry.send_existing(&key, message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vfslock_proto::{AcquireRequest, ErrorKind, WaitMode};
+
+    use super::judge_max_hold;
+
+    fn request(detached: bool) -> AcquireRequest {
+        AcquireRequest {
+            target: "mem:///job".into(),
+            ttl: Some(Duration::from_secs(30)),
+            owner_id: None,
+            wait: WaitMode::Try,
+            ask_on_stale: false,
+            detached,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn an_acquire_gets_its_own_max_hold_within_the_cap_else_the_cap() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(judge_max_hold(&request(false), None, None), Ok(None));
+        assert_eq!(
+            judge_max_hold(&request(false), None, Some(HOUR)),
+            Ok(Some(HOUR))
+        );
+        assert_eq!(
+            judge_max_hold(&request(false), Some(minute), Some(HOUR)),
+            Ok(Some(minute))
+        );
+        assert_eq!(
+            judge_max_hold(&request(false), Some(HOUR * 5), None),
+            Ok(Some(HOUR * 5))
+        );
+    }
+
+    #[test]
+    fn more_than_the_cap_is_refused_naming_it() {
+        let refused = judge_max_hold(&request(false), Some(HOUR * 2), Some(HOUR)).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::LimitExceeded);
+        assert!(refused.message.contains("cap of 1h"), "{}", refused.message);
+        assert!(
+            refused.message.contains("locks.max-hold"),
+            "{}",
+            refused.message
+        );
+        let zero = judge_max_hold(&request(false), Some(Duration::ZERO), None).unwrap_err();
+        assert!(zero.message.contains("above zero"), "{}", zero.message);
+    }
+
+    #[test]
+    fn detached_leases_are_not_capped_and_may_not_ask_for_a_max_hold() {
+        assert_eq!(judge_max_hold(&request(true), None, Some(HOUR)), Ok(None));
+        let refused = judge_max_hold(&request(true), Some(HOUR), None).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Unsupported);
     }
 }

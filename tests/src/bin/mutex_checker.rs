@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! mutex_checker run [--store file|s3|gcs|azblob|sftp] [--faults RATE]
-//!                   [--mode exclusive|mixed|slots:N] [--shared-share P]
+//!                   [--mode exclusive|mixed|slots:N|set] [--shared-share P]
 //!                   [--daemons N] [--clients M] [--targets K] [--duration SECS]
 //!                   [--hold-ms MS] [--kill-every-ms MS] [--kill-holder-percent P]
 //!                   [--ttl SECS] [--dir DIR]
@@ -17,7 +17,7 @@
 //!                     [--calm-ms MS]
 //! mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
 //!                      --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
-//!                      [--mode exclusive|mixed|slots:N] [--shared-share P]
+//!                      [--mode exclusive|mixed|slots:N|set] [--shared-share P]
 //! ```
 //!
 //! `run` (the coordinator) starts N `vfslockd`s, a guarded resource that rejects writes with
@@ -34,7 +34,10 @@
 //! `--mode` (both) chooses the lock modes ([`modes`]): `exclusive` (the default), `mixed`
 //! (each acquisition shared with probability `--shared-share`, 0.7 by default, else
 //! exclusive: no exclusive section may overlap any other, shared ones overlap freely) or
-//! `slots:N` (a semaphore: never more than N sections of a target at once).
+//! `slots:N` (a semaphore: never more than N sections of a target at once) or `set` (each
+//! acquisition takes two of the targets at once with `Client::lock_all`, drawn in a random
+//! order; 3 targets unless `--targets` says otherwise: no two sections of a target overlap,
+//! and no `lock_all` wait times out, which a deadlock between sets would make them do).
 
 #[path = "mutex_checker/analysis.rs"]
 mod analysis;
@@ -64,7 +67,7 @@ use worker::WorkerArgs;
 
 const USAGE: &str = "usage:
   mutex_checker run [--store file|s3|gcs|azblob|sftp] [--faults RATE]
-                    [--mode exclusive|mixed|slots:N] [--shared-share P]
+                    [--mode exclusive|mixed|slots:N|set] [--shared-share P]
                     [--daemons N] [--clients M] [--targets K] [--duration SECS] [--hold-ms MS]
                     [--kill-every-ms MS] [--kill-holder-percent P] [--ttl SECS] [--dir DIR]
                     [--pause-daemon-every-ms MS --pause-daemon-ms MS] [--keep] [--mem]
@@ -73,7 +76,7 @@ const USAGE: &str = "usage:
   mutex_checker chaos [the options of run]
   mutex_checker worker --socket S --resource R --data DIR [--base URL] --targets K
                        --hold-ms MS --ttl SECS --log FILE --id NAME [--mem] [--tokenless]
-                       [--mode exclusive|mixed|slots:N] [--shared-share P]
+                       [--mode exclusive|mixed|slots:N|set] [--shared-share P]
 
   Defaults: 3 daemons, 3 clients per daemon, 2 targets, 6 s, hold 2 ms, a SIGKILL every 400 ms
   (50% of them aimed at the holder of a random target), ttl 5 s.
@@ -256,7 +259,10 @@ fn run_args(flags: &Flags, chaos: bool) -> Result<RunArgs, String> {
     Ok(RunArgs {
         daemons: flags.get("daemons")?.unwrap_or(defaults.daemons),
         clients: flags.get("clients")?.unwrap_or(defaults.clients),
-        targets: flags.get("targets")?.unwrap_or(defaults.targets),
+        // A set run takes two of three targets, so that sets always meet.
+        targets: flags
+            .get("targets")?
+            .unwrap_or(if mode.is_set() { 3 } else { defaults.targets }),
         duration: match flags.get::<f64>("duration")? {
             Some(secs) => seconds(secs, "duration")?,
             None => defaults.duration,
@@ -331,6 +337,10 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
     if targets == 0 {
         return Err("--targets must be at least 1".into());
     }
+    let mode = mode_of(flags)?;
+    if mode.is_set() && targets < 2 {
+        return Err("--mode set takes two targets at once: --targets must be at least 2".into());
+    }
     Ok(WorkerArgs {
         socket: flags.require("socket")?,
         resource: flags.require("resource")?,
@@ -343,7 +353,7 @@ fn worker_args(flags: &Flags) -> Result<WorkerArgs, String> {
         id: flags.require("id")?,
         mem: flags.has("mem"),
         tokenless: flags.has("tokenless"),
-        mode: mode_of(flags)?,
+        mode,
     })
 }
 
@@ -529,6 +539,12 @@ mod tests {
         );
         let args = run_args_of(&flags(&["--shared-share", "0.5", "--mode", "mixed"], &[])).unwrap();
         assert_eq!(args.mode, Mode::Mixed { shared_share: 0.5 });
+        let args = run_args_of(&flags(&["--mode", "set"], &[])).unwrap();
+        assert_eq!((args.mode, args.targets), (Mode::Set, 3));
+        let args = run_args(&flags(&["--mode", "set", "--store", "s3"], &[]), true).unwrap();
+        assert_eq!((args.mode, args.targets), (Mode::Set, 3));
+        let args = run_args_of(&flags(&["--mode", "set", "--targets", "4"], &[])).unwrap();
+        assert_eq!(args.targets, 4);
         let args = run_args(&flags(&["--mode", "mixed"], &[]), true).unwrap();
         assert!(args.chaos && matches!(args.mode, Mode::Mixed { .. }));
         for bad in [
@@ -536,6 +552,7 @@ mod tests {
             &["--mode", "shared"],
             &["--mode", "mixed", "--shared-share", "1.5"],
             &["--mode", "slots:2", "--shared-share", "0.5"],
+            &["--mode", "set", "--shared-share", "0.5"],
         ] {
             assert!(run_args_of(&flags(bad, &[])).is_err(), "{bad:?}");
         }

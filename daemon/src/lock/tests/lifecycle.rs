@@ -30,6 +30,7 @@ fn holding() -> Holding {
             timer: None,
             retry_delay: Duration::ZERO,
         },
+        max_hold: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn steal() -> PendingSteal {
             request: request("mem:///walk", WaitMode::Try),
             ttl: Duration::from_secs(30),
             mode: vfslock_proto::LockMode::Exclusive,
+            max_hold: None,
             expiry: None,
         },
         judged: Observed {

@@ -99,6 +99,18 @@ impl Daemon {
         request: AcquireRequest,
         mode: LockMode,
     ) {
+        self.acquire_bounded(session, id, request, mode, None).await
+    }
+
+    /// Sends an acquire in `mode` held for at most `max_hold`.
+    pub async fn acquire_bounded(
+        &self,
+        session: &Arc<SessionLink>,
+        id: RequestId,
+        request: AcquireRequest,
+        mode: LockMode,
+        max_hold: Option<Duration>,
+    ) {
         assert!(session.acquire_started(id, 1000).is_ok());
         let target = request.target.clone();
         let message = LockMessage::Acquire {
@@ -106,6 +118,7 @@ impl Daemon {
             id,
             request,
             mode,
+            max_hold,
         };
         self.send(&target, message).await
     }

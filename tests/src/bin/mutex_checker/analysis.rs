@@ -30,6 +30,13 @@
 //! - A lease loss is late if a section that conflicts with the lost one (either of them
 //!   exclusive) entered before the loss was heard; for slot sections, if a section entered
 //!   past the N while the lost one was still open.
+//!
+//! In a set run a worker holds several sections at once, one per target of its set (each
+//! exclusive, with its own target's token): an `enter` is malformed only if that process
+//! already has a section of the same target open. Every target is judged alone, as in an
+//! exclusive run. The run also counts the sets held (`set_taken` records), the waits that timed
+//! out, and the longest wait for a set (finished, or given up at the stop): a deadlock between
+//! sets would stall the run and show as timeouts, a long wait, and few sets.
 
 use std::collections::BTreeMap;
 
@@ -124,8 +131,19 @@ pub(crate) struct Analysis {
     /// a loss that `lost()` did not report. Not a violation by itself (the section ended at
     /// its exit record, and an overlap would show); reported for the record.
     pub(crate) release_losses: u64,
-    /// Enter records that arrived while the same process still had a section open.
+    /// Enter records that arrived while the same process still had a section open (in a set
+    /// run: a section of the same target).
     pub(crate) malformed: u64,
+    /// Whether this is a set run, where a wait that timed out is a violation: the worker's
+    /// timeout is generous, so it means the sets stalled (a deadlock).
+    pub(crate) sets: bool,
+    /// Sets held (set runs: `lock_all` returned).
+    pub(crate) set_sections: u64,
+    /// Acquires (or `lock_all`s) that failed with `Timeout`: their wait ran out.
+    pub(crate) wait_timeouts: u64,
+    /// The longest wait for a set, in nanoseconds: of a `lock_all` that returned, or of one
+    /// still waiting when its worker stopped.
+    pub(crate) longest_wait: u64,
     /// Descriptions of the first problems found.
     pub(crate) problems: Vec<String>,
     /// Problems found beyond [`MAX_PROBLEMS`].
@@ -140,6 +158,7 @@ impl Analysis {
             && self.equal_tokens == 0
             && self.lost_late == 0
             && self.missing_tokens == 0
+            && !(self.sets && self.wait_timeouts > 0)
     }
 
     fn problem(&mut self, description: String) {
@@ -176,16 +195,19 @@ fn describe(section: &Section, origin: u64) -> String {
 }
 
 /// The critical sections of every instance; `run_end` ends those that nothing ended.
+/// `several`: whether a process may hold sections of several targets at once (a set run).
 pub(crate) fn sections(
     instances: &[Instance],
     run_end: u64,
     analysis: &mut Analysis,
     origin: u64,
+    several: bool,
 ) -> Vec<Section> {
     let mut all = Vec::new();
     for instance in instances {
         let holder = format!("{}#{}", instance.client, instance.incarnation);
-        let mut open: Option<Section> = None;
+        // The sections open in this process: at most one, except in a set run.
+        let mut open: Vec<Section> = Vec::new();
         // The last closed section ended by an exit, and not yet released: a release that
         // fails with `LeaseLost` after it found a loss that `lost()` did not interrupt.
         let mut exited_unreleased = false;
@@ -198,7 +220,8 @@ pub(crate) fn sections(
                     mode,
                     ..
                 } => {
-                    if let Some(mut previous) = open.take() {
+                    let clashing = open.iter().position(|s| !several || s.target == *target);
+                    if let Some(mut previous) = clashing.map(|i| open.remove(i)) {
                         // The worker is sequential: this cannot happen unless its log is
                         // damaged. End the previous section here, and say so.
                         previous.end = *t;
@@ -210,7 +233,7 @@ pub(crate) fn sections(
                         all.push(previous);
                     }
                     exited_unreleased = false;
-                    open = Some(Section {
+                    open.push(Section {
                         target: *target,
                         holder: holder.clone(),
                         token: *token,
@@ -221,7 +244,8 @@ pub(crate) fn sections(
                     });
                 }
                 Record::Lost { t, target, .. } | Record::Exit { t, target } => {
-                    if let Some(mut section) = open.take_if(|s| s.target == *target) {
+                    let ending = open.iter().position(|s| s.target == *target);
+                    if let Some(mut section) = ending.map(|i| open.remove(i)) {
                         section.end = *t;
                         let lost = matches!(record, Record::Lost { .. });
                         section.ended_by = if lost { EndedBy::Lost } else { EndedBy::Exit };
@@ -230,6 +254,17 @@ pub(crate) fn sections(
                     }
                 }
                 Record::WriteSkipped { .. } => analysis.skipped_writes += 1,
+                Record::SetTaken { waited, .. } => {
+                    analysis.set_sections += 1;
+                    analysis.longest_wait = analysis.longest_wait.max(*waited);
+                }
+                Record::Stop {
+                    waiting: Some(waiting),
+                    ..
+                } => analysis.longest_wait = analysis.longest_wait.max(*waiting),
+                Record::AcquireError { kind, .. } if kind == "Timeout" => {
+                    analysis.wait_timeouts += 1
+                }
                 Record::Released { lease_lost, .. } => {
                     if *lease_lost && exited_unreleased {
                         analysis.release_losses += 1;
@@ -239,7 +274,7 @@ pub(crate) fn sections(
                 _ => {}
             }
         }
-        if let Some(mut section) = open {
+        for mut section in open {
             match instance.killed_at {
                 Some(killed) => {
                     section.end = killed;
@@ -273,9 +308,16 @@ pub(crate) fn analyze(
 ) -> Analysis {
     let mut analysis = Analysis {
         tokens_checked: tokens,
+        sets: mode.is_set(),
         ..Analysis::default()
     };
-    let all = sections(instances, run_end, &mut analysis, origin);
+    let all = sections(instances, run_end, &mut analysis, origin, mode.is_set());
+    if analysis.sets && analysis.wait_timeouts > 0 {
+        analysis.problem(format!(
+            "{} lock_all waits timed out: the sets stalled (a deadlock?)",
+            analysis.wait_timeouts
+        ));
+    }
     analysis.acquisitions = all.len() as u64;
     let mut by_target: BTreeMap<usize, Vec<Section>> = BTreeMap::new();
     for section in all {
@@ -553,6 +595,34 @@ mod tests {
                 target,
                 error: lease_lost.then(|| "lease lost".to_owned()),
                 lease_lost,
+            });
+            self
+        }
+
+        /// A set run's `lock_all` returned after waiting `waited` ms.
+        fn set(mut self, targets: &[usize], t: u64, waited: u64) -> Self {
+            self.instance.records.push(Record::SetTaken {
+                t: t * MS,
+                targets: targets.to_vec(),
+                waited: waited * MS,
+            });
+            self
+        }
+
+        fn timed_out(mut self, target: usize, t: u64) -> Self {
+            self.instance.records.push(Record::AcquireError {
+                t: t * MS,
+                target,
+                kind: "Timeout".into(),
+                message: "the wait ran out".into(),
+            });
+            self
+        }
+
+        fn stopped_waiting(mut self, t: u64, waiting: u64) -> Self {
+            self.instance.records.push(Record::Stop {
+                t: t * MS,
+                waiting: Some(waiting * MS),
             });
             self
         }
@@ -941,5 +1011,118 @@ mod tests {
         // Within the N, a loss heard while others hold is no matter.
         let analysis = run_in(Mode::Slots(2), &instances);
         assert_eq!((analysis.overlaps, analysis.lost_late), (0, 0));
+    }
+
+    #[test]
+    fn a_set_holds_a_section_per_target_and_sets_on_a_shared_target_take_turns() {
+        let instances = [
+            // t0 and t1, then t2 and t0.
+            Worker::new("a")
+                .set(&[1, 0], 10, 1)
+                .enter(0, 10, 1)
+                .enter(1, 10, 1)
+                .exit(0, 20)
+                .exit_only(1, 20)
+                .set(&[2, 0], 40, 5)
+                .enter(0, 40, 3)
+                .enter(2, 40, 2)
+                .killed(45)
+                .done(),
+            // t1 and t2 while a holds t0 and t1 would overlap on t1: b waits for a.
+            Worker::new("b")
+                .set(&[1, 2], 21, 11)
+                .enter(1, 21, 2)
+                .enter(2, 21, 1)
+                .lost(2, 30)
+                .exit(1, 30)
+                .stopped_waiting(90, 30)
+                .done(),
+        ];
+        let analysis = run_in(Mode::Set, &instances);
+        assert_eq!(analysis.set_sections, 3);
+        assert_eq!(analysis.acquisitions, 6);
+        assert_eq!(analysis.malformed, 0, "{:#?}", analysis.problems);
+        assert_eq!(analysis.overlaps, 0, "{:#?}", analysis.problems);
+        assert_eq!((analysis.order_violations, analysis.equal_tokens), (0, 0));
+        assert_eq!((analysis.killed_holding, analysis.lost_leases), (2, 1));
+        assert_eq!(analysis.max_concurrent, 1);
+        assert_eq!(analysis.wait_timeouts, 0);
+        // The wait b gave up at the stop was the longest.
+        assert_eq!(analysis.longest_wait, 30 * MS);
+        assert!(analysis.is_clean(), "{:#?}", analysis.problems);
+        assert!(analysis.problems.is_empty(), "{:#?}", analysis.problems);
+
+        // The same records outside a set run: a process with two sections open is malformed.
+        let analysis = run(&instances);
+        assert!(analysis.malformed > 0);
+    }
+
+    #[test]
+    fn sets_that_overlap_on_one_target_are_an_overlap_there_only() {
+        let instances = [
+            Worker::new("a")
+                .set(&[0, 1], 10, 0)
+                .enter(0, 10, 1)
+                .enter(1, 10, 1)
+                .exit(0, 30)
+                .exit_only(1, 30)
+                .done(),
+            // Shares t1 with a, at the same time, with a higher token.
+            Worker::new("b")
+                .set(&[2, 1], 20, 0)
+                .enter(1, 20, 2)
+                .enter(2, 20, 1)
+                .exit(1, 40)
+                .exit_only(2, 40)
+                .done(),
+        ];
+        let analysis = run_in(Mode::Set, &instances);
+        assert_eq!(analysis.overlaps, 1, "{:#?}", analysis.problems);
+        assert!(analysis.problems[0].starts_with("overlap: t1 a#0"));
+        assert_eq!(analysis.max_concurrent, 2);
+        assert_eq!(analysis.order_violations, 0);
+        assert!(!analysis.is_clean());
+    }
+
+    #[test]
+    fn a_set_token_must_rise_per_target() {
+        let instances = [
+            Worker::new("a")
+                .set(&[0, 1], 10, 0)
+                .enter(0, 10, 5)
+                .enter(1, 10, 1)
+                .exit(0, 20)
+                .exit_only(1, 20)
+                .done(),
+            // Tokens of different targets are unrelated (1 < 5), but t0's must rise.
+            Worker::new("b")
+                .set(&[1, 0], 30, 0)
+                .enter(0, 30, 4)
+                .enter(1, 30, 2)
+                .exit(0, 40)
+                .exit_only(1, 40)
+                .done(),
+        ];
+        let analysis = run_in(Mode::Set, &instances);
+        assert_eq!((analysis.order_violations, analysis.overlaps), (1, 0));
+        assert!(analysis.problems[0].contains("t0 b#0 token=4"));
+    }
+
+    #[test]
+    fn a_set_wait_that_timed_out_is_a_stall() {
+        let instances = [Worker::new("a")
+            .timed_out(0, 20_010)
+            .set(&[0, 2], 20_020, 3)
+            .enter(0, 20_020, 1)
+            .enter(2, 20_020, 1)
+            .exit(0, 20_030)
+            .exit_only(2, 20_030)
+            .done()];
+        let analysis = run_in(Mode::Set, &instances);
+        assert_eq!(analysis.wait_timeouts, 1);
+        assert!(!analysis.is_clean());
+        assert!(analysis.problems[0].contains("timed out"));
+        // Elsewhere a timeout is counted, not a violation.
+        assert!(run(&instances[..1]).is_clean());
     }
 }

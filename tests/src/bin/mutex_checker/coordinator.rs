@@ -887,9 +887,12 @@ fn run(args: RunArgs) -> Result<bool, String> {
     if !args.mode.is_exclusive() && !args.store.has_tokens() {
         return Err(format!(
             "--mode {}: shared locks and semaphores need a store with compare-and-swap, and \
-             SFTP has none",
+             SFTP has none (set runs are checked with fencing tokens, which SFTP has not either)",
             args.mode
         ));
+    }
+    if args.mode.is_set() && args.targets < 2 {
+        return Err("--mode set takes two targets at once: --targets must be at least 2".into());
     }
     if args.mem && args.store != StoreKind::File {
         return Err("--mem locks mem:// targets: it does not go with --store".into());
@@ -1243,8 +1246,9 @@ impl Report<'_> {
             + &self.mode_columns()
     }
 
-    /// What a mixed or semaphore run adds: its mode, how often shared sections overlapped
-    /// (mixed), the most sections of a target open at once, and the guarded reads refused.
+    /// What a mixed, semaphore or set run adds: its mode, how often shared sections
+    /// overlapped (mixed), how many sets were held, how many of their waits timed out and the
+    /// longest wait, finished or given up at the stop (set), the most sections of a target open at once, and the guarded reads refused.
     /// An exclusive run adds nothing: its line stays as it always was.
     fn mode_columns(&self) -> String {
         let a = self.analysis;
@@ -1255,6 +1259,12 @@ impl Report<'_> {
                 a.shared_sections, a.shared_overlaps
             ),
             Mode::Slots(_) => String::new(),
+            Mode::Set => format!(
+                " set_sections={} wait_timeouts={} longest_wait_ms={}",
+                a.set_sections,
+                a.wait_timeouts,
+                a.longest_wait / 1_000_000
+            ),
         };
         format!(
             " mode={}{shared} max_concurrent={} rejected_reads={}",
@@ -1502,6 +1512,49 @@ mod tests {
         assert!(report
             .summary()
             .ends_with(" orphans=0 store=file mode=slots:3 max_concurrent=5 rejected_reads=1"));
+        assert!(!report.passes());
+    }
+
+    #[test]
+    fn a_set_summary_says_how_many_sets_ran_and_whether_they_stalled() {
+        let analysis = Analysis {
+            acquisitions: 800,
+            set_sections: 400,
+            longest_wait: 1_500_000_000,
+            max_concurrent: 1,
+            sets: true,
+            ..Analysis::default()
+        };
+        let stats = ResourceStats::default();
+        let set = RunArgs {
+            mode: Mode::Set,
+            targets: 3,
+            ..RunArgs::default()
+        };
+        let report = Report {
+            args: &set,
+            analysis: &analysis,
+            stats: &stats,
+            kills: 3,
+            orphans: 0,
+            injected: None,
+            daemon_kills: 0,
+            partition: None,
+        };
+        assert!(report.summary().ends_with(
+            " store=file mode=set set_sections=400 wait_timeouts=0 longest_wait_ms=1500 \
+             max_concurrent=1 rejected_reads=0"
+        ));
+        assert!(report.passes());
+        let stalled = Analysis {
+            wait_timeouts: 2,
+            ..analysis.clone()
+        };
+        let report = Report {
+            analysis: &stalled,
+            ..report
+        };
+        assert!(report.summary().contains(" wait_timeouts=2 "));
         assert!(!report.passes());
     }
 

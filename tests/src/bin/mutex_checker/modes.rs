@@ -6,6 +6,12 @@
 //! holders of a semaphore must ask for the same N). The worker draws each acquisition's mode
 //! and records it in its `enter` record, so that the analysis judges every section by how it
 //! was really held, not by what the run was meant to do.
+//!
+//! A set run (`set`) takes two targets at once, all or nothing (`Client::lock_all`): each
+//! iteration picks two distinct targets in a random order, and records one exclusive section
+//! per target, each with its own target's token. The analysis judges every target alone, as
+//! in an exclusive run; what the mode adds is the check that taking overlapping sets in
+//! different orders neither breaks exclusion nor deadlocks (the waits end, none times out).
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,6 +35,8 @@ pub(crate) enum Mode {
     },
     /// Every acquisition takes one of this many slots (at least 1).
     Slots(u32),
+    /// Every acquisition takes two distinct targets at once, exclusive, with `lock_all`.
+    Set,
 }
 
 impl Mode {
@@ -44,6 +52,7 @@ impl Mode {
             Mode::Mixed { shared_share } if (draw as f64) < shared_share * 1000.0 => Held::Shared,
             Mode::Mixed { .. } => Held::Exclusive,
             Mode::Slots(_) => Held::Slot,
+            Mode::Set => Held::Exclusive,
         }
     }
 
@@ -56,6 +65,11 @@ impl Mode {
             // A slot outside a semaphore run is never drawn (see `pick`).
             (Held::Slot, _) => base.slots(1),
         }
+    }
+
+    /// Whether each acquisition takes several targets at once (`lock_all`).
+    pub(crate) fn is_set(self) -> bool {
+        self == Mode::Set
     }
 
     /// How many sections may be open at once on one target, if the mode bounds them apart
@@ -76,6 +90,7 @@ impl fmt::Display for Mode {
             Mode::Exclusive => f.write_str("exclusive"),
             Mode::Mixed { .. } => f.write_str("mixed"),
             Mode::Slots(n) => write!(f, "slots:{n}"),
+            Mode::Set => f.write_str("set"),
         }
     }
 }
@@ -83,17 +98,18 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = String;
 
-    /// `exclusive`, `mixed` (with the default share) or `slots:N`.
+    /// `exclusive`, `mixed` (with the default share), `slots:N` or `set`.
     fn from_str(s: &str) -> Result<Mode, String> {
         match s {
             "exclusive" => Ok(Mode::Exclusive),
+            "set" => Ok(Mode::Set),
             "mixed" => Ok(Mode::Mixed {
                 shared_share: DEFAULT_SHARED_SHARE,
             }),
             _ => match s.strip_prefix("slots:").map(str::parse::<u32>) {
                 Some(Ok(n)) if n >= 1 => Ok(Mode::Slots(n)),
                 Some(_) => Err(format!("{s:?}: a semaphore needs a number of slots ≥ 1")),
-                None => Err(format!("{s:?}: exclusive, mixed or slots:N")),
+                None => Err(format!("{s:?}: exclusive, mixed, slots:N or set")),
             },
         }
     }
@@ -134,10 +150,11 @@ mod tests {
             })
         );
         assert_eq!("slots:3".parse::<Mode>(), Ok(Mode::Slots(3)));
-        for bad in ["slots:0", "slots:", "slots:x", "shared", ""] {
+        assert_eq!("set".parse::<Mode>(), Ok(Mode::Set));
+        for bad in ["slots:0", "slots:", "slots:x", "shared", "sets", ""] {
             assert!(bad.parse::<Mode>().is_err(), "{bad:?}");
         }
-        for text in ["exclusive", "mixed", "slots:3"] {
+        for text in ["exclusive", "mixed", "slots:3", "set"] {
             assert_eq!(text.parse::<Mode>().unwrap().to_string(), text);
         }
     }
@@ -152,5 +169,6 @@ mod tests {
         assert_eq!(Mode::Mixed { shared_share: 1.0 }.pick(999), Held::Shared);
         assert_eq!(Mode::Slots(2).pick(0), Held::Slot);
         assert_eq!(Mode::Exclusive.pick(0), Held::Exclusive);
+        assert_eq!(Mode::Set.pick(0), Held::Exclusive);
     }
 }

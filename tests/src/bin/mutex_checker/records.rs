@@ -45,6 +45,15 @@ pub(crate) enum Record {
         /// This process.
         pid: u32,
     },
+    /// A set run's `lock_all` returned every lock of its set (one `enter` per target follows).
+    SetTaken {
+        /// When.
+        t: u64,
+        /// The targets, in the order the worker gave them to `lock_all`.
+        targets: Vec<usize>,
+        /// How long `lock_all` took, in nanoseconds (the wait for the whole set).
+        waited: u64,
+    },
     /// The lock was granted: the critical section begins (recorded after the grant arrived).
     Enter {
         /// When.
@@ -135,6 +144,10 @@ pub(crate) enum Record {
     Stop {
         /// When.
         t: u64,
+        /// How long the acquire it gave up had been waiting, in nanoseconds, if it stopped in
+        /// the middle of one (a set run's deadlock would show here).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting: Option<u64>,
     },
 }
 
@@ -256,7 +269,19 @@ mod tests {
                 error: Some("lost".into()),
                 lease_lost: true,
             },
-            Record::Stop { t: 6 },
+            Record::SetTaken {
+                t: 6,
+                targets: vec![2, 0],
+                waited: 1_000,
+            },
+            Record::Stop {
+                t: 6,
+                waiting: Some(5),
+            },
+            Record::Stop {
+                t: 7,
+                waiting: None,
+            },
         ];
         let mut log = RecordLog::open(&path).unwrap();
         for record in &records {

@@ -5,6 +5,10 @@
 //! it with the section, and a shared or slot holding does a guarded read instead of the write
 //! (why: `resource.rs`).
 //!
+//! In a set run (`--mode set`) each iteration takes two distinct targets, drawn in a random
+//! order, with `Client::lock_all` (one wait for both), records a `set_taken`, then an `enter`
+//! and a guarded write per target with that target's own token, holds, and releases the set.
+//!
 //! Each record is appended to the log before the next step, so a SIGKILL loses at most the
 //! step in progress. SIGTERM lets the current step finish, then the worker stops.
 
@@ -13,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use vfslock::{Client, ErrorKind, LockOptions};
+use vfslock::{Client, ErrorKind, Lock, LockOptions};
 
 use crate::modes::Mode;
 use crate::records::{now_ns, Record, RecordLog};
@@ -22,6 +26,11 @@ use crate::Rng;
 
 /// A wait for a lock longer than this is reported as an acquire error (and retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a set run's `lock_all` may wait for its whole set: generous (a killed daemon's
+/// locks go stale after the TTL), so that a wait that times out means a stall — a deadlock
+/// between sets taken in different orders — not a busy run.
+const SET_WAIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Pause before reconnecting to a daemon or the resource that did not answer.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
@@ -145,6 +154,8 @@ async fn run(args: WorkerArgs) -> ExitCode {
     let base_options = LockOptions::default()
         .ttl(args.ttl)
         .owner_id(args.id.clone());
+    // How long the acquire the worker gave up at SIGTERM had waited (set runs).
+    let mut stop_waiting = None;
     while !terminated() {
         let Some(daemon) = client.clone() else {
             tokio::select! {
@@ -168,6 +179,32 @@ async fn run(args: WorkerArgs) -> ExitCode {
                     continue;
                 }
             }
+        }
+        if args.mode.is_set() {
+            let connection = resource.as_mut().expect("connected above");
+            match set_iteration(
+                &args,
+                &daemon,
+                connection,
+                &targets,
+                &base_options,
+                &mut rng,
+                &mut log,
+            )
+            .await
+            {
+                SetStep::Next => {}
+                SetStep::Reconnect => {
+                    client = None;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                SetStep::ResourceLost => resource = None,
+                SetStep::Stop { waiting } => {
+                    stop_waiting = Some(waiting);
+                    break;
+                }
+            }
+            continue;
         }
         let target = rng.below(args.targets as u64) as usize;
         let held = args.mode.pick(rng.below(1000));
@@ -260,6 +297,166 @@ async fn run(args: WorkerArgs) -> ExitCode {
         let released = lock.release().await;
         log.append(&Record::released(target, released));
     }
-    log.append(&Record::Stop { t: now_ns() });
+    log.append(&Record::Stop {
+        t: now_ns(),
+        waiting: stop_waiting,
+    });
     ExitCode::SUCCESS
+}
+
+/// What a set iteration leaves the worker to do.
+enum SetStep {
+    /// Go on.
+    Next,
+    /// The daemon's connection is gone: connect again.
+    Reconnect,
+    /// The resource did not answer: connect to it again.
+    ResourceLost,
+    /// SIGTERM arrived while `lock_all` waited this long (ns).
+    Stop { waiting: u64 },
+}
+
+/// One iteration of a set run: two distinct targets, in a random order, taken at once.
+async fn set_iteration(
+    args: &WorkerArgs,
+    daemon: &Client,
+    resource: &mut ResourceClient,
+    targets: &[String],
+    base_options: &LockOptions,
+    rng: &mut Rng,
+    log: &mut RecordLog,
+) -> SetStep {
+    let count = targets.len() as u64;
+    let first = rng.below(count);
+    let second = (first + 1 + rng.below(count - 1)) % count;
+    let picked = [first as usize, second as usize];
+    let options = base_options.clone().wait_timeout(SET_WAIT_TIMEOUT);
+    let asked = now_ns();
+    let taken = tokio::select! {
+        taken = daemon.lock_all(picked.map(|i| targets[i].clone()), options) => taken,
+        // Dropping the pending lock_all cancels it (the daemon releases what it had taken
+        // when the connection closes).
+        () = termination() => return SetStep::Stop { waiting: now_ns() - asked },
+    };
+    let mut set = match taken {
+        Ok(set) => set,
+        Err(e) => {
+            log.append(&Record::AcquireError {
+                t: now_ns(),
+                target: picked[0],
+                kind: format!("{:?}", e.kind()),
+                message: e.message().to_owned(),
+            });
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionLost | ErrorKind::DaemonUnavailable | ErrorKind::ShuttingDown
+            ) {
+                return SetStep::Reconnect;
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            return SetStep::Next;
+        }
+    };
+    let t = now_ns();
+    log.append(&Record::SetTaken {
+        t,
+        targets: picked.to_vec(),
+        waited: t - asked,
+    });
+    // The locks in the order they were taken, each with its target's index.
+    let held: Vec<(usize, &Lock)> = set
+        .locks()
+        .iter()
+        .map(|lock| {
+            let index = targets
+                .iter()
+                .position(|target| target == lock.target())
+                .expect("lock_all holds the targets it was given");
+            (index, lock)
+        })
+        .collect();
+    // The critical sections: every target's begins before any write.
+    for &(target, lock) in &held {
+        log.append(&Record::Enter {
+            t: now_ns(),
+            target,
+            client: args.id.clone(),
+            token: lock.token(),
+            mode: crate::modes::Held::Exclusive,
+        });
+    }
+    let mut step = SetStep::Next;
+    for &(target, lock) in &held {
+        let token = lock.token();
+        if token.is_none() && args.tokenless {
+            log.append(&Record::WriteSkipped {
+                t: now_ns(),
+                target,
+            });
+            continue;
+        }
+        let accepted = match resource.write(target, token, &args.id).await {
+            Ok(accepted) => Some(accepted),
+            Err(e) => {
+                eprintln!("worker {}: ask the resource: {e}", args.id);
+                step = SetStep::ResourceLost;
+                None
+            }
+        };
+        log.append(&Record::Write {
+            t: now_ns(),
+            target,
+            token,
+            accepted,
+        });
+        if accepted.is_none() {
+            break;
+        }
+    }
+    let lost = tokio::select! {
+        biased;
+        lost = first_lost(&held) => Some(lost),
+        () = tokio::time::sleep(args.hold) => None,
+    };
+    // The lost target's section ends at its loss, the others' with it (still held, but the
+    // set is done with).
+    if let Some((target, reason)) = &lost {
+        log.append(&Record::Lost {
+            t: now_ns(),
+            target: *target,
+            reason: reason.clone(),
+        });
+    }
+    for &(target, _) in &held {
+        if lost.as_ref().is_none_or(|(lost, _)| *lost != target) {
+            log.append(&Record::Exit {
+                t: now_ns(),
+                target,
+            });
+        }
+    }
+    drop(held);
+    let released = set.release().await;
+    log.append(&Record::released(picked[0], released));
+    step
+}
+
+/// The first lock of `held` whose lease is lost: its target and the reason.
+async fn first_lost(held: &[(usize, &Lock)]) -> (usize, String) {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let mut waits: Vec<Pin<Box<dyn Future<Output = String> + '_>>> = held
+        .iter()
+        .map(|(_, lock)| Box::pin(lock.lost()) as Pin<Box<dyn Future<Output = String> + '_>>)
+        .collect();
+    std::future::poll_fn(|cx| {
+        for (i, wait) in waits.iter_mut().enumerate() {
+            if let Poll::Ready(reason) = wait.as_mut().poll(cx) {
+                return Poll::Ready((held[i].0, reason));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

@@ -1,0 +1,97 @@
+//! Max-hold: a cap on how long a lease that this daemon renews may be held.
+//!
+//! A lease lives as long as its holder's connection does, and a hung job keeps its connection
+//! open: without a cap it holds the lock for ever. With one (the acquire's, or the daemon's
+//! `locks.max-hold`), a timer started at the grant ends the holding: the daemon stops renewing,
+//! tells the holder first (a loss of kind [`ErrorKind::MaxHoldReached`] that names the cap),
+//! then releases the lock as a release would (a handoff to the next waiter, or a conditional
+//! delete). Detached leases have no max-hold: nothing renews them, so they end at their TTL.
+//!
+//! Handles [`LockMessage::HoldExpired`].
+
+use std::time::Duration;
+
+use ractor::ActorRef;
+use vfslock_proto::{ErrorKind, Event, RequestId};
+
+use super::actor::{LockActor, LockMessage};
+use super::replies;
+use super::state::{LockState, MaxHold, Waiter};
+use super::timing::Timer;
+
+impl LockActor {
+    /// The timer that ends `waiter`'s holding at its max-hold, if it has one; started when it
+    /// is granted.
+    pub(super) fn max_hold_timer(
+        myself: &ActorRef<LockMessage>,
+        waiter: &Waiter,
+    ) -> Option<MaxHold> {
+        let limit = waiter.max_hold?;
+        let (session_id, acquire_id) = (waiter.session.id, waiter.acquire_id);
+        let timer = Timer(myself.send_after(limit, move || LockMessage::HoldExpired {
+            session_id,
+            acquire_id,
+        }));
+        Some(MaxHold { limit, timer })
+    }
+
+    /// The holding of `session_id`'s acquire `acquire_id` reached its max-hold: its holder is
+    /// told, then the lock is released. A timer of a holding that already ended finds nothing.
+    pub(super) async fn hold_expired(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        session_id: u64,
+        acquire_id: RequestId,
+    ) {
+        let url = state.target.url.clone();
+        if state
+            .holding()
+            .is_some_and(|h| h.is(session_id, acquire_id))
+        {
+            let Ok(holding) = state.phase.end_holding() else {
+                return;
+            };
+            self.tally.held(-1);
+            holding.session.acquire_ended(holding.acquire_id);
+            let limit = limit_of(holding.max_hold.as_ref());
+            tell(&holding.session, acquire_id, &url, limit);
+            let lock_id = holding.record.lock_id.clone();
+            // The holder was told before anyone else can be given the lock.
+            let _ = self.end_holding(myself, state, holding).await;
+            self.ctx.journal_release(&lock_id);
+        } else if let Some(member) = state
+            .joint()
+            .and_then(|j| j.members.iter().find(|m| m.is(session_id, acquire_id)))
+        {
+            let limit = limit_of(member.max_hold.as_ref());
+            tell(&member.session, acquire_id, &url, limit);
+            let _ = self
+                .leave_joint(myself, state, session_id, acquire_id)
+                .await;
+        } else {
+            return;
+        }
+        self.serve_queue(myself, state).await;
+    }
+}
+
+fn limit_of(max_hold: Option<&MaxHold>) -> Duration {
+    max_hold.map_or(Duration::ZERO, |m| m.limit)
+}
+
+fn tell(session: &crate::link::SessionLink, acquire_id: RequestId, url: &str, limit: Duration) {
+    let reason = replies::max_hold_reached(url, limit);
+    tracing::info!(target = %url, max_hold = ?limit, "lease ended at its max-hold");
+    session.event(
+        acquire_id,
+        Event::LeaseEnded {
+            kind: ErrorKind::MaxHoldReached,
+            reason,
+        },
+    );
+}
+
+#[cfg(test)]
+#[path = "tests/max_hold.rs"]
+mod tests;
