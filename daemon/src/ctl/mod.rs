@@ -123,6 +123,10 @@ enum Command {
     /// even if vfslockctl itself is killed (unless -o). SIGINT, SIGTERM and SIGHUP are passed
     /// on to the command. Exits with the command's status; 1 (or -E CODE) when a lock is held
     /// or the wait timed out.
+    #[command(
+        override_usage = "vfslockctl run [OPTIONS] TARGET [--] CMD [ARGS]...\n       \
+                          vfslockctl run [OPTIONS] TARGET TARGET... -- CMD [ARGS]..."
+    )]
     Run(run::RunArgs),
     /// Show the daemon's version, identity, uptime, stores and counters.
     Status,

@@ -131,13 +131,13 @@ pub(super) struct RunArgs {
     max_hold: Option<Duration>,
     #[command(flatten)]
     mode: super::mode::ModeArgs,
-    /// TARGET [TARGET.. --] CMD [ARGS..]: the files to lock (an absolute path, file:///path,
-    /// mem:///path, s3://bucket/key, ...), then the command to run while holding them. With
-    /// several targets, `--` ends them.
+    /// The files to lock (an absolute path, file:///path, mem:///path, s3://bucket/key, ...),
+    /// then the command to run while holding them, and its arguments. With several targets,
+    /// `--` ends them.
     #[arg(
-        value_name = "TARGET",
+        value_name = "TARGET.. CMD",
         required = true,
-        num_args = 2..,
+        num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
