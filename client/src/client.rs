@@ -10,20 +10,26 @@ use vfslock_proto::{
 
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, WithLockError};
+use crate::link::Link;
 use crate::{socket, DetachedLease, Lock, LockMetadata, LockOptions};
 
 /// A connection to the local `vfslockd`. Cheap to clone; every clone and every [`Lock`] made
 /// from it share one socket, and the daemon releases everything held through it when the last
 /// of them is dropped (or the process dies).
+///
+/// When the daemon goes away (a restart, a crash), the locks held through the connection are
+/// lost ([`Lock::lost`] says so), but the `Client` is not: its next request opens a new
+/// connection to the same socket, so a long-lived service keeps working once the daemon is
+/// back.
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) conn: Arc<Connection>,
+    pub(crate) link: Arc<Link>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("socket", &self.conn.socket_path())
+            .field("socket", &self.link.path())
             .finish()
     }
 }
@@ -39,7 +45,7 @@ impl Client {
     /// Connects to the daemon listening at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
         Ok(Client {
-            conn: Connection::open(path.as_ref()).await?,
+            link: Arc::new(Link::open(path.as_ref()).await?),
         })
     }
 
@@ -51,19 +57,24 @@ impl Client {
 
     /// The socket this client is connected to.
     pub fn socket_path(&self) -> &Path {
-        self.conn.socket_path()
+        self.link.path()
     }
 
-    /// What the daemon said about itself when the connection opened.
-    pub fn daemon(&self) -> &Welcome {
-        self.conn.welcome()
+    /// What the daemon said about itself when the current connection opened.
+    pub fn daemon(&self) -> Welcome {
+        self.link.current().welcome().clone()
     }
 
-    /// The connection's file descriptor, for handing the connection (and with it the locks it
-    /// holds) to a child process, as `vfslockctl run` does.
+    /// The current connection's file descriptor, for handing the connection (and with it the
+    /// locks it holds) to a child process, as `vfslockctl run` does.
     #[cfg(unix)]
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.conn.raw_fd()
+        self.link.current().raw_fd()
+    }
+
+    /// The connection a new request goes on (see [`Link::live`]).
+    pub(crate) async fn conn(&self) -> Result<Arc<Connection>, Error> {
+        self.link.live().await
     }
 
     /// A lock on `target` (a `file://` or `mem://` URL, or an absolute path), not yet taken.
@@ -161,7 +172,8 @@ impl Client {
     /// is gone already is not an error.
     pub async fn release_detached(&self, target: &str, lock_id: &str) -> Result<bool, Error> {
         match self
-            .conn
+            .conn()
+            .await?
             .request(Request::Release {
                 target: target.to_owned(),
                 lock_id: lock_id.to_owned(),
@@ -182,7 +194,8 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<LockMetadata, Error> {
         match self
-            .conn
+            .conn()
+            .await?
             .request(Request::Renew {
                 target: target.to_owned(),
                 lock_id: lock_id.to_owned(),
@@ -204,7 +217,8 @@ impl Client {
         reason: &str,
     ) -> Result<Option<LockMetadata>, Error> {
         match self
-            .conn
+            .conn()
+            .await?
             .request(Request::Break {
                 target: target.to_owned(),
                 reason: reason.to_owned(),
@@ -219,7 +233,8 @@ impl Client {
     /// Reads the lock file of `target`, whoever wrote it; `None` when there is none.
     pub async fn metadata(&self, target: &str) -> Result<Option<LockMetadata>, Error> {
         match self
-            .conn
+            .conn()
+            .await?
             .request(Request::Metadata {
                 target: target.to_owned(),
             })
@@ -235,15 +250,17 @@ impl Client {
     /// protocol 2 or older has no such request: then every holder is the file's one, from
     /// [`Client::metadata`].
     pub async fn describe(&self, target: &str) -> Result<Option<LockView>, Error> {
-        if self.conn.welcome().protocol_version < 3 {
+        // One connection for the question and the request: a reconnect in between could
+        // reach an older daemon.
+        let conn = self.conn().await?;
+        if conn.welcome().protocol_version < 3 {
             return Ok(self.metadata(target).await?.map(|lock| LockView {
                 holders: vec![lock.whole_file_holder(false)],
                 lock,
                 mode: LockMode::Exclusive,
             }));
         }
-        match self
-            .conn
+        match conn
             .request(Request::Describe {
                 target: target.to_owned(),
             })
@@ -257,7 +274,8 @@ impl Client {
     /// Locks held and queued through this daemon, with their modes and number of holders
     /// (exclusive, one holder each, from a daemon of protocol 2 or older).
     pub async fn list_modes(&self) -> Result<Vec<ListedLock>, Error> {
-        if self.conn.welcome().protocol_version < 3 {
+        let conn = self.conn().await?;
+        if conn.welcome().protocol_version < 3 {
             return Ok(self
                 .list()
                 .await?
@@ -269,7 +287,7 @@ impl Client {
                 })
                 .collect());
         }
-        match self.conn.request(Request::ListModes).await? {
+        match conn.request(Request::ListModes).await? {
             Response::ListedModes(listed) => Ok(listed),
             other => Err(unexpected("a list request", other)),
         }
@@ -277,7 +295,7 @@ impl Client {
 
     /// Locks held and queued through this daemon.
     pub async fn list(&self) -> Result<Vec<ListEntry>, Error> {
-        match self.conn.request(Request::List).await? {
+        match self.conn().await?.request(Request::List).await? {
             Response::List(entries) => Ok(entries),
             other => Err(unexpected("a list request", other)),
         }
@@ -285,7 +303,7 @@ impl Client {
 
     /// The daemon's status.
     pub async fn status(&self) -> Result<StatusInfo, Error> {
-        match self.conn.request(Request::Status).await? {
+        match self.conn().await?.request(Request::Status).await? {
             Response::Status(status) => Ok(status),
             other => Err(unexpected("a status request", other)),
         }
@@ -294,7 +312,7 @@ impl Client {
     /// One round trip to the daemon; returns how long it took.
     pub async fn ping(&self) -> Result<Duration, Error> {
         let start = Instant::now();
-        match self.conn.request(Request::Ping).await? {
+        match self.conn().await?.request(Request::Ping).await? {
             Response::Pong => Ok(start.elapsed()),
             other => Err(unexpected("a ping", other)),
         }

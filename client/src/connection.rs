@@ -197,10 +197,6 @@ impl Connection {
         })))
     }
 
-    pub(crate) fn socket_path(&self) -> &Path {
-        &self.socket_path
-    }
-
     pub(crate) fn welcome(&self) -> &Welcome {
         &self.welcome
     }
@@ -208,6 +204,11 @@ impl Connection {
     #[cfg(unix)]
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         self.raw_fd
+    }
+
+    /// Whether the daemon's end is gone: the reader saw the socket close.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.routes.lock().expect("routes lock").closed
     }
 
     fn next_id(&self) -> RequestId {

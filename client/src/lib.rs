@@ -55,6 +55,7 @@ pub mod blocking;
 mod client;
 mod connection;
 mod error;
+mod link;
 mod lock;
 mod set;
 pub mod socket;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use vfslock_proto::{AcquireRequest, ClientFrame, LockMode, Request, RequestId, WaitMode};
 
-use crate::connection::{AcquireUpdate, LeaseWatch};
+use crate::connection::{AcquireUpdate, Connection, LeaseWatch};
 use crate::error::{Error, ErrorKind};
 use crate::{Client, LockMetadata};
 
@@ -157,6 +157,8 @@ impl LockOptions {
 }
 
 struct Held {
+    /// The connection it was granted on: its release goes there, and its lease lives there.
+    conn: Arc<Connection>,
     acquire_id: RequestId,
     target: String,
     metadata: LockMetadata,
@@ -186,7 +188,7 @@ impl fmt::Debug for Lock {
 
 /// Cancels an acquire whose future was dropped before its answer arrived.
 struct PendingAcquire<'a> {
-    client: &'a Client,
+    conn: &'a Connection,
     target: &'a str,
     id: RequestId,
     finished: bool,
@@ -195,7 +197,7 @@ struct PendingAcquire<'a> {
 impl Drop for PendingAcquire<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            let conn = &self.client.conn;
+            let conn = self.conn;
             conn.abandon(self.id);
             let _ = conn.send(&ClientFrame::Request {
                 id: 0,
@@ -244,7 +246,7 @@ impl Lock {
     }
 
     pub(crate) async fn acquire_with(&mut self, wait: WaitMode) -> Result<(), Error> {
-        let conn = &self.client.conn;
+        let conn = self.client.conn().await?;
         let _in_flight = crate::spin::InFlight::begin();
         let sent = std::time::Instant::now();
         let (id, mut updates) = conn.start_acquire(
@@ -260,7 +262,7 @@ impl Lock {
             self.options.max_hold,
         )?;
         let mut pending = PendingAcquire {
-            client: &self.client,
+            conn: &conn,
             target: &self.target,
             id,
             finished: false,
@@ -302,6 +304,7 @@ impl Lock {
         // A second acquire of a held `Lock` cannot be granted (locks are not re-entrant), so
         // there is never an old holding to overwrite here.
         self.held = Some(Held {
+            conn: conn.clone(),
             acquire_id: id,
             target: grant.target,
             metadata: grant.metadata,
@@ -314,7 +317,7 @@ impl Lock {
     /// Turns a granted detached acquire into its lease, without releasing anything.
     pub(crate) fn into_detached(mut self) -> Option<crate::DetachedLease> {
         let held = self.held.take()?;
-        self.client.conn.unwatch_lease(held.acquire_id);
+        held.conn.unwatch_lease(held.acquire_id);
         Some(crate::DetachedLease {
             target: held.target,
             lock_id: held.metadata.lock_id.clone().unwrap_or_default(),
@@ -332,7 +335,7 @@ impl Lock {
             return Ok(());
         };
         let loss = held.lease.borrow().loss();
-        let conn = &self.client.conn;
+        let conn = &held.conn;
         conn.unwatch_lease(held.acquire_id);
         let lock_id = held.metadata.lock_id.clone().unwrap_or_default();
         // Even after a loss the daemon is told: it deletes the lock file if, and only if, it
@@ -445,7 +448,7 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            let conn = &self.client.conn;
+            let conn = &held.conn;
             conn.unwatch_lease(held.acquire_id);
             let _ = conn.send(&ClientFrame::Request {
                 id: 0,

@@ -142,11 +142,11 @@ impl Client {
             1 => return Ok(vec![0]),
             _ => {}
         }
-        if self.conn.welcome().protocol_version < 4 {
-            return Err(self.conn.too_old("taking several targets at once", 4));
+        let conn = self.conn().await?;
+        if conn.welcome().protocol_version < 4 {
+            return Err(conn.too_old("taking several targets at once", 4));
         }
-        let resolved = match self
-            .conn
+        let resolved = match conn
             .request(Request::Resolve {
                 targets: targets.to_vec(),
             })
