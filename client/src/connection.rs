@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,10 @@ pub(crate) type LeaseWatch = watch::Receiver<LeaseState>;
 struct Routes {
     pending: HashMap<RequestId, Route>,
     held: HashMap<RequestId, watch::Sender<LeaseState>>,
-    closed: bool,
+    /// Set, under the lock, once the reader saw the daemon's end go: no route is added after
+    /// the reader drained them. Atomic so that [`Connection::is_closed`], asked before every
+    /// request, needs no lock.
+    closed: Arc<AtomicBool>,
 }
 
 fn mark_lost(lease: &watch::Sender<LeaseState>, kind: ErrorKind, reason: String) {
@@ -111,6 +114,8 @@ pub(crate) struct Connection {
     next_id: AtomicU64,
     outbound: Frames,
     routes: Arc<Mutex<Routes>>,
+    /// The same flag as the routes' (see [`Routes::closed`]).
+    closed: Arc<AtomicBool>,
     socket_path: PathBuf,
     welcome: Welcome,
     #[cfg(unix)]
@@ -165,7 +170,11 @@ impl Connection {
         let (outbound, writer) = Frames::direct(socket.clone(), |_| {});
         #[cfg(not(unix))]
         let (outbound, writer) = Frames::through_writer(|_| {});
-        let routes = Arc::new(Mutex::new(Routes::default()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let routes = Arc::new(Mutex::new(Routes {
+            closed: closed.clone(),
+            ..Routes::default()
+        }));
         let reader = tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
         // The connection ends when every handle to it is gone: then the writer half-closes the
         // socket, so that the daemon releases what this connection held.
@@ -189,6 +198,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             outbound,
             routes,
+            closed,
             socket_path: path.to_owned(),
             welcome,
             #[cfg(unix)]
@@ -206,9 +216,11 @@ impl Connection {
         self.raw_fd
     }
 
-    /// Whether the daemon's end is gone: the reader saw the socket close.
+    /// Whether the daemon's end is gone: the reader saw the socket close, or a write failed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.routes.lock().expect("routes lock").closed
+        // The writer ends first when a write fails: a request refused by it has seen the
+        // connection go as surely as one the reader failed.
+        self.closed.load(Ordering::Acquire) || self.outbound.is_closed()
     }
 
     fn next_id(&self) -> RequestId {
@@ -230,7 +242,7 @@ impl Connection {
 
     fn register(&self, id: RequestId, route: Route) -> Result<(), Error> {
         let mut routes = self.routes.lock().expect("routes lock");
-        if routes.closed {
+        if routes.closed.load(Ordering::Acquire) {
             return Err(Error::connection_lost());
         }
         routes.pending.insert(id, route);
@@ -418,7 +430,7 @@ async fn read_loop(
         }
     }
     let mut routes = routes.lock().expect("routes lock");
-    routes.closed = true;
+    routes.closed.store(true, Ordering::Release);
     for (_, route) in routes.pending.drain() {
         match route {
             Route::Once(tx) => {

@@ -85,8 +85,10 @@ async fn sigterm_with_nothing_held_exits_cleanly_and_clients_see_the_connection_
         "vfslockd exited with {status}:\n{}",
         daemon.log()
     );
-    // The connection is gone: a request on it fails, or, once the client has seen it close,
-    // the new connection the request tries finds nobody listening.
+    // The connection is gone: a request on it fails with ConnectionLost, unless the client
+    // had already seen it close, when the new connection the request tries finds nobody. By
+    // the time that first request failed, the client has seen it close: the next request
+    // tries a new connection and finds nobody listening, naming the socket.
     let err = within("the request to fail", client.ping())
         .await
         .expect_err("no daemon");
@@ -95,6 +97,15 @@ async fn sigterm_with_nothing_held_exits_cleanly_and_clients_see_the_connection_
             err.kind(),
             ErrorKind::ConnectionLost | ErrorKind::DaemonUnavailable
         ),
+        "{err:?}"
+    );
+    let err = within("the next request to fail", client.ping())
+        .await
+        .expect_err("no daemon");
+    assert_eq!(err.kind(), ErrorKind::DaemonUnavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains(&daemon.socket().display().to_string()),
         "{err:?}"
     );
     let err = vfslock::Client::connect(daemon.socket())

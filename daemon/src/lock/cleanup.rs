@@ -68,12 +68,7 @@ impl LockActor {
                 .await
                 .map(|gone| format!("entry removed: {gone}")),
             None => self
-                .within(
-                    state
-                        .target
-                        .store
-                        .delete(&state.target.lock_path, &leftover.version),
-                )
+                .delete_exactly(state, &leftover.version)
                 .await
                 .map(|outcome| format!("{outcome:?}")),
         };
@@ -104,16 +99,23 @@ impl LockActor {
         }
     }
 
+    /// Deletes the lock file if it is still exactly `version`, within the store timeout.
+    pub(super) async fn delete_exactly(
+        &self,
+        state: &LockState,
+        version: &Version,
+    ) -> Result<Conditional, crate::store::StoreError> {
+        self.within(state.target.store.delete(&state.target.lock_path, version))
+            .await
+    }
+
     /// Deletes the lock file if it still holds `written`; logs what else happened.
     pub(super) async fn delete_if_ours(
         &self,
         state: &LockState,
         written: &Version,
     ) -> Option<Conditional> {
-        match self
-            .within(state.target.store.delete(&state.target.lock_path, written))
-            .await
-        {
+        match self.delete_exactly(state, written).await {
             Ok(Conditional::Done) => Some(Conditional::Done),
             Ok(Conditional::Changed) => {
                 tracing::warn!(

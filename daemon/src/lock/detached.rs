@@ -183,12 +183,7 @@ impl LockActor {
                 return Ok(Response::Broken(None));
             };
             match self
-                .within(
-                    state
-                        .target
-                        .store
-                        .delete(&state.target.lock_path, &observed.version()),
-                )
+                .delete_exactly(state, &observed.version())
                 .await
                 .map_err(replies::store_error)?
             {

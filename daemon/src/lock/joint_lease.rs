@@ -428,14 +428,9 @@ impl LockActor {
             }
             let result = joint.entry(lock_id).cloned().unwrap_or(entry);
             let done = if joint.holders.is_empty() {
-                self.within(
-                    state
-                        .target
-                        .store
-                        .delete(&state.target.lock_path, &observed.version()),
-                )
-                .await
-                .map_err(replies::store_error)?
+                self.delete_exactly(state, &observed.version())
+                    .await
+                    .map_err(replies::store_error)?
                     == Conditional::Done
             } else {
                 let writer = self.ctx.instance_id.clone();
