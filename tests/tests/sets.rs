@@ -476,6 +476,44 @@ async fn a_sets_max_hold_ends_the_set() {
 // 6. Refusals and the blocking API
 // ---------------------------------------------------------------------------------------------
 
+/// Dropping a held set, without releasing it, releases every lock of it: a waiting set of
+/// another client gets all of them, and nothing is left once that one is released too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_set_releases_every_lock() {
+    let daemon = host(Store::File, "h0");
+    let (first, second) = (daemon.client().await, daemon.client().await);
+    let targets: Vec<String> = ["c", "a", "b"]
+        .iter()
+        .map(|name| daemon.file_target(&format!("dropped-{name}.csv")))
+        .collect();
+    let set = within("lock_all", first.lock_all(targets.clone(), exclusive()))
+        .await
+        .expect("the first set");
+    assert!(set.is_held());
+    let error = within("a try", second.lock_all(targets.clone(), exclusive()))
+        .await
+        .expect_err("held by the first set");
+    assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
+    drop(set);
+    let mut after = within(
+        "the set after the drop",
+        second.lock_all(
+            targets.clone(),
+            exclusive().wait_timeout(Duration::from_secs(10)),
+        ),
+    )
+    .await
+    .expect("every lock of the dropped set is free");
+    assert!(after.is_held());
+    within("release", after.release()).await.expect("release");
+    for target in &targets {
+        assert!(
+            !std::path::Path::new(&format!("{target}.lock")).exists(),
+            "{target}: a lock file was left"
+        );
+    }
+}
+
 /// A target given twice, or named twice (a path and its file:// URL), and an empty set are
 /// refused before anything is taken.
 #[tokio::test(flavor = "multi_thread")]
