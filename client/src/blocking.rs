@@ -158,6 +158,11 @@ impl Lock {
         self.inner.token()
     }
 
+    /// How long this holding outlives its daemon; see [`crate::Lock::resume_window`].
+    pub fn resume_window(&self) -> Option<Duration> {
+        self.inner.resume_window()
+    }
+
     /// Waits until the lease is lost; see [`crate::Lock::lost`].
     pub fn lost(&self) -> String {
         self.runtime.block_on(self.inner.lost())

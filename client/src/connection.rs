@@ -26,7 +26,7 @@ use vfslock_proto::handshake::{
 };
 use vfslock_proto::{
     codec, frame, AcquireRequest, ClientFrame, Event, Grant, LockMode, Request, RequestId,
-    Response, ServerFrame, Welcome,
+    Response, Resumable, ServerFrame, Welcome,
 };
 
 use crate::error::{Error, ErrorKind};
@@ -62,6 +62,9 @@ pub(crate) struct LeaseState {
     /// Until when the lease is certainly valid, on this process's monotonic clock; `None`
     /// never expires.
     pub valid_until: Option<Instant>,
+    /// How the holding can be resumed after the daemon restarted (protocol 5 daemons);
+    /// `None` when it cannot.
+    pub resume: Option<Arc<Resumable>>,
 }
 
 impl LeaseState {
@@ -461,6 +464,12 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                     let _ = tx.send(result);
                 }
                 Some(Route::Acquire(tx)) => {
+                    let (result, resume) = match result {
+                        Ok(Response::GrantedResumable { grant, resume }) => {
+                            (Ok(Response::Granted(grant)), Some(Arc::new(resume)))
+                        }
+                        other => (other, None),
+                    };
                     let update = match result {
                         Ok(Response::Granted(grant)) => {
                             // Watch the lease from now on, so that an event right behind the
@@ -471,6 +480,7 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                                     grant.valid_for,
                                     grant.valid_until_monotonic_ns,
                                 ),
+                                resume,
                             });
                             routes.held.insert(id, lease);
                             AcquireUpdate::Granted(Box::new(grant), watch)
@@ -486,7 +496,9 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                 }
                 // A grant that crossed our cancel: nobody wants it, give it back at once.
                 None => {
-                    if let Ok(Response::Granted(grant)) = result {
+                    if let Ok(Response::Granted(grant) | Response::GrantedResumable { grant, .. }) =
+                        result
+                    {
                         return Some(release_of(grant));
                     }
                 }
@@ -792,6 +804,7 @@ mod tests {
             let (lease, watch) = watch::channel(LeaseState {
                 lost: None,
                 valid_until: None,
+                resume: None,
             });
             routes.lock().unwrap().held.insert(id, lease);
             watch

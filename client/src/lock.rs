@@ -409,6 +409,17 @@ impl Lock {
         self.held.as_ref().map(|held| &held.metadata)
     }
 
+    /// The resume window W of the current holding: how long the holding outlives its daemon.
+    /// A holding that has not been resumed within W of the last word the client heard from the
+    /// daemon counts as lost. `None` while nothing is held, for a detached lease, when the
+    /// daemon's `locks.resume-window` is zero, and with a daemon older than protocol 5: then
+    /// the holding ends with the daemon.
+    pub fn resume_window(&self) -> Option<Duration> {
+        let held = self.held.as_ref()?;
+        let window = held.lease.borrow().resume.as_ref().map(|r| r.window);
+        window
+    }
+
     /// The unique id of this holding, while held.
     pub fn lock_id(&self) -> Option<&str> {
         self.held_metadata()?.lock_id.as_deref()

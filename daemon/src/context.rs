@@ -130,9 +130,25 @@ impl Context {
     }
 
     /// Records, before the store write, that a lock file with `lock_id` may be written.
-    pub fn journal_acquire(&self, lock_id: &str, target: &str) {
+    pub fn journal_acquire(&self, lock_id: &str, target: &str, holder: &crate::link::SessionLink) {
         if let Some(journal) = &self.journal {
-            journal.acquire(lock_id, target);
+            let owner = holder
+                .resume
+                .as_ref()
+                .map(|(secret, _)| crate::journal::Owner {
+                    session: secret.session.clone(),
+                    secret_sha256: secret.hash.clone(),
+                    uid: holder.caller.uid,
+                });
+            journal.acquire(lock_id, target, owner);
+        }
+    }
+
+    /// Records that the holder of `lock_id` is being told its lease is lost: no restart keeps
+    /// the holding for it.
+    pub fn journal_lost(&self, lock_id: &str) {
+        if let Some(journal) = &self.journal {
+            journal.lost(lock_id);
         }
     }
 

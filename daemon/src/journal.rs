@@ -3,12 +3,19 @@
 //! them to block everyone until their TTL runs out.
 //!
 //! One journal per daemon identity (host id and socket), in the state directory, held with an
-//! exclusive OS lock for the daemon's life, so two daemons never share one. Each line is a JSON
-//! object: `{"acquire": LOCK_ID, "target": URL}` is written *before* the store write that may
-//! create a lock file with that id, `{"release": LOCK_ID}` once that holding is over. Plain
-//! writes, no fsync: the journal has to survive `kill -9`, not a power loss (after which the
-//! holders are gone too and the TTLs clean up). Detached leases are not journaled: they belong
-//! to their uid, not to this daemon's life.
+//! exclusive OS lock for the daemon's life, so two daemons never share one, and readable by the
+//! daemon's user only (mode 0600). Each line is a JSON object: `{"acquire": LOCK_ID, "target":
+//! URL}` is written *before* the store write that may create a lock file with that id,
+//! `{"release": LOCK_ID}` once that holding is over. Plain writes, no fsync: the journal has to
+//! survive `kill -9`, not a power loss (after which the holders are gone too and the TTLs clean
+//! up). Detached leases are not journaled: they belong to their uid, not to this daemon's life.
+//!
+//! A holding that can outlive the daemon (its session has resume credentials,
+//! [`crate::link::resume`]) also names its session, the SHA-256 of the session's secret (never
+//! the secret) and the holder's uid: what a restarted daemon checks a resume against. Once its
+//! holder has been told that the lease is lost, `{"lost": LOCK_ID}` marks it, so that no restart
+//! keeps or hands back a holding its holder already gave up. Daemons of earlier releases read
+//! the acquire lines as before and skip the lost ones.
 //!
 //! At startup every acquire without a release is looked at: if the target's lock file still
 //! carries that lock id (and is not a detached lease), it is deleted, conditional on the version
@@ -32,8 +39,53 @@ const COMPACT_AFTER: usize = 10_000;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Entry {
-    Acquire { acquire: String, target: String },
-    Release { release: String },
+    Acquire {
+        acquire: String,
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+    },
+    Release {
+        release: String,
+    },
+    Lost {
+        lost: String,
+    },
+}
+
+/// Who may resume a journaled holding: the session that held it, proven by its secret (of
+/// which only the hash is kept) and the kernel's word on the caller's uid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The session's name.
+    pub session: String,
+    /// SHA-256 of the session's secret, in hex.
+    pub secret_sha256: String,
+    /// The holder's uid, where the platform tells it.
+    pub uid: Option<u32>,
+}
+
+/// A holding a previous run left open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Left {
+    /// The holding's lock id.
+    pub lock_id: String,
+    /// Its target.
+    pub target: String,
+    /// Who may resume it; `None` when nobody may (an older client, or a holding whose holder
+    /// was already told it is lost).
+    pub owner: Option<Owner>,
+}
+
+/// An open holding as the journal keeps it.
+#[derive(Clone, Debug)]
+struct Open {
+    target: String,
+    owner: Option<Owner>,
 }
 
 /// The journal of one running daemon.
@@ -46,7 +98,7 @@ pub struct Journal {
 struct Inner {
     file: File,
     path: PathBuf,
-    open: HashMap<String, String>,
+    open: HashMap<String, Open>,
     lines: usize,
 }
 
@@ -164,41 +216,76 @@ impl Journal {
         state_dir: &Path,
         host_id: &str,
         socket: &Path,
-    ) -> Result<(Journal, Vec<(String, String)>), JournalError> {
+    ) -> Result<(Journal, Vec<Left>), JournalError> {
         std::fs::create_dir_all(state_dir).map_err(|source| JournalError::StateDir {
             dir: state_dir.into(),
             source,
         })?;
         let path = state_dir.join(journal_name(host_id, socket));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|source| JournalError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let open_error = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut file = options.open(&path).map_err(open_error)?;
+        // A journal of an earlier release may have been created wider.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(open_error)?;
+        }
         lock(&file).map_err(|source| JournalError::Locked {
             path: path.clone(),
             source,
         })?;
-        let mut open = HashMap::new();
+        let mut open: HashMap<String, Open> = HashMap::new();
         let _ = file.rewind();
         for line in BufReader::new(&file).lines() {
             // A torn last line (killed mid-write) is skipped; its store write never started.
             let Ok(line) = line else { break };
             match serde_json::from_str::<Entry>(&line) {
-                Ok(Entry::Acquire { acquire, target }) => {
-                    open.insert(acquire, target);
+                Ok(Entry::Acquire {
+                    acquire,
+                    target,
+                    session,
+                    secret_sha256,
+                    uid,
+                }) => {
+                    let owner = session
+                        .zip(secret_sha256)
+                        .map(|(session, secret_sha256)| Owner {
+                            session,
+                            secret_sha256,
+                            uid,
+                        });
+                    open.insert(acquire, Open { target, owner });
                 }
                 Ok(Entry::Release { release }) => {
                     open.remove(&release);
                 }
+                Ok(Entry::Lost { lost }) => {
+                    if let Some(open) = open.get_mut(&lost) {
+                        open.owner = None;
+                    }
+                }
                 Err(_) => {}
             }
         }
-        let left = open.into_iter().collect();
+        let left = open
+            .into_iter()
+            .map(|(lock_id, open)| Left {
+                lock_id,
+                target: open.target,
+                owner: open.owner,
+            })
+            .collect();
         Ok((
             Journal {
                 inner: Mutex::new(Inner {
@@ -216,19 +303,45 @@ impl Journal {
     /// (a store that failed), so that the next start tries them again.
     pub fn restart(&self, unsettled: &[(String, String)]) {
         let mut inner = self.inner.lock().expect("journal lock");
-        inner.open = unsettled.iter().cloned().collect();
+        inner.open = unsettled
+            .iter()
+            .map(|(lock_id, target)| {
+                let open = Open {
+                    target: target.clone(),
+                    owner: None,
+                };
+                (lock_id.clone(), open)
+            })
+            .collect();
         inner.compact();
     }
 
-    /// Records that a lock file with `lock_id` may be written for `target`.
-    pub fn acquire(&self, lock_id: &str, target: &str) {
+    /// Records that a lock file with `lock_id` may be written for `target`, by a holder that
+    /// `owner` may resume after a restart.
+    pub fn acquire(&self, lock_id: &str, target: &str, owner: Option<Owner>) {
         let mut inner = self.inner.lock().expect("journal lock");
-        inner.open.insert(lock_id.to_owned(), target.to_owned());
-        let entry = Entry::Acquire {
-            acquire: lock_id.to_owned(),
-            target: target.to_owned(),
-        };
+        let entry = Entry::acquire(lock_id, target, owner.as_ref());
+        inner.open.insert(
+            lock_id.to_owned(),
+            Open {
+                target: target.to_owned(),
+                owner,
+            },
+        );
         inner.append(&entry);
+    }
+
+    /// Records that the holder of `lock_id` was told its lease is lost: no restart may keep
+    /// the holding for it any more. The entry stays open until its lock file is settled.
+    pub fn lost(&self, lock_id: &str) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        match inner.open.get_mut(lock_id) {
+            Some(open) if open.owner.is_some() => open.owner = None,
+            _ => return,
+        }
+        inner.append(&Entry::Lost {
+            lost: lock_id.to_owned(),
+        });
     }
 
     /// Records that the holding `lock_id` is over (its file removed, taken over, or never won).
@@ -254,8 +367,8 @@ impl Journal {
             inner
                 .open
                 .iter()
-                .filter(|(_, t)| t.as_str() == target)
-                .map(|(id, t)| (id.clone(), t.clone()))
+                .filter(|(_, open)| open.target == target)
+                .map(|(id, open)| (id.clone(), open.target.clone()))
                 .collect()
         };
         let (removed, unsettled) = recover(stores, left.clone()).await;
@@ -265,6 +378,18 @@ impl Journal {
             }
         }
         (removed, unsettled.len())
+    }
+}
+
+impl Entry {
+    fn acquire(lock_id: &str, target: &str, owner: Option<&Owner>) -> Entry {
+        Entry::Acquire {
+            acquire: lock_id.to_owned(),
+            target: target.to_owned(),
+            session: owner.map(|o| o.session.clone()),
+            secret_sha256: owner.map(|o| o.secret_sha256.clone()),
+            uid: owner.and_then(|o| o.uid),
+        }
     }
 }
 
@@ -284,11 +409,8 @@ impl Inner {
     /// Rewrites the journal with only the open holdings.
     fn compact(&mut self) {
         let mut text = Vec::new();
-        for (lock_id, target) in &self.open {
-            let entry = Entry::Acquire {
-                acquire: lock_id.clone(),
-                target: target.clone(),
-            };
+        for (lock_id, open) in &self.open {
+            let entry = Entry::acquire(lock_id, &open.target, open.owner.as_ref());
             text.extend(serde_json::to_vec(&entry).expect("entries serialize"));
             text.push(b'\n');
         }
@@ -407,8 +529,8 @@ mod tests {
         {
             let (journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
             assert!(left.is_empty());
-            journal.acquire("a", "mem:///x");
-            journal.acquire("b", "mem:///y");
+            journal.acquire("a", "mem:///x", None);
+            journal.acquire("b", "mem:///y", None);
             journal.release("a");
             // A second daemon with the same identity is refused while this one lives.
             let err = Journal::open(dir.path(), "h1", socket).unwrap_err();
@@ -420,7 +542,14 @@ mod tests {
             Journal::open(dir.path(), "h2", socket).unwrap();
         }
         let (journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
-        assert_eq!(left, vec![("b".to_owned(), "mem:///y".to_owned())]);
+        assert_eq!(
+            left,
+            vec![Left {
+                lock_id: "b".into(),
+                target: "mem:///y".into(),
+                owner: None
+            }]
+        );
         journal.restart(&[]);
         drop(journal);
         let (_journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
@@ -433,9 +562,11 @@ mod tests {
         let socket = Path::new("/run/test.sock");
         {
             let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
-            journal.acquire("kept", "mem:///k");
+            journal.acquire("kept", "mem:///k", Some(owner("s1", "h1")));
+            journal.acquire("lost", "mem:///l", Some(owner("s1", "h1")));
+            journal.lost("lost");
             for i in 0..COMPACT_AFTER {
-                journal.acquire(&format!("t{i}"), "mem:///t");
+                journal.acquire(&format!("t{i}"), "mem:///t", None);
                 journal.release(&format!("t{i}"));
             }
             let size = std::fs::metadata(&journal.inner.lock().unwrap().path)
@@ -443,7 +574,127 @@ mod tests {
                 .len();
             assert!(size < 200_000, "compacted: {size} bytes");
         }
+        let (_journal, mut left) = Journal::open(dir.path(), "h", socket).unwrap();
+        left.sort_by(|a, b| a.lock_id.cmp(&b.lock_id));
+        let kept = Left {
+            lock_id: "kept".into(),
+            target: "mem:///k".into(),
+            owner: Some(owner("s1", "h1")),
+        };
+        // A lost holding stays open (its file is still to be settled) but nobody may resume it.
+        let lost = Left {
+            lock_id: "lost".into(),
+            target: "mem:///l".into(),
+            owner: None,
+        };
+        assert_eq!(left, vec![kept, lost]);
+    }
+
+    fn owner(session: &str, hash: &str) -> Owner {
+        Owner {
+            session: session.into(),
+            secret_sha256: hash.into(),
+            uid: Some(1000),
+        }
+    }
+
+    /// What a resume is checked against outlives the process; the secret itself is never
+    /// written, and only the daemon's user can read the file.
+    #[test]
+    fn a_resumable_holding_keeps_its_owner_and_only_the_hash_of_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        let issued = crate::link::SessionSecret::issue("run", 1);
+        let secret = issued.ticket(std::time::Duration::ZERO).secret;
+        let mine = Owner {
+            session: issued.session.clone(),
+            secret_sha256: issued.hash.clone(),
+            uid: Some(1000),
+        };
+        let path = {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.acquire("r", "file:///data/a", Some(mine.clone()));
+            journal.acquire("gone", "file:///data/b", Some(mine.clone()));
+            journal.lost("gone");
+            // Told lost twice (a loss, then the failed delete's retry): one line.
+            journal.lost("gone");
+            let path = journal.inner.lock().unwrap().path.clone();
+            path
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&issued.hash), "{text}");
+        assert!(!text.contains(&secret), "the secret was written: {text}");
+        assert_eq!(text.matches("\"lost\"").count(), 1, "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "journal mode {mode:o}");
+            // One created wider by an earlier release is narrowed when opened.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let (_journal, mut left) = Journal::open(dir.path(), "h", socket).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "journal mode {mode:o} after reopening");
+        }
+        left.sort_by(|a, b| a.lock_id.cmp(&b.lock_id));
+        assert_eq!(left[0].lock_id, "gone");
+        assert_eq!(left[0].owner, None, "a lost holding is never resumed");
+        assert_eq!(left[1].owner, Some(mine.clone()));
+        assert!(crate::link::resume::proves(
+            &secret,
+            &left[1].owner.as_ref().unwrap().secret_sha256
+        ));
+    }
+
+    /// Daemons of the previous release share the journal's directory layout across an upgrade
+    /// or a downgrade: each reads what the other wrote.
+    #[test]
+    fn journals_of_earlier_and_later_releases_read_each_other() {
+        // The previous release's entries, as it wrote and read them.
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Earlier {
+            Acquire { acquire: String, target: String },
+            Release { release: String },
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        let path = {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.acquire("new", "file:///data/a", Some(owner("s", "h")));
+            journal.acquire("gone", "file:///data/b", Some(owner("s", "h")));
+            journal.lost("gone");
+            let path = journal.inner.lock().unwrap().path.clone();
+            path
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let earlier: Vec<String> = text
+            .lines()
+            .filter_map(|line| match serde_json::from_str::<Earlier>(line) {
+                Ok(Earlier::Acquire { acquire, .. }) => Some(acquire),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(earlier, ["new", "gone"], "an earlier release settles both");
+        // And a journal an earlier release left is read as holdings nobody may resume.
+        let old = serde_json::to_string(&Earlier::Acquire {
+            acquire: "old".into(),
+            target: "file:///data/c".into(),
+        })
+        .unwrap();
+        std::fs::write(&path, format!("{old}\n")).unwrap();
         let (_journal, left) = Journal::open(dir.path(), "h", socket).unwrap();
-        assert_eq!(left, vec![("kept".to_owned(), "mem:///k".to_owned())]);
+        assert_eq!(
+            left,
+            vec![Left {
+                lock_id: "old".into(),
+                target: "file:///data/c".into(),
+                owner: None
+            }]
+        );
     }
 }

@@ -121,6 +121,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         .unwrap_or_else(context::hostname);
     let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)?;
     if !left.is_empty() {
+        // Resuming holdings is not served yet: every one left is settled as after a crash.
+        let left = left.into_iter().map(|l| (l.lock_id, l.target)).collect();
         let (removed, unsettled) = journal::recover(&stores, left).await;
         tracing::info!(
             removed,

@@ -262,6 +262,44 @@ pub enum Response {
     /// under which the daemon locks it, `file://` directories resolved to the real ones), or
     /// why it cannot be locked (protocol version 4).
     Resolved(Vec<Result<String, WireError>>),
+    /// A grant that survives the daemon (protocol version 5): what [`Response::Granted`] says,
+    /// and what the holder needs to resume the holding after the daemon restarted. Older
+    /// clients get [`Response::Granted`]; detached leases are always plain grants (they belong
+    /// to their uid and lock id, not to a session).
+    GrantedResumable {
+        /// The grant.
+        grant: Grant,
+        /// How the holding can be resumed.
+        resume: Resumable,
+    },
+}
+
+/// What a holder needs to resume its holding after the daemon restarted (protocol version 5).
+///
+/// The safety rule: a client that has not resumed within `window` of the last frame it
+/// received from the daemon treats the holding as lost (sooner if the lease's validity runs out
+/// first). A restarted daemon grants the targets of holdings nobody resumed to no one until
+/// `window` has passed since its own start, which is after that last frame.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumable {
+    /// The session (connection) the holding belongs to.
+    pub session: String,
+    /// The session's secret, which proves in a resume that the caller is that session. The
+    /// daemon keeps only a hash of it; it is never logged.
+    pub secret: String,
+    /// The resume window W.
+    pub window: Duration,
+}
+
+impl std::fmt::Debug for Resumable {
+    /// Everything but the secret: a debug print must not leak it into a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumable")
+            .field("session", &self.session)
+            .field("secret", &"<hidden>")
+            .field("window", &self.window)
+            .finish()
+    }
 }
 
 /// A lock file with every holder it lists.

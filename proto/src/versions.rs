@@ -13,7 +13,8 @@
 //! - a client sends only what the version it negotiated has (version 2 added nothing that a
 //!   client sends; version 3 added [`Request::AcquireIn`](crate::Request::AcquireIn), version 4
 //!   [`Request::AcquireBounded`](crate::Request::AcquireBounded) and
-//!   [`Request::Resolve`](crate::Request::Resolve)).
+//!   [`Request::Resolve`](crate::Request::Resolve); version 5 added nothing that a client
+//!   sends).
 //!
 //! | version | added                                                                        |
 //! |---------|------------------------------------------------------------------------------|
@@ -21,6 +22,7 @@
 //! | 2       | [`Event::LeaseEnded`]: a lost lease with an error kind; version 1 gets [`Event::LeaseLost`] |
 //! | 3       | `Request::AcquireIn` (lock modes), `Request::Describe`, `Request::ListModes` and their answers, and [`ErrorKind::ModeConflict`]; older versions never ask for these, and would get `AlreadyHeld` for the kind |
 //! | 4       | `Request::AcquireBounded` (a max-hold), `Request::Resolve` and its answer, and [`ErrorKind::MaxHoldReached`]; older versions get `LeaseLost` for the kind (the daemon's own max-hold ends their leases too) |
+//! | 5       | [`Response::GrantedResumable`]: a grant with its session's secret and the resume window; older versions get [`Response::Granted`] |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
@@ -77,6 +79,14 @@ impl ServerFrame {
                     "resolving targets needs protocol version 4",
                 )),
             },
+            // A grant that can be resumed is, to an older client, a grant.
+            ServerFrame::Response {
+                id,
+                result: Ok(Response::GrantedResumable { grant, .. }),
+            } if version < 5 => ServerFrame::Response {
+                id,
+                result: Ok(Response::Granted(grant)),
+            },
             response @ ServerFrame::Response { .. } => response,
         }
     }
@@ -100,6 +110,10 @@ impl ServerFrame {
                 .filter_map(|r| r.as_ref().err())
                 .map(|e| e.kind.since_version())
                 .fold(4, u32::max),
+            ServerFrame::Response {
+                result: Ok(Response::GrantedResumable { .. }),
+                ..
+            } => 5,
             ServerFrame::Response { .. } => 1,
         }
     }

@@ -302,6 +302,16 @@ fn response() -> BoxedStrategy<Response> {
             0..3
         )
         .prop_map(Response::Resolved),
+        (grant(), text(), text(), duration()).prop_map(|(grant, session, secret, window)| {
+            Response::GrantedResumable {
+                grant,
+                resume: Resumable {
+                    session,
+                    secret,
+                    window,
+                },
+            }
+        }),
     ]
     .boxed()
 }
@@ -526,7 +536,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -541,6 +551,7 @@ impl Variant for Response {
             Response::Described(_) => 9,
             Response::ListedModes(_) => 10,
             Response::Resolved(_) => 11,
+            Response::GrantedResumable { .. } => 12,
         }
     }
 }

@@ -537,3 +537,147 @@ async fn resolve_answers_in_order_and_a_detached_max_hold_is_refused() {
         }
     ));
 }
+
+/// Protocol 5: every grant of a lease held over the connection carries the session's resume
+/// credentials and the resume window, the same for every grant of a connection and different
+/// for each connection. The journal keeps the SHA-256 of the secret, never the secret, in a file
+/// only the daemon's user can read, and the log never shows it. A detached lease (not the
+/// session's) and a client of protocol 4 get plain grants.
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_carry_the_session_secret_which_only_the_journal_hash_keeps() {
+    use vfslock_proto::{AcquireRequest, Request, Response, Resumable, WaitMode};
+    let daemon = Daemon::start();
+    let acquire = |target: String, detached: bool| {
+        Request::Acquire(AcquireRequest {
+            target,
+            ttl: Some(std::time::Duration::from_secs(30)),
+            owner_id: None,
+            wait: WaitMode::Try,
+            ask_on_stale: false,
+            detached,
+        })
+    };
+    let resumable = |frame: ServerFrame| -> (String, Resumable) {
+        match frame {
+            ServerFrame::Response {
+                result: Ok(Response::GrantedResumable { grant, resume }),
+                ..
+            } => (grant.lock_id, resume),
+            other => panic!("expected a resumable grant, got {other:?}"),
+        }
+    };
+    let mut first = handshaken(daemon.socket()).await;
+    let (lock_a, resume_a) =
+        resumable(ask(&mut first, acquire(daemon.file_target("a.csv"), false)).await);
+    let (_, resume_b) =
+        resumable(ask(&mut first, acquire(daemon.file_target("b.csv"), false)).await);
+    assert_eq!(
+        resume_a.window,
+        std::time::Duration::from_secs(10),
+        "the default W"
+    );
+    assert_eq!(resume_a.secret.len(), 64, "256 bits in hex");
+    assert_eq!(resume_a, resume_b, "one session, one secret");
+    let mut second = handshaken(daemon.socket()).await;
+    let (_, other) = resumable(ask(&mut second, acquire(daemon.file_target("c.csv"), false)).await);
+    assert_ne!(other.session, resume_a.session);
+    assert_ne!(other.secret, resume_a.secret);
+
+    // A detached lease belongs to its uid and lock id: a plain grant.
+    match ask(&mut first, acquire(daemon.file_target("d.csv"), true)).await {
+        ServerFrame::Response {
+            result: Ok(Response::Granted(grant)),
+            ..
+        } => assert!(grant.metadata.detached),
+        other => panic!("expected a plain grant for a detached lease, got {other:?}"),
+    }
+    // A client of protocol 4 gets what it can decode.
+    let mut older = UnixStream::connect(daemon.socket()).await.expect("connect");
+    older
+        .write_all(&Hello { version: 4 }.encode())
+        .await
+        .expect("send hello");
+    let mut hello = [0u8; HELLO_LEN];
+    within("the daemon's hello", older.read_exact(&mut hello))
+        .await
+        .expect("read hello");
+    let welcome: Welcome = read_frame(&mut older, "the welcome").await;
+    assert_eq!(welcome.protocol_version, 4);
+    match ask(&mut older, acquire(daemon.file_target("e.csv"), false)).await {
+        ServerFrame::Response {
+            result: Ok(Response::Granted(_)),
+            ..
+        } => {}
+        other => panic!("expected a plain grant for protocol 4, got {other:?}"),
+    }
+
+    // The journal: the session and the hash of its secret, never the secret.
+    let state = daemon.dir().join("state");
+    let journals: Vec<_> = std::fs::read_dir(&state)
+        .expect("the state directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    let text = std::fs::read_to_string(&journals[0]).expect("read the journal");
+    let line = text
+        .lines()
+        .find(|line| line.contains(&lock_a))
+        .unwrap_or_else(|| panic!("no journal line for {lock_a}: {text}"));
+    let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(entry["session"], resume_a.session.as_str(), "{line}");
+    let hash = entry["secret_sha256"].as_str().expect("a hash");
+    assert!(
+        vfslockd::link::resume::proves(&resume_a.secret, hash),
+        "the journal's hash is not of the session's secret: {line}"
+    );
+    for secret in [&resume_a.secret, &other.secret] {
+        assert!(!text.contains(secret.as_str()), "the journal has a secret");
+        assert!(
+            !daemon.log().contains(secret.as_str()),
+            "the log has a secret"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&journals[0])
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "journal mode {mode:o}");
+
+    // A holding broken by an admin is journaled as lost before its holder hears: no restart
+    // may hand it back.
+    let admin = daemon.client().await;
+    within(
+        "break",
+        admin.break_lock(&daemon.file_target("b.csv"), "test"),
+    )
+    .await
+    .expect("break");
+    let ended: ServerFrame = read_frame(&mut first, "the loss").await;
+    assert!(
+        matches!(
+            &ended,
+            ServerFrame::Event {
+                event: vfslock_proto::Event::LeaseEnded { .. },
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
+    let text = std::fs::read_to_string(&journals[0]).expect("read the journal");
+    let broken = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|entry| {
+            entry["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("b.csv"))
+        })
+        .expect("the journal line of b.csv");
+    let lock_b = broken["acquire"].as_str().expect("its lock id");
+    assert!(
+        text.contains(&format!("{{\"lost\":\"{lock_b}\"}}")),
+        "no lost mark for {lock_b}: {text}"
+    );
+}

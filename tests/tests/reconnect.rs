@@ -90,3 +90,45 @@ fn a_blocking_client_reconnects_too() {
         .with_lock(&target, LockOptions::default(), |_| Ok::<_, String>(()))
         .expect("a lock after the restart");
 }
+
+/// Each grant tells the holder its resume window W (the daemon's `locks.resume-window`), in the
+/// async and the blocking API; a daemon whose window is zero grants holdings that end with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_learns_its_resume_window_with_the_grant() {
+    use std::time::Duration;
+    let daemon = Daemon::start_with(
+        &vfslock_tests::TEST_CONFIG.replace("[locks]\n", "[locks]\nresume-window = \"7s\"\n"),
+    );
+    let client = daemon.client().await;
+    let mut held = client.new_lock(daemon.file_target("w.csv"), LockOptions::default());
+    assert_eq!(held.resume_window(), None, "nothing held yet");
+    within("acquire", held.acquire()).await.expect("acquire");
+    assert_eq!(held.resume_window(), Some(Duration::from_secs(7)));
+    within("release", held.release()).await.expect("release");
+    assert_eq!(held.resume_window(), None, "nothing held any more");
+
+    let socket = daemon.socket().to_owned();
+    let target = daemon.file_target("b.csv");
+    let window = tokio::task::spawn_blocking(move || {
+        let client = vfslock::blocking::Client::connect(&socket).expect("connect");
+        let mut lock = client.new_lock(target, LockOptions::default());
+        lock.acquire().expect("blocking acquire");
+        lock.resume_window()
+    })
+    .await
+    .expect("the blocking client");
+    assert_eq!(window, Some(Duration::from_secs(7)));
+
+    let off = Daemon::start_with(
+        &vfslock_tests::TEST_CONFIG.replace("[locks]\n", "[locks]\nresume-window = \"0s\"\n"),
+    );
+    let client = off.client().await;
+    let mut held = client.new_lock(off.file_target("w.csv"), LockOptions::default());
+    within("acquire", held.acquire()).await.expect("acquire");
+    assert!(held.is_held());
+    assert_eq!(
+        held.resume_window(),
+        None,
+        "W = 0: the holding ends with the daemon"
+    );
+}

@@ -28,6 +28,7 @@ pub(super) struct RawLocks {
     handoff_cooldown: Option<String>,
     peer_ttl_factor: Option<u32>,
     max_hold: Option<String>,
+    resume_window: Option<String>,
 }
 
 /// `[locks]`, validated.
@@ -68,6 +69,10 @@ pub struct LockSettings {
     /// The longest a lease renewed by this daemon may be held: the cap of every acquire that
     /// names none, and the most one may name. `None`: no cap.
     pub max_hold: Option<Duration>,
+    /// How long a holding outlives its daemon (W): told to the holder with each grant, the time
+    /// a restarted daemon keeps the holdings nobody resumed, and grants their targets to no one.
+    /// Zero: holdings end with the daemon.
+    pub resume_window: Duration,
 }
 
 impl LockSettings {
@@ -92,6 +97,7 @@ impl LockSettings {
             handoff_cooldown: Duration::ZERO,
             peer_ttl_factor: required(&raw.peer_ttl_factor, "locks.peer-ttl-factor")?,
             max_hold: None,
+            resume_window: duration_of(&raw.resume_window, "locks.resume-window")?,
         };
         // Empty: no cap.
         locks.max_hold = match non_empty(&raw.max_hold) {
@@ -164,6 +170,7 @@ impl LockSettings {
             handoff_cooldown: text(self.handoff_cooldown),
             peer_ttl_factor: Some(self.peer_ttl_factor),
             max_hold: Some(self.max_hold.map(duration::format).unwrap_or_default()),
+            resume_window: text(self.resume_window),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! that bookkeeping, so it also keeps the caller's per-uid lock count ([`uids`]).
 
 pub mod outbound;
+pub mod resume;
 pub mod uids;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use ractor::ActorId;
 use vfslock_proto::{Event, RequestId, Response, ServerFrame, WireError};
 
 pub use outbound::{Outbound, Outgoing};
+pub use resume::SessionSecret;
 pub use uids::{ConnectionSlot, LockShare, UidUsage};
 
 /// Who is on the other end of a connection, from the socket's peer credentials: never from
@@ -62,6 +64,10 @@ pub struct SessionLink {
     /// The caller's uid's count of acquires, which this connection's acquires are part of;
     /// `None` for a caller not counted by uid (root, the admin group, no uid).
     share: Option<LockShare>,
+    /// The session's resume credentials and the resume window, told with every grant that is
+    /// not a detached lease; `None` for a client older than protocol 5, or when the daemon's
+    /// `locks.resume-window` is zero.
+    pub resume: Option<(SessionSecret, std::time::Duration)>,
 }
 
 /// Which limit an acquire would pass.
@@ -117,7 +123,14 @@ impl SessionLink {
             protocol: vfslock_proto::handshake::PROTOCOL_VERSION,
             open: Mutex::default(),
             share: None,
+            resume: None,
         }
+    }
+
+    /// The same link, whose grants can be resumed with `secret` within `window` of a restart.
+    pub fn resumable(mut self, secret: SessionSecret, window: std::time::Duration) -> Self {
+        self.resume = Some((secret, window));
+        self
     }
 
     /// The same link, with its acquires also counted in its uid's `share`.
@@ -140,6 +153,15 @@ impl SessionLink {
     pub fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
         let held = matches!(&result, Ok(Response::Granted(_)));
         self.settle(id, held);
+        let result = match (result, &self.resume) {
+            (Ok(Response::Granted(grant)), Some((secret, window))) if !grant.metadata.detached => {
+                Ok(Response::GrantedResumable {
+                    grant,
+                    resume: secret.ticket(*window),
+                })
+            }
+            (result, _) => result,
+        };
         self.out
             .send(ServerFrame::Response { id, result }.for_version(self.protocol));
     }

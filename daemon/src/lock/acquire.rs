@@ -197,7 +197,8 @@ impl LockActor {
         for _ in 0..4 {
             let record = self.new_record(&waiter, None);
             if journaled(state, &record) {
-                self.ctx.journal_acquire(&record.lock_id, &state.target.url);
+                self.ctx
+                    .journal_acquire(&record.lock_id, &state.target.url, &waiter.session);
             }
             let sent = Instant::now();
             let record = Arc::new(record);
@@ -406,7 +407,8 @@ impl LockActor {
     ) -> (LockRecord, Instant, Result<Replaced, StoreError>) {
         let record = self.new_record(waiter, None);
         if journaled(state, &record) {
-            self.ctx.journal_acquire(&record.lock_id, &state.target.url);
+            self.ctx
+                .journal_acquire(&record.lock_id, &state.target.url, &waiter.session);
         }
         let sent = Instant::now();
         let replaced = self

@@ -149,7 +149,7 @@ impl LockActor {
         for _ in 0..4 {
             let now = self.ctx.now();
             let entry = self.new_entry(&waiter, now);
-            self.journal_entry(state, &entry);
+            self.journal_entry(state, &entry, &waiter.session);
             let sent = Instant::now();
             let first = Joint {
                 mode,
@@ -318,7 +318,7 @@ impl LockActor {
             },
         };
         next.holders.push(entry.clone());
-        self.journal_entry(state, &entry);
+        self.journal_entry(state, &entry, &waiter.session);
         let sent = Instant::now();
         let replaced = self
             .within(state.target.store.replace(
@@ -409,9 +409,15 @@ impl LockActor {
 
     /// Journals a new entry, as a new exclusive holding is (not a detached one, whose entry is
     /// its state, nor on a private store).
-    fn journal_entry(&self, state: &LockState, entry: &HolderEntry) {
+    fn journal_entry(
+        &self,
+        state: &LockState,
+        entry: &HolderEntry,
+        holder: &crate::link::SessionLink,
+    ) {
         if !entry.detached && !state.target.store.is_private() {
-            self.ctx.journal_acquire(&entry.lock_id, &state.target.url);
+            self.ctx
+                .journal_acquire(&entry.lock_id, &state.target.url, holder);
         }
     }
 

@@ -330,6 +330,8 @@ impl LockActor {
         };
         tracing::warn!(target = %state.target.url, %reason, holders = joint.members.len(), "shared lease lost");
         self.tally.held(-(joint.members.len() as i64));
+        // Before the holders hear: a restart after this must not hand the holding back.
+        self.ctx.journal_lost(&joint.entry.lock_id);
         for member in &joint.members {
             member.session.acquire_ended(member.acquire_id);
             member.session.event(

@@ -190,6 +190,8 @@ impl LockActor {
         };
         self.tally.held(-1);
         tracing::warn!(target = %state.target.url, %reason, "lease lost");
+        // Before the holder hears: a restart after this must not hand the holding back.
+        self.ctx.journal_lost(&holding.record.lock_id);
         holding.session.acquire_ended(holding.acquire_id);
         holding.session.event(
             holding.acquire_id,

@@ -54,6 +54,7 @@ impl LockActor {
             };
             self.tally.held(-1);
             holding.session.acquire_ended(holding.acquire_id);
+            self.ctx.journal_lost(&holding.record.lock_id);
             let limit = limit_of(holding.max_hold.as_ref());
             tell(&holding.session, acquire_id, &url, limit);
             let lock_id = holding.record.lock_id.clone();

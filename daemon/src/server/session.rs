@@ -24,7 +24,7 @@ use vfslock_proto::{
 use crate::access::{off_runtime, resolve_file, Need};
 use crate::address::{Address, Scheme};
 use crate::context::{Context, Stats};
-use crate::link::{Caller, ConnectionSlot, Outbound, Overflow, SessionLink};
+use crate::link::{Caller, ConnectionSlot, Outbound, Overflow, SessionLink, SessionSecret};
 use crate::lock::{LockMessage, Registry};
 
 /// Serves one connection of `caller` (admitted by the accept loop, which counted it in its
@@ -72,6 +72,10 @@ async fn serve_as(
     let writer = tokio::spawn(writer.run(send, closing_rx));
     let share = ctx.lock_share(&caller);
     let mut link = SessionLink::new(id, out, caller).speaking(protocol);
+    let window = ctx.settings.locks.resume_window;
+    if protocol >= 5 && !window.is_zero() {
+        link = link.resumable(SessionSecret::issue(&ctx.instance_id, id), window);
+    }
     if let Some(share) = share {
         link = link.sharing(share);
     }
