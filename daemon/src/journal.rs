@@ -57,17 +57,7 @@ enum Entry {
     },
 }
 
-/// Who may resume a journaled holding: the session that held it, proven by its secret (of
-/// which only the hash is kept) and the kernel's word on the caller's uid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// The session's name.
-    pub session: String,
-    /// SHA-256 of the session's secret, in hex.
-    pub secret_sha256: String,
-    /// The holder's uid, where the platform tells it.
-    pub uid: Option<u32>,
-}
+pub use crate::link::resume::Owner;
 
 /// A holding a previous run left open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,19 +290,25 @@ impl Journal {
     }
 
     /// Starts the journal afresh after recovery, keeping the holdings recovery could not settle
-    /// (a store that failed), so that the next start tries them again.
-    pub fn restart(&self, unsettled: &[(String, String)]) {
+    /// (a store that failed), so that the next start tries them again, and those `kept` for
+    /// their sessions to resume, with their owners, so that a second crash keeps them too.
+    pub fn restart(&self, unsettled: &[(String, String)], kept: &[Left]) {
         let mut inner = self.inner.lock().expect("journal lock");
-        inner.open = unsettled
-            .iter()
-            .map(|(lock_id, target)| {
-                let open = Open {
-                    target: target.clone(),
-                    owner: None,
-                };
-                (lock_id.clone(), open)
-            })
-            .collect();
+        let unsettled = unsettled.iter().map(|(lock_id, target)| {
+            let open = Open {
+                target: target.clone(),
+                owner: None,
+            };
+            (lock_id.clone(), open)
+        });
+        let kept = kept.iter().map(|left| {
+            let open = Open {
+                target: left.target.clone(),
+                owner: left.owner.clone(),
+            };
+            (left.lock_id.clone(), open)
+        });
+        inner.open = unsettled.chain(kept).collect();
         inner.compact();
     }
 
@@ -550,7 +546,7 @@ mod tests {
                 owner: None
             }]
         );
-        journal.restart(&[]);
+        journal.restart(&[], &[]);
         drop(journal);
         let (_journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
         assert!(left.is_empty(), "the journal starts afresh after recovery");
@@ -605,7 +601,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = Path::new("/run/test.sock");
         let issued = crate::link::SessionSecret::issue("run", 1);
-        let secret = issued.ticket(std::time::Duration::ZERO).secret;
+        let secret = issued.ticket(std::time::Duration::ZERO).secret.0;
         let mine = Owner {
             session: issued.session.clone(),
             secret_sha256: issued.hash.clone(),
@@ -648,6 +644,40 @@ mod tests {
             &secret,
             &left[1].owner.as_ref().unwrap().secret_sha256
         ));
+    }
+
+    /// A holding kept for its session across a restart stays journaled with its owner, so
+    /// that a second crash within the window keeps it again.
+    #[test]
+    fn a_kept_holding_stays_journaled_with_its_owner_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.acquire("kept", "file:///k", Some(owner("s", "h")));
+            journal.acquire("settled", "file:///s", Some(owner("s", "h")));
+        }
+        let (journal, left) = Journal::open(dir.path(), "h", socket).unwrap();
+        let kept: Vec<Left> = left.into_iter().filter(|l| l.lock_id == "kept").collect();
+        journal.restart(&[("unsettled".into(), "file:///u".into())], &kept);
+        drop(journal);
+        let (_journal, mut left) = Journal::open(dir.path(), "h", socket).unwrap();
+        left.sort_by(|a, b| a.lock_id.cmp(&b.lock_id));
+        assert_eq!(
+            left,
+            vec![
+                Left {
+                    lock_id: "kept".into(),
+                    target: "file:///k".into(),
+                    owner: Some(owner("s", "h")),
+                },
+                Left {
+                    lock_id: "unsettled".into(),
+                    target: "file:///u".into(),
+                    owner: None,
+                },
+            ]
+        );
     }
 
     /// Daemons of the previous release share the journal's directory layout across an upgrade

@@ -120,19 +120,25 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         .clone()
         .unwrap_or_else(context::hostname);
     let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)?;
-    if !left.is_empty() {
-        // Resuming holdings is not served yet: every one left is settled as after a crash.
-        let left = left.into_iter().map(|l| (l.lock_id, l.target)).collect();
-        let (removed, unsettled) = journal::recover(&stores, left).await;
+    // A holding that its session may resume is kept for it (`lock::resume`); every other one
+    // is settled as after a crash.
+    let window = settings.locks.resume_window;
+    let (kept, settle): (Vec<_>, Vec<_>) = left
+        .into_iter()
+        .partition(|left| left.owner.is_some() && !window.is_zero());
+    let settle: Vec<_> = settle.into_iter().map(|l| (l.lock_id, l.target)).collect();
+    let unsettled = if settle.is_empty() {
+        Vec::new()
+    } else {
+        let (removed, unsettled) = journal::recover(&stores, settle).await;
         tracing::info!(
             removed,
             unsettled = unsettled.len(),
             "cleaned up the lock files of the previous run"
         );
-        journal.restart(&unsettled);
-    } else {
-        journal.restart(&[]);
-    }
+        unsettled
+    };
+    journal.restart(&unsettled, &kept);
     let mut ctx = Context::new(settings, stores, host_id);
     ctx.journal = Some(journal);
     ctx.access = access;
@@ -140,6 +146,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     let registry = lock::Registry::start(ctx.clone())
         .await
         .map_err(startup::StartError::Supervisor)?;
+    keep_for_resume(&ctx, &registry, kept).await;
     for store in ctx.stores.all() {
         let info = store.describe();
         tracing::info!(scheme = %info.scheme, "store: {}", info.description);
@@ -164,6 +171,49 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     );
     server::serve(ctx, registry, listener, own_socket, notifier, stop_signal()).await;
     Ok(())
+}
+
+/// Hands each holding of the previous run that its session may resume to its target's actor,
+/// before any client is served: the actor keeps it until the resume window closes, W after
+/// this daemon's start.
+async fn keep_for_resume(
+    ctx: &Arc<Context>,
+    registry: &Arc<lock::Registry>,
+    kept: Vec<journal::Left>,
+) {
+    if kept.is_empty() {
+        return;
+    }
+    let window = ctx.settings.locks.resume_window;
+    let until = ctx.started + window;
+    tracing::info!(
+        holdings = kept.len(),
+        window = %duration::format(window),
+        "keeping the holdings of the previous run for their sessions to resume"
+    );
+    for left in kept {
+        let Some(owner) = left.owner else { continue };
+        let routed = match address::Address::parse(&left.target) {
+            Ok(address) => {
+                let message = lock::LockMessage::Adopt(Box::new(lock::resume::Kept {
+                    lock_id: left.lock_id.clone(),
+                    owner,
+                    until,
+                }));
+                registry
+                    .route(&Arc::new(address), message)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = routed {
+            tracing::warn!(target = %left.target, %reason, "cannot keep a holding of the previous run");
+            if let Some(journal) = &ctx.journal {
+                journal.release(&left.lock_id);
+            }
+        }
+    }
 }
 
 #[cfg(unix)]

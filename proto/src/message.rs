@@ -135,6 +135,38 @@ pub enum Request {
         /// The targets, as an acquire would name them.
         targets: Vec<String>,
     },
+    /// Take back a holding after the daemon restarted (protocol version 6): the holding
+    /// `lock_id` of `target`, granted to `session` ([`Resumable`]) by the daemon before. The
+    /// restarted daemon hands it over only to a caller of the same uid that knows the session's
+    /// secret, and only after renewing the lock file conditionally on its still carrying
+    /// `lock_id`. Answers [`Response::GrantedResumable`] (the same lock id and token, a fresh
+    /// validity, and this connection's session from now on), or an error of kind
+    /// [`ErrorKind::LeaseLost`] (the holding was not kept: lost while the daemon was away, or
+    /// not resumed within the window) or [`ErrorKind::PermissionDenied`] (another session's).
+    /// Events about the holding come with this request's id from then on.
+    Resume {
+        /// The target, as the grant named it.
+        target: String,
+        /// The holding's lock id.
+        lock_id: String,
+        /// The session it was granted to.
+        session: String,
+        /// That session's secret.
+        secret: Secret,
+    },
+}
+
+/// A session's secret: it proves in [`Request::Resume`] that the caller is the session the
+/// holding was granted to. On the wire a plain string; its `Debug` hides it, so that no log
+/// line that prints a message shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
 }
 
 /// How a lock is held: alone, or together with other holders.
@@ -280,26 +312,15 @@ pub enum Response {
 /// received from the daemon treats the holding as lost (sooner if the lease's validity runs out
 /// first). A restarted daemon grants the targets of holdings nobody resumed to no one until
 /// `window` has passed since its own start, which is after that last frame.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resumable {
     /// The session (connection) the holding belongs to.
     pub session: String,
     /// The session's secret, which proves in a resume that the caller is that session. The
     /// daemon keeps only a hash of it; it is never logged.
-    pub secret: String,
+    pub secret: Secret,
     /// The resume window W.
     pub window: Duration,
-}
-
-impl std::fmt::Debug for Resumable {
-    /// Everything but the secret: a debug print must not leak it into a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resumable")
-            .field("session", &self.session)
-            .field("secret", &"<hidden>")
-            .field("window", &self.window)
-            .finish()
-    }
 }
 
 /// A lock file with every holder it lists.

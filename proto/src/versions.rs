@@ -14,7 +14,7 @@
 //!   client sends; version 3 added [`Request::AcquireIn`](crate::Request::AcquireIn), version 4
 //!   [`Request::AcquireBounded`](crate::Request::AcquireBounded) and
 //!   [`Request::Resolve`](crate::Request::Resolve); version 5 added nothing that a client
-//!   sends).
+//!   sends; version 6 added [`Request::Resume`](crate::Request::Resume)).
 //!
 //! | version | added                                                                        |
 //! |---------|------------------------------------------------------------------------------|
@@ -23,6 +23,7 @@
 //! | 3       | `Request::AcquireIn` (lock modes), `Request::Describe`, `Request::ListModes` and their answers, and [`ErrorKind::ModeConflict`]; older versions never ask for these, and would get `AlreadyHeld` for the kind |
 //! | 4       | `Request::AcquireBounded` (a max-hold), `Request::Resolve` and its answer, and [`ErrorKind::MaxHoldReached`]; older versions get `LeaseLost` for the kind (the daemon's own max-hold ends their leases too) |
 //! | 5       | [`Response::GrantedResumable`]: a grant with its session's secret and the resume window; older versions get [`Response::Granted`] |
+//! | 6       | `Request::Resume`: take a holding back after the daemon restarted; older versions never send it |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 

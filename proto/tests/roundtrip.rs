@@ -154,6 +154,14 @@ fn request() -> BoxedStrategy<Request> {
             }
         ),
         vec(text(), 0..4).prop_map(|targets| Request::Resolve { targets }),
+        (text(), text(), text(), text()).prop_map(|(target, lock_id, session, secret)| {
+            Request::Resume {
+                target,
+                lock_id,
+                session,
+                secret: Secret(secret),
+            }
+        }),
     ]
     .boxed()
 }
@@ -307,7 +315,7 @@ fn response() -> BoxedStrategy<Response> {
                 grant,
                 resume: Resumable {
                     session,
-                    secret,
+                    secret: Secret(secret),
                     window,
                 },
             }
@@ -493,7 +501,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 14;
+    const COUNT: usize = 15;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -510,6 +518,7 @@ impl Variant for Request {
             Request::ListModes => 11,
             Request::AcquireBounded { .. } => 12,
             Request::Resolve { .. } => 13,
+            Request::Resume { .. } => 14,
         }
     }
 }

@@ -57,6 +57,16 @@ recheck-max = "200ms"
 stale-answer-timeout = "3s"
 "#;
 
+/// `config` (which has a `[locks]` section) with holdings that end with the daemon
+/// (`resume-window = "0s"`): for the tests of what a crash does without resume.
+pub fn without_resume(config: &str) -> String {
+    assert!(
+        config.contains("[locks]\n"),
+        "a config with a [locks] section"
+    );
+    config.replacen("[locks]\n", "[locks]\nresume-window = \"0s\"\n", 1)
+}
+
 impl Daemon {
     /// Starts a daemon with [`TEST_CONFIG`].
     pub fn start() -> Daemon {

@@ -179,7 +179,7 @@ async fn a_current_client_hears_the_same_loss_as_lease_ended_with_its_kind() {
     match read_frame(&mut stream, "the grant").await {
         ServerFrame::Response {
             id: 1,
-            result: Ok(Response::Granted(_)),
+            result: Ok(Response::GrantedResumable { .. }),
         } => {}
         other => panic!("expected a grant, got {other:?}"),
     }

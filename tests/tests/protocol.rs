@@ -2,14 +2,18 @@
 //! (garbage instead of a hello, a wrong protocol version, an oversized or truncated frame, a
 //! garbage payload) gets an error or a close while the daemon keeps serving everyone else.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use vfslock::{ErrorKind, LockOptions};
-use vfslock_proto::handshake::{Hello, HELLO_LEN, PROTOCOL_VERSION};
-use vfslock_proto::{codec, frame, ServerFrame, Welcome};
+use vfslock_proto::handshake::{Hello, PROTOCOL_VERSION};
+use vfslock_proto::{codec, frame, ServerFrame};
 use vfslock_tests::{within, Daemon};
+
+#[path = "support/wire.rs"]
+mod wire;
+use wire::{ask, handshaken, handshaken_at, read_frame};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_targets_are_refused_as_invalid() {
@@ -104,36 +108,6 @@ async fn assert_protocol_error_then_close(stream: &mut UnixStream) {
         }
         other => panic!("expected one protocol error, got {other:?}"),
     }
-}
-
-/// Reads one whole frame (`what`, for messages) and decodes it.
-async fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut UnixStream, what: &str) -> T {
-    let mut prefix = [0u8; frame::LEN_PREFIX];
-    within(what, stream.read_exact(&mut prefix))
-        .await
-        .unwrap_or_else(|e| panic!("read the length of {what}: {e}"));
-    let mut payload = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    within(what, stream.read_exact(&mut payload))
-        .await
-        .unwrap_or_else(|e| panic!("read {what}: {e}"));
-    codec::decode(&payload).unwrap_or_else(|e| panic!("decode {what}: {e}"))
-}
-
-/// Connects and completes a valid handshake by hand; returns the stream after the welcome.
-async fn handshaken(socket: &Path) -> UnixStream {
-    let mut stream = UnixStream::connect(socket).await.expect("connect");
-    stream
-        .write_all(&Hello::current().encode())
-        .await
-        .expect("send hello");
-    let mut hello = [0u8; HELLO_LEN];
-    within("the daemon's hello", stream.read_exact(&mut hello))
-        .await
-        .expect("read hello");
-    assert_eq!(hello, Hello::current().encode());
-    let welcome: Welcome = read_frame(&mut stream, "the welcome").await;
-    assert_eq!(welcome.protocol_version, PROTOCOL_VERSION);
-    stream
 }
 
 /// Runs `misbehave` against a daemon that has a well-behaved client holding a lock, then checks
@@ -459,14 +433,6 @@ async fn large_requests_from_many_tasks_on_one_connection_arrive_whole() {
     client.ping().await.expect("the connection is still good");
 }
 
-/// Sends `request` with id 1 over a hand-made connection and returns its one answer.
-async fn ask(stream: &mut UnixStream, request: vfslock_proto::Request) -> ServerFrame {
-    let bytes = codec::encode_frame(&vfslock_proto::ClientFrame::Request { id: 1, request })
-        .expect("encode");
-    stream.write_all(&bytes).await.expect("send");
-    read_frame(stream, "the answer").await
-}
-
 /// A resolve answers each target in order, a refusal in the place of a target the daemon would
 /// refuse; a detached acquire asking for a max-hold is refused (nothing renews it, so nothing
 /// would end it early), and the connection goes on.
@@ -576,7 +542,7 @@ async fn grants_carry_the_session_secret_which_only_the_journal_hash_keeps() {
         std::time::Duration::from_secs(10),
         "the default W"
     );
-    assert_eq!(resume_a.secret.len(), 64, "256 bits in hex");
+    assert_eq!(resume_a.secret.0.len(), 64, "256 bits in hex");
     assert_eq!(resume_a, resume_b, "one session, one secret");
     let mut second = handshaken(daemon.socket()).await;
     let (_, other) = resumable(ask(&mut second, acquire(daemon.file_target("c.csv"), false)).await);
@@ -592,17 +558,7 @@ async fn grants_carry_the_session_secret_which_only_the_journal_hash_keeps() {
         other => panic!("expected a plain grant for a detached lease, got {other:?}"),
     }
     // A client of protocol 4 gets what it can decode.
-    let mut older = UnixStream::connect(daemon.socket()).await.expect("connect");
-    older
-        .write_all(&Hello { version: 4 }.encode())
-        .await
-        .expect("send hello");
-    let mut hello = [0u8; HELLO_LEN];
-    within("the daemon's hello", older.read_exact(&mut hello))
-        .await
-        .expect("read hello");
-    let welcome: Welcome = read_frame(&mut older, "the welcome").await;
-    assert_eq!(welcome.protocol_version, 4);
+    let mut older = handshaken_at(daemon.socket(), 4).await;
     match ask(&mut older, acquire(daemon.file_target("e.csv"), false)).await {
         ServerFrame::Response {
             result: Ok(Response::Granted(_)),
@@ -628,13 +584,16 @@ async fn grants_carry_the_session_secret_which_only_the_journal_hash_keeps() {
     assert_eq!(entry["session"], resume_a.session.as_str(), "{line}");
     let hash = entry["secret_sha256"].as_str().expect("a hash");
     assert!(
-        vfslockd::link::resume::proves(&resume_a.secret, hash),
+        vfslockd::link::resume::proves(&resume_a.secret.0, hash),
         "the journal's hash is not of the session's secret: {line}"
     );
     for secret in [&resume_a.secret, &other.secret] {
-        assert!(!text.contains(secret.as_str()), "the journal has a secret");
         assert!(
-            !daemon.log().contains(secret.as_str()),
+            !text.contains(secret.0.as_str()),
+            "the journal has a secret"
+        );
+        assert!(
+            !daemon.log().contains(secret.0.as_str()),
             "the log has a secret"
         );
     }

@@ -1,14 +1,16 @@
 //! A `Client` outlives its daemon (issue 17, first step): after the daemon was killed and
 //! started again on the same socket, the locks held through the old connection are reported
 //! lost, and the same `Client` (async and blocking) serves new requests over a new connection;
-//! while no daemon answers, a request fails naming the socket, and a later one connects.
+//! while no daemon answers, a request fails naming the socket, and a later one connects. These
+//! daemons keep no holding across the restart (`resume-window = "0s"`); `resume.rs` has the
+//! ones that do.
 
 use vfslock::{ErrorKind, LockOptions};
-use vfslock_tests::{within, Daemon};
+use vfslock_tests::{within, without_resume, Daemon, TEST_CONFIG};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_reconnects_for_new_requests_after_its_daemon_restarted() {
-    let mut daemon = Daemon::start();
+    let mut daemon = Daemon::start_with(&without_resume(TEST_CONFIG));
     let client = daemon.client().await;
     let target = daemon.file_target("reconnect.csv");
     let mut held = client.new_lock(&target, LockOptions::default());
@@ -74,7 +76,7 @@ async fn a_client_reconnects_for_new_requests_after_its_daemon_restarted() {
 
 #[test]
 fn a_blocking_client_reconnects_too() {
-    let mut daemon = Daemon::start();
+    let mut daemon = Daemon::start_with(&without_resume(TEST_CONFIG));
     let client = vfslock::blocking::Client::connect(daemon.socket()).expect("connect");
     let target = daemon.file_target("blocking-reconnect.csv");
     let mut held = client.new_lock(&target, LockOptions::default());

@@ -1,18 +1,21 @@
 //! Crash recovery: a daemon killed with SIGKILL while holding many locks removes, when it
 //! starts again, every lock file it had written (checked by lock id), so nobody waits for
 //! their TTLs, and the temporary copies of its own that a cut-short write left beside them;
-//! detached leases, which belong to their uid, are kept.
+//! detached leases, which belong to their uid, are kept. These daemons keep no holding for its
+//! session to resume (`resume-window = "0s"`, as with clients older than protocol 5); what a
+//! resume window changes is in `resume.rs`.
 
 use std::time::Duration;
 
 use vfslock::LockOptions;
-use vfslock_tests::{Daemon, Store, TEST_CONFIG};
+use vfslock_tests::{without_resume, Daemon, Store, TEST_CONFIG};
 
 /// How many locks the killed daemon holds.
 const HELD: usize = 100;
 
 async fn kill_9_with_locks_held_leaves_no_orphans(store: Store) {
-    let mut daemon = Daemon::start_with(&format!("{TEST_CONFIG}\n{}", store.config()));
+    let config = format!("{}\n{}", without_resume(TEST_CONFIG), store.config());
+    let mut daemon = Daemon::start_with(&config);
     let client = daemon.client().await;
     let targets: Vec<_> = (0..HELD).map(|_| store.target("recovery")).collect();
     let mut locks = Vec::new();

@@ -13,7 +13,20 @@
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use vfslock_proto::Resumable;
+use vfslock_proto::{Resumable, Secret};
+
+/// Who may resume a holding kept across a restart, as the crash journal keeps it: the session
+/// that held it, proven by its secret (of which only the hash is kept) and the kernel's word on
+/// the caller's uid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The session's name.
+    pub session: String,
+    /// SHA-256 of the session's secret, in hex.
+    pub secret_sha256: String,
+    /// The holder's uid, where the platform tells it.
+    pub uid: Option<u32>,
+}
 
 /// The credentials of one session.
 pub struct SessionSecret {
@@ -53,10 +66,30 @@ impl SessionSecret {
     pub fn ticket(&self, window: Duration) -> Resumable {
         Resumable {
             session: self.session.clone(),
-            secret: self.secret.clone(),
+            secret: Secret(self.secret.clone()),
             window,
         }
     }
+}
+
+/// Whether a caller of `uid` that names the session `claimed` and knows `secret` is `owner`;
+/// if not, why (for the log, not for the caller).
+pub fn admits(
+    owner: &Owner,
+    claimed: &str,
+    secret: &Secret,
+    uid: Option<u32>,
+) -> Result<(), &'static str> {
+    if claimed != owner.session {
+        return Err("another session's holding");
+    }
+    if !proves(&secret.0, &owner.secret_sha256) {
+        return Err("a wrong secret");
+    }
+    if uid != owner.uid {
+        return Err("another uid");
+    }
+    Ok(())
 }
 
 /// Whether `secret` is the one whose hash is `hash`. Compares every byte whatever the first
@@ -94,20 +127,50 @@ mod tests {
         let issued = SessionSecret::issue("run", 7);
         assert_eq!(issued.session, "run-7");
         let ticket = issued.ticket(Duration::from_secs(10));
-        assert_eq!(ticket.secret.len(), 64);
-        assert_ne!(ticket.secret, issued.hash);
-        assert!(proves(&ticket.secret, &issued.hash));
+        let secret = &ticket.secret.0;
+        assert_eq!(secret.len(), 64);
+        assert_ne!(*secret, issued.hash);
+        assert!(proves(secret, &issued.hash));
         let other = SessionSecret::issue("run", 7);
         assert_ne!(other.ticket(Duration::ZERO).secret, ticket.secret);
-        assert!(!proves(&other.ticket(Duration::ZERO).secret, &issued.hash));
+        assert!(!proves(
+            &other.ticket(Duration::ZERO).secret.0,
+            &issued.hash
+        ));
         assert!(!proves("", &issued.hash));
         // Neither the credentials nor the ticket print the secret.
-        assert!(!format!("{issued:?}").contains(&ticket.secret));
-        assert!(!format!("{ticket:?}").contains(&ticket.secret));
+        assert!(!format!("{issued:?}").contains(secret.as_str()));
+        assert!(!format!("{ticket:?}").contains(secret.as_str()));
         // SHA-256 as everyone computes it.
         assert_eq!(
             hash_of("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_resume_is_admitted_only_for_the_same_session_secret_and_uid() {
+        let issued = SessionSecret::issue("run", 3);
+        let secret = issued.ticket(Duration::ZERO).secret;
+        let owner = Owner {
+            session: issued.session.clone(),
+            secret_sha256: issued.hash.clone(),
+            uid: Some(1000),
+        };
+        assert_eq!(admits(&owner, "run-3", &secret, Some(1000)), Ok(()));
+        assert_eq!(
+            admits(&owner, "run-4", &secret, Some(1000)),
+            Err("another session's holding")
+        );
+        let wrong = SessionSecret::issue("run", 3).ticket(Duration::ZERO).secret;
+        assert_eq!(
+            admits(&owner, "run-3", &wrong, Some(1000)),
+            Err("a wrong secret")
+        );
+        assert_eq!(
+            admits(&owner, "run-3", &secret, Some(1001)),
+            Err("another uid")
+        );
+        assert_eq!(admits(&owner, "run-3", &secret, None), Err("another uid"));
     }
 }

@@ -74,6 +74,12 @@ impl LockActor {
             max_hold,
             expiry: None,
         };
+        if state.fenced() {
+            // A holding of the previous run may still be believed in: nothing is granted here
+            // until its resume window closes.
+            let holder = self.holder_metadata(state).await;
+            return self.refuse_or_queue(myself, state, waiter, holder);
+        }
         // Queued waiters go first: a newcomer must not overtake them when a foreign holder
         // has just let go.
         if state.phase.is_free() && !state.queue.is_empty() {
@@ -506,6 +512,10 @@ impl LockActor {
 
     /// Grants the lock to waiters in order while nobody here holds it.
     pub(super) async fn serve_queue(&self, myself: &ActorRef<LockMessage>, state: &mut LockState) {
+        if state.fenced() {
+            // Served when the resume window closes (`LockMessage::WindowClosed`).
+            return;
+        }
         if let Some(until) = state.handoff.cooldown_until {
             let left = until.saturating_duration_since(Instant::now());
             if !left.is_zero() && !state.queue.is_empty() {

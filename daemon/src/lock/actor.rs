@@ -164,6 +164,26 @@ pub enum LockMessage {
         /// The holder's acquire.
         acquire_id: RequestId,
     },
+    /// Startup: keep a holding the previous run journaled, for its session to resume, until
+    /// the resume window closes.
+    Adopt(Box<super::resume::Kept>),
+    /// Request: hand the kept holding `lock_id` to `session`, which proves with `secret` that
+    /// it is the session `claimed` that held it.
+    Resume {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The resume's request id: events about the holding carry it from now on.
+        id: RequestId,
+        /// The holding.
+        lock_id: String,
+        /// The session it was granted to.
+        claimed: String,
+        /// That session's secret.
+        secret: vfslock_proto::Secret,
+    },
+    /// Timer: the resume window has closed: what nobody resumed is released, and the target
+    /// may be granted again.
+    WindowClosed,
 }
 
 impl LockMessage {
@@ -182,6 +202,8 @@ impl LockMessage {
                 | LockMessage::IdleCheck
                 | LockMessage::RetryDelete
                 | LockMessage::HoldExpired { .. }
+                | LockMessage::Adopt(_)
+                | LockMessage::WindowClosed
         )
     }
 
@@ -194,7 +216,8 @@ impl LockMessage {
             | LockMessage::RenewDetached { session, id, .. }
             | LockMessage::Break { session, id, .. }
             | LockMessage::Metadata { session, id }
-            | LockMessage::Describe { session, id } => Some((session, *id)),
+            | LockMessage::Describe { session, id }
+            | LockMessage::Resume { session, id, .. } => Some((session, *id)),
             _ => None,
         }
     }
@@ -406,6 +429,18 @@ impl LockActor {
                 self.hold_expired(&myself, state, session_id, acquire_id)
                     .await
             }
+            LockMessage::Adopt(kept) => self.adopt(&myself, state, *kept).await,
+            LockMessage::Resume {
+                session,
+                id,
+                lock_id,
+                claimed,
+                secret,
+            } => {
+                self.resume(&myself, state, session, id, &lock_id, &claimed, &secret)
+                    .await
+            }
+            LockMessage::WindowClosed => self.window_closed(&myself, state).await,
         }
         self.schedule_leftover(&myself, state);
         self.mark_waiting(state).await;

@@ -99,18 +99,10 @@ impl LockActor {
         };
         let now = self.ctx.now();
         let record = LockRecord {
-            created_at: now,
-            acquired_at: parsed.acquired_at().unwrap_or(now),
             ttl: ttl.unwrap_or(Duration::from_nanos(parsed.ttl_ns.max(1) as u64)),
             hostname: self.ctx.host_id.clone(),
-            pid: parsed.pid,
-            owner_id: parsed.owner_id.clone(),
-            lock_id: lock_id.to_owned(),
-            daemon_id: self.ctx.instance_id.clone(),
-            token: parsed.token,
-            uid: parsed.uid,
             detached: true,
-            peer_ttl: None,
+            ..LockRecord::renewing(&parsed, lock_id, &self.ctx.instance_id, now)
         };
         if record.ttl.is_zero() {
             return Err(WireError::new(

@@ -36,6 +36,25 @@ impl LockActor {
         Some(sent + (ttl - margin))
     }
 
+    /// What the holder of `record`, valid until `valid_until`, is told.
+    pub(super) fn grant_of(
+        &self,
+        state: &LockState,
+        record: &LockRecord,
+        valid_until: Option<Instant>,
+        stole: Option<LockMetadata>,
+    ) -> Grant {
+        Grant {
+            target: state.target.url.clone(),
+            lock_id: record.lock_id.clone(),
+            metadata: lockfile::into_wire(record.to_parsed(), None, false),
+            stole,
+            token: record.token,
+            valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
+            valid_until_monotonic_ns: valid_until.and_then(crate::context::monotonic_ns),
+        }
+    }
+
     /// Answers `waiter` with its grant, and holds the lock for it (a detached lease is not
     /// held here: its lock file is its state).
     #[allow(clippy::too_many_arguments)]
@@ -52,16 +71,7 @@ impl LockActor {
         record.token = written.token;
         let ttl = record.ttl;
         let valid_until = self.valid_until(sent, ttl);
-        let metadata = lockfile::into_wire(record.to_parsed(), None, false);
-        let grant = Grant {
-            target: state.target.url.clone(),
-            lock_id: record.lock_id.clone(),
-            metadata,
-            stole,
-            token: written.token,
-            valid_for: valid_until.map(|until| until.saturating_duration_since(Instant::now())),
-            valid_until_monotonic_ns: valid_until.and_then(crate::context::monotonic_ns),
-        };
+        let grant = self.grant_of(state, &record, valid_until, stole);
         if record.detached {
             waiter
                 .session
@@ -84,6 +94,7 @@ impl LockActor {
             valid_until,
             renewal: Renewal::first(RENEW_RETRY_MIN),
             max_hold,
+            unclaimed: None,
         }));
         self.tally.held(1);
         session.reply(acquire_id, Ok(Response::Granted(grant)));

@@ -37,6 +37,7 @@ pub mod lifecycle;
 pub mod max_hold;
 pub mod registry;
 pub mod replies;
+pub mod resume;
 pub mod state;
 pub mod supervisor;
 pub mod timing;

@@ -167,6 +167,34 @@ pub fn replaced_by_someone_else(url: &str) -> String {
     format!("the lock file of {url} was replaced or removed by someone else")
 }
 
+/// A resume of a holding this daemon does not keep.
+pub fn not_kept(url: &str) -> WireError {
+    WireError::new(
+        ErrorKind::LeaseLost,
+        format!(
+            "the lease on {url} was not kept across the restart of vfslockd (lost while it was \
+             away, not resumed within its resume window, or resumed already); take the lock \
+             again"
+        ),
+    )
+}
+
+/// A resume by a caller that is not the holding's session.
+pub fn not_the_owner(url: &str) -> WireError {
+    WireError::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "the holding on {url} belongs to another session: only the process that held it \
+             may resume it"
+        ),
+    )
+}
+
+/// Why a kept holding ended: nobody resumed it in time.
+pub fn not_resumed(url: &str) -> String {
+    format!("the lease on {url} was not resumed within the resume window after vfslockd restarted")
+}
+
 /// An action on another uid's detached lease by a caller who is not an admin.
 pub fn not_your_detached_lease(url: &str, lock_id: &str, owner: Option<u32>) -> WireError {
     WireError::new(

@@ -37,6 +37,9 @@ pub struct LockState {
     /// Renewals scheduled so far: each holding's renewal carries its own number, so that a
     /// timer message of an ended holding is recognised as out of date.
     pub renewals: u64,
+    /// Until when nothing is granted here: the resume window of a holding the previous run
+    /// journaled for this target, whether or not it could be kept ([`super::resume`]).
+    pub resume_fence: Option<Instant>,
 }
 
 /// The target an actor serves.
@@ -76,12 +79,22 @@ impl LockState {
             },
             leftover: None,
             renewals: 0,
+            resume_fence: None,
         }
     }
 
     /// Whether nothing is held, queued or pending here.
     pub fn is_idle(&self) -> bool {
-        self.phase.is_free() && self.queue.is_empty() && self.leftover.is_none()
+        self.phase.is_free()
+            && self.queue.is_empty()
+            && self.leftover.is_none()
+            && self.resume_fence.is_none()
+    }
+
+    /// Whether a resume window still keeps this target from being granted.
+    pub fn fenced(&self) -> bool {
+        self.resume_fence
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// The holding, if held here.
@@ -182,6 +195,9 @@ pub struct Holding {
     pub renewal: Renewal,
     /// The timer that ends the holding at its max-hold, stopped with it.
     pub max_hold: Option<MaxHold>,
+    /// A holding kept after a restart for the session that held it, until that session
+    /// resumes it (then `None`) or the resume window closes.
+    pub unclaimed: Option<Box<crate::journal::Owner>>,
 }
 
 /// A holding's max-hold: how long it may be held, and the timer that ends it then

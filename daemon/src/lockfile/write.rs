@@ -40,6 +40,26 @@ pub struct LockRecord {
 }
 
 impl LockRecord {
+    /// The record that renews the lock file `parsed` (holding `lock_id`) at `now`, written by
+    /// the daemon `daemon_id`: the file's holder, token and first write, with the lease the
+    /// file's ttl says. Callers that know the lease better set `ttl` and `peer_ttl`.
+    pub fn renewing(parsed: &ParsedLock, lock_id: &str, daemon_id: &str, now: SystemTime) -> Self {
+        LockRecord {
+            created_at: now,
+            acquired_at: parsed.acquired_at().unwrap_or(now),
+            ttl: Duration::from_nanos(u64::try_from(parsed.ttl_ns).unwrap_or(0)),
+            hostname: parsed.hostname.clone(),
+            pid: parsed.pid,
+            owner_id: parsed.owner_id.clone(),
+            lock_id: lock_id.to_owned(),
+            daemon_id: daemon_id.to_owned(),
+            token: parsed.token,
+            uid: parsed.uid,
+            detached: parsed.detached,
+            peer_ttl: None,
+        }
+    }
+
     /// The ttl the file says: [`LockRecord::peer_ttl`], or the lease's.
     pub fn written_ttl(&self) -> Duration {
         self.peer_ttl.unwrap_or(self.ttl)

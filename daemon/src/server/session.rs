@@ -452,43 +452,10 @@ impl Session {
             Ok(max_hold) => max_hold,
             Err(e) => return self.reply(id, Err(e)),
         };
-        if self.ctx.is_shutting_down() {
-            return self.reply(
-                id,
-                Err(WireError::new(
-                    ErrorKind::ShuttingDown,
-                    "vfslockd is shutting down",
-                )),
-            );
-        }
         match self.locate(&request.target, Some(Need::Create)).await {
             Ok(address) => {
-                let limit = self.ctx.settings.limits.max_locks_per_session;
-                if let Err(overflow) = self.link.acquire_started(id, limit) {
-                    let message = match overflow {
-                        Overflow::Session => format!(
-                            "this connection already holds or waits for {limit} locks \
-                             (limits.max-locks-per-session): release some first"
-                        ),
-                        Overflow::Uid { uid, limit } => {
-                            tracing::warn!(
-                                uid,
-                                limit,
-                                "acquire refused: limits.max-locks-per-uid reached"
-                            );
-                            format!(
-                                "uid {uid} already holds or waits for {limit} locks \
-                                 over all of its connections \
-                                 (limits.max-locks-per-uid): release some first, or \
-                                 ask the administrator to raise the limit"
-                            )
-                        }
-                    };
-                    return self.reply(id, Err(WireError::new(ErrorKind::LimitExceeded, message)));
-                }
-                if !self.touched.contains_key(address.key()) {
-                    self.touched
-                        .insert(address.key().to_owned(), address.clone());
+                if let Err(e) = self.start_acquire(id, &address) {
+                    return self.reply(id, Err(e));
                 }
                 let message = LockMessage::Acquire {
                     session,
@@ -501,6 +468,72 @@ impl Session {
             }
             Err(e) => self.reply(id, Err(e)),
         }
+    }
+
+    /// Counts the acquire (or resume) `id` of `address` against this connection's and its
+    /// uid's limits, and remembers the target, whose actor is told when the connection closes.
+    /// Refused while the daemon stops.
+    fn start_acquire(&mut self, id: RequestId, address: &Arc<Address>) -> Result<(), WireError> {
+        if self.ctx.is_shutting_down() {
+            return Err(WireError::new(
+                ErrorKind::ShuttingDown,
+                "vfslockd is shutting down",
+            ));
+        }
+        let limit = self.ctx.settings.limits.max_locks_per_session;
+        let Err(overflow) = self.link.acquire_started(id, limit) else {
+            if !self.touched.contains_key(address.key()) {
+                self.touched
+                    .insert(address.key().to_owned(), address.clone());
+            }
+            return Ok(());
+        };
+        let message = match overflow {
+            Overflow::Session => format!(
+                "this connection already holds or waits for {limit} locks \
+                 (limits.max-locks-per-session): release some first"
+            ),
+            Overflow::Uid { uid, limit } => {
+                tracing::warn!(
+                    uid,
+                    limit,
+                    "acquire refused: limits.max-locks-per-uid reached"
+                );
+                format!(
+                    "uid {uid} already holds or waits for {limit} locks over all of its \
+                     connections (limits.max-locks-per-uid): release some first, or ask the \
+                     administrator to raise the limit"
+                )
+            }
+        };
+        Err(WireError::new(ErrorKind::LimitExceeded, message))
+    }
+
+    /// A resume of a holding kept across a restart: judged like an acquire of its target,
+    /// counted like one, and routed to its actor, which checks who asks.
+    async fn resume(
+        &mut self,
+        id: RequestId,
+        target: String,
+        lock_id: String,
+        claimed: String,
+        secret: vfslock_proto::Secret,
+    ) {
+        let address = match self.locate(&target, Some(Need::Create)).await {
+            Ok(address) => address,
+            Err(e) => return self.reply(id, Err(e)),
+        };
+        if let Err(e) = self.start_acquire(id, &address) {
+            return self.reply(id, Err(e));
+        }
+        let message = LockMessage::Resume {
+            session: self.link.clone(),
+            id,
+            lock_id,
+            claimed,
+            secret,
+        };
+        self.route(id, &address, message).await;
     }
 
     async fn handle(&mut self, frame: ClientFrame) {
@@ -538,6 +571,12 @@ impl Session {
                 mode,
                 max_hold,
             } => self.acquire(id, session, request, mode, max_hold).await,
+            Request::Resume {
+                target,
+                lock_id,
+                session: claimed,
+                secret,
+            } => self.resume(id, target, lock_id, claimed, secret).await,
             Request::Resolve { targets } => {
                 let mut keys = Vec::with_capacity(targets.len());
                 for target in &targets {

@@ -31,6 +31,7 @@ fn holding() -> Holding {
             retry_delay: Duration::ZERO,
         },
         max_hold: None,
+        unclaimed: None,
     }
 }
 

@@ -49,12 +49,16 @@ const DROP_GRACE: Duration = Duration::from_secs(5);
 /// How long the orphan check waits beyond the TTL for release-on-disconnect to happen.
 const ORPHAN_MARGIN: Duration = Duration::from_secs(2);
 
-/// The daemons' config: waiters on another daemon's holder re-check quickly.
-const DAEMON_CONFIG: &str = "[locks]\nrecheck-min = \"5ms\"\nrecheck-max = \"50ms\"\n";
+/// The daemons' config: waiters on another daemon's holder re-check quickly. A restarted
+/// daemon keeps the holdings of the one killed for a short resume window: the workers do not
+/// resume yet, so a long one would only keep their targets from everyone.
+const DAEMON_CONFIG: &str =
+    "[locks]\nrecheck-min = \"5ms\"\nrecheck-max = \"50ms\"\nresume-window = \"1s\"\n";
 
 /// The same on an object store, where a re-check costs three requests (stat, read, stat) to
 /// a server that serializes its requests.
-const OBJECT_DAEMON_CONFIG: &str = "[locks]\nrecheck-min = \"10ms\"\nrecheck-max = \"100ms\"\n";
+const OBJECT_DAEMON_CONFIG: &str =
+    "[locks]\nrecheck-min = \"10ms\"\nrecheck-max = \"100ms\"\nresume-window = \"1s\"\n";
 
 /// The calm phase of a chaos run lasts the TTL plus this: a lock file written just before it
 /// began goes stale after its TTL plus the skew allowance (1 s), and a waiter's re-check finds

@@ -1,0 +1,262 @@
+//! Holdings that outlive the daemon: kept after a restart for the session that held them, and
+//! handed back to it when it proves who it is.
+//!
+//! At startup the daemon sends each target whose holding the previous run journaled (with a
+//! session that may resume it) an [`LockMessage::Adopt`]. The actor renews the lock file,
+//! conditional on its still carrying the holding's lock id, and holds it for nobody: its
+//! session is a placeholder that hears nothing. Until the resume window closes (W from the
+//! daemon's start) nothing is granted on the target, whether or not the holding could be kept:
+//! its holder may still believe in it, and the safety rule promises it that nobody else gets the
+//! lock before W has passed since the last word it heard.
+//!
+//! [`LockMessage::Resume`] hands the holding to the asking connection when the caller's uid and
+//! the session's secret match what the journal kept, after one more conditional renewal (the
+//! lock file may have been broken or stolen while nobody renewed it, at the store's end). When
+//! the window closes, what nobody resumed is released as a lost lease would be, and the target
+//! is served again.
+//!
+//! Shared locks and semaphores are not kept (their journal line is the daemon's entry, which
+//! several sessions may share): their entries are settled at startup as after a crash.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::ActorRef;
+use vfslock_proto::{ErrorKind, Response, Secret, WireError};
+
+use super::acquire::maker;
+use super::actor::{LockActor, LockMessage};
+use super::lease::{schedule_renewal, RENEW_RETRY_MIN};
+use super::lifecycle::must;
+use super::replies;
+use super::state::{Holding, LockState, Renewal};
+use super::timing::first_renewal;
+use crate::journal::Owner;
+use crate::link::{Caller, Outbound, SessionLink};
+use crate::lockfile::{self, LockRecord};
+use crate::store::{Replaced, Token};
+
+/// A holding of the previous run to keep for its session.
+#[derive(Debug)]
+pub struct Kept {
+    /// The holding's lock id.
+    pub lock_id: String,
+    /// Who may resume it.
+    pub owner: Owner,
+    /// When the resume window closes: W after this daemon's start.
+    pub until: Instant,
+}
+
+/// The session id of the placeholder that holds a kept holding: no connection has it.
+const NOBODY: u64 = u64::MAX;
+
+impl LockActor {
+    /// Keeps the journaled holding `kept` for its session, and fences the target until the
+    /// window closes.
+    pub(super) async fn adopt(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        kept: Kept,
+    ) {
+        let url = state.target.url.clone();
+        let fence = state
+            .resume_fence
+            .map_or(kept.until, |fence| fence.max(kept.until));
+        state.resume_fence = Some(fence);
+        myself.send_after(fence.saturating_duration_since(Instant::now()), || {
+            LockMessage::WindowClosed
+        });
+        if !state.phase.is_free() {
+            // Two resumable holdings of one exclusive lock cannot both be ours.
+            return self.settle_unkept(&url, &kept.lock_id).await;
+        }
+        let observed = match self
+            .within(state.target.store.read(&state.target.lock_path))
+            .await
+        {
+            Ok(Some(observed)) => observed,
+            Ok(None) => {
+                tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run is gone from the store: its holder will hear that it is lost");
+                return self.ctx.journal_release(&kept.lock_id);
+            }
+            Err(e) => {
+                // Left in the journal: the next start looks again.
+                tracing::warn!(target = %url, error = %e, "cannot read a holding of the previous run; not kept");
+                return;
+            }
+        };
+        if lockfile::joint::Joint::parse(&observed.bytes).is_some() {
+            return self.settle_unkept(&url, &kept.lock_id).await;
+        }
+        let parsed = lockfile::parse(&observed.bytes);
+        if parsed.lock_id.as_deref() != Some(kept.lock_id.as_str()) || parsed.detached {
+            tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run was replaced in the store: its holder will hear that it is lost");
+            return self.ctx.journal_release(&kept.lock_id);
+        }
+        let record = self.record_of(&parsed, &kept.lock_id);
+        let ttl = record.ttl;
+        let sent = Instant::now();
+        let replaced = self
+            .within(state.target.store.replace(
+                &state.target.lock_path,
+                &observed.version(),
+                Token::Keep,
+                maker(Arc::new(record.clone())),
+            ))
+            .await;
+        match replaced {
+            Ok(Replaced::Done(written)) => {
+                let placeholder = SessionLink::new(
+                    NOBODY,
+                    Outbound::queued().0,
+                    Caller {
+                        uid: kept.owner.uid,
+                        ..Caller::default()
+                    },
+                );
+                must(state.phase.hold(Holding {
+                    session: Arc::new(placeholder),
+                    acquire_id: 0,
+                    record,
+                    written: written.version(),
+                    since: Instant::now(),
+                    valid_until: self.valid_until(sent, ttl),
+                    renewal: Renewal::first(RENEW_RETRY_MIN),
+                    max_hold: None,
+                    unclaimed: Some(Box::new(kept.owner)),
+                }));
+                self.tally.held(1);
+                if !ttl.is_zero() {
+                    schedule_renewal(myself, state, first_renewal(ttl));
+                }
+                tracing::info!(target = %url, lock_id = %kept.lock_id, "kept a holding of the previous run for its session to resume");
+            }
+            Ok(Replaced::Changed) => {
+                tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run changed in the store while it was read: not kept");
+                self.ctx.journal_release(&kept.lock_id);
+            }
+            Err(e) => {
+                tracing::warn!(target = %url, error = %e, "cannot renew a holding of the previous run; not kept");
+            }
+        }
+    }
+
+    /// The record this daemon renews a kept lock file with: the file's own fields, this
+    /// daemon's id, and the lease the file's ttl stands for under `locks.peer-ttl-factor`.
+    fn record_of(&self, parsed: &lockfile::ParsedLock, lock_id: &str) -> LockRecord {
+        let record = LockRecord::renewing(parsed, lock_id, &self.ctx.instance_id, self.ctx.now());
+        let factor = self.ctx.settings.locks.peer_ttl_factor.max(1);
+        LockRecord {
+            ttl: record.ttl / factor,
+            peer_ttl: (factor > 1).then_some(record.ttl),
+            detached: false,
+            ..record
+        }
+    }
+
+    /// Settles a journaled holding that is not kept, as a restart without resume would.
+    async fn settle_unkept(&self, url: &str, lock_id: &str) {
+        let left = vec![(lock_id.to_owned(), url.to_owned())];
+        let (_, unsettled) = crate::journal::recover(&self.ctx.stores, left).await;
+        if unsettled.is_empty() {
+            self.ctx.journal_release(lock_id);
+        }
+    }
+
+    /// Hands the kept holding `lock_id` to `session` if it proves to be `claimed`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn resume(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        session: Arc<SessionLink>,
+        id: vfslock_proto::RequestId,
+        lock_id: &str,
+        claimed: &str,
+        secret: &Secret,
+    ) {
+        let url = state.target.url.clone();
+        let owner = match state.holding() {
+            Some(holding) if holding.record.lock_id == lock_id => holding.unclaimed.clone(),
+            _ => None,
+        };
+        let Some(owner) = owner else {
+            return session.reply(id, Err(replies::not_kept(&url)));
+        };
+        if let Err(why) = crate::link::resume::admits(&owner, claimed, secret, session.caller.uid) {
+            tracing::warn!(target = %url, uid = ?session.caller.uid, pid = session.caller.pid, %why, "resume refused");
+            return session.reply(id, Err(replies::not_the_owner(&url)));
+        }
+        // The lock file may have been broken or stolen while nobody renewed it: one more
+        // renewal, conditional on the version this daemon wrote, decides.
+        let holding = state.holding().expect("checked above");
+        let mut record = holding.record.clone();
+        record.created_at = self.ctx.now();
+        let ttl = record.ttl;
+        let sent = Instant::now();
+        let replaced = self
+            .within(state.target.store.replace(
+                &state.target.lock_path,
+                &holding.written,
+                Token::Keep,
+                maker(Arc::new(record.clone())),
+            ))
+            .await;
+        match replaced {
+            Ok(Replaced::Done(written)) => {
+                let valid_until = self.valid_until(sent, ttl);
+                let grant = self.grant_of(state, &record, valid_until, None);
+                let holding = state.phase.holding_mut().expect("checked above");
+                holding.record = record;
+                holding.written = written.version();
+                holding.valid_until = valid_until;
+                holding.session = session.clone();
+                holding.acquire_id = id;
+                holding.unclaimed = None;
+                // Its holder has it again, so nobody else can believe in it: the target needs
+                // no fence any more.
+                state.resume_fence = None;
+                // The new session's credentials from now on: a second restart hands the
+                // holding to this connection.
+                self.ctx.journal_acquire(lock_id, &url, &session);
+                session.reply(id, Ok(Response::Granted(grant)));
+                if !ttl.is_zero() {
+                    let next = first_renewal(ttl).saturating_sub(sent.elapsed());
+                    schedule_renewal(myself, state, next);
+                }
+                tracing::info!(target = %url, %lock_id, uid = ?session.caller.uid, pid = session.caller.pid, "holding resumed");
+            }
+            Ok(Replaced::Changed) => {
+                let reason = replies::replaced_by_someone_else(&url);
+                session.reply(
+                    id,
+                    Err(WireError::new(ErrorKind::LeaseLost, reason.clone())),
+                );
+                self.lose(myself, state, reason, false).await;
+            }
+            // Kept as it is: the client may ask again while the window is open.
+            Err(e) => session.reply(id, Err(replies::store_error(e))),
+        }
+    }
+
+    /// The resume window has closed (or one of several has: the fence is the latest).
+    pub(super) async fn window_closed(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+    ) {
+        if state.fenced() {
+            return;
+        }
+        state.resume_fence = None;
+        if state.holding().is_some_and(|h| h.unclaimed.is_some()) {
+            let reason = replies::not_resumed(&state.target.url);
+            tracing::info!(target = %state.target.url, "nobody resumed a holding of the previous run within the resume window; released");
+            // Serves the queue once the file is gone.
+            self.lose(myself, state, reason, true).await;
+        } else {
+            self.serve_queue(myself, state).await;
+        }
+    }
+}
