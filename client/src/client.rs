@@ -45,7 +45,7 @@ impl Client {
     /// Connects to the daemon listening at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
         Ok(Client {
-            link: Arc::new(Link::open(path.as_ref()).await?),
+            link: Link::open(path.as_ref()).await?,
         })
     }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use interprocess::local_socket::tokio::{prelude::*, Stream};
@@ -52,6 +52,8 @@ pub(crate) enum AcquireUpdate {
 enum Route {
     Once(oneshot::Sender<Result<Response, Error>>),
     Acquire(mpsc::UnboundedSender<AcquireUpdate>),
+    /// A resume: the lease to carry on with, and whether it did.
+    Resume(Orphan, oneshot::Sender<Result<(), Error>>),
 }
 
 /// What a holder knows about its lease, kept current by the reader task.
@@ -64,8 +66,52 @@ pub(crate) struct LeaseState {
     pub valid_until: Option<Instant>,
     /// How the holding can be resumed after the daemon restarted (protocol 5 daemons);
     /// `None` when it cannot.
-    pub resume: Option<Arc<Resumable>>,
+    pub resume: Option<Arc<ResumeTicket>>,
+    /// The connection and request the holding lives on since it was resumed; `None` while it
+    /// lives where it was granted. Weak: a connection's own routes must not keep it open.
+    pub rebound: Option<(Weak<Connection>, RequestId)>,
+    /// Whether its connection closed and it waits to be resumed: `valid_until` is then the
+    /// resume deadline.
+    pub resuming: bool,
 }
+
+/// What a holder needs to take its holding back after the daemon restarted.
+#[derive(Debug)]
+pub(crate) struct ResumeTicket {
+    /// The target as the grant named it.
+    pub target: String,
+    /// The holding's lock id.
+    pub lock_id: String,
+    /// The session, its secret and the resume window.
+    pub ticket: Resumable,
+}
+
+/// A holding whose connection closed while it may still be resumed: handed to the
+/// [`Link`](crate::link::Link), which reconnects and asks for it back.
+pub(crate) struct Orphan {
+    /// The lease, still watched by its `Lock`.
+    pub lease: watch::Sender<LeaseState>,
+    /// How to ask for it.
+    pub ticket: Arc<ResumeTicket>,
+    /// When it counts as lost if not resumed: W after the last frame the daemon sent, or
+    /// sooner when its validity runs out (the safety rule).
+    pub deadline: Instant,
+}
+
+impl Orphan {
+    /// Gives the holding up: its `Lock` hears that it is lost, and why.
+    pub(crate) fn lose(self, reason: String) {
+        mark_lost(&self.lease, ErrorKind::LeaseLost, reason);
+    }
+
+    /// Whether its `Lock` let it go (released or dropped) while it waited to be resumed.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.lease.is_closed()
+    }
+}
+
+/// Where a connection's orphans go.
+pub(crate) type Heir = mpsc::UnboundedSender<Vec<Orphan>>;
 
 impl LeaseState {
     /// Why the lease is not held now, if it is not: lost, or its validity ran out without a
@@ -75,6 +121,9 @@ impl LeaseState {
             return Some(lost.clone());
         }
         match self.valid_until {
+            Some(until) if Instant::now() >= until && self.resuming => {
+                Some((ErrorKind::LeaseLost, not_resumed_in_time()))
+            }
             Some(until) if Instant::now() >= until => Some((
                 ErrorKind::LeaseLost,
                 "the lease ran out: vfslockd confirmed no renewal in time".to_owned(),
@@ -95,6 +144,12 @@ struct Routes {
     /// the reader drained them. Atomic so that [`Connection::is_closed`], asked before every
     /// request, needs no lock.
     closed: Arc<AtomicBool>,
+    /// When the last frame from the daemon arrived: the resume window counts from it.
+    last_frame: Option<Instant>,
+    /// Where holdings that may be resumed go when the connection closes.
+    heir: Option<Heir>,
+    /// This connection, for the leases it takes over by a resume.
+    myself: Weak<Connection>,
 }
 
 fn mark_lost(lease: &watch::Sender<LeaseState>, kind: ErrorKind, reason: String) {
@@ -136,11 +191,21 @@ enum Greeting<T> {
 }
 
 impl Connection {
+    #[cfg(all(test, unix))]
     pub(crate) async fn open(path: &Path) -> Result<Arc<Connection>, Error> {
+        Connection::open_for(path, None).await
+    }
+
+    /// Connects to the daemon at `path`; holdings that may be resumed go to `heir` when the
+    /// connection closes (without one, they are lost then).
+    pub(crate) async fn open_for(
+        path: &Path,
+        heir: Option<Heir>,
+    ) -> Result<Arc<Connection>, Error> {
         let mut version = PROTOCOL_VERSION;
         // At most twice: a fallback is only offered to a hello of our newest version.
         loop {
-            match Connection::open_speaking(path, version).await? {
+            match Connection::open_speaking(path, version, heir.clone()).await? {
                 Greeting::Accepted(connection) => return Ok(connection),
                 Greeting::Reconnect(older) => version = older,
             }
@@ -148,7 +213,11 @@ impl Connection {
     }
 
     /// Connects with a hello of protocol `version`.
-    async fn open_speaking(path: &Path, version: u32) -> Result<Greeting<Arc<Connection>>, Error> {
+    async fn open_speaking(
+        path: &Path,
+        version: u32,
+        heir: Option<Heir>,
+    ) -> Result<Greeting<Arc<Connection>>, Error> {
         let name = path
             .to_fs_name::<GenericFilePath>()
             .map_err(|e| Error::daemon_unavailable(path, &e))?;
@@ -176,6 +245,7 @@ impl Connection {
         let closed = Arc::new(AtomicBool::new(false));
         let routes = Arc::new(Mutex::new(Routes {
             closed: closed.clone(),
+            heir,
             ..Routes::default()
         }));
         let reader = tokio::spawn(read_loop(reader, routes.clone(), outbound.downgrade()));
@@ -197,7 +267,7 @@ impl Connection {
                 reader.abort();
             });
         }
-        Ok(Greeting::Accepted(Arc::new(Connection {
+        let connection = Arc::new(Connection {
             next_id: AtomicU64::new(1),
             outbound,
             routes,
@@ -207,7 +277,9 @@ impl Connection {
             #[cfg(unix)]
             raw_fd,
             spin: Spin::new(),
-        })))
+        });
+        connection.routes.lock().expect("routes lock").myself = Arc::downgrade(&connection);
+        Ok(Greeting::Accepted(connection))
     }
 
     pub(crate) fn welcome(&self) -> &Welcome {
@@ -316,6 +388,51 @@ impl Connection {
             self.spin.wait_readable(self.raw_fd);
         }
         Ok((id, rx))
+    }
+
+    /// Asks for `orphan`'s holding back (protocol 6); on success its lease lives on this
+    /// connection from now on, else it is marked lost with the daemon's reason.
+    pub(crate) async fn resume(&self, orphan: Orphan) -> Result<(), Error> {
+        if self.welcome.protocol_version < 6 {
+            let error = self.too_old("resuming a lock after a restart", 6);
+            mark_lost(
+                &orphan.lease,
+                ErrorKind::LeaseLost,
+                error.message().to_owned(),
+            );
+            return Err(error);
+        }
+        let request = Request::Resume {
+            target: orphan.ticket.target.clone(),
+            lock_id: orphan.ticket.lock_id.clone(),
+            session: orphan.ticket.ticket.session.clone(),
+            secret: orphan.ticket.ticket.secret.clone(),
+        };
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut routes = self.routes.lock().expect("routes lock");
+            if routes.closed.load(Ordering::Acquire) {
+                drop(routes);
+                let error = Error::connection_lost();
+                mark_lost(
+                    &orphan.lease,
+                    ErrorKind::LeaseLost,
+                    error.message().to_owned(),
+                );
+                return Err(error);
+            }
+            routes.pending.insert(id, Route::Resume(orphan, tx));
+        }
+        if let Err(e) = self.send(&ClientFrame::Request { id, request }) {
+            let route = self.routes.lock().expect("routes lock").pending.remove(&id);
+            if let Some(Route::Resume(orphan, _)) = route {
+                mark_lost(&orphan.lease, ErrorKind::LeaseLost, e.message().to_owned());
+            }
+            return Err(e);
+        }
+        // A closed connection answers every route, so the answer always comes.
+        rx.await.unwrap_or_else(|_| Err(Error::connection_lost()))
     }
 
     /// What a request that needs protocol `since` is told by a daemon older than that.
@@ -434,6 +551,7 @@ async fn read_loop(
     }
     let mut routes = routes.lock().expect("routes lock");
     routes.closed.store(true, Ordering::Release);
+    let mut orphans = Vec::new();
     for (_, route) in routes.pending.drain() {
         match route {
             Route::Once(tx) => {
@@ -442,20 +560,64 @@ async fn read_loop(
             Route::Acquire(tx) => {
                 let _ = tx.send(AcquireUpdate::Done(Err(Error::connection_lost())));
             }
+            // The daemon went again while a resume was in flight: try once more, within the
+            // same deadline.
+            Route::Resume(orphan, tx) => {
+                orphans.push(orphan);
+                let _ = tx.send(Err(Error::connection_lost()));
+            }
         }
     }
+    // The safety rule: a holding that may be resumed counts as held until W after the last
+    // frame the daemon sent (or its validity, if sooner), and as lost from then on unless it
+    // was resumed.
+    let last_frame = routes.last_frame.unwrap_or_else(Instant::now);
+    let resumable = routes.heir.is_some();
     for (_, lease) in routes.held.drain() {
-        mark_lost(
-            &lease,
-            ErrorKind::LeaseLost,
-            Error::connection_lost().message().to_owned(),
-        );
+        let ticket = lease.borrow().resume.clone().filter(|_| resumable);
+        let live = lease.borrow().loss().is_none();
+        match ticket {
+            Some(ticket) if live => {
+                let mut deadline = last_frame + ticket.ticket.window;
+                lease.send_modify(|state| {
+                    deadline = state.valid_until.map_or(deadline, |v| v.min(deadline));
+                    state.valid_until = Some(deadline);
+                    state.resuming = true;
+                });
+                orphans.push(Orphan {
+                    lease,
+                    ticket,
+                    deadline,
+                });
+            }
+            _ => mark_lost(
+                &lease,
+                ErrorKind::LeaseLost,
+                Error::connection_lost().message().to_owned(),
+            ),
+        }
+    }
+    if orphans.is_empty() {
+        return;
+    }
+    let heir = routes.heir.clone();
+    drop(routes);
+    if let Some(Err(mpsc::error::SendError(orphans))) = heir.map(|heir| heir.send(orphans)) {
+        // Nobody is left to resume them (the client is gone).
+        for orphan in orphans {
+            mark_lost(
+                &orphan.lease,
+                ErrorKind::LeaseLost,
+                Error::connection_lost().message().to_owned(),
+            );
+        }
     }
 }
 
 /// Routes one frame; returns a frame to send back when the reader must answer by itself.
 fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
     let mut routes = routes.lock().expect("routes lock");
+    routes.last_frame = Some(Instant::now());
     match frame {
         ServerFrame::Response { id, result } => {
             let result = result.map_err(Error::from);
@@ -463,10 +625,68 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                 Some(Route::Once(tx)) => {
                     let _ = tx.send(result);
                 }
+                Some(Route::Resume(orphan, done)) => {
+                    let resumed = match result {
+                        Ok(Response::GrantedResumable { grant, resume }) => {
+                            Ok((grant, Some(resume)))
+                        }
+                        Ok(Response::Granted(grant)) => Ok((grant, None)),
+                        Ok(_) => Err(Error::new(
+                            ErrorKind::Protocol,
+                            "vfslockd answered a resume with something other than a grant",
+                        )),
+                        Err(e) => Err(e),
+                    };
+                    match resumed {
+                        // Released (or dropped) by its `Lock` while the resume was on its way:
+                        // nobody wants it, give it back at once.
+                        Ok((grant, _))
+                            if orphan.lease.is_closed() || orphan.lease.borrow().lost.is_some() =>
+                        {
+                            let _ = done.send(Err(Error::connection_lost()));
+                            return Some(release_of(grant));
+                        }
+                        // Too late on our own clock: its holder may have been told it was lost
+                        // (the safety rule), and a lost lease never comes back.
+                        Ok((grant, _)) if Instant::now() >= orphan.deadline => {
+                            let error = Error::new(ErrorKind::LeaseLost, not_resumed_in_time());
+                            let _ = done.send(Err(error));
+                            orphan.lose(not_resumed_in_time());
+                            return Some(release_of(grant));
+                        }
+                        Ok((grant, resume)) => {
+                            let myself = routes.myself.clone();
+                            orphan.lease.send_modify(|state| {
+                                state.valid_until =
+                                    deadline(grant.valid_for, grant.valid_until_monotonic_ns);
+                                state.resume = resume.map(|ticket| {
+                                    Arc::new(ResumeTicket {
+                                        target: grant.target.clone(),
+                                        lock_id: grant.lock_id.clone(),
+                                        ticket,
+                                    })
+                                });
+                                state.rebound = Some((myself, id));
+                                state.resuming = false;
+                            });
+                            routes.held.insert(id, orphan.lease);
+                            let _ = done.send(Ok(()));
+                        }
+                        Err(e) => {
+                            mark_lost(&orphan.lease, e.kind(), e.message().to_owned());
+                            let _ = done.send(Err(e));
+                        }
+                    }
+                }
                 Some(Route::Acquire(tx)) => {
                     let (result, resume) = match result {
                         Ok(Response::GrantedResumable { grant, resume }) => {
-                            (Ok(Response::Granted(grant)), Some(Arc::new(resume)))
+                            let ticket = ResumeTicket {
+                                target: grant.target.clone(),
+                                lock_id: grant.lock_id.clone(),
+                                ticket: resume,
+                            };
+                            (Ok(Response::Granted(grant)), Some(Arc::new(ticket)))
                         }
                         other => (other, None),
                     };
@@ -481,6 +701,8 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                                     grant.valid_until_monotonic_ns,
                                 ),
                                 resume,
+                                rebound: None,
+                                resuming: false,
                             });
                             routes.held.insert(id, lease);
                             AcquireUpdate::Granted(Box::new(grant), watch)
@@ -550,6 +772,13 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
             }
         },
     }
+}
+
+/// Why a holding that was not resumed in time is lost.
+pub(crate) fn not_resumed_in_time() -> String {
+    "vfslockd went away and the lock was not resumed within its resume window (or before its \
+     lease ran out): it counts as lost"
+        .to_owned()
 }
 
 /// A lease deadline on this process's clock. The daemon's absolute monotonic deadline is
@@ -805,6 +1034,8 @@ mod tests {
                 lost: None,
                 valid_until: None,
                 resume: None,
+                rebound: None,
+                resuming: false,
             });
             routes.lock().unwrap().held.insert(id, lease);
             watch

@@ -166,6 +166,18 @@ struct Held {
     lease: LeaseWatch,
 }
 
+impl Held {
+    /// The connection and request the holding lives on now: where it was granted, or where it
+    /// was resumed after the daemon restarted.
+    fn binding(&self) -> (Arc<Connection>, RequestId) {
+        let rebound = self.lease.borrow().rebound.clone();
+        match rebound.and_then(|(conn, id)| Some((conn.upgrade()?, id))) {
+            Some(bound) => bound,
+            None => (self.conn.clone(), self.acquire_id),
+        }
+    }
+}
+
 /// A lock on one target. Locks are not re-entrant: two `Lock`s on one target exclude each
 /// other even within one process.
 ///
@@ -335,8 +347,8 @@ impl Lock {
             return Ok(());
         };
         let loss = held.lease.borrow().loss();
-        let conn = &held.conn;
-        conn.unwatch_lease(held.acquire_id);
+        let (conn, id) = held.binding();
+        conn.unwatch_lease(id);
         let lock_id = held.metadata.lock_id.clone().unwrap_or_default();
         // Even after a loss the daemon is told: it deletes the lock file if, and only if, it
         // is still the one it wrote.
@@ -416,7 +428,7 @@ impl Lock {
     /// the holding ends with the daemon.
     pub fn resume_window(&self) -> Option<Duration> {
         let held = self.held.as_ref()?;
-        let window = held.lease.borrow().resume.as_ref().map(|r| r.window);
+        let window = held.lease.borrow().resume.as_ref().map(|r| r.ticket.window);
         window
     }
 
@@ -459,8 +471,8 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            let conn = &held.conn;
-            conn.unwatch_lease(held.acquire_id);
+            let (conn, id) = held.binding();
+            conn.unwatch_lease(id);
             let _ = conn.send(&ClientFrame::Request {
                 id: 0,
                 request: Request::Release {

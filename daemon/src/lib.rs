@@ -46,6 +46,8 @@ pub mod journal;
 pub mod link;
 pub mod lock;
 pub mod lockfile;
+#[cfg(unix)]
+pub mod reexec;
 pub mod server;
 pub mod startup;
 pub mod store;
@@ -68,7 +70,14 @@ use startup::StartError;
 /// The checks without side effects ([`startup::check`]) come first, so that a configuration
 /// error stops it before it has created, bound or probed anything.
 pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> {
-    // First, while nothing else runs: both remove their variables from the environment.
+    // First, while nothing else runs: both remove their variables from the environment (a
+    // planned restart gives the next image what systemd gave this one).
+    #[cfg(unix)]
+    reexec::remember_environment();
+    #[cfg(unix)]
+    let restarted_own_socket = reexec::take_own_socket_flag();
+    #[cfg(not(unix))]
+    let restarted_own_socket = false;
     let passed = systemd::take_passed_socket()?;
     let notifier = systemd::Notifier::from_env();
     let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
@@ -153,6 +162,11 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     }
     // A passed socket is systemd's: never replaced, chmod-ed or removed by us.
     let (listener, own_socket) = match passed {
+        // A planned restart of a daemon that had bound the socket itself: still its own.
+        Some(passed) if restarted_own_socket => {
+            tracing::info!("socket handed over by the planned restart");
+            (passed.listener, Some(socket.clone()))
+        }
         Some(passed) => {
             tracing::info!(
                 name = passed.name.as_deref().unwrap_or(""),

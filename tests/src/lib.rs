@@ -94,6 +94,30 @@ impl Daemon {
         Daemon::start_in(config, None, args, true)
     }
 
+    /// Starts a daemon from its own copy of the `vfslockd` binary, which
+    /// [`Daemon::replace_binary`] replaces as a package upgrade would.
+    pub fn start_copy(config: &str) -> Daemon {
+        Daemon::start_in(config, None, &[], false).copied()
+    }
+
+    /// The same daemon, restarted from a copy of its binary in its own directory.
+    fn copied(mut self) -> Daemon {
+        self.terminate();
+        let copy = self._dir.path().join("vfslockd");
+        std::fs::copy(bin("vfslockd"), &copy).expect("copy vfslockd");
+        self.launch.binary = copy;
+        self.restart();
+        self
+    }
+
+    /// Replaces the daemon's own copy of its binary with a fresh one: a new file renamed over
+    /// the old, as a package upgrade installs it; the running process keeps the old one.
+    pub fn replace_binary(&self) {
+        let fresh = self._dir.path().join("vfslockd.new");
+        std::fs::copy(bin("vfslockd"), &fresh).expect("copy vfslockd");
+        std::fs::rename(&fresh, &self.launch.binary).expect("replace vfslockd");
+    }
+
     fn start_in(config: &str, shared: Option<&Path>, args: &[&str], own_group: bool) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("vfslock-test-")

@@ -224,3 +224,198 @@ async fn what_nobody_resumes_is_released_when_the_window_closes() {
     assert_eq!(refused(&answer), vfslock_proto::ErrorKind::LeaseLost);
     assert!(daemon.log().contains("nobody resumed"), "{}", daemon.log());
 }
+
+/// The client library resumes by itself: locks held through a daemon killed with SIGKILL and
+/// started again within the window stay held (async and blocking), keep their lock id and
+/// token, are kept from everyone else meanwhile, and are released as usual afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn library_locks_are_resumed_after_a_crash() {
+    let mut daemon = daemon_with_window("5m");
+    let client = daemon.client().await;
+    let target = daemon.file_target("library.csv");
+    let mut lock = client.new_lock(&target, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    let socket = daemon.socket().to_owned();
+    let blocking_target = daemon.file_target("blocking.csv");
+    let (blocking_tx, blocking_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let blocking = std::thread::spawn(move || {
+        let client = vfslock::blocking::Client::connect(&socket).expect("connect");
+        let mut lock = client.new_lock(&blocking_target, LockOptions::default());
+        lock.acquire().expect("blocking acquire");
+        held_tx.send(lock.token()).expect("tell the test");
+        // Held until the test says the daemon is back and the lock resumed.
+        blocking_rx.recv().expect("the test's word");
+        let still = lock.is_held();
+        let released = lock.release();
+        (still, released)
+    });
+    let blocking_token = within("the blocking lock", held_rx).await.expect("held");
+    let before = [
+        lock_file(&target).expect("lock file"),
+        lock_file(&daemon.file_target("blocking.csv")).expect("lock file"),
+    ];
+
+    daemon.kill();
+    daemon.restart();
+    vfslock_tests::eventually("both locks resumed", || {
+        daemon.log().matches("holding resumed").count() == 2
+    })
+    .await;
+
+    assert!(lock.is_held(), "resumed, never lost");
+    assert_eq!(lock.token(), before[0].1);
+    assert_eq!(blocking_token, before[1].1);
+    assert_eq!(lock_file(&target), Some(before[0].clone()));
+    assert_eq!(
+        lock_file(&daemon.file_target("blocking.csv")),
+        Some(before[1].clone())
+    );
+    let other = daemon.client().await;
+    let mut taker = other.new_lock(&target, LockOptions::default());
+    let error = within("a try on the resumed lock", taker.acquire())
+        .await
+        .expect_err("held by its resumed holder");
+    assert_eq!(error.kind(), ErrorKind::AlreadyHeld, "{error}");
+
+    within("release", lock.release())
+        .await
+        .expect("a resumed lock releases as usual");
+    assert_eq!(lock_file(&target), None);
+    blocking_tx.send(()).expect("tell the blocking holder");
+    let (still, released) = blocking.join().expect("the blocking holder");
+    assert!(still, "the blocking lock was resumed too");
+    released.expect("the blocking lock releases as usual");
+    assert_eq!(lock_file(&daemon.file_target("blocking.csv")), None);
+    within("the lock after the release", taker.acquire())
+        .await
+        .expect("free");
+}
+
+/// A holder whose daemon does not come back within W of the last frame it heard counts its
+/// lock as lost (the safety rule), before the restarted daemon gives the target to anyone; and
+/// `mem://` locks, which live in the daemon's memory, are lost at a crash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_not_resumed_in_time_is_lost_before_anyone_else_gets_it() {
+    let mut daemon = daemon_with_window("1s");
+    let client = daemon.client().await;
+    let target = daemon.file_target("late.csv");
+    let mut lock = client.new_lock(&target, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    let old_lock_id = lock.lock_id().expect("held").to_owned();
+
+    daemon.kill();
+    // Told before the daemon is even back, so before anyone else can be given the lock.
+    let reason = within("the loss", lock.lost()).await;
+    assert!(reason.contains("not resumed"), "{reason}");
+    assert!(!lock.is_held());
+
+    daemon.restart();
+    let other = daemon.client().await;
+    let mut taker = other.new_lock(&target, LockOptions::default());
+    within(
+        "the next holder",
+        taker.acquire_timeout(Duration::from_secs(30)),
+    )
+    .await
+    .expect("granted once the window closed");
+    assert_ne!(taker.lock_id(), Some(old_lock_id.as_str()));
+    let released = within("release the lost lock", lock.release()).await;
+    assert!(released.is_err_and(|e| e.is_lease_lost()));
+    assert!(
+        taker.is_held(),
+        "the old holder's release left the new holding alone"
+    );
+    assert!(
+        !daemon.log().contains("holding resumed"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// `mem://` locks live in the daemon's memory: a crash ends them, and their holders hear so
+/// as soon as the restarted daemon says it kept nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn mem_locks_do_not_survive_a_crash() {
+    let mut daemon = daemon_with_window("5m");
+    let client = daemon.client().await;
+    let mut memory = client.new_lock("mem:///resume/memory", LockOptions::default());
+    within("acquire", memory.acquire()).await.expect("acquire");
+    daemon.kill();
+    daemon.restart();
+    let reason = within("the loss", memory.lost()).await;
+    assert!(reason.contains("not kept"), "{reason}");
+    let mut again = client.new_lock("mem:///resume/memory", LockOptions::default());
+    within("acquire again", again.acquire())
+        .await
+        .expect("free in the new daemon");
+}
+
+/// The planned restart (`systemctl reload vfslockd`: SIGUSR2), after the binary was replaced by
+/// a new copy as an upgrade does: the same process re-executes the new binary, and every lock
+/// held through it (a library client's, a `vfslockctl run` command's) stays held with its lock
+/// id and token, nobody hears of a loss, the command runs on and finishes normally, and the
+/// new daemon serves new requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_restart_keeps_every_lock_across_an_upgrade() {
+    use tokio::process::Command;
+    let daemon =
+        Daemon::start_copy(&TEST_CONFIG.replace("[locks]\n", "[locks]\nresume-window = \"5m\"\n"));
+    let client = daemon.client().await;
+    let first = client.status().await.expect("status").instance_id;
+    let target = daemon.file_target("planned.csv");
+    let mut lock = client.new_lock(&target, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+
+    // A command under `vfslockctl run` that waits for the test's word, then exits 0.
+    let run_target = daemon.file_target("run.csv");
+    let go = daemon.data_dir().join("go");
+    let mut run = Command::new(vfslock_tests::bin("vfslockctl"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["run", &run_target, "--", "sh", "-c"])
+        .arg(format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done",
+            go.display()
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start vfslockctl run");
+    vfslock_tests::eventually("the command's lock", || lock_file(&run_target).is_some()).await;
+    let before = [
+        lock_file(&target).expect("lock file"),
+        lock_file(&run_target).expect("lock file"),
+    ];
+
+    daemon.replace_binary();
+    let pid = daemon.pid();
+    daemon.signal(libc::SIGUSR2);
+    vfslock_tests::eventually("both locks resumed by the new daemon", || {
+        daemon.log().matches("holding resumed").count() == 2
+    })
+    .await;
+    let status = within("status from the new daemon", client.status())
+        .await
+        .expect("status");
+    assert_ne!(status.instance_id, first, "a new daemon answers");
+    assert_eq!(daemon.pid(), pid, "the same process");
+    assert!(lock.is_held(), "never lost");
+    assert_eq!(lock_file(&target), Some(before[0].clone()));
+    assert_eq!(lock_file(&run_target), Some(before[1].clone()));
+
+    std::fs::write(&go, "").expect("tell the command to finish");
+    let exit = within("the command", run.wait()).await.expect("wait");
+    assert!(
+        exit.success(),
+        "the command ran on and finished normally: {exit:?}"
+    );
+    assert_eq!(lock_file(&run_target), None, "released when it finished");
+    within("release", lock.release())
+        .await
+        .expect("released as usual");
+    assert_eq!(lock_file(&target), None);
+    let mut again = client.new_lock(&target, LockOptions::default());
+    within("a new lock", again.acquire())
+        .await
+        .expect("the new daemon grants");
+}

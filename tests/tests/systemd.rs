@@ -225,9 +225,20 @@ impl Setup {
 
 /// Acquires and releases a `mem://` and a `file://` lock through `socket`.
 async fn lock_and_release(socket: &Path, data: &Path) {
-    let client = within("a connection", vfslock::Client::connect(socket))
-        .await
-        .expect("connect");
+    // The activator creates the socket file when it binds, a moment before it listens: a
+    // connection in between is refused.
+    let client = within("a connection", async {
+        loop {
+            match vfslock::Client::connect(socket).await {
+                Err(e) if e.kind() == vfslock::ErrorKind::DaemonUnavailable => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                connected => return connected,
+            }
+        }
+    })
+    .await
+    .expect("connect");
     let file = data.join("activated.csv").to_string_lossy().into_owned();
     for target in ["mem:///activated".to_owned(), file] {
         let mut lock = client.new_lock(&target, LockOptions::default());

@@ -203,9 +203,17 @@ pub async fn serve(
     let reporter = crate::systemd::Reporter::start(notifier, ctx.clone());
     let mut sessions = JoinSet::new();
     tokio::pin!(stop);
+    let mut reload = ReloadSignal::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            () = reload.recv() => {
+                #[cfg(unix)]
+                {
+                    let error = crate::reexec::replace_process(listener_fd(&listener), socket.as_deref());
+                    tracing::error!(%error, "cannot restart in place; serving on");
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
                     let caller = session::caller_of(&ctx, &stream);
@@ -363,4 +371,38 @@ pub async fn list(registry: &Registry) -> Vec<ListedLock> {
     }
     entries.sort_by(|a, b| a.entry.target.cmp(&b.entry.target));
     entries
+}
+
+/// SIGUSR2, which asks for a planned restart ([`crate::reexec`]); never on Windows.
+struct ReloadSignal {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadSignal {
+    fn new() -> Self {
+        ReloadSignal {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGUSR2: no planned restart"))
+                .ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = self.signal.as_mut() {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// The listening socket's descriptor.
+#[cfg(unix)]
+fn listener_fd(listener: &Listener) -> std::os::fd::RawFd {
+    use std::os::fd::{AsFd, AsRawFd};
+    let Listener::UdSocket(inner) = listener;
+    inner.as_fd().as_raw_fd()
 }
