@@ -757,7 +757,7 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                 }
                 None
             }
-            Event::QueuePosition { position } => {
+            Event::QueuePosition { position } | Event::Queued { position, .. } => {
                 if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
                     let _ = tx.send(AcquireUpdate::Position(position));
                 }

@@ -154,6 +154,40 @@ pub enum Request {
         /// That session's secret.
         secret: Secret,
     },
+    /// How often this daemon restarted and what its latest start kept (protocol version 7).
+    /// Answers [`Response::Restarts`].
+    Restarts,
+    /// An acquire that was waiting when the daemon restarted, asking again for its place in
+    /// the previous run's queue (protocol version 7). `place` is what
+    /// [`Event::Queued`] told the waiter. While the resume window is open, waiters that ask
+    /// again keep their first-come order among themselves and come before every acquire that
+    /// first arrived at the restarted daemon. A place the daemon does not know (it did not
+    /// restart, or the window has closed) is no error: the acquire queues as a new one. A
+    /// place of another session (wrong secret or uid) is refused with
+    /// [`ErrorKind::PermissionDenied`]. Answers as the acquire would.
+    Requeue {
+        /// What is asked, as for [`Request::AcquireBounded`]; the timeout is what is left of
+        /// the first one.
+        request: AcquireRequest,
+        /// How the lock is shared.
+        mode: LockMode,
+        /// The longest it may be held, as for [`Request::AcquireBounded`].
+        max_hold: Option<Duration>,
+        /// The place it had.
+        place: WaitPlace,
+    },
+}
+
+/// A waiter's place in a daemon's queue, and the proof that it is that waiter's (protocol
+/// version 7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitPlace {
+    /// The place: increasing in the order the daemon queued its waiters, across restarts.
+    pub ordinal: u64,
+    /// The session (connection) that waited.
+    pub session: String,
+    /// That session's secret, as [`Resumable::secret`].
+    pub secret: Secret,
 }
 
 /// A session's secret: it proves in [`Request::Resume`] that the caller is the session the
@@ -304,6 +338,36 @@ pub enum Response {
         /// How the holding can be resumed.
         resume: Resumable,
     },
+    /// The answer to [`Request::Restarts`] (protocol version 7).
+    Restarts(RestartInfo),
+}
+
+/// How often the daemon restarted, and what its latest start kept (protocol version 7).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartInfo {
+    /// Restarts of this daemon (its host id and socket) that found a journal of a run before,
+    /// planned or not, since its state directory was made.
+    pub restarts: u64,
+    /// The latest start, when it was a restart.
+    pub last: Option<LastRestart>,
+}
+
+/// What the daemon's latest restart kept for the sessions of the run before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRestart {
+    /// Planned (`systemctl reload`, SIGUSR2) rather than after a crash.
+    pub planned: bool,
+    /// Holdings kept for their sessions to resume.
+    pub kept: u64,
+    /// Of those, resumed so far.
+    pub resumed: u64,
+    /// Holdings of the run before that are lost: gone or changed in the store, not resumed
+    /// within the window, or already lost when the run before ended.
+    pub lost: u64,
+    /// Waiters of the run before that asked again for their place.
+    pub requeued: u64,
+    /// How long the resume window stays open; `None` once it has closed.
+    pub window_open_for: Option<Duration>,
 }
 
 /// What a holder needs to resume its holding after the daemon restarted (protocol version 5).
@@ -445,6 +509,18 @@ pub enum Event {
         kind: ErrorKind,
         /// What happened, and what to do.
         reason: String,
+    },
+    /// Protocol version 7: the acquire was queued, at `position` (as [`Event::QueuePosition`]),
+    /// and what it needs to ask for its place again after the daemon restarted
+    /// ([`Request::Requeue`]) within `resume.window`. Sent once, when the acquire first queues;
+    /// older clients get [`Event::QueuePosition`].
+    Queued {
+        /// 1-based place in the queue.
+        position: u32,
+        /// The place to ask for after a restart.
+        ordinal: u64,
+        /// The session's credentials and the resume window.
+        resume: Resumable,
     },
 }
 

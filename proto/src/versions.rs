@@ -24,6 +24,7 @@
 //! | 4       | `Request::AcquireBounded` (a max-hold), `Request::Resolve` and its answer, and [`ErrorKind::MaxHoldReached`]; older versions get `LeaseLost` for the kind (the daemon's own max-hold ends their leases too) |
 //! | 5       | [`Response::GrantedResumable`]: a grant with its session's secret and the resume window; older versions get [`Response::Granted`] |
 //! | 6       | `Request::Resume`: take a holding back after the daemon restarted; older versions never send it |
+//! | 7       | [`Event::Queued`]: a waiter's place and credentials, for `Request::Requeue` after a restart; older versions get [`Event::QueuePosition`]. `Request::Restarts` and its answer, which older versions never ask for |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
@@ -88,6 +89,16 @@ impl ServerFrame {
                 id,
                 result: Ok(Response::Granted(grant)),
             },
+            ServerFrame::Response {
+                id,
+                result: Ok(Response::Restarts(_)),
+            } if version < 7 => ServerFrame::Response {
+                id,
+                result: Err(WireError::new(
+                    ErrorKind::Protocol,
+                    "restart figures need protocol version 7",
+                )),
+            },
             response @ ServerFrame::Response { .. } => response,
         }
     }
@@ -115,6 +126,10 @@ impl ServerFrame {
                 result: Ok(Response::GrantedResumable { .. }),
                 ..
             } => 5,
+            ServerFrame::Response {
+                result: Ok(Response::Restarts(_)),
+                ..
+            } => 7,
             ServerFrame::Response { .. } => 1,
         }
     }
@@ -158,6 +173,7 @@ impl Event {
                 kind: kind.for_version(version),
                 reason,
             },
+            Event::Queued { position, .. } if version < 7 => Event::QueuePosition { position },
             event => event,
         }
     }
@@ -171,6 +187,7 @@ impl Event {
             | Event::LeaseLost { .. }
             | Event::Releasing { .. } => 1,
             Event::LeaseEnded { kind, .. } => kind.since_version().max(2),
+            Event::Queued { .. } => 7,
         }
     }
 }

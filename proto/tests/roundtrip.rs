@@ -162,6 +162,25 @@ fn request() -> BoxedStrategy<Request> {
                 secret: Secret(secret),
             }
         }),
+        Just(Request::Restarts),
+        (
+            acquire_request(),
+            lock_mode(),
+            option::of(duration()),
+            (any::<u64>(), text(), text())
+        )
+            .prop_map(|(request, mode, max_hold, (ordinal, session, secret))| {
+                Request::Requeue {
+                    request,
+                    mode,
+                    max_hold,
+                    place: WaitPlace {
+                        ordinal,
+                        session,
+                        secret: Secret(secret),
+                    },
+                }
+            }),
     ]
     .boxed()
 }
@@ -320,6 +339,27 @@ fn response() -> BoxedStrategy<Response> {
                 },
             }
         }),
+        (
+            any::<u64>(),
+            option::of((
+                any::<bool>(),
+                (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+                option::of(duration())
+            ))
+        )
+            .prop_map(|(restarts, last)| Response::Restarts(RestartInfo {
+                restarts,
+                last: last.map(
+                    |(planned, (kept, resumed, lost, requeued), window_open_for)| LastRestart {
+                        planned,
+                        kept,
+                        resumed,
+                        lost,
+                        requeued,
+                        window_open_for,
+                    }
+                ),
+            })),
     ]
     .boxed()
 }
@@ -422,6 +462,17 @@ fn event() -> BoxedStrategy<Event> {
         text().prop_map(|reason| Event::LeaseLost { reason }),
         text().prop_map(|reason| Event::Releasing { reason }),
         (error_kind(), text()).prop_map(|(kind, reason)| Event::LeaseEnded { kind, reason }),
+        (any::<u32>(), any::<u64>(), text(), text(), duration()).prop_map(
+            |(position, ordinal, session, secret, window)| Event::Queued {
+                position,
+                ordinal,
+                resume: Resumable {
+                    session,
+                    secret: Secret(secret),
+                    window,
+                },
+            }
+        ),
     ]
     .boxed()
 }
@@ -501,7 +552,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 15;
+    const COUNT: usize = 17;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -519,6 +570,8 @@ impl Variant for Request {
             Request::AcquireBounded { .. } => 12,
             Request::Resolve { .. } => 13,
             Request::Resume { .. } => 14,
+            Request::Restarts => 15,
+            Request::Requeue { .. } => 16,
         }
     }
 }
@@ -545,7 +598,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 13;
+    const COUNT: usize = 14;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -561,12 +614,13 @@ impl Variant for Response {
             Response::ListedModes(_) => 10,
             Response::Resolved(_) => 11,
             Response::GrantedResumable { .. } => 12,
+            Response::Restarts(_) => 13,
         }
     }
 }
 
 impl Variant for Event {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
     fn variant(&self) -> usize {
         match self {
             Event::QueuePosition { .. } => 0,
@@ -575,6 +629,7 @@ impl Variant for Event {
             Event::LeaseLost { .. } => 3,
             Event::Releasing { .. } => 4,
             Event::LeaseEnded { .. } => 5,
+            Event::Queued { .. } => 6,
         }
     }
 }

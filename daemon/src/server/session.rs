@@ -571,6 +571,21 @@ impl Session {
                 mode,
                 max_hold,
             } => self.acquire(id, session, request, mode, max_hold).await,
+            // TODO(issue 17): the place in the previous run's queue.
+            Request::Requeue {
+                request,
+                mode,
+                max_hold,
+                ..
+            } => self.acquire(id, session, request, mode, max_hold).await,
+            // TODO(issue 17): the restart figures.
+            Request::Restarts => self.reply(
+                id,
+                Err(vfslock_proto::WireError::new(
+                    vfslock_proto::ErrorKind::Unsupported,
+                    "restart figures are not served yet",
+                )),
+            ),
             Request::Resume {
                 target,
                 lock_id,
