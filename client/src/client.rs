@@ -77,6 +77,15 @@ impl Client {
         self.link.live().await
     }
 
+    /// A connection to the daemon, trying again with backoff while none answers, for at most
+    /// `within` (a daemon that restarts comes back within its resume window).
+    pub(crate) async fn reconnect_within(
+        &self,
+        within: Duration,
+    ) -> Result<Arc<Connection>, Error> {
+        self.link.live_within(within).await
+    }
+
     /// A lock on `target` (a `file://` or `mem://` URL, or an absolute path), not yet taken.
     pub fn new_lock(&self, target: impl Into<String>, options: LockOptions) -> Lock {
         Lock::new(self.clone(), target.into(), options)

@@ -26,7 +26,7 @@ use vfslock_proto::handshake::{
 };
 use vfslock_proto::{
     codec, frame, AcquireRequest, ClientFrame, Event, Grant, LockMode, Request, RequestId,
-    Response, Resumable, ServerFrame, Welcome,
+    Response, Resumable, ServerFrame, WaitPlace, Welcome,
 };
 
 use crate::error::{Error, ErrorKind};
@@ -41,6 +41,9 @@ const MAX_INBOUND_FRAME: usize = 256 << 20;
 pub(crate) enum AcquireUpdate {
     /// Queued at this 1-based position.
     Position(u32),
+    /// Queued at this 1-based position, with the place to ask for again after the daemon
+    /// restarted (protocol 7) and the window within which to ask.
+    Queued(u32, WaitPlace, Duration),
     /// The lock is stale: may it be taken?
     StaleQuestion(LockMetadata),
     /// The lock is held; the lease is watched from the moment the grant arrived.
@@ -347,33 +350,28 @@ impl Connection {
         self.spin.answered(after);
     }
 
-    /// Sends an acquire; its events and final answer arrive on the returned channel.
+    /// Sends an acquire (asking for `place` in the queue again, after a restart, if the daemon
+    /// speaks protocol 7); its events and final answer arrive on the returned channel.
     pub(crate) fn start_acquire(
         &self,
         request: AcquireRequest,
         mode: LockMode,
         max_hold: Option<Duration>,
+        place: Option<WaitPlace>,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<AcquireUpdate>), Error> {
         #[cfg(unix)]
         let waits = matches!(request.wait, vfslock_proto::WaitMode::Wait { .. });
-        // Modes came with protocol version 3, a max-hold with 4; an exclusive acquire without
-        // one keeps the message every version has.
+        // Modes came with protocol version 3, a max-hold with 4, places with 7; an exclusive
+        // acquire without one keeps the message every version has.
         let version = self.welcome.protocol_version;
-        let request = match (mode, max_hold) {
-            (LockMode::Exclusive, None) => Request::Acquire(request),
-            (mode, None) if version >= 3 => Request::AcquireIn { request, mode },
-            (mode, Some(max_hold)) if version >= 4 => Request::AcquireBounded {
+        let request = match (mode, max_hold, place) {
+            (mode, max_hold, Some(place)) if version >= 7 => Request::Requeue {
                 request,
                 mode,
-                max_hold: Some(max_hold),
+                max_hold,
+                place,
             },
-            (mode, max_hold) => {
-                return Err(match (max_hold, mode) {
-                    (Some(_), _) => self.too_old("a max-hold", 4),
-                    (None, LockMode::Slots(_)) => self.too_old("semaphores", 3),
-                    (None, _) => self.too_old("shared locks", 3),
-                });
-            }
+            (mode, max_hold, _) => self.acquire_request(request, mode, max_hold)?,
         };
         let id = self.next_id();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -388,6 +386,32 @@ impl Connection {
             self.spin.wait_readable(self.raw_fd);
         }
         Ok((id, rx))
+    }
+
+    /// The acquire message this connection's protocol version has for `mode` and `max_hold`.
+    fn acquire_request(
+        &self,
+        request: AcquireRequest,
+        mode: LockMode,
+        max_hold: Option<Duration>,
+    ) -> Result<Request, Error> {
+        let version = self.welcome.protocol_version;
+        Ok(match (mode, max_hold) {
+            (LockMode::Exclusive, None) => Request::Acquire(request),
+            (mode, None) if version >= 3 => Request::AcquireIn { request, mode },
+            (mode, Some(max_hold)) if version >= 4 => Request::AcquireBounded {
+                request,
+                mode,
+                max_hold: Some(max_hold),
+            },
+            (mode, max_hold) => {
+                return Err(match (max_hold, mode) {
+                    (Some(_), _) => self.too_old("a max-hold", 4),
+                    (None, LockMode::Slots(_)) => self.too_old("semaphores", 3),
+                    (None, _) => self.too_old("shared locks", 3),
+                });
+            }
+        })
     }
 
     /// Asks for `orphan`'s holding back (protocol 6); on success its lease lives on this
@@ -757,9 +781,24 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                 }
                 None
             }
-            Event::QueuePosition { position } | Event::Queued { position, .. } => {
+            Event::QueuePosition { position } => {
                 if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
                     let _ = tx.send(AcquireUpdate::Position(position));
+                }
+                None
+            }
+            Event::Queued {
+                position,
+                ordinal,
+                resume,
+            } => {
+                if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
+                    let place = WaitPlace {
+                        ordinal,
+                        session: resume.session,
+                        secret: resume.secret,
+                    };
+                    let _ = tx.send(AcquireUpdate::Queued(position, place, resume.window));
                 }
                 None
             }
@@ -967,6 +1006,7 @@ mod tests {
                     detached: false,
                 },
                 LockMode::Exclusive,
+                None,
                 None,
             )
             .expect("send the acquire");

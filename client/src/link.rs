@@ -84,6 +84,22 @@ impl Link {
         Ok(fresh)
     }
 
+    /// [`Link::live`], trying again with backoff while no daemon answers, for at most `within`.
+    pub(crate) async fn live_within(&self, within: Duration) -> Result<Arc<Connection>, Error> {
+        let give_up = Instant::now() + within;
+        let mut backoff = RESUME_BACKOFF_MIN;
+        loop {
+            match self.live().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if Instant::now() + backoff >= give_up => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RESUME_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
     /// Reconnects (with backoff while no daemon answers) and asks for each of `orphans` back
     /// until its deadline; one past it is lost.
     async fn resume(&self, mut orphans: Vec<Orphan>) {

@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use vfslock_proto::{AcquireRequest, ClientFrame, LockMode, Request, RequestId, WaitMode};
+use vfslock_proto::{
+    AcquireRequest, ClientFrame, LockMode, Request, RequestId, WaitMode, WaitPlace,
+};
 
 use crate::connection::{AcquireUpdate, Connection, LeaseWatch};
 use crate::error::{Error, ErrorKind};
@@ -257,8 +259,61 @@ impl Lock {
         self.acquire_with(WaitMode::Wait { timeout: None }).await
     }
 
+    /// Takes the lock, waiting as `wait` says. A wait whose daemon went away (restarted,
+    /// crashed, upgraded) carries on at the restarted daemon with what is left of its timeout,
+    /// asking for its place in the queue again (protocol 7), for as long as the daemon's resume
+    /// window after the connection ended; then it fails as the connection did.
     pub(crate) async fn acquire_with(&mut self, wait: WaitMode) -> Result<(), Error> {
-        let conn = self.client.conn().await?;
+        let started = Instant::now();
+        let mut conn = self.client.conn().await?;
+        let mut place = None;
+        loop {
+            let wait_now = match wait {
+                WaitMode::Wait {
+                    timeout: Some(timeout),
+                } => {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "{} was not granted within {timeout:?}, across a restart of \
+                                 vfslockd",
+                                self.target
+                            ),
+                        ));
+                    }
+                    WaitMode::Wait {
+                        timeout: Some(left),
+                    }
+                }
+                other => other,
+            };
+            let error = match self.acquire_on(&conn, wait_now, &mut place).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let Some((_, window)) = place.as_ref().filter(|_| {
+                error.kind() == ErrorKind::ConnectionLost && matches!(wait, WaitMode::Wait { .. })
+            }) else {
+                return Err(error);
+            };
+            conn = self
+                .client
+                .reconnect_within(*window)
+                .await
+                .map_err(|_| error)?;
+        }
+    }
+
+    /// One acquire on `conn`, asking for `place` if the previous connection had one; `place`
+    /// is updated whenever the daemon names a new one.
+    async fn acquire_on(
+        &mut self,
+        conn: &Arc<Connection>,
+        wait: WaitMode,
+        place: &mut Option<(WaitPlace, Duration)>,
+    ) -> Result<(), Error> {
         let _in_flight = crate::spin::InFlight::begin();
         let sent = std::time::Instant::now();
         let (id, mut updates) = conn.start_acquire(
@@ -272,9 +327,10 @@ impl Lock {
             },
             self.options.mode,
             self.options.max_hold,
+            place.as_ref().map(|(place, _)| place.clone()),
         )?;
         let mut pending = PendingAcquire {
-            conn: &conn,
+            conn,
             target: &self.target,
             id,
             finished: false,
@@ -282,6 +338,12 @@ impl Lock {
         let outcome = loop {
             match updates.recv().await {
                 Some(AcquireUpdate::Position(position)) => {
+                    if let Some(observe) = &self.options.on_queue_position {
+                        observe(position);
+                    }
+                }
+                Some(AcquireUpdate::Queued(position, at, window)) => {
+                    *place = Some((at, window));
                     if let Some(observe) = &self.options.on_queue_position {
                         observe(position);
                     }

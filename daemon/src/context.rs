@@ -65,6 +65,9 @@ pub struct Context {
     pub access: crate::access::Access,
     /// The crash journal; `None` only where a daemon runs without one (tests of parts).
     pub journal: Option<crate::journal::Journal>,
+    /// The next waiter's place (`crate::lock::requeue`): above every place a previous run
+    /// left in the journal, so that newcomers queue behind the waiters that ask again.
+    next_wait_ordinal: AtomicU64,
 }
 
 /// For the watched stale rule: each lock file's content as last seen, and since when it has
@@ -126,6 +129,39 @@ impl Context {
             uids: Arc::default(),
             shutting_down: AtomicBool::new(false),
             watched: Watched::default(),
+            next_wait_ordinal: AtomicU64::new(1),
+        }
+    }
+
+    /// A place for a new waiter, later than every place handed out before.
+    pub fn next_wait_ordinal(&self) -> u64 {
+        self.next_wait_ordinal.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes every later place come after `ordinal`.
+    pub fn wait_ordinals_after(&self, ordinal: u64) {
+        self.next_wait_ordinal
+            .fetch_max(ordinal.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Records that a waiter of `holder`'s session queues for `target` at `ordinal`, when the
+    /// session may resume (else nobody could ask for the place again).
+    pub fn journal_wait(&self, ordinal: u64, target: &str, holder: &crate::link::SessionLink) {
+        let (Some(journal), Some((secret, _))) = (&self.journal, &holder.resume) else {
+            return;
+        };
+        let owner = crate::journal::Owner {
+            session: secret.session.clone(),
+            secret_sha256: secret.hash.clone(),
+            uid: holder.caller.uid,
+        };
+        journal.wait(ordinal, target, owner);
+    }
+
+    /// Records that the waiter at `ordinal` left the queue.
+    pub fn journal_waited(&self, ordinal: u64) {
+        if let Some(journal) = &self.journal {
+            journal.waited(ordinal);
         }
     }
 

@@ -17,6 +17,12 @@
 //! keeps or hands back a holding its holder already gave up. Daemons of earlier releases read
 //! the acquire lines as before and skip the lost ones.
 //!
+//! A waiter that can ask for its place again after a restart (its session has resume
+//! credentials) is journaled too: `{"wait": ORDINAL, "target": URL, ...}` with the same owner
+//! fields when it queues, `{"waited": ORDINAL}` when it leaves the queue (granted, cancelled,
+//! timed out, gone). A restarted daemon holds the places of the waits left open for their
+//! sessions during the resume window ([`crate::lock::requeue`]).
+//!
 //! At startup every acquire without a release is looked at: if the target's lock file still
 //! carries that lock id (and is not a detached lease), it is deleted, conditional on the version
 //! read. Then the journal starts afresh.
@@ -55,6 +61,28 @@ enum Entry {
     Lost {
         lost: String,
     },
+    Wait {
+        wait: u64,
+        target: String,
+        session: String,
+        secret_sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+    },
+    Waited {
+        waited: u64,
+    },
+}
+
+/// A waiter of a previous run whose place is kept for its session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeftWait {
+    /// Its place: the order in which waiters were queued, across restarts.
+    pub ordinal: u64,
+    /// The target it waits for.
+    pub target: String,
+    /// Who may ask for the place again.
+    pub owner: Owner,
 }
 
 pub use crate::link::resume::Owner;
@@ -89,6 +117,8 @@ struct Inner {
     file: File,
     path: PathBuf,
     open: HashMap<String, Open>,
+    /// Open waits by ordinal: the target and who may ask for the place again.
+    waits: HashMap<u64, (String, Owner)>,
     lines: usize,
 }
 
@@ -236,6 +266,7 @@ impl Journal {
             source,
         })?;
         let mut open: HashMap<String, Open> = HashMap::new();
+        let mut waits: HashMap<u64, (String, Owner)> = HashMap::new();
         let _ = file.rewind();
         for line in BufReader::new(&file).lines() {
             // A torn last line (killed mid-write) is skipped; its store write never started.
@@ -265,6 +296,23 @@ impl Journal {
                         open.owner = None;
                     }
                 }
+                Ok(Entry::Wait {
+                    wait,
+                    target,
+                    session,
+                    secret_sha256,
+                    uid,
+                }) => {
+                    let owner = Owner {
+                        session,
+                        secret_sha256,
+                        uid,
+                    };
+                    waits.insert(wait, (target, owner));
+                }
+                Ok(Entry::Waited { waited }) => {
+                    waits.remove(&waited);
+                }
                 Err(_) => {}
             }
         }
@@ -282,6 +330,7 @@ impl Journal {
                     file,
                     path,
                     open: HashMap::new(),
+                    waits,
                     lines: 0,
                 }),
             },
@@ -310,6 +359,47 @@ impl Journal {
         });
         inner.open = unsettled.chain(kept).collect();
         inner.compact();
+    }
+
+    /// The waits a previous run left open, in the order they were queued.
+    pub fn left_waits(&self) -> Vec<LeftWait> {
+        let inner = self.inner.lock().expect("journal lock");
+        let mut left: Vec<LeftWait> = inner
+            .waits
+            .iter()
+            .map(|(ordinal, (target, owner))| LeftWait {
+                ordinal: *ordinal,
+                target: target.clone(),
+                owner: owner.clone(),
+            })
+            .collect();
+        left.sort_by_key(|wait| wait.ordinal);
+        left
+    }
+
+    /// Forgets every open wait (a daemon that keeps no places: its resume window is zero).
+    pub fn forget_waits(&self) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        inner.waits.clear();
+        inner.compact();
+    }
+
+    /// Records that the waiter at `ordinal`, of a session that `owner` may resume, queues for
+    /// `target` (again, with a new session's credentials, after a restart).
+    pub fn wait(&self, ordinal: u64, target: &str, owner: Owner) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let entry = Entry::wait(ordinal, target, &owner);
+        inner.waits.insert(ordinal, (target.to_owned(), owner));
+        inner.append(&entry);
+    }
+
+    /// Records that the waiter at `ordinal` left the queue.
+    pub fn waited(&self, ordinal: u64) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        if inner.waits.remove(&ordinal).is_none() {
+            return;
+        }
+        inner.append(&Entry::Waited { waited: ordinal });
     }
 
     /// Records that a lock file with `lock_id` may be written for `target`, by a holder that
@@ -378,6 +468,16 @@ impl Journal {
 }
 
 impl Entry {
+    fn wait(ordinal: u64, target: &str, owner: &Owner) -> Entry {
+        Entry::Wait {
+            wait: ordinal,
+            target: target.to_owned(),
+            session: owner.session.clone(),
+            secret_sha256: owner.secret_sha256.clone(),
+            uid: owner.uid,
+        }
+    }
+
     fn acquire(lock_id: &str, target: &str, owner: Option<&Owner>) -> Entry {
         Entry::Acquire {
             acquire: lock_id.to_owned(),
@@ -397,12 +497,12 @@ impl Inner {
             tracing::error!(journal = %self.path.display(), error = %e, "cannot write the crash journal; a crash now leaves lock files until their TTL");
         }
         self.lines += 1;
-        if self.lines >= COMPACT_AFTER && self.lines >= self.open.len() * 4 {
+        if self.lines >= COMPACT_AFTER && self.lines >= (self.open.len() + self.waits.len()) * 4 {
             self.compact();
         }
     }
 
-    /// Rewrites the journal with only the open holdings.
+    /// Rewrites the journal with only the open holdings and waits.
     fn compact(&mut self) {
         let mut text = Vec::new();
         for (lock_id, open) in &self.open {
@@ -410,9 +510,14 @@ impl Inner {
             text.extend(serde_json::to_vec(&entry).expect("entries serialize"));
             text.push(b'\n');
         }
+        for (ordinal, (target, owner)) in &self.waits {
+            let entry = Entry::wait(*ordinal, target, owner);
+            text.extend(serde_json::to_vec(&entry).expect("entries serialize"));
+            text.push(b'\n');
+        }
         // Append mode writes at the end whatever the offset, so truncating first is enough.
         if self.file.set_len(0).is_ok() && self.file.write_all(&text).is_ok() {
-            self.lines = self.open.len();
+            self.lines = self.open.len() + self.waits.len();
         }
     }
 }
@@ -584,6 +689,45 @@ mod tests {
             owner: None,
         };
         assert_eq!(left, vec![kept, lost]);
+    }
+
+    /// Waiters' places outlive the process until their waiter leaves; compaction and a restart
+    /// keep the open ones, in order, and a daemon that keeps no places forgets them.
+    #[test]
+    fn open_waits_survive_a_reopen_in_order_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.wait(7, "mem:///q", owner("s1", "h1"));
+            journal.wait(3, "mem:///q", owner("s2", "h2"));
+            journal.wait(5, "mem:///r", owner("s3", "h3"));
+            journal.waited(5);
+            for i in 0..COMPACT_AFTER as u64 {
+                journal.wait(100 + i, "mem:///t", owner("s", "h"));
+                journal.waited(100 + i);
+            }
+        }
+        let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+        journal.restart(&[], &[]);
+        let left = journal.left_waits();
+        let expected = vec![
+            LeftWait {
+                ordinal: 3,
+                target: "mem:///q".into(),
+                owner: owner("s2", "h2"),
+            },
+            LeftWait {
+                ordinal: 7,
+                target: "mem:///q".into(),
+                owner: owner("s1", "h1"),
+            },
+        ];
+        assert_eq!(left, expected);
+        journal.forget_waits();
+        drop(journal);
+        let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+        assert!(journal.left_waits().is_empty());
     }
 
     fn owner(session: &str, hash: &str) -> Owner {

@@ -148,6 +148,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         unsettled
     };
     journal.restart(&unsettled, &kept);
+    let waits = journal.left_waits();
+    if window.is_zero() && !waits.is_empty() {
+        journal.forget_waits();
+    }
     let mut ctx = Context::new(settings, stores, host_id);
     ctx.journal = Some(journal);
     ctx.access = access;
@@ -156,6 +160,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         .await
         .map_err(startup::StartError::Supervisor)?;
     keep_for_resume(&ctx, &registry, kept).await;
+    if !window.is_zero() {
+        keep_places(&ctx, &registry, waits).await;
+    }
     for store in ctx.stores.all() {
         let info = store.describe();
         tracing::info!(scheme = %info.scheme, "store: {}", info.description);
@@ -225,6 +232,51 @@ async fn keep_for_resume(
             tracing::warn!(target = %left.target, %reason, "cannot keep a holding of the previous run");
             if let Some(journal) = &ctx.journal {
                 journal.release(&left.lock_id);
+            }
+        }
+    }
+}
+
+/// Holds the places of the previous run's waiters for their sessions to ask for again, before
+/// any client is served, until the resume window closes; every later waiter queues behind them.
+async fn keep_places(
+    ctx: &Arc<Context>,
+    registry: &Arc<lock::Registry>,
+    waits: Vec<journal::LeftWait>,
+) {
+    let Some(last) = waits.iter().map(|wait| wait.ordinal).max() else {
+        return;
+    };
+    ctx.wait_ordinals_after(last);
+    let until = ctx.started + ctx.settings.locks.resume_window;
+    tracing::info!(
+        waiters = waits.len(),
+        "keeping the places of the previous run's waiters for them to ask again"
+    );
+    let mut by_target: std::collections::BTreeMap<String, Vec<(u64, journal::Owner)>> =
+        Default::default();
+    for wait in waits {
+        by_target
+            .entry(wait.target)
+            .or_default()
+            .push((wait.ordinal, wait.owner));
+    }
+    for (target, waits) in by_target {
+        let ordinals: Vec<u64> = waits.iter().map(|(ordinal, _)| *ordinal).collect();
+        let routed = match address::Address::parse(&target) {
+            Ok(address) => registry
+                .route(
+                    &Arc::new(address),
+                    lock::LockMessage::AdoptWaits { waits, until },
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = routed {
+            tracing::warn!(%target, %reason, "cannot keep the places of the previous run's waiters");
+            for ordinal in ordinals {
+                ctx.journal_waited(ordinal);
             }
         }
     }

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 use vfslock_proto::{
     AcquireRequest, ErrorKind, Event, LockFileFormat, LockMetadata, LockMode, RequestId, WaitMode,
-    WireError,
+    WaitPlace, WireError,
 };
 
 use super::actor::{LockActor, LockMessage};
 use super::joint::{joint_mode, mode_conflict};
 use super::lifecycle::must;
 use super::replies;
+use super::requeue::JournaledPlace;
 use super::state::{LockState, PendingSteal, Waiter};
 use super::timing::{jitter, Timer};
 use crate::config::StaleRule;
@@ -49,6 +50,7 @@ pub(super) enum StealLost {
 }
 
 impl LockActor {
+    #[allow(clippy::too_many_arguments)] // the acquire's parts, as the message carries them
     pub(super) async fn on_acquire(
         &self,
         myself: &ActorRef<LockMessage>,
@@ -57,6 +59,7 @@ impl LockActor {
         id: RequestId,
         request: AcquireRequest,
         (mode, max_hold): (LockMode, Option<Duration>),
+        place: Option<&WaitPlace>,
     ) {
         let ttl = request.ttl.unwrap_or(self.ctx.settings.locks.default_ttl);
         if request.detached && ttl.is_zero() {
@@ -65,6 +68,10 @@ impl LockActor {
         if let Some(error) = joint_mode(mode).and_then(|m| self.refuse_mode(state, m)) {
             return session.reply(id, Err(error));
         }
+        let (ordinal, journaled) = match self.claim_place(state, &session, place) {
+            Ok(place) => place,
+            Err(error) => return session.reply(id, Err(error)),
+        };
         let waiter = Waiter {
             session,
             acquire_id: id,
@@ -73,12 +80,24 @@ impl LockActor {
             mode,
             max_hold,
             expiry: None,
+            ordinal,
+            journaled,
         };
         if state.fenced() {
             // A holding of the previous run may still be believed in: nothing is granted here
             // until its resume window closes.
             let holder = self.holder_metadata(state).await;
             return self.refuse_or_queue(myself, state, waiter, holder);
+        }
+        if state.expected.active() {
+            // Waiters of the previous run may still ask for their places: this one queues at
+            // its own, and whoever is first and here is served.
+            let holder = self.holder_metadata(state).await;
+            self.refuse_or_queue(myself, state, waiter, holder);
+            if state.phase.is_free() {
+                self.serve_queue(myself, state).await;
+            }
+            return;
         }
         // Queued waiters go first: a newcomer must not overtake them when a foreign holder
         // has just let go.
@@ -180,11 +199,32 @@ impl LockActor {
                         }
                     })));
                 }
-                // Queued and counted before the waiter hears its place.
+                // Journaled, queued and counted before the waiter hears its place.
                 let (session, acquire_id) = (waiter.session.clone(), waiter.acquire_id);
-                state.queue.push_back(waiter);
-                let position = state.queue.len() as u32;
-                session.event(acquire_id, Event::QueuePosition { position });
+                let ordinal = waiter.ordinal;
+                let resume = session
+                    .resume
+                    .as_ref()
+                    .filter(|_| self.ctx.journal.is_some());
+                if resume.is_some() {
+                    // A place taken back is journaled again, with the new session's owner.
+                    waiter.journaled = Some(JournaledPlace::write(
+                        &self.ctx,
+                        ordinal,
+                        &state.target.url,
+                        &session,
+                    ));
+                }
+                let position = state.queue.insert_in_order(waiter) as u32;
+                let event = match resume {
+                    Some((secret, window)) => Event::Queued {
+                        position,
+                        ordinal,
+                        resume: secret.ticket(*window),
+                    },
+                    None => Event::QueuePosition { position },
+                };
+                session.event(acquire_id, event);
             }
         }
     }
@@ -534,6 +574,11 @@ impl LockActor {
             if head.session.is_closed() {
                 state.queue.pop_front();
                 continue;
+            }
+            if state.expected.holds_back(head.ordinal) {
+                // Served when an earlier waiter of the previous run asks again, or when the
+                // resume window closes (`LockMessage::WindowClosed`).
+                break;
             }
             // Free: the head tries the store. Held jointly here: a head of the same mode joins
             // (consecutive shared requests at the head are granted together); any other head

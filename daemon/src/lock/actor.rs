@@ -46,6 +46,8 @@ pub enum LockMessage {
         mode: LockMode,
         /// The longest it may be held (the request's, or the daemon's cap); `None`: no limit.
         max_hold: Option<Duration>,
+        /// The place in the previous run's queue it asks for again ([`super::requeue`]).
+        place: Option<Box<vfslock_proto::WaitPlace>>,
     },
     /// Request: release the lock `lock_id` if `session` holds it.
     Release {
@@ -167,6 +169,14 @@ pub enum LockMessage {
     /// Startup: keep a holding the previous run journaled, for its session to resume, until
     /// the resume window closes.
     Adopt(Box<super::resume::Kept>),
+    /// Startup: hold these places of the previous run's waiters (ordinals and owners) for
+    /// their sessions until `until` ([`super::requeue`]).
+    AdoptWaits {
+        /// The places.
+        waits: Vec<(u64, crate::journal::Owner)>,
+        /// When the resume window closes.
+        until: std::time::Instant,
+    },
     /// Request: hand the kept holding `lock_id` to `session`, which proves with `secret` that
     /// it is the session `claimed` that held it.
     Resume {
@@ -203,6 +213,7 @@ impl LockMessage {
                 | LockMessage::RetryDelete
                 | LockMessage::HoldExpired { .. }
                 | LockMessage::Adopt(_)
+                | LockMessage::AdoptWaits { .. }
                 | LockMessage::WindowClosed
         )
     }
@@ -292,9 +303,18 @@ impl LockActor {
                 request,
                 mode,
                 max_hold,
+                place,
             } => {
-                self.on_acquire(&myself, state, session, id, request, (mode, max_hold))
-                    .await
+                self.on_acquire(
+                    &myself,
+                    state,
+                    session,
+                    id,
+                    request,
+                    (mode, max_hold),
+                    place.as_deref(),
+                )
+                .await
             }
             LockMessage::Release {
                 session,
@@ -430,6 +450,9 @@ impl LockActor {
                     .await
             }
             LockMessage::Adopt(kept) => self.adopt(&myself, state, *kept).await,
+            LockMessage::AdoptWaits { waits, until } => {
+                self.adopt_waits(&myself, state, waits, until)
+            }
             LockMessage::Resume {
                 session,
                 id,

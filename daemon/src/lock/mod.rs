@@ -20,6 +20,8 @@
 //! | [`cleanup`]    | retried deletes, closed connections, idle retirement, shutdown, recovery |
 //! | [`replies`]    | what clients are told, and the read-only answers                         |
 //! | [`timing`]     | timers that stop with their holding or wait, deadlines, random spread    |
+//! | [`resume`]     | holdings of the previous run kept for their sessions, and handed back    |
+//! | [`requeue`]    | waiters' places, kept across a restart in first-come order               |
 //! | [`registry`]   | which actor serves which target; starting, retiring, replacing          |
 //! | [`supervisor`] | the actors' supervisor: a failed actor is replaced at once               |
 
@@ -37,6 +39,7 @@ pub mod lifecycle;
 pub mod max_hold;
 pub mod registry;
 pub mod replies;
+pub mod requeue;
 pub mod resume;
 pub mod state;
 pub mod supervisor;

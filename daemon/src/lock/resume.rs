@@ -246,6 +246,7 @@ impl LockActor {
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
     ) {
+        let places_expired = self.expire_places(state);
         if state.fenced() {
             return;
         }
@@ -255,7 +256,7 @@ impl LockActor {
             tracing::info!(target = %state.target.url, "nobody resumed a holding of the previous run within the resume window; released");
             // Serves the queue once the file is gone.
             self.lose(myself, state, reason, true).await;
-        } else {
+        } else if places_expired {
             self.serve_queue(myself, state).await;
         }
     }

@@ -40,6 +40,9 @@ pub struct LockState {
     /// Until when nothing is granted here: the resume window of a holding the previous run
     /// journaled for this target, whether or not it could be kept ([`super::resume`]).
     pub resume_fence: Option<Instant>,
+    /// Places of the previous run's waiters, held for them during the resume window
+    /// ([`super::requeue`]).
+    pub expected: super::requeue::ExpectedWaits,
 }
 
 /// The target an actor serves.
@@ -80,6 +83,7 @@ impl LockState {
             leftover: None,
             renewals: 0,
             resume_fence: None,
+            expected: Default::default(),
         }
     }
 
@@ -89,6 +93,7 @@ impl LockState {
             && self.queue.is_empty()
             && self.leftover.is_none()
             && self.resume_fence.is_none()
+            && self.expected.is_empty()
     }
 
     /// Whether a resume window still keeps this target from being granted.
@@ -258,6 +263,10 @@ pub struct Waiter {
     pub max_hold: Option<Duration>,
     /// The timer that ends the wait at its timeout, stopped with the waiter.
     pub expiry: Option<Timer>,
+    /// Its place: the queue is kept in this order ([`super::requeue`]).
+    pub ordinal: u64,
+    /// Its place in the journal, while it waits with a session that may resume.
+    pub journaled: Option<super::requeue::JournaledPlace>,
 }
 
 impl Waiter {
@@ -305,10 +314,17 @@ impl WaitQueue {
         self.waiters.is_empty()
     }
 
-    /// Adds a newcomer at the end.
-    pub fn push_back(&mut self, waiter: Waiter) {
+    /// Adds a waiter at its place (by ordinal; newcomers have the latest, so this is the end
+    /// but for waiters of the previous run that asked again). Returns its 1-based position.
+    pub fn insert_in_order(&mut self, waiter: Waiter) -> usize {
+        let at = self
+            .waiters
+            .iter()
+            .rposition(|w| w.ordinal < waiter.ordinal)
+            .map_or(0, |before| before + 1);
         self.tally.waiting(1);
-        self.waiters.push_back(waiter);
+        self.waiters.insert(at, waiter);
+        at + 1
     }
 
     /// Puts a waiter back at the head (its attempt found the lock held).

@@ -445,8 +445,8 @@ impl Session {
         id: RequestId,
         session: Arc<SessionLink>,
         request: AcquireRequest,
-        mode: LockMode,
-        max_hold: Option<Duration>,
+        (mode, max_hold): (LockMode, Option<Duration>),
+        place: Option<Box<vfslock_proto::WaitPlace>>,
     ) {
         let max_hold = match judge_max_hold(&request, max_hold, self.ctx.settings.locks.max_hold) {
             Ok(max_hold) => max_hold,
@@ -463,6 +463,7 @@ impl Session {
                     request,
                     mode,
                     max_hold,
+                    place,
                 };
                 self.route(id, &address, message).await;
             }
@@ -560,24 +561,30 @@ impl Session {
         let session = self.link.clone();
         match request {
             Request::Acquire(request) => {
-                self.acquire(id, session, request, LockMode::Exclusive, None)
+                self.acquire(id, session, request, (LockMode::Exclusive, None), None)
                     .await
             }
             Request::AcquireIn { request, mode } => {
-                self.acquire(id, session, request, mode, None).await
+                self.acquire(id, session, request, (mode, None), None).await
             }
             Request::AcquireBounded {
                 request,
                 mode,
                 max_hold,
-            } => self.acquire(id, session, request, mode, max_hold).await,
-            // TODO(issue 17): the place in the previous run's queue.
+            } => {
+                self.acquire(id, session, request, (mode, max_hold), None)
+                    .await
+            }
             Request::Requeue {
                 request,
                 mode,
                 max_hold,
-                ..
-            } => self.acquire(id, session, request, mode, max_hold).await,
+                place,
+            } => {
+                let place = Some(Box::new(place));
+                self.acquire(id, session, request, (mode, max_hold), place)
+                    .await
+            }
             // TODO(issue 17): the restart figures.
             Request::Restarts => self.reply(
                 id,

@@ -63,6 +63,8 @@ fn steal() -> PendingSteal {
             mode: vfslock_proto::LockMode::Exclusive,
             max_hold: None,
             expiry: None,
+            ordinal: 1,
+            journaled: None,
         },
         judged: Observed {
             bytes: b"{}".to_vec(),

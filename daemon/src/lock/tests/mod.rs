@@ -119,6 +119,7 @@ impl Daemon {
             request,
             mode,
             max_hold,
+            place: None,
         };
         self.send(&target, message).await
     }
