@@ -88,9 +88,9 @@ fn requeue(target: &str, place: WaitPlace) -> Request {
 }
 
 /// Three waiters queued A, B, C ask again after `kill -9` in the order C, B, A, with a
-/// newcomer D between C and B: the queue is A, B, C, D all the same, and they are served in
-/// that order once the holder (a library client, which resumes its lock by itself) lets go.
-/// A place asked for with a wrong secret is refused.
+/// newcomer D between C and B, and the holder (a library client, which resumes its lock by
+/// itself) lets go before A is back: the queue is A, B, C, D all the same, and they are served
+/// in that order. A place asked for with a wrong secret is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn waiters_keep_their_first_come_order_across_a_crash() {
     let mut daemon = Daemon::start_with(&config_with_window("5m"));
@@ -142,11 +142,8 @@ async fn waiters_keep_their_first_come_order_across_a_crash() {
     send(&mut b, 1, requeue(&target, places[1].clone())).await;
     assert_eq!(queued(&mut b, "B again").await.0, 1, "B goes before C");
     again[1] = Some(b);
-    let mut a = handshaken(daemon.socket()).await;
-    send(&mut a, 1, requeue(&target, places[0].clone())).await;
-    assert_eq!(queued(&mut a, "A again").await.0, 1, "A goes first");
-    again[0] = Some(a);
 
+    // The holder lets go before A is back: A's place holds B, C and D back.
     vfslock_tests::eventually("the holder resumed", || {
         daemon.log().contains("holding resumed")
     })
@@ -155,6 +152,10 @@ async fn waiters_keep_their_first_come_order_across_a_crash() {
     within("the holder's release", holder.release())
         .await
         .expect("released");
+    let mut a = handshaken(daemon.socket()).await;
+    send(&mut a, 1, requeue(&target, places[0].clone())).await;
+    assert_eq!(queued(&mut a, "A again").await.0, 1, "A goes first");
+    again[0] = Some(a);
     // Served in the first-come order: a waiter served out of turn would keep the lock, and
     // the next read below would never see its grant.
     for (n, name) in ["A", "B", "C", "D"].into_iter().enumerate() {

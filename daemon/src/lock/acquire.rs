@@ -89,7 +89,10 @@ impl LockActor {
             let holder = self.holder_metadata(state).await;
             return self.refuse_or_queue(myself, state, waiter, holder);
         }
-        if state.expected.active() {
+        // A waiter that took its place back goes by its place too when it was the last one
+        // expected: the waiters queued meanwhile are all later than it.
+        let requeued = waiter.journaled.is_some();
+        if state.expected.active() || requeued {
             // Waiters of the previous run may still ask for their places: this one queues at
             // its own, and whoever is first and here is served.
             let holder = self.holder_metadata(state).await;

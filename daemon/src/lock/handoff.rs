@@ -116,6 +116,11 @@ impl LockActor {
             if head.mode != vfslock_proto::LockMode::Exclusive {
                 return None;
             }
+            // An earlier waiter of the previous run may still ask for its place: the file is
+            // released, and the queue served in order ([`super::requeue`]).
+            if state.expected.holds_back(head.ordinal) {
+                return None;
+            }
             return state.queue.pop_front();
         }
         None
