@@ -303,12 +303,19 @@ async fn a_lock_not_resumed_in_time_is_lost_before_anyone_else_gets_it() {
     let mut lock = client.new_lock(&target, LockOptions::default());
     within("acquire", lock.acquire()).await.expect("acquire");
     let old_lock_id = lock.lock_id().expect("held").to_owned();
+    // A lease that never expires follows the same rule: W after the last frame.
+    let forever_target = daemon.file_target("forever.csv");
+    let mut forever = client.new_lock(&forever_target, LockOptions::default().ttl(Duration::ZERO));
+    within("acquire", forever.acquire()).await.expect("acquire");
 
     daemon.kill();
     // Told before the daemon is even back, so before anyone else can be given the lock.
     let reason = within("the loss", lock.lost()).await;
     assert!(reason.contains("not resumed"), "{reason}");
     assert!(!lock.is_held());
+    let reason = within("the ttl-0 loss", forever.lost()).await;
+    assert!(reason.contains("not resumed"), "{reason}");
+    assert!(!forever.is_held());
 
     daemon.restart();
     let other = daemon.client().await;
@@ -326,6 +333,13 @@ async fn a_lock_not_resumed_in_time_is_lost_before_anyone_else_gets_it() {
         taker.is_held(),
         "the old holder's release left the new holding alone"
     );
+    let mut next = other.new_lock(&forever_target, LockOptions::default());
+    within(
+        "the ttl-0 lock's next holder",
+        next.acquire_timeout(Duration::from_secs(30)),
+    )
+    .await
+    .expect("granted once the window closed");
     assert!(
         !daemon.log().contains("holding resumed"),
         "{}",
