@@ -597,3 +597,86 @@ fn logs_carry_syslog_priorities_only_when_stderr_is_the_journal() {
     assert!(log.contains("serving"), "{log}");
     assert!(log.lines().all(|l| !l.starts_with('<')), "{log}");
 }
+
+/// `vfslockd` on the listening socket `listener`, passed as systemd passes it: descriptor 3,
+/// `LISTEN_FDS=1` and `LISTEN_PID` naming the daemon's own pid (the shell's, which execs it).
+fn daemon_on_passed_socket(setup: &Setup, listener: &std::os::unix::net::UnixListener) -> Reaped {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut command = setup.command(Path::new("/bin/sh"));
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\"")
+        .arg(bin("vfslockd"))
+        .arg(setup.path("vfslockd.toml"));
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec, on a
+    // descriptor the parent keeps open.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Reaped(Some(command.spawn().expect("start vfslockd")))
+}
+
+/// The socket stays systemd's while its daemon is away: after `kill -9`, the client library
+/// reconnects to it by itself, its connection waits in the socket's backlog, that connection
+/// starts the daemon again (as systemd does for a socket-activated service), and the lock is
+/// resumed with its lock id and token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_survives_a_crash_of_a_socket_activated_daemon() {
+    use std::os::fd::AsRawFd;
+    let setup = Setup::new();
+    std::fs::write(
+        setup.path("vfslockd.toml"),
+        TEST_CONFIG.replace("[locks]\n", "[locks]\nresume-window = \"5m\"\n"),
+    )
+    .unwrap();
+    let socket = setup.path("vfslockd.sock");
+    let data = setup.path("data");
+    std::fs::create_dir(&data).unwrap();
+    // Bound and listened on by "systemd", which keeps it for the service's whole life.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let mut daemon = daemon_on_passed_socket(&setup, &listener);
+    let client = within("a connection", vfslock::Client::connect(&socket))
+        .await
+        .expect("connect");
+    let target = data.join("activated.csv").to_string_lossy().into_owned();
+    let mut lock = client.new_lock(&target, LockOptions::default());
+    within("an acquire", lock.acquire()).await.expect("acquire");
+    let (lock_id, token) = (lock.lock_id().map(str::to_owned), lock.token());
+
+    // SAFETY: plain syscall on the pid of our own child, which has not been reaped yet.
+    unsafe { libc::kill(daemon.pid(), libc::SIGKILL) };
+    drop(daemon);
+    // The client's reconnect is the next connection: it waits in the backlog, and starts the
+    // daemon, as systemd would.
+    let pending = tokio::task::block_in_place(|| {
+        let mut poll = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut poll, 1, DEADLINE.as_millis() as libc::c_int) }
+    });
+    assert_eq!(pending, 1, "the client reconnected to the socket by itself");
+    daemon = daemon_on_passed_socket(&setup, &listener);
+    vfslock_tests::eventually("the lock resumed", || {
+        setup.log().contains("holding resumed")
+    })
+    .await;
+    assert!(lock.is_held(), "never lost");
+    assert_eq!(lock.lock_id().map(str::to_owned), lock_id);
+    assert_eq!(lock.token(), token);
+    within("a release", lock.release())
+        .await
+        .expect("released at the new daemon");
+    assert!(!Path::new(&format!("{target}.lock")).exists());
+    let status = tokio::task::block_in_place(|| daemon.terminate());
+    assert!(status.success(), "{status}:\n{}", setup.log());
+}
