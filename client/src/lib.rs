@@ -55,6 +55,7 @@ pub mod blocking;
 mod client;
 mod connection;
 mod error;
+mod events;
 mod link;
 mod lock;
 mod set;
@@ -64,6 +65,7 @@ pub mod transport;
 
 pub use client::Client;
 pub use error::{Error, ErrorKind, WithLockError};
+pub use events::{ClientEvent, Events, LockRef, LostLock};
 pub use lock::{Lock, LockOptions, DEFAULT_TTL};
 pub use set::LockSet;
 /// A lock file's metadata, as the daemon read it: the protocol's own type, with its times as

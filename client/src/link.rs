@@ -15,15 +15,22 @@
 //! deadline, W after the last frame the daemon sent or sooner if its lease runs out. A holding
 //! not resumed by then is lost (the safety rule: the restarted daemon gives nobody its target
 //! until W has passed since it started, which is later).
+//!
+//! Every closed connection hands the link a batch, empty when nothing was held, so that the
+//! link can tell the application ([`crate::events`]): the daemon went away, then, once the
+//! batch is settled and a connection is open again, what was resumed and what was lost.
+//! Batches are settled one at a time, so one outage's events never interleave with the next's.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
-use crate::connection::{not_resumed_in_time, Connection, Heir, Orphan};
+use crate::connection::{not_resumed_in_time, Connection, Heir, LeaseState, Orphan};
 use crate::error::Error;
+use crate::events::{Announcer, LockRef, LostLock};
 
 /// The first wait between reconnection attempts while resuming, doubled up to
 /// [`RESUME_BACKOFF_MAX`].
@@ -39,6 +46,8 @@ pub(crate) struct Link {
     redialing: tokio::sync::Mutex<()>,
     /// Where each connection hands the holdings to resume when it closes.
     heir: Heir,
+    /// Tells subscribers what happened to the connection.
+    pub(crate) announcer: Announcer,
 }
 
 impl Link {
@@ -51,6 +60,7 @@ impl Link {
             current: RwLock::new(first),
             redialing: tokio::sync::Mutex::new(()),
             heir,
+            announcer: Announcer::new(),
         });
         tokio::spawn(resume_orphans(Arc::downgrade(&link), orphans));
         Ok(link)
@@ -81,12 +91,33 @@ impl Link {
         }
         let fresh = Connection::open_for(&self.path, Some(self.heir.clone())).await?;
         *self.current.write().expect("link lock") = fresh.clone();
+        self.announcer.redialed();
         Ok(fresh)
     }
 
+    /// Tells subscribers that the daemon went away, naming the holdings that wait to be
+    /// resumed.
+    fn announce_gone(&self, orphans: &[Orphan]) {
+        let waiting = orphans.iter().filter(|o| !o.is_abandoned());
+        let resuming = waiting.clone().map(lock_ref).collect();
+        let deadline = waiting.map(|o| o.deadline).max();
+        self.announcer.daemon_gone(resuming, deadline);
+    }
+
+    /// An outage that left nothing to resume (nothing was held, or every holding was lost or
+    /// released before a daemon answered) owes its restart event to the next connection.
+    async fn settle_without_resuming(&self) {
+        // Under the redial lock: a request that reconnects meanwhile announces it, not both.
+        let _one = self.redialing.lock().await;
+        let connected = !self.current().is_closed();
+        self.announcer.nothing_left_to_resume(connected);
+    }
+
     /// Reconnects (with backoff while no daemon answers) and asks for each of `orphans` back
-    /// until its deadline; one past it is lost.
+    /// until its deadline; one past it is lost. Returns once each was resumed or given up (or
+    /// handed on again because the new connection closed too), and tells subscribers which.
     async fn resume(&self, mut orphans: Vec<Orphan>) {
+        let mut lost = Vec::new();
         let mut backoff = RESUME_BACKOFF_MIN;
         loop {
             let now = Instant::now();
@@ -96,6 +127,10 @@ impl Link {
                     continue;
                 }
                 if now >= orphan.deadline {
+                    lost.push(LostLock {
+                        lock: lock_ref(&orphan),
+                        reason: not_resumed_in_time(),
+                    });
                     orphan.lose(not_resumed_in_time());
                     continue;
                 }
@@ -103,18 +138,17 @@ impl Link {
             }
             orphans = waiting;
             let Some(earliest) = orphans.iter().map(|o| o.deadline).min() else {
+                if !lost.is_empty() {
+                    self.announcer.not_restarted_in_time(lost);
+                }
+                self.settle_without_resuming().await;
                 return;
             };
             match self.live().await {
                 Ok(conn) => {
-                    // All at once: each is one round trip. One whose new connection closes
-                    // again comes back here through the heir.
-                    for orphan in orphans {
-                        let conn = conn.clone();
-                        tokio::spawn(async move {
-                            let _ = conn.resume(orphan).await;
-                        });
-                    }
+                    let (resumed, mut lost_there) = resume_all(&conn, orphans).await;
+                    lost.append(&mut lost_there);
+                    self.announcer.restarted(resumed, lost);
                     return;
                 }
                 Err(_) => {
@@ -127,11 +161,51 @@ impl Link {
     }
 }
 
+/// Asks `conn` for every orphan back at once (each is one round trip) and waits for every
+/// answer: the holdings resumed, and those lost with why. One whose new connection closed
+/// again before it was answered is in neither: it comes back to the link through the heir.
+async fn resume_all(conn: &Arc<Connection>, orphans: Vec<Orphan>) -> (Vec<LockRef>, Vec<LostLock>) {
+    let mut answers = JoinSet::new();
+    for orphan in orphans {
+        let conn = conn.clone();
+        let lock = lock_ref(&orphan);
+        // A second sender: it keeps the outcome readable after the orphan moved on, and does
+        // not count as a holder (abandoning is about receivers).
+        let lease: watch::Sender<LeaseState> = orphan.lease.clone();
+        answers.spawn(async move {
+            let resumed = conn.resume(orphan).await.is_ok();
+            (lock, lease, resumed)
+        });
+    }
+    let (mut resumed, mut lost) = (Vec::new(), Vec::new());
+    while let Some(answer) = answers.join_next().await {
+        let Ok((lock, lease, was_resumed)) = answer else {
+            continue;
+        };
+        if was_resumed {
+            resumed.push(lock);
+        } else if let Some((_, reason)) = lease.borrow().lost.clone() {
+            lost.push(LostLock { lock, reason });
+        }
+    }
+    (resumed, lost)
+}
+
+fn lock_ref(orphan: &Orphan) -> LockRef {
+    LockRef {
+        target: orphan.ticket.target.clone(),
+        lock_id: orphan.ticket.lock_id.clone(),
+    }
+}
+
 /// Resumes the holdings each closed connection hands over, for as long as the link lives.
 async fn resume_orphans(link: Weak<Link>, mut batches: mpsc::UnboundedReceiver<Vec<Orphan>>) {
     while let Some(orphans) = batches.recv().await {
         match link.upgrade() {
-            Some(link) => link.resume(orphans).await,
+            Some(link) => {
+                link.announce_gone(&orphans);
+                link.resume(orphans).await;
+            }
             None => {
                 for orphan in orphans {
                     orphan.lose(Error::connection_lost().message().to_owned());
