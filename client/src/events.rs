@@ -25,7 +25,7 @@ use crate::Client;
 const BACKLOG: usize = 64;
 
 /// A holding an event is about: its target and lock id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LockRef {
     /// The target as the daemon named it in the grant (normalized: `file:///srv/a`, even when
     /// the lock was asked for as `/srv/a`).
