@@ -216,3 +216,55 @@ impl Announcer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A subscriber that stops reading does not hold the link up: it hears how many events it
+    //! missed, then the newest ones.
+
+    use super::*;
+
+    #[test]
+    fn a_subscriber_that_falls_behind_hears_how_many_events_it_missed() {
+        let announcer = Announcer::new();
+        let mut events = Events {
+            receiver: announcer.sender.subscribe(),
+        };
+        let overflow = 3;
+        for _ in 0..BACKLOG + overflow {
+            announcer.daemon_gone(Vec::new(), None);
+        }
+        assert_eq!(
+            events.try_next(),
+            Some(ClientEvent::Missed {
+                count: overflow as u64
+            })
+        );
+        let mut rest = 0;
+        while let Some(event) = events.try_next() {
+            assert!(matches!(event, ClientEvent::DaemonGone { .. }), "{event:?}");
+            rest += 1;
+        }
+        assert_eq!(rest, BACKLOG);
+    }
+
+    #[test]
+    fn a_restart_owed_by_an_idle_outage_is_announced_by_the_next_redial_only() {
+        let announcer = Announcer::new();
+        let mut events = Events {
+            receiver: announcer.sender.subscribe(),
+        };
+        announcer.nothing_left_to_resume(false);
+        assert_eq!(events.try_next(), None, "not before a connection opens");
+        announcer.redialed();
+        announcer.redialed();
+        assert_eq!(
+            events.try_next(),
+            Some(ClientEvent::DaemonRestarted {
+                resumed: Vec::new(),
+                lost: Vec::new(),
+            })
+        );
+        assert_eq!(events.try_next(), None, "once");
+    }
+}

@@ -320,3 +320,34 @@ async fn vfslockctl_run_logs_each_restart_once_and_the_command_runs_on() {
     assert_eq!(stderr.len(), 4, "nothing else: {text}");
     assert!(!std::path::Path::new(&lock_file).exists(), "released");
 }
+
+/// The planned restart (`systemctl reload`: SIGUSR2, the same process re-executing its
+/// binary) is announced like a crash: the daemon went away, and restarted with the lock
+/// resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_restart_is_announced_with_the_lock_resumed() {
+    let daemon =
+        Daemon::start_copy(&TEST_CONFIG.replace("[locks]\n", "[locks]\nresume-window = \"5m\"\n"));
+    let client = daemon.client().await;
+    let mut events = client.events();
+    let path = daemon.file_target("planned.csv");
+    let mut lock = client.new_lock(&path, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    let held = lock_ref(&lock, &path);
+
+    daemon.replace_binary();
+    daemon.signal(libc::SIGUSR2);
+    assert!(matches!(
+        next_event(&mut events).await,
+        ClientEvent::DaemonGone { resuming, .. } if resuming == [held.clone()]
+    ));
+    assert_eq!(
+        next_event(&mut events).await,
+        ClientEvent::DaemonRestarted {
+            resumed: vec![held],
+            lost: Vec::new(),
+        }
+    );
+    assert!(lock.is_held());
+    within("release", lock.release()).await.expect("release");
+}
