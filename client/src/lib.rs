@@ -50,6 +50,32 @@
 //! that cannot deadlock), and [`LockOptions::max_hold`] caps how long a lease may be held.
 //!
 //! Programs without an async runtime use [`blocking`], with the same names.
+//!
+//! # When the daemon restarts
+//!
+//! Locks outlive a crash or a planned restart of `vfslockd` if it is back within its resume
+//! window: the client reconnects and takes each back by itself, and one not back in time is
+//! reported by [`Lock::lost`]. [`Client::events`] tells the application that it happened and
+//! what came through:
+//!
+//! ```no_run
+//! use vfslock::{Client, ClientEvent};
+//!
+//! # async fn example(client: Client) {
+//! let mut events = client.events();
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         ClientEvent::DaemonGone { resuming, .. } => {
+//!             eprintln!("vfslockd went away; resuming {resuming:?}")
+//!         }
+//!         ClientEvent::DaemonRestarted { resumed, lost } => {
+//!             eprintln!("vfslockd restarted; resumed {resumed:?}, lost {lost:?}")
+//!         }
+//!         other => eprintln!("{other:?}"),
+//!     }
+//! }
+//! # }
+//! ```
 
 pub mod blocking;
 mod client;
