@@ -144,18 +144,22 @@ impl Link {
                 self.settle_without_resuming().await;
                 return;
             };
-            match self.live().await {
-                Ok(conn) => {
+            // Bounded: a daemon that accepts but never answers the hello (frozen, stopped)
+            // must not keep the holdings from being given up at their deadlines.
+            match tokio::time::timeout_at(earliest.into(), self.live()).await {
+                Ok(Ok(conn)) => {
                     let (resumed, mut lost_there) = resume_all(&conn, orphans).await;
                     lost.append(&mut lost_there);
                     self.announcer.restarted(resumed, lost);
                     return;
                 }
-                Err(_) => {
+                Ok(Err(_)) => {
                     let left = earliest.saturating_duration_since(Instant::now());
                     tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(RESUME_BACKOFF_MAX);
                 }
+                // The earliest deadline passed: the next round gives that holding up.
+                Err(_) => {}
             }
         }
     }
@@ -164,22 +168,31 @@ impl Link {
 /// Asks `conn` for every orphan back at once (each is one round trip) and waits for every
 /// answer: the holdings resumed, and those lost with why. One whose new connection closed
 /// again before it was answered is in neither: it comes back to the link through the heir.
+/// One still unanswered at the last deadline is lost, as its `Lock` says by then; its late
+/// grant is released when it comes.
 async fn resume_all(conn: &Arc<Connection>, orphans: Vec<Orphan>) -> (Vec<LockRef>, Vec<LostLock>) {
+    let last_deadline = orphans.iter().map(|o| o.deadline).max();
+    let mut unanswered: Vec<Option<LockRef>> = Vec::with_capacity(orphans.len());
     let mut answers = JoinSet::new();
-    for orphan in orphans {
+    for (index, orphan) in orphans.into_iter().enumerate() {
         let conn = conn.clone();
-        let lock = lock_ref(&orphan);
+        unanswered.push(Some(lock_ref(&orphan)));
         // A second sender: it keeps the outcome readable after the orphan moved on, and does
         // not count as a holder (abandoning is about receivers).
         let lease: watch::Sender<LeaseState> = orphan.lease.clone();
         answers.spawn(async move {
             let resumed = conn.resume(orphan).await.is_ok();
-            (lock, lease, resumed)
+            (index, lease, resumed)
         });
     }
     let (mut resumed, mut lost) = (Vec::new(), Vec::new());
-    while let Some(answer) = answers.join_next().await {
-        let Ok((lock, lease, was_resumed)) = answer else {
+    let deadline = last_deadline.unwrap_or_else(Instant::now);
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline.into(), answers.join_next()).await
+    {
+        let Ok((index, lease, was_resumed)) = answer else {
+            continue;
+        };
+        let Some(lock) = unanswered[index].take() else {
             continue;
         };
         if was_resumed {
@@ -188,6 +201,13 @@ async fn resume_all(conn: &Arc<Connection>, orphans: Vec<Orphan>) -> (Vec<LockRe
             lost.push(LostLock { lock, reason });
         }
     }
+    // Whatever is still unanswered finishes on its own: the reader gives a grant that comes
+    // after the deadline back at once.
+    answers.detach_all();
+    lost.extend(unanswered.into_iter().flatten().map(|lock| LostLock {
+        lock,
+        reason: not_resumed_in_time(),
+    }));
     (resumed, lost)
 }
 

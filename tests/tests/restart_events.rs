@@ -351,3 +351,55 @@ async fn a_planned_restart_is_announced_with_the_lock_resumed() {
     assert!(lock.is_held());
     within("release", lock.release()).await.expect("release");
 }
+
+/// Something that accepts connections on the socket but never answers (a frozen daemon): the
+/// client gives the lock up at its deadline all the same, says so in one `NotRestartedInTime`,
+/// and announces the restart once a real daemon answers its next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_that_never_answers_does_not_hold_the_loss_up() {
+    let mut daemon = daemon_with_window("1s");
+    let client = daemon.client().await;
+    let mut events = client.events();
+    let path = daemon.file_target("frozen.csv");
+    let mut lock = client.new_lock(&path, LockOptions::default());
+    within("acquire", lock.acquire()).await.expect("acquire");
+    let held = lock_ref(&lock, &path);
+
+    daemon.kill();
+    std::fs::remove_file(daemon.socket()).expect("the killed daemon's socket");
+    let mute = tokio::net::UnixListener::bind(daemon.socket()).expect("bind the mute socket");
+    let accepted = tokio::spawn(async move {
+        let mut silent = Vec::new();
+        while let Ok((stream, _)) = mute.accept().await {
+            silent.push(stream);
+        }
+    });
+    assert!(matches!(
+        next_event(&mut events).await,
+        ClientEvent::DaemonGone { resuming, .. } if resuming == [held.clone()]
+    ));
+    match next_event(&mut events).await {
+        ClientEvent::NotRestartedInTime { lost } => {
+            assert_eq!(lost.len(), 1, "{lost:?}");
+            assert_eq!(lost[0].lock, held);
+        }
+        other => panic!("expected NotRestartedInTime, got {other:?}"),
+    }
+    let reason = within("the loss", lock.lost()).await;
+    assert!(reason.contains("not resumed"), "{reason}");
+
+    accepted.abort();
+    let _ = accepted.await;
+    std::fs::remove_file(daemon.socket()).expect("the mute socket");
+    daemon.restart();
+    within("ping the restarted daemon", client.ping())
+        .await
+        .expect("the next request reconnects");
+    assert_eq!(
+        next_event(&mut events).await,
+        ClientEvent::DaemonRestarted {
+            resumed: Vec::new(),
+            lost: Vec::new(),
+        }
+    );
+}
