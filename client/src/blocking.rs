@@ -22,7 +22,7 @@ use tokio::runtime::Runtime;
 use vfslock_proto::{ListEntry, StatusInfo, WaitMode};
 
 use crate::error::{Error, ErrorKind, WithLockError};
-use crate::{LockMetadata, LockOptions};
+use crate::{ClientEvent, LockMetadata, LockOptions};
 
 /// A blocking connection to the local `vfslockd`; see [`crate::Client`].
 #[derive(Clone, Debug)]
@@ -109,6 +109,62 @@ impl Client {
     /// One round trip to the daemon.
     pub fn ping(&self) -> Result<Duration, Error> {
         self.runtime.block_on(self.inner.ping())
+    }
+
+    /// Subscribes to what happens to the connection to the daemon; see
+    /// [`crate::Client::events`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use vfslock::{blocking::Client, ClientEvent};
+    ///
+    /// let client = Client::connect_default()?;
+    /// let mut events = client.events();
+    /// std::thread::spawn(move || {
+    ///     for event in events {
+    ///         if let ClientEvent::DaemonRestarted { resumed, lost } = event {
+    ///             eprintln!("vfslockd restarted: {resumed:?} resumed, {lost:?} lost");
+    ///         }
+    ///     }
+    /// });
+    /// # Ok::<(), vfslock::Error>(())
+    /// ```
+    pub fn events(&self) -> Events {
+        Events {
+            inner: self.inner.events(),
+            runtime: self.runtime.clone(),
+        }
+    }
+}
+
+/// A blocking subscription to a client's events; see [`crate::Events`]. As an iterator it
+/// waits for each event and ends once the client is gone.
+#[derive(Debug)]
+pub struct Events {
+    inner: crate::Events,
+    runtime: Arc<Runtime>,
+}
+
+impl Events {
+    /// The next event, waiting at most `timeout` for it; `None` when none came in time or the
+    /// client is gone.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<ClientEvent> {
+        let next = tokio::time::timeout(timeout, self.inner.next());
+        self.runtime.block_on(next).ok().flatten()
+    }
+
+    /// The next event if one is queued now, without waiting.
+    pub fn try_next(&mut self) -> Option<ClientEvent> {
+        self.inner.try_next()
+    }
+}
+
+impl Iterator for Events {
+    type Item = ClientEvent;
+
+    /// Waits for the next event; `None` once the client is gone.
+    fn next(&mut self) -> Option<ClientEvent> {
+        self.runtime.block_on(self.inner.next())
     }
 }
 

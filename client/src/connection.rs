@@ -621,9 +621,8 @@ async fn read_loop(
             ),
         }
     }
-    if orphans.is_empty() {
-        return;
-    }
+    // Even an empty batch goes to the heir: the link tells the application that the daemon
+    // went away whether or not anything was held.
     let heir = routes.heir.clone();
     drop(routes);
     if let Some(Err(mpsc::error::SendError(orphans))) = heir.map(|heir| heir.send(orphans)) {

@@ -50,11 +50,38 @@
 //! that cannot deadlock), and [`LockOptions::max_hold`] caps how long a lease may be held.
 //!
 //! Programs without an async runtime use [`blocking`], with the same names.
+//!
+//! # When the daemon restarts
+//!
+//! Locks outlive a crash or a planned restart of `vfslockd` if it is back within its resume
+//! window: the client reconnects and takes each back by itself, and one not back in time is
+//! reported by [`Lock::lost`]. [`Client::events`] tells the application that it happened and
+//! what came through:
+//!
+//! ```no_run
+//! use vfslock::{Client, ClientEvent};
+//!
+//! # async fn example(client: Client) {
+//! let mut events = client.events();
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         ClientEvent::DaemonGone { resuming, .. } => {
+//!             eprintln!("vfslockd went away; resuming {resuming:?}")
+//!         }
+//!         ClientEvent::DaemonRestarted { resumed, lost } => {
+//!             eprintln!("vfslockd restarted; resumed {resumed:?}, lost {lost:?}")
+//!         }
+//!         other => eprintln!("{other:?}"),
+//!     }
+//! }
+//! # }
+//! ```
 
 pub mod blocking;
 mod client;
 mod connection;
 mod error;
+mod events;
 mod link;
 mod lock;
 mod set;
@@ -64,6 +91,7 @@ pub mod transport;
 
 pub use client::Client;
 pub use error::{Error, ErrorKind, WithLockError};
+pub use events::{ClientEvent, Events, LockRef, LostLock};
 pub use lock::{Lock, LockOptions, DEFAULT_TTL};
 pub use set::LockSet;
 /// A lock file's metadata, as the daemon read it: the protocol's own type, with its times as

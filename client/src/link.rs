@@ -15,15 +15,22 @@
 //! deadline, W after the last frame the daemon sent or sooner if its lease runs out. A holding
 //! not resumed by then is lost (the safety rule: the restarted daemon gives nobody its target
 //! until W has passed since it started, which is later).
+//!
+//! Every closed connection hands the link a batch, empty when nothing was held, so that the
+//! link can tell the application ([`crate::events`]): the daemon went away, then, once the
+//! batch is settled and a connection is open again, what was resumed and what was lost.
+//! Batches are settled one at a time, so one outage's events never interleave with the next's.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
-use crate::connection::{not_resumed_in_time, Connection, Heir, Orphan};
+use crate::connection::{not_resumed_in_time, Connection, Heir, LeaseState, Orphan};
 use crate::error::Error;
+use crate::events::{Announcer, LockRef, LostLock};
 
 /// The first wait between reconnection attempts while resuming, doubled up to
 /// [`RESUME_BACKOFF_MAX`].
@@ -39,6 +46,8 @@ pub(crate) struct Link {
     redialing: tokio::sync::Mutex<()>,
     /// Where each connection hands the holdings to resume when it closes.
     heir: Heir,
+    /// Tells subscribers what happened to the connection.
+    pub(crate) announcer: Announcer,
 }
 
 impl Link {
@@ -51,6 +60,7 @@ impl Link {
             current: RwLock::new(first),
             redialing: tokio::sync::Mutex::new(()),
             heir,
+            announcer: Announcer::new(),
         });
         tokio::spawn(resume_orphans(Arc::downgrade(&link), orphans));
         Ok(link)
@@ -81,6 +91,7 @@ impl Link {
         }
         let fresh = Connection::open_for(&self.path, Some(self.heir.clone())).await?;
         *self.current.write().expect("link lock") = fresh.clone();
+        self.announcer.redialed();
         Ok(fresh)
     }
 
@@ -89,7 +100,10 @@ impl Link {
         let give_up = Instant::now() + within;
         let mut backoff = RESUME_BACKOFF_MIN;
         loop {
-            match self.live().await {
+            // Bounded: a daemon that accepts but never answers the hello must not hold the
+            // caller past `within`.
+            let attempt = tokio::time::timeout_at(give_up.into(), self.live()).await;
+            match attempt.unwrap_or_else(|_| Err(Error::connection_lost())) {
                 Ok(conn) => return Ok(conn),
                 Err(e) if Instant::now() + backoff >= give_up => return Err(e),
                 Err(_) => {
@@ -100,9 +114,29 @@ impl Link {
         }
     }
 
+    /// Tells subscribers that the daemon went away, naming the holdings that wait to be
+    /// resumed.
+    fn announce_gone(&self, orphans: &[Orphan]) {
+        let waiting = orphans.iter().filter(|o| !o.is_abandoned());
+        let resuming = waiting.clone().map(lock_ref).collect();
+        let deadline = waiting.map(|o| o.deadline).max();
+        self.announcer.daemon_gone(resuming, deadline);
+    }
+
+    /// An outage that left nothing to resume (nothing was held, or every holding was lost or
+    /// released before a daemon answered) owes its restart event to the next connection.
+    async fn settle_without_resuming(&self) {
+        // Under the redial lock: a request that reconnects meanwhile announces it, not both.
+        let _one = self.redialing.lock().await;
+        let connected = !self.current().is_closed();
+        self.announcer.nothing_left_to_resume(connected);
+    }
+
     /// Reconnects (with backoff while no daemon answers) and asks for each of `orphans` back
-    /// until its deadline; one past it is lost.
+    /// until its deadline; one past it is lost. Returns once each was resumed or given up (or
+    /// handed on again because the new connection closed too), and tells subscribers which.
     async fn resume(&self, mut orphans: Vec<Orphan>) {
+        let mut lost = Vec::new();
         let mut backoff = RESUME_BACKOFF_MIN;
         loop {
             let now = Instant::now();
@@ -112,6 +146,10 @@ impl Link {
                     continue;
                 }
                 if now >= orphan.deadline {
+                    lost.push(LostLock {
+                        lock: lock_ref(&orphan),
+                        reason: not_resumed_in_time(),
+                    });
                     orphan.lose(not_resumed_in_time());
                     continue;
                 }
@@ -119,27 +157,83 @@ impl Link {
             }
             orphans = waiting;
             let Some(earliest) = orphans.iter().map(|o| o.deadline).min() else {
+                if !lost.is_empty() {
+                    self.announcer.not_restarted_in_time(lost);
+                }
+                self.settle_without_resuming().await;
                 return;
             };
-            match self.live().await {
-                Ok(conn) => {
-                    // All at once: each is one round trip. One whose new connection closes
-                    // again comes back here through the heir.
-                    for orphan in orphans {
-                        let conn = conn.clone();
-                        tokio::spawn(async move {
-                            let _ = conn.resume(orphan).await;
-                        });
-                    }
+            // Bounded: a daemon that accepts but never answers the hello (frozen, stopped)
+            // must not keep the holdings from being given up at their deadlines.
+            match tokio::time::timeout_at(earliest.into(), self.live()).await {
+                Ok(Ok(conn)) => {
+                    let (resumed, mut lost_there) = resume_all(&conn, orphans).await;
+                    lost.append(&mut lost_there);
+                    self.announcer.restarted(resumed, lost);
                     return;
                 }
-                Err(_) => {
+                Ok(Err(_)) => {
                     let left = earliest.saturating_duration_since(Instant::now());
                     tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(RESUME_BACKOFF_MAX);
                 }
+                // The earliest deadline passed: the next round gives that holding up.
+                Err(_) => {}
             }
         }
+    }
+}
+
+/// Asks `conn` for every orphan back at once (each is one round trip) and waits for every
+/// answer: the holdings resumed, and those lost with why. One whose new connection closed
+/// again before it was answered is in neither: it comes back to the link through the heir.
+/// One still unanswered at the last deadline is lost, as its `Lock` says by then; its late
+/// grant is released when it comes.
+async fn resume_all(conn: &Arc<Connection>, orphans: Vec<Orphan>) -> (Vec<LockRef>, Vec<LostLock>) {
+    let last_deadline = orphans.iter().map(|o| o.deadline).max();
+    let mut unanswered: Vec<Option<LockRef>> = Vec::with_capacity(orphans.len());
+    let mut answers = JoinSet::new();
+    for (index, orphan) in orphans.into_iter().enumerate() {
+        let conn = conn.clone();
+        unanswered.push(Some(lock_ref(&orphan)));
+        // A second sender: it keeps the outcome readable after the orphan moved on, and does
+        // not count as a holder (abandoning is about receivers).
+        let lease: watch::Sender<LeaseState> = orphan.lease.clone();
+        answers.spawn(async move {
+            let resumed = conn.resume(orphan).await.is_ok();
+            (index, lease, resumed)
+        });
+    }
+    let (mut resumed, mut lost) = (Vec::new(), Vec::new());
+    let deadline = last_deadline.unwrap_or_else(Instant::now);
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline.into(), answers.join_next()).await
+    {
+        let Ok((index, lease, was_resumed)) = answer else {
+            continue;
+        };
+        let Some(lock) = unanswered[index].take() else {
+            continue;
+        };
+        if was_resumed {
+            resumed.push(lock);
+        } else if let Some((_, reason)) = lease.borrow().lost.clone() {
+            lost.push(LostLock { lock, reason });
+        }
+    }
+    // Whatever is still unanswered finishes on its own: the reader gives a grant that comes
+    // after the deadline back at once.
+    answers.detach_all();
+    lost.extend(unanswered.into_iter().flatten().map(|lock| LostLock {
+        lock,
+        reason: not_resumed_in_time(),
+    }));
+    (resumed, lost)
+}
+
+fn lock_ref(orphan: &Orphan) -> LockRef {
+    LockRef {
+        target: orphan.ticket.target.clone(),
+        lock_id: orphan.ticket.lock_id.clone(),
     }
 }
 
@@ -147,7 +241,10 @@ impl Link {
 async fn resume_orphans(link: Weak<Link>, mut batches: mpsc::UnboundedReceiver<Vec<Orphan>>) {
     while let Some(orphans) = batches.recv().await {
         match link.upgrade() {
-            Some(link) => link.resume(orphans).await,
+            Some(link) => {
+                link.announce_gone(&orphans);
+                link.resume(orphans).await;
+            }
             None => {
                 for orphan in orphans {
                     orphan.lose(Error::connection_lost().message().to_owned());

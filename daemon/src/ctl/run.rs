@@ -24,6 +24,11 @@
 //!   and `$VFSLOCK_TARGET_COUNT`.
 //! - `--max-hold D` ends the lease after D even while the command runs: the daemon releases
 //!   the lock and the command gets the `--on-loss` signal, as for any other loss.
+//! - When vfslockd goes away while the command runs (a crash, a restart, an upgrade), the
+//!   client library resumes the lock by itself and the command runs on untouched. One line on
+//!   stderr says that vfslockd went away and the lock waits to be resumed, one more that it
+//!   restarted and whether the lock was resumed or lost (a lost one then gets the `--on-loss`
+//!   treatment as above). Each event is logged once, as it happens ([`vfslock::ClientEvent`]).
 //! - A release that fails after the command ended is reported on stderr but does not change
 //!   the exit status: the daemon frees the lock anyway when this process exits and closes the
 //!   connection.
@@ -180,6 +185,8 @@ impl RunArgs {
 pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
     let (targets, command) = args.split()?;
     let client = Client::connect(socket).await?;
+    // Subscribed before anything is held, so that no outage goes unheard.
+    let mut events = client.events();
     let mut options = LockOptions::default();
     if let Some(ttl) = args.ttl {
         options = options.ttl(ttl);
@@ -205,7 +212,7 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
         Ok(set) => set,
         Err(e) => return Err(conflict(e, &args, targets.len())),
     };
-    let outcome = platform::run_child(&client, &set, &targets, command, &args).await;
+    let outcome = platform::run_child(&client, &set, &mut events, &targets, command, &args).await;
     match set.release().await {
         Ok(()) => {}
         // Already reported while the command ran.
@@ -217,6 +224,63 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
         ),
     }
     outcome
+}
+
+/// The one stderr line that tells the user of `run` what happened to the daemon, naming each
+/// lock by its target as the user gave it; `None` for events that concern nobody here.
+#[cfg(unix)]
+fn event_line(event: &vfslock::ClientEvent, set: &vfslock::LockSet) -> Option<String> {
+    use vfslock::{ClientEvent, LockRef, LostLock};
+
+    let name = |lock: &LockRef| {
+        let given = set
+            .locks()
+            .iter()
+            .find(|held| held.lock_id() == Some(lock.lock_id.as_str()))
+            .map_or(lock.target.as_str(), |held| held.target());
+        format!("the lock on {given}")
+    };
+    let lost_lines = |lost: &[LostLock]| {
+        lost.iter()
+            .map(|lost| format!("{} was lost: {}", name(&lost.lock), lost.reason))
+            .collect::<Vec<_>>()
+    };
+    let mut parts = Vec::new();
+    match event {
+        // Nothing of ours waits to be resumed: the loss of the lock, reported on its own line,
+        // says all there is to say.
+        ClientEvent::DaemonGone { resuming, .. } if resuming.is_empty() => return None,
+        ClientEvent::DaemonGone { resuming, deadline } => {
+            let names = resuming.iter().map(name).collect::<Vec<_>>().join(", ");
+            let left = deadline
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()))
+                .unwrap_or_default();
+            parts.push(format!(
+                "vfslockd went away; resuming {names} if it is back within {:.1}s",
+                left.as_secs_f64()
+            ));
+        }
+        ClientEvent::DaemonRestarted { resumed, lost } => {
+            parts.push("vfslockd restarted".to_owned());
+            parts.extend(
+                resumed
+                    .iter()
+                    .map(|lock| format!("{} was resumed (lock id {})", name(lock), lock.lock_id)),
+            );
+            parts.extend(lost_lines(lost));
+        }
+        ClientEvent::NotRestartedInTime { lost } => {
+            parts.push("vfslockd did not come back in time".to_owned());
+            parts.extend(lost_lines(lost));
+        }
+        ClientEvent::Missed { count } => {
+            parts.push(format!(
+                "missed {count} events about the connection to vfslockd"
+            ));
+        }
+        _ => return None,
+    }
+    Some(format!("vfslockctl: {}", parts.join("; ")))
 }
 
 /// Turns a lost race for the lock into the conflict exit code; other errors keep theirs.
@@ -248,9 +312,9 @@ mod platform {
 
     use tokio::process::{Child, Command};
     use tokio::signal::unix::{signal, Signal, SignalKind};
-    use vfslock::{Client, LockSet};
+    use vfslock::{Client, Events, LockSet};
 
-    use super::{OnLoss, RunArgs, COUNT_ENV, TARGET_ENV, TOKEN_ENV};
+    use super::{event_line, OnLoss, RunArgs, COUNT_ENV, TARGET_ENV, TOKEN_ENV};
     use crate::ctl::{Failure, EXIT_SOFTWARE};
 
     /// Shell conventions (POSIX `sh`, `env(1)`) for a command that could not be started.
@@ -268,6 +332,7 @@ mod platform {
     pub(super) async fn run_child(
         client: &Client,
         set: &LockSet,
+        events: &mut Events,
         targets: &[String],
         command_words: &[OsString],
         args: &RunArgs,
@@ -321,17 +386,19 @@ mod platform {
             [target] => format!("the lock on {target}"),
             _ => format!("a lock of the set ({})", targets.join(", ")),
         };
-        let status = supervise(&mut child, set, &mut signals, &what, args.on_loss)
+        let status = supervise(&mut child, set, events, &mut signals, &what, args.on_loss)
             .await
             .map_err(|e| Failure::software(format!("cannot wait for the command: {e}")))?;
         Ok(exit_code(status))
     }
 
     /// Waits for the child, passing on the stop signals we receive; if the lock is lost
-    /// meanwhile, warns once and sends the child the `--on-loss` signal.
+    /// meanwhile, warns once and sends the child the `--on-loss` signal. What happens to the
+    /// daemon meanwhile is logged, one line per event.
     async fn supervise(
         child: &mut Child,
         set: &LockSet,
+        events: &mut Events,
         signals: &mut [(Signal, libc::c_int)],
         what: &str,
         on_loss: OnLoss,
@@ -340,6 +407,7 @@ mod platform {
         // the other branches always reaches our child (or its zombie, harmlessly).
         let pid = child.id().map(|pid| pid as libc::pid_t);
         let mut lost_reported = false;
+        let mut events_open = true;
         let [(int, int_no), (term, term_no), (hup, hup_no)] = signals else {
             unreachable!("three forwarded signals");
         };
@@ -349,6 +417,17 @@ mod platform {
                 _ = int.recv() => *int_no,
                 _ = term.recv() => *term_no,
                 _ = hup.recv() => *hup_no,
+                event = events.next(), if events_open => {
+                    match event {
+                        Some(event) => {
+                            if let Some(line) = event_line(&event, set) {
+                                eprintln!("{line}");
+                            }
+                        }
+                        None => events_open = false,
+                    }
+                    continue;
+                }
                 reason = set.lost(), if !lost_reported => {
                     lost_reported = true;
                     match on_loss {
@@ -398,7 +477,7 @@ mod platform {
 mod platform {
     use std::ffi::OsString;
 
-    use vfslock::{Client, LockSet};
+    use vfslock::{Client, Events, LockSet};
 
     use super::RunArgs;
     use crate::ctl::Failure;
@@ -407,6 +486,7 @@ mod platform {
     pub(super) async fn run_child(
         _client: &Client,
         _set: &LockSet,
+        _events: &mut Events,
         _targets: &[String],
         _command: &[OsString],
         _args: &RunArgs,
