@@ -17,10 +17,12 @@ use crate::{socket, DetachedLease, Lock, LockMetadata, LockOptions};
 /// from it share one socket, and the daemon releases everything held through it when the last
 /// of them is dropped (or the process dies).
 ///
-/// When the daemon goes away (a restart, a crash), the locks held through the connection are
-/// lost ([`Lock::lost`] says so), but the `Client` is not: its next request opens a new
-/// connection to the same socket, so a long-lived service keeps working once the daemon is
-/// back.
+/// When the daemon goes away (a restart, a crash), the `Client` reconnects to the same socket
+/// by itself: each lock held through it is taken back, with its lock id and token, if the
+/// daemon is back within its resume window ([`Lock::resume_window`]), and is lost otherwise
+/// ([`Lock::lost`] says so); an acquire still waiting carries on at the restarted daemon, in its
+/// place. [`Client::events`] tells what happened. A long-lived service keeps working once the
+/// daemon is back.
 #[derive(Clone)]
 pub struct Client {
     pub(crate) link: Arc<Link>,
