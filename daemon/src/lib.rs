@@ -228,7 +228,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         env!("CARGO_PKG_VERSION")
     );
     server::serve(ctx, registry, listener, own_socket, notifier, stop_signal()).await;
-    // Every lock released: the next start keeps nothing and is no restart.
+    // An orderly stop released every lock: the next start is no restart (unless a release
+    // that timed out left holdings in the journal, which the next start finds).
     restart_record.stopped();
     Ok(())
 }
