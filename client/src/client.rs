@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfslock_proto::{
-    ListEntry, ListedLock, LockMode, LockView, Request, Response, StatusInfo, WaitMode, Welcome,
+    ListEntry, ListedLock, LockMode, LockView, Request, Response, RestartInfo, StatusInfo,
+    WaitMode, Welcome,
 };
 
 use crate::connection::Connection;
@@ -317,6 +318,22 @@ impl Client {
         match self.conn().await?.request(Request::Status).await? {
             Response::Status(status) => Ok(status),
             other => Err(unexpected("a status request", other)),
+        }
+    }
+
+    /// How often the daemon restarted and what its latest restart kept of the locks held
+    /// through the run before it. A daemon older than protocol 7 has no such figures: then an
+    /// error of kind [`ErrorKind::Unsupported`].
+    pub async fn restarts(&self) -> Result<RestartInfo, Error> {
+        // One connection for the question and the request: a reconnect in between could
+        // reach an older daemon.
+        let conn = self.conn().await?;
+        if conn.welcome().protocol_version < 7 {
+            return Err(conn.too_old("the restart figures", 7));
+        }
+        match conn.request(Request::Restarts).await? {
+            Response::Restarts(info) => Ok(info),
+            other => Err(unexpected("a restarts request", other)),
         }
     }
 

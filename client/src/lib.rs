@@ -99,8 +99,8 @@ pub use set::LockSet;
 /// [`LockMetadata::expires_at`] and the like.
 pub use vfslock_proto::LockMetadata;
 pub use vfslock_proto::{
-    HolderView, ListEntry, ListedLock, LockFileFormat, LockMode, LockView, StatusInfo, StoreInfo,
-    Welcome,
+    HolderView, LastRestart, ListEntry, ListedLock, LockFileFormat, LockMode, LockView,
+    RestartInfo, StatusInfo, StoreInfo, Welcome,
 };
 
 /// A detached lease: held by a uid and a lock id rather than a connection; see

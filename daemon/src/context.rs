@@ -1,6 +1,7 @@
 //! What every part of a running daemon shares: settings, stores, identity, counters, the live
-//! connections, and the crash journal. It sits below the lock actors and the server, which both
-//! hold it; the registry of lock actors is the lock layer's own ([`crate::lock::Registry`]).
+//! connections, the crash journal and the restart figures. It sits below the lock actors and
+//! the server, which both hold it; the registry of lock actors is the lock layer's own
+//! ([`crate::lock::Registry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,6 +69,9 @@ pub struct Context {
     /// The next waiter's place (`crate::lock::requeue`): above every place a previous run
     /// left in the journal, so that newcomers queue behind the waiters that ask again.
     next_wait_ordinal: AtomicU64,
+    /// How often the daemon restarted and what this start kept of the run before; no restart
+    /// where a daemon runs without a journal.
+    pub restarts: crate::restarts::RestartFigures,
 }
 
 /// For the watched stale rule: each lock file's content as last seen, and since when it has
@@ -119,6 +123,7 @@ impl Context {
             admin_gid,
             access: crate::access::Access::default(),
             journal: None,
+            restarts: crate::restarts::RestartFigures::default(),
             settings,
             stores,
             host_id,

@@ -155,6 +155,13 @@ pub fn default_state_dir() -> PathBuf {
 
 /// A file name for the identity `host_id` + `socket`, stable across restarts.
 fn journal_name(host_id: &str, socket: &Path) -> String {
+    format!("journal-{}.jsonl", identity(host_id, socket))
+}
+
+/// The part of a state file's name that names the daemon identity `host_id` + `socket`: the
+/// same in every process of that identity, different for any other. The files of one identity
+/// ([`crate::restarts`] too) share it, so that they are found together.
+pub fn identity(host_id: &str, socket: &Path) -> String {
     use std::hash::{Hash, Hasher};
     // A fixed hasher: the name must be the same in the next process.
     let mut hasher = FnvHasher(0xcbf2_9ce4_8422_2325);
@@ -171,7 +178,7 @@ fn journal_name(host_id: &str, socket: &Path) -> String {
         })
         .take(64)
         .collect();
-    format!("journal-{safe}-{:016x}.jsonl", hasher.finish())
+    format!("{safe}-{:016x}", hasher.finish())
 }
 
 /// FNV-1a: tiny, and stable across Rust versions, unlike `DefaultHasher`.

@@ -18,6 +18,7 @@
 //! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
 //! | [`journal`]  | the crash journal: lock files to clean up after a `kill -9`          |
+//! | [`restarts`] | how often the daemon restarted and what its latest restart kept      |
 //! | [`systemd`]  | a socket passed by systemd, readiness/status/watchdog, journal log lines |
 //! | [`startup`]  | the checks before a start (also `--check-config`), why a start failed |
 //! | [`error`]    | printing an error with its causes                                    |
@@ -48,6 +49,7 @@ pub mod lock;
 pub mod lockfile;
 #[cfg(unix)]
 pub mod reexec;
+pub mod restarts;
 pub mod server;
 pub mod startup;
 pub mod store;
@@ -75,9 +77,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     #[cfg(unix)]
     reexec::remember_environment();
     #[cfg(unix)]
-    let restarted_own_socket = reexec::take_own_socket_flag();
+    let (restarted_own_socket, planned_restart) =
+        (reexec::take_own_socket_flag(), reexec::take_planned_flag());
     #[cfg(not(unix))]
-    let restarted_own_socket = false;
+    let (restarted_own_socket, planned_restart) = (false, false);
     let passed = systemd::take_passed_socket()?;
     let notifier = systemd::Notifier::from_env();
     let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
@@ -129,6 +132,13 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         .clone()
         .unwrap_or_else(context::hostname);
     let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)?;
+    let (restart_record, this_start) = restarts::RestartRecord::start(
+        &state_dir,
+        &host_id,
+        &socket,
+        planned_restart,
+        !left.is_empty(),
+    );
     // A holding that its session may resume is kept for it (`lock::resume`); every other one
     // is settled as after a crash.
     let window = settings.locks.resume_window;
@@ -136,6 +146,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         .into_iter()
         .partition(|left| left.owner.is_some() && !window.is_zero());
     let settle: Vec<_> = settle.into_iter().map(|l| (l.lock_id, l.target)).collect();
+    // Nobody gets these back: each is a holding the restart lost.
+    let lost_at_startup = settle.len() as u64;
     let unsettled = if settle.is_empty() {
         Vec::new()
     } else {
@@ -155,6 +167,30 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     let mut ctx = Context::new(settings, stores, host_id);
     ctx.journal = Some(journal);
     ctx.access = access;
+    ctx.restarts = restarts::RestartFigures::new(
+        this_start,
+        ctx.started + window,
+        kept.len() as u64,
+        lost_at_startup,
+    );
+    if let Some(planned) = this_start.restart {
+        let how = if planned {
+            "as planned"
+        } else {
+            "after a crash"
+        };
+        tracing::info!(
+            restarts = this_start.restarts,
+            planned,
+            kept = kept.len(),
+            lost = lost_at_startup,
+            window = %duration::format(window),
+            "restarted {how} (restart {}): keeping {} holdings of the previous run for their sessions to resume, {} lost",
+            this_start.restarts,
+            kept.len(),
+            lost_at_startup
+        );
+    }
     let ctx = Arc::new(ctx);
     let registry = lock::Registry::start(ctx.clone())
         .await
@@ -162,6 +198,14 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     keep_for_resume(&ctx, &registry, kept).await;
     if !window.is_zero() {
         keep_places(&ctx, &registry, waits).await;
+    }
+    if ctx.restarts.is_restart() {
+        // One line for the whole daemon, however many targets the window fenced.
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let settle_time = ctx.settings.locks.store_timeout * 2;
+            ctx.restarts.report_window_close(settle_time).await;
+        });
     }
     for store in ctx.stores.all() {
         let info = store.describe();
@@ -191,6 +235,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         env!("CARGO_PKG_VERSION")
     );
     server::serve(ctx, registry, listener, own_socket, notifier, stop_signal()).await;
+    // An orderly stop released every lock: the next start is no restart (unless a release
+    // that timed out left holdings in the journal, which the next start finds).
+    restart_record.stopped();
     Ok(())
 }
 
@@ -205,13 +252,7 @@ async fn keep_for_resume(
     if kept.is_empty() {
         return;
     }
-    let window = ctx.settings.locks.resume_window;
-    let until = ctx.started + window;
-    tracing::info!(
-        holdings = kept.len(),
-        window = %duration::format(window),
-        "keeping the holdings of the previous run for their sessions to resume"
-    );
+    let until = ctx.started + ctx.settings.locks.resume_window;
     for left in kept {
         let Some(owner) = left.owner else { continue };
         let routed = match address::Address::parse(&left.target) {
@@ -230,6 +271,7 @@ async fn keep_for_resume(
         };
         if let Err(reason) = routed {
             tracing::warn!(target = %left.target, %reason, "cannot keep a holding of the previous run");
+            ctx.restarts.count_lost();
             if let Some(journal) = &ctx.journal {
                 journal.release(&left.lock_id);
             }

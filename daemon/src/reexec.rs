@@ -27,6 +27,11 @@ use std::sync::OnceLock;
 /// daemon, not by systemd).
 pub const OWN_SOCKET_VAR: &str = "VFSLOCKD_REEXEC_OWN_SOCKET";
 
+/// The variable that tells the next image that it was started by a planned restart, for the
+/// restart figures ([`crate::restarts`]): the image cannot tell otherwise, since a crash and a
+/// planned restart leave the same journal.
+pub const PLANNED_VAR: &str = "VFSLOCKD_REEXEC_PLANNED";
+
 /// systemd's variables as the first image found them, before startup removed them.
 static SYSTEMD_ENV: OnceLock<Vec<(&'static str, OsString)>> = OnceLock::new();
 
@@ -46,6 +51,14 @@ pub fn take_own_socket_flag() -> bool {
     let own = std::env::var_os(OWN_SOCKET_VAR).is_some();
     std::env::remove_var(OWN_SOCKET_VAR);
     own
+}
+
+/// Whether this image was started by a planned restart. Removes the variable, so that no
+/// child inherits it and a later crash of this image is not taken for a planned restart.
+pub fn take_planned_flag() -> bool {
+    let planned = std::env::var_os(PLANNED_VAR).is_some();
+    std::env::remove_var(PLANNED_VAR);
+    planned
 }
 
 /// The binary to start: the path this process was started from, whose file a package upgrade
@@ -94,6 +107,7 @@ pub fn replace_process(listener: RawFd, own_socket: Option<&Path>) -> std::io::E
         .args(std::env::args_os().skip(1))
         .env("LISTEN_PID", std::process::id().to_string())
         .env("LISTEN_FDS", "1")
+        .env(PLANNED_VAR, "1")
         .env_remove("LISTEN_FDNAMES");
     for (name, value) in SYSTEMD_ENV.get().into_iter().flatten() {
         command.env(name, value);

@@ -345,8 +345,9 @@ pub enum Response {
 /// How often the daemon restarted, and what its latest start kept (protocol version 7).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartInfo {
-    /// Restarts of this daemon (its host id and socket) that found a journal of a run before,
-    /// planned or not, since its state directory was made.
+    /// Restarts of this daemon (its host id and socket) since its state directory was made:
+    /// starts after a run that crashed or was replaced by a planned restart. A start after an
+    /// orderly stop, which released every lock, is none.
     pub restarts: u64,
     /// The latest start, when it was a restart.
     pub last: Option<LastRestart>,

@@ -156,6 +156,15 @@ async fn waiters_keep_their_first_come_order_across_a_crash() {
     send(&mut a, 1, requeue(&target, places[0].clone())).await;
     assert_eq!(queued(&mut a, "A again").await.0, 1, "A goes first");
     again[0] = Some(a);
+    let figures = within("the restart figures", client.restarts())
+        .await
+        .expect("restarts");
+    let last = figures.last.expect("a restart");
+    assert_eq!(
+        (last.requeued, last.resumed),
+        (3, 1),
+        "the forged place is not counted"
+    );
     // Served in the first-come order: a waiter served out of turn would keep the lock, and
     // the next read below would never see its grant.
     for (n, name) in ["A", "B", "C", "D"].into_iter().enumerate() {

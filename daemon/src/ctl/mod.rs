@@ -10,7 +10,7 @@
 //! |---------|------|
 //! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] [-s \| --slots N] [--max-hold DURATION] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
 //! | `run [OPTIONS] TARGET TARGET.. -- CMD [ARGS..]` | runs CMD holding the locks on every TARGET, taken all or none ([`run`]) |
-//! | `status` | the daemon's identity, uptime, stores and counters ([`status`]) |
+//! | `status` | the daemon's identity, uptime, stores, counters and restarts ([`status`]) |
 //! | `list [--target PREFIX]` | locks held and queued through this daemon ([`list`]) |
 //! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
 //! | `break TARGET [--reason TEXT]` | removes any holder's lock; root or the admin group only ([`break_lock`]) |
@@ -47,7 +47,11 @@
 //! `status` prints one object: `socket`, `daemon_version`, `protocol_version`, `pid`,
 //! `hostname`, `instance_id`, `uptime_seconds`, `stores` (array of `{scheme, description,
 //! counters}`, `counters` an object of request counts by operation for object stores),
-//! `held`, `waiting`, `sessions`, `targets`.
+//! `held`, `waiting`, `sessions`, `targets`, `restarts` (how often the daemon restarted after a
+//! crash or as planned) and `last_restart`: `null` when the daemon's latest start was no
+//! restart, else `{planned, kept, resumed, lost, requeued, window_open_seconds}`
+//! (`window_open_seconds` is `null` once the resume window has closed). Both are `null` from a
+//! daemon older than protocol 7.
 //!
 //! `list` prints an array (`[]` when nothing is held or queued) of objects: `target`
 //! (normalized URL), `lock_id`, `pid`, `uid`, `owner_id`, `age_seconds`, `ttl_seconds`

@@ -201,6 +201,10 @@ impl LockActor {
         };
         self.tally.held(-1);
         tracing::warn!(target = %state.target.url, %reason, "lease lost");
+        if holding.unclaimed.is_some() {
+            // A holding kept for its session after a restart, which will never get it back.
+            self.ctx.restarts.count_lost();
+        }
         // Before the holder hears: a restart after this must not hand the holding back.
         self.ctx.journal_lost(&holding.record.lock_id);
         holding.session.acquire_ended(holding.acquire_id);

@@ -144,6 +144,7 @@ impl LockActor {
             return Err(not_your_place(url));
         }
         state.expected.places.remove(&place.ordinal);
+        self.ctx.restarts.count_requeued();
         tracing::debug!(target = %url, ordinal = place.ordinal, "a waiter of the previous run took its place back");
         let journaled = JournaledPlace::inherited(&self.ctx, place.ordinal);
         Ok((place.ordinal, Some(journaled)))

@@ -69,6 +69,7 @@ impl LockActor {
         });
         if !state.phase.is_free() {
             // Two resumable holdings of one exclusive lock cannot both be ours.
+            self.ctx.restarts.count_lost();
             return self.settle_unkept(&url, &kept.lock_id).await;
         }
         let observed = match self
@@ -78,20 +79,23 @@ impl LockActor {
             Ok(Some(observed)) => observed,
             Ok(None) => {
                 tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run is gone from the store: its holder will hear that it is lost");
+                self.ctx.restarts.count_lost();
                 return self.ctx.journal_release(&kept.lock_id);
             }
             Err(e) => {
                 // Left in the journal: the next start looks again.
                 tracing::warn!(target = %url, error = %e, "cannot read a holding of the previous run; not kept");
-                return;
+                return self.ctx.restarts.count_lost();
             }
         };
         if lockfile::joint::Joint::parse(&observed.bytes).is_some() {
+            self.ctx.restarts.count_lost();
             return self.settle_unkept(&url, &kept.lock_id).await;
         }
         let parsed = lockfile::parse(&observed.bytes);
         if parsed.lock_id.as_deref() != Some(kept.lock_id.as_str()) || parsed.detached {
             tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run was replaced in the store: its holder will hear that it is lost");
+            self.ctx.restarts.count_lost();
             return self.ctx.journal_release(&kept.lock_id);
         }
         let record = self.record_of(&parsed, &kept.lock_id);
@@ -127,6 +131,7 @@ impl LockActor {
                     unclaimed: Some(Box::new(kept.owner)),
                 }));
                 self.tally.held(1);
+                self.ctx.restarts.count_kept();
                 if !ttl.is_zero() {
                     schedule_renewal(myself, state, first_renewal(ttl));
                 }
@@ -134,10 +139,12 @@ impl LockActor {
             }
             Ok(Replaced::Changed) => {
                 tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run changed in the store while it was read: not kept");
+                self.ctx.restarts.count_lost();
                 self.ctx.journal_release(&kept.lock_id);
             }
             Err(e) => {
                 tracing::warn!(target = %url, error = %e, "cannot renew a holding of the previous run; not kept");
+                self.ctx.restarts.count_lost();
             }
         }
     }
@@ -220,6 +227,7 @@ impl LockActor {
                 // The new session's credentials from now on: a second restart hands the
                 // holding to this connection.
                 self.ctx.journal_acquire(lock_id, &url, &session);
+                self.ctx.restarts.count_resumed();
                 session.reply(id, Ok(Response::Granted(grant)));
                 if !ttl.is_zero() {
                     let next = first_renewal(ttl).saturating_sub(sent.elapsed());

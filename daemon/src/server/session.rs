@@ -585,14 +585,10 @@ impl Session {
                 self.acquire(id, session, request, (mode, max_hold), place)
                     .await
             }
-            // TODO(issue 17): the restart figures.
-            Request::Restarts => self.reply(
-                id,
-                Err(vfslock_proto::WireError::new(
-                    vfslock_proto::ErrorKind::Unsupported,
-                    "restart figures are not served yet",
-                )),
-            ),
+            Request::Restarts => {
+                let figures = self.ctx.restarts.snapshot(std::time::Instant::now());
+                self.reply(id, Ok(Response::Restarts(figures)))
+            }
             Request::Resume {
                 target,
                 lock_id,
