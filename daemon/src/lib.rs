@@ -78,6 +78,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     let restarted_own_socket = reexec::take_own_socket_flag();
     #[cfg(not(unix))]
     let restarted_own_socket = false;
+    #[cfg(unix)]
+    let memory_file = reexec::take_memory_file();
+    #[cfg(not(unix))]
+    let memory_file: Option<PathBuf> = None;
     let passed = systemd::take_passed_socket()?;
     let notifier = systemd::Notifier::from_env();
     let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
@@ -129,12 +133,22 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         .clone()
         .unwrap_or_else(context::hostname);
     let (journal, left) = journal::Journal::open(&state_dir, &host_id, &socket)?;
+    // `mem://` holdings are in the journal's file only when a planned restart handed the
+    // memory store over; loaded before they are adopted.
+    let memory_loaded = load_memory(&stores, &journal, memory_file);
+    let left: Vec<_> = if memory_loaded {
+        left
+    } else {
+        left.into_iter()
+            .filter(|l| !l.target.starts_with("mem:"))
+            .collect()
+    };
     // A holding that its session may resume is kept for it (`lock::resume`); every other one
     // is settled as after a crash.
     let window = settings.locks.resume_window;
     let (kept, settle): (Vec<_>, Vec<_>) = left
         .into_iter()
-        .partition(|left| left.owner.is_some() && !window.is_zero());
+        .partition(|left| (left.owner.is_some() || !left.members.is_empty()) && !window.is_zero());
     let settle: Vec<_> = settle.into_iter().map(|l| (l.lock_id, l.target)).collect();
     let unsettled = if settle.is_empty() {
         Vec::new()
@@ -206,12 +220,12 @@ async fn keep_for_resume(
         "keeping the holdings of the previous run for their sessions to resume"
     );
     for left in kept {
-        let Some(owner) = left.owner else { continue };
         let routed = match address::Address::parse(&left.target) {
             Ok(address) => {
                 let message = lock::LockMessage::Adopt(Box::new(lock::resume::Kept {
                     lock_id: left.lock_id.clone(),
-                    owner,
+                    owner: left.owner,
+                    members: left.members,
                     until,
                 }));
                 registry
@@ -226,6 +240,56 @@ async fn keep_for_resume(
             if let Some(journal) = &ctx.journal {
                 journal.release(&left.lock_id);
             }
+        }
+    }
+}
+
+/// Loads the `mem://` store the previous image of a planned restart left in `handed` (named
+/// by it, and only if it is this identity's file beside the journal), and removes the file;
+/// removes a file no restart handed over (left by one whose exec failed), since what it holds
+/// may be out of date. Whether a store was loaded.
+fn load_memory(
+    stores: &store::Stores,
+    journal: &journal::Journal,
+    handed: Option<PathBuf>,
+) -> bool {
+    let path = journal.memory_path();
+    let ours = handed.as_deref() == Some(path.as_path());
+    if !ours && handed.is_some() {
+        tracing::warn!(
+            "the planned restart named a mem:// store file that is not this daemon's; ignored"
+        );
+    }
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            if ours {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the mem:// store the previous image handed over: its locks are lost");
+            }
+            return false;
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    if !ours {
+        tracing::info!(path = %path.display(), "removed a mem:// store file no planned restart handed over");
+        return false;
+    }
+    let Some(store) = stores.memory() else {
+        tracing::warn!("the previous image handed over a mem:// store, and mem:// is not served now: its locks are lost");
+        return false;
+    };
+    match serde_json::from_slice(&text) {
+        Ok(handed) => {
+            let files = store.load_memory(handed);
+            tracing::info!(
+                files,
+                "loaded the mem:// store the previous image handed over"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the mem:// store the previous image handed over: its locks are lost");
+            false
         }
     }
 }
