@@ -968,4 +968,20 @@ mod tests {
         assert_eq!(left[1].target, "mem:///m");
         assert_eq!(left[1].members, vec![member("mem", "s1")]);
     }
+
+    /// The `mem://` store's copy for the next image is readable by the daemon's user only.
+    #[cfg(unix)]
+    #[test]
+    fn the_memory_copy_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), "h", Path::new("/run/test.sock")).unwrap();
+        let path = journal.memory_path();
+        assert_eq!(path.parent(), Some(dir.path()));
+        write_private(&path, b"{}").unwrap();
+        write_private(&path, b"{\"slots\":[]}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"slots\":[]}");
+    }
 }

@@ -14,6 +14,11 @@
 //! watchdog's) are given to the next. A socket the daemon bound itself stays its own: the next
 //! image removes it at exit as the first would have.
 //!
+//! What lives only in the process, the `mem://` store, is handed over through a file: once the
+//! binary is known to be there, the store is sealed and copied beside the crash journal (mode
+//! 0600), the `mem://` holdings are written to the journal, and the next image, told where the
+//! copy is ([`MEMORY_VAR`]), loads it before it keeps the journal's holdings.
+//!
 //! If the path holds no executable, the daemon logs why and goes on serving, as if nothing had
 //! been asked. If `execve` itself fails after the socket was handed over, it exits as a crash
 //! would, and the next start resumes as after one.
