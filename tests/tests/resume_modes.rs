@@ -217,7 +217,14 @@ async fn a_planned_restart_keeps_shared_and_mem_locks_and_detached_leases() {
             && log.contains("loaded the mem:// store the previous image handed over"),
         "{log}"
     );
-    let left_behind: Vec<_> = walk(daemon.dir())
+    let files = walk(daemon.dir());
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().contains("journal-")),
+        "the state directory is the daemon's: {files:?}"
+    );
+    let left_behind: Vec<_> = files
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("memory"))
         .collect();
