@@ -236,3 +236,73 @@ async fn a_shared_entry_nobody_resumes_leaves_the_file_when_the_window_closes() 
     let grant = granted(&mut writer_frames).await;
     assert!(grant.token > Some(7));
 }
+
+/// Each local holder of a shared lock whose session may resume is journaled under the daemon's
+/// entry, before it hears of its grant, with its own lock id; one that lets go is not; a holder
+/// whose session cannot resume is not journaled at all.
+#[tokio::test]
+async fn each_resumable_share_is_journaled_under_the_entry() {
+    let state = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let socket = std::path::Path::new("/run/test.sock");
+    let settings = crate::config::Settings::defaults();
+    let stores = crate::store::Stores::new(&settings).await.unwrap();
+    let mut ctx = crate::context::Context::new(settings, stores, "host".into());
+    let (journal, _) = crate::journal::Journal::open(state.path(), "host", socket).unwrap();
+    let path = journal
+        .memory_path()
+        .with_extension("")
+        .with_extension("jsonl");
+    ctx.journal = Some(journal);
+    let ctx = Arc::new(ctx);
+    let registry = crate::lock::Registry::start(ctx.clone()).await.unwrap();
+    let daemon = Daemon { ctx, registry };
+    let target = format!("file://{}/shared.csv", data.path().display());
+    let session = |id: u64, resumable: bool| {
+        let (out, frames) = crate::link::Outbound::queued();
+        let caller = crate::link::Caller {
+            pid: 100,
+            uid: Some(1000),
+            groups: vec![],
+            admin: false,
+        };
+        let mut link = SessionLink::new(id, out, caller);
+        if resumable {
+            link = link.resumable(SessionSecret::issue("run", id), Duration::from_secs(60));
+        }
+        (Arc::new(link), frames)
+    };
+    let mut grants = Vec::new();
+    for (id, resumable) in [(1, true), (2, true), (3, false)] {
+        let (link, mut frames) = session(id, resumable);
+        daemon
+            .acquire_in(&link, 1, request(&target, WaitMode::Try), LockMode::Shared)
+            .await;
+        let grant = match answer(&mut frames).await {
+            Ok(vfslock_proto::Response::Granted(grant)) => grant,
+            Ok(vfslock_proto::Response::GrantedResumable { grant, .. }) => grant,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        grants.push((link, grant, frames));
+    }
+    let entry = grants[0].1.lock_id.clone();
+    let (leaving, grant, mut frames) = grants.remove(1);
+    daemon.release(&leaving, 2, &target, &grant.lock_id).await;
+    let _ = answer(&mut frames).await;
+
+    // What a restart would read: the journal as a crash leaves it.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    let (_, left) = crate::journal::Journal::open(copy.path(), "host", socket).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].lock_id, entry);
+    let members: Vec<&str> = left[0].members.iter().map(|m| m.lock_id.as_str()).collect();
+    assert_eq!(members, [entry.as_str()], "the first holder only: {left:?}");
+    assert_eq!(left[0].members[0].owner.session, "run-1");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains(&format!("\"left\":\"{}\"", grant.lock_id)),
+        "{text}"
+    );
+    assert_eq!(text.matches("\"member\"").count(), 2, "{text}");
+}
