@@ -415,3 +415,67 @@ async fn unresumed_shares_are_removed_when_the_window_closes_and_waiters_get_the
         .await
         .expect("released");
 }
+
+/// A share kept by a restarted daemon that crashes again within the window is kept again, and
+/// its session takes it back from the third run, by the lock id its grant named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_is_kept_across_a_second_crash_within_the_window() {
+    let mut daemon = Daemon::start_with(&config_with_window("5m"));
+    let slots = daemon.file_target("twice.csv");
+    let mut raw = handshaken(daemon.socket()).await;
+    let request = Request::AcquireIn {
+        request: AcquireRequest {
+            target: slots.clone(),
+            ttl: Some(Duration::from_secs(30)),
+            owner_id: None,
+            wait: WaitMode::Try,
+            ask_on_stale: false,
+            detached: false,
+        },
+        mode: LockMode::Slots(2),
+    };
+    let mut shares = Vec::new();
+    for id in [1, 2] {
+        match ask_as(&mut raw, id, request.clone()).await {
+            ServerFrame::Response {
+                result: Ok(Response::GrantedResumable { grant, resume }),
+                ..
+            } => shares.push((grant, resume)),
+            other => panic!("expected a resumable grant, got {other:?}"),
+        }
+    }
+    daemon.kill();
+    drop(raw);
+    daemon.restart();
+    daemon.kill();
+    daemon.restart();
+    let mut resumer = handshaken(daemon.socket()).await;
+    for (id, (grant, resume)) in (10..).zip(&shares) {
+        let answer = ask_as(
+            &mut resumer,
+            id,
+            Request::Resume {
+                target: grant.target.clone(),
+                lock_id: grant.lock_id.clone(),
+                session: resume.session.clone(),
+                secret: resume.secret.clone(),
+            },
+        )
+        .await;
+        match answer {
+            ServerFrame::Response {
+                result: Ok(Response::GrantedResumable { grant: back, .. }),
+                ..
+            } => {
+                assert_eq!(back.lock_id, grant.lock_id);
+                assert_eq!(back.token, grant.token);
+            }
+            other => panic!("expected the share back, got {other:?}"),
+        }
+    }
+    let client = daemon.client().await;
+    assert_eq!(
+        refused_now(&client, &slots, LockOptions::default().slots(2)).await,
+        ErrorKind::AlreadyHeld
+    );
+}
