@@ -185,6 +185,54 @@ impl Context {
         }
     }
 
+    /// A planned restart is about to replace the process: copies the `mem://` store's contents
+    /// (sealing it, so that nothing changes after the copy) to a file beside the journal (mode
+    /// 0600), and writes the `mem://` holdings, kept in the journal's table only, to its file.
+    /// Returns the file for the next image (`None` without a `mem://` store or a journal). On
+    /// an error the store serves on.
+    pub fn hand_over_memory(&self) -> std::io::Result<Option<std::path::PathBuf>> {
+        let (Some(journal), Some(store)) = (&self.journal, self.stores.memory()) else {
+            return Ok(None);
+        };
+        let Some(handed) = store.seal_memory() else {
+            return Ok(None);
+        };
+        let files = handed
+            .slots
+            .iter()
+            .filter(|s| s.file.is_some() || s.file_hex.is_some())
+            .count();
+        let path = journal.memory_path();
+        let bytes = serde_json::to_vec(&handed).map_err(std::io::Error::other);
+        if let Err(e) = bytes.and_then(|bytes| crate::journal::write_private(&path, &bytes)) {
+            store.unseal_memory();
+            return Err(e);
+        }
+        let holdings = journal.hand_over_private();
+        tracing::info!(files, holdings, path = %path.display(), "handed the mem:// store to the next image");
+        Ok(Some(path))
+    }
+
+    /// Records that `member` (its own lock id) holds a share of the joint entry `entry`, for
+    /// `holder`'s session to resume after a restart (nothing when the session cannot resume).
+    pub fn journal_member(&self, entry: &str, member: &str, holder: &crate::link::SessionLink) {
+        if let (Some(journal), Some((secret, _))) = (&self.journal, holder.resume.as_ref()) {
+            let owner = crate::journal::Owner {
+                session: secret.session.clone(),
+                secret_sha256: secret.hash.clone(),
+                uid: holder.caller.uid,
+            };
+            journal.member(entry, member, owner);
+        }
+    }
+
+    /// Records that `member` no longer holds a share of the joint entry `entry`.
+    pub fn journal_member_left(&self, entry: &str, member: &str) {
+        if let Some(journal) = &self.journal {
+            journal.member_left(entry, member);
+        }
+    }
+
     /// Records that the holder of `lock_id` is being told its lease is lost: no restart keeps
     /// the holding for it.
     pub fn journal_lost(&self, lock_id: &str) {

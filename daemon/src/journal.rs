@@ -72,6 +72,21 @@ enum Entry {
     Waited {
         waited: u64,
     },
+    /// A local holder of the joint entry `of` (a shared lock or semaphore, whose acquire line
+    /// names the entry), with its own lock id, that its session may resume.
+    Member {
+        member: String,
+        of: String,
+        session: String,
+        secret_sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+    },
+    /// That local holder let go (or was told it lost its share).
+    MemberLeft {
+        left: String,
+        of: String,
+    },
 }
 
 /// A waiter of a previous run whose place is kept for its session.
@@ -97,6 +112,25 @@ pub struct Left {
     /// Who may resume it; `None` when nobody may (an older client, or a holding whose holder
     /// was already told it is lost).
     pub owner: Option<Owner>,
+    /// For a shared lock or semaphore (`lock_id` is then this daemon's entry in the lock file):
+    /// the local holders of the entry that their sessions may resume, each by its own lock id.
+    pub members: Vec<JointMember>,
+}
+
+/// A local holder of a joint entry, journaled so that its session can resume its share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JointMember {
+    /// The holder's own lock id (the one its grant named).
+    pub lock_id: String,
+    /// Who may resume it.
+    pub owner: Owner,
+}
+
+/// Whether holdings of `target` live in this daemon's memory (`mem://`): they are kept in the
+/// journal's table but never written to its file, since a crash ends them anyway; a planned
+/// restart writes them out just before it replaces the process ([`Journal::hand_over_private`]).
+fn private(target: &str) -> bool {
+    target.starts_with("mem:")
 }
 
 /// An open holding as the journal keeps it.
@@ -104,6 +138,7 @@ pub struct Left {
 struct Open {
     target: String,
     owner: Option<Owner>,
+    members: Vec<JointMember>,
 }
 
 /// The journal of one running daemon.
@@ -293,7 +328,15 @@ impl Journal {
                             secret_sha256,
                             uid,
                         });
-                    open.insert(acquire, Open { target, owner });
+                    let members = Vec::new();
+                    open.insert(
+                        acquire,
+                        Open {
+                            target,
+                            owner,
+                            members,
+                        },
+                    );
                 }
                 Ok(Entry::Release { release }) => {
                     open.remove(&release);
@@ -301,6 +344,31 @@ impl Journal {
                 Ok(Entry::Lost { lost }) => {
                     if let Some(open) = open.get_mut(&lost) {
                         open.owner = None;
+                        open.members.clear();
+                    }
+                }
+                Ok(Entry::Member {
+                    member,
+                    of,
+                    session,
+                    secret_sha256,
+                    uid,
+                }) => {
+                    if let Some(open) = open.get_mut(&of) {
+                        open.members.retain(|m| m.lock_id != member);
+                        open.members.push(JointMember {
+                            lock_id: member,
+                            owner: Owner {
+                                session,
+                                secret_sha256,
+                                uid,
+                            },
+                        });
+                    }
+                }
+                Ok(Entry::MemberLeft { left, of }) => {
+                    if let Some(open) = open.get_mut(&of) {
+                        open.members.retain(|m| m.lock_id != left);
                     }
                 }
                 Ok(Entry::Wait {
@@ -329,6 +397,7 @@ impl Journal {
                 lock_id,
                 target: open.target,
                 owner: open.owner,
+                members: open.members,
             })
             .collect();
         Ok((
@@ -354,6 +423,7 @@ impl Journal {
             let open = Open {
                 target: target.clone(),
                 owner: None,
+                members: Vec::new(),
             };
             (lock_id.clone(), open)
         });
@@ -361,6 +431,7 @@ impl Journal {
             let open = Open {
                 target: left.target.clone(),
                 owner: left.owner.clone(),
+                members: left.members.clone(),
             };
             (left.lock_id.clone(), open)
         });
@@ -414,14 +485,93 @@ impl Journal {
     pub fn acquire(&self, lock_id: &str, target: &str, owner: Option<Owner>) {
         let mut inner = self.inner.lock().expect("journal lock");
         let entry = Entry::acquire(lock_id, target, owner.as_ref());
+        // A joint entry journaled again (its first holder resumed) keeps its other members.
+        let members = inner
+            .open
+            .remove(lock_id)
+            .map(|open| open.members)
+            .unwrap_or_default();
         inner.open.insert(
             lock_id.to_owned(),
             Open {
                 target: target.to_owned(),
                 owner,
+                members,
             },
         );
-        inner.append(&entry);
+        if !private(target) {
+            inner.append(&entry);
+        }
+    }
+
+    /// Records that `member` (its own lock id) holds a share of the joint entry `entry` (already
+    /// journaled by [`Journal::acquire`]) for a session that `owner` may resume. Again with a
+    /// new owner when another session resumes it.
+    pub fn member(&self, entry: &str, member: &str, owner: Owner) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let Some(open) = inner.open.get_mut(entry) else {
+            return;
+        };
+        open.members.retain(|m| m.lock_id != member);
+        open.members.push(JointMember {
+            lock_id: member.to_owned(),
+            owner: owner.clone(),
+        });
+        if !private(&open.target) {
+            let line = Entry::member(entry, member, &owner);
+            inner.append(&line);
+        }
+    }
+
+    /// Records that `member` no longer holds a share of `entry` (it let go, or is being told
+    /// that it lost it): no restart keeps that share.
+    pub fn member_left(&self, entry: &str, member: &str) {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let Some(open) = inner.open.get_mut(entry) else {
+            return;
+        };
+        let before = open.members.len();
+        open.members.retain(|m| m.lock_id != member);
+        if open.members.len() == before || private(&open.target) {
+            return;
+        }
+        inner.append(&Entry::MemberLeft {
+            left: member.to_owned(),
+            of: entry.to_owned(),
+        });
+    }
+
+    /// Where a planned restart leaves the `mem://` store's contents for the next image: beside
+    /// the journal, for this daemon identity alone.
+    pub fn memory_path(&self) -> PathBuf {
+        let inner = self.inner.lock().expect("journal lock");
+        inner.path.with_extension("memory.json")
+    }
+
+    /// Writes the holdings kept only in memory (`mem://`, see [`private`]) to the file, for the
+    /// next image of a planned restart, which also gets the memory store's contents. Returns
+    /// how many holdings were written.
+    pub fn hand_over_private(&self) -> usize {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let mut lines = Vec::new();
+        for (lock_id, open) in inner.open.iter().filter(|(_, o)| private(&o.target)) {
+            lines.push(Entry::acquire(lock_id, &open.target, open.owner.as_ref()));
+            for member in &open.members {
+                lines.push(Entry::member(lock_id, &member.lock_id, &member.owner));
+            }
+        }
+        let holdings = inner.open.values().filter(|o| private(&o.target)).count();
+        // One write, and no compaction after it: a compaction keeps no `mem://` holding.
+        let mut text = Vec::new();
+        for line in &lines {
+            text.extend(serde_json::to_vec(line).expect("entries serialize"));
+            text.push(b'\n');
+        }
+        if let Err(e) = inner.file.write_all(&text) {
+            tracing::error!(journal = %inner.path.display(), error = %e, "cannot write the mem:// holdings to the journal; they are lost at the planned restart");
+        }
+        inner.lines += lines.len();
+        holdings
     }
 
     /// Records that the holder of `lock_id` was told its lease is lost: no restart may keep
@@ -429,7 +579,13 @@ impl Journal {
     pub fn lost(&self, lock_id: &str) {
         let mut inner = self.inner.lock().expect("journal lock");
         match inner.open.get_mut(lock_id) {
-            Some(open) if open.owner.is_some() => open.owner = None,
+            Some(open) if open.owner.is_some() || !open.members.is_empty() => {
+                open.owner = None;
+                open.members.clear();
+                if private(&open.target) {
+                    return;
+                }
+            }
             _ => return,
         }
         inner.append(&Entry::Lost {
@@ -440,8 +596,9 @@ impl Journal {
     /// Records that the holding `lock_id` is over (its file removed, taken over, or never won).
     pub fn release(&self, lock_id: &str) {
         let mut inner = self.inner.lock().expect("journal lock");
-        if inner.open.remove(lock_id).is_none() {
-            return;
+        match inner.open.remove(lock_id) {
+            Some(open) if !private(&open.target) => {}
+            _ => return,
         }
         inner.append(&Entry::Release {
             release: lock_id.to_owned(),
@@ -494,6 +651,16 @@ impl Entry {
             uid: owner.and_then(|o| o.uid),
         }
     }
+
+    fn member(entry: &str, member: &str, owner: &Owner) -> Entry {
+        Entry::Member {
+            member: member.to_owned(),
+            of: entry.to_owned(),
+            session: owner.session.clone(),
+            secret_sha256: owner.secret_sha256.clone(),
+            uid: owner.uid,
+        }
+    }
 }
 
 impl Inner {
@@ -512,10 +679,15 @@ impl Inner {
     /// Rewrites the journal with only the open holdings and waits.
     fn compact(&mut self) {
         let mut text = Vec::new();
-        for (lock_id, open) in &self.open {
+        for (lock_id, open) in self.open.iter().filter(|(_, o)| !private(&o.target)) {
             let entry = Entry::acquire(lock_id, &open.target, open.owner.as_ref());
             text.extend(serde_json::to_vec(&entry).expect("entries serialize"));
             text.push(b'\n');
+            for member in &open.members {
+                let line = Entry::member(lock_id, &member.lock_id, &member.owner);
+                text.extend(serde_json::to_vec(&line).expect("entries serialize"));
+                text.push(b'\n');
+            }
         }
         for (ordinal, (target, owner)) in &self.waits {
             let entry = Entry::wait(*ordinal, target, owner);
@@ -527,6 +699,28 @@ impl Inner {
             self.lines = self.open.len() + self.waits.len();
         }
     }
+}
+
+/// Writes `bytes` to `path` readable by the daemon's user only (mode 0600), through a
+/// temporary file renamed into place.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 fn lock(file: &File) -> std::io::Result<()> {
@@ -637,8 +831,8 @@ mod tests {
         {
             let (journal, left) = Journal::open(dir.path(), "h1", socket).unwrap();
             assert!(left.is_empty());
-            journal.acquire("a", "mem:///x", None);
-            journal.acquire("b", "mem:///y", None);
+            journal.acquire("a", "file:///x", None);
+            journal.acquire("b", "file:///y", None);
             journal.release("a");
             // A second daemon with the same identity is refused while this one lives.
             let err = Journal::open(dir.path(), "h1", socket).unwrap_err();
@@ -654,8 +848,9 @@ mod tests {
             left,
             vec![Left {
                 lock_id: "b".into(),
-                target: "mem:///y".into(),
-                owner: None
+                target: "file:///y".into(),
+                owner: None,
+                members: vec![],
             }]
         );
         journal.restart(&[], &[]);
@@ -670,11 +865,11 @@ mod tests {
         let socket = Path::new("/run/test.sock");
         {
             let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
-            journal.acquire("kept", "mem:///k", Some(owner("s1", "h1")));
-            journal.acquire("lost", "mem:///l", Some(owner("s1", "h1")));
+            journal.acquire("kept", "file:///k", Some(owner("s1", "h1")));
+            journal.acquire("lost", "file:///l", Some(owner("s1", "h1")));
             journal.lost("lost");
             for i in 0..COMPACT_AFTER {
-                journal.acquire(&format!("t{i}"), "mem:///t", None);
+                journal.acquire(&format!("t{i}"), "file:///t", None);
                 journal.release(&format!("t{i}"));
             }
             let size = std::fs::metadata(&journal.inner.lock().unwrap().path)
@@ -686,14 +881,16 @@ mod tests {
         left.sort_by(|a, b| a.lock_id.cmp(&b.lock_id));
         let kept = Left {
             lock_id: "kept".into(),
-            target: "mem:///k".into(),
+            target: "file:///k".into(),
             owner: Some(owner("s1", "h1")),
+            members: vec![],
         };
         // A lost holding stays open (its file is still to be settled) but nobody may resume it.
         let lost = Left {
             lock_id: "lost".into(),
-            target: "mem:///l".into(),
+            target: "file:///l".into(),
             owner: None,
+            members: vec![],
         };
         assert_eq!(left, vec![kept, lost]);
     }
@@ -821,11 +1018,13 @@ mod tests {
                     lock_id: "kept".into(),
                     target: "file:///k".into(),
                     owner: Some(owner("s", "h")),
+                    members: vec![],
                 },
                 Left {
                     lock_id: "unsettled".into(),
                     target: "file:///u".into(),
                     owner: None,
+                    members: vec![],
                 },
             ]
         );
@@ -874,8 +1073,73 @@ mod tests {
             vec![Left {
                 lock_id: "old".into(),
                 target: "file:///data/c".into(),
-                owner: None
+                owner: None,
+                members: vec![],
             }]
         );
+    }
+
+    /// Each local holder of a joint entry is journaled under the entry with its own owner, and
+    /// survives a reopen, a compaction and a restart; one that left, or an entry told lost, is
+    /// not kept. `mem://` holdings stay out of the file until a planned restart hands them over.
+    #[test]
+    fn joint_members_and_private_holdings() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        let member = |id: &str, session: &str| JointMember {
+            lock_id: id.into(),
+            owner: owner(session, "h"),
+        };
+        {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.acquire("e", "file:///s", Some(owner("s1", "h")));
+            journal.member("e", "e", owner("s1", "h"));
+            journal.member("e", "m2", owner("s2", "h"));
+            journal.member("e", "m3", owner("s3", "h"));
+            journal.member_left("e", "m3");
+            journal.acquire("gone", "file:///g", None);
+            journal.member("gone", "g1", owner("s1", "h"));
+            journal.lost("gone");
+            journal.acquire("mem", "mem:///m", Some(owner("s1", "h")));
+            journal.member("mem", "mem", owner("s1", "h"));
+            journal.acquire("mem-released", "mem:///r", Some(owner("s1", "h")));
+            journal.release("mem-released");
+            let text = std::fs::read_to_string(journal.inner.lock().unwrap().path.clone()).unwrap();
+            assert!(!text.contains("mem:"), "{text}");
+        }
+        let (journal, mut left) = Journal::open(dir.path(), "h", socket).unwrap();
+        left.sort_by(|a, b| a.lock_id.cmp(&b.lock_id));
+        let ids: Vec<&str> = left.iter().map(|l| l.lock_id.as_str()).collect();
+        assert_eq!(ids, ["e", "gone"], "a crash forgets mem:// holdings");
+        assert_eq!(left[0].members, vec![member("e", "s1"), member("m2", "s2")]);
+        assert!(left[1].members.is_empty() && left[1].owner.is_none());
+        journal.restart(&[], &left[..1]);
+        journal.acquire("mem", "mem:///m", None);
+        journal.member("mem", "mem", owner("s1", "h"));
+        assert_eq!(journal.hand_over_private(), 1);
+        drop(journal);
+        let (_journal, mut left) = Journal::open(dir.path(), "h", socket).unwrap();
+        left.sort_by(|a, b| a.lock_id.cmp(&b.lock_id));
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0].members, vec![member("e", "s1"), member("m2", "s2")]);
+        assert_eq!(left[1].lock_id, "mem");
+        assert_eq!(left[1].target, "mem:///m");
+        assert_eq!(left[1].members, vec![member("mem", "s1")]);
+    }
+
+    /// The `mem://` store's copy for the next image is readable by the daemon's user only.
+    #[cfg(unix)]
+    #[test]
+    fn the_memory_copy_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), "h", Path::new("/run/test.sock")).unwrap();
+        let path = journal.memory_path();
+        assert_eq!(path.parent(), Some(dir.path()));
+        write_private(&path, b"{}").unwrap();
+        write_private(&path, b"{\"slots\":[]}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"slots\":[]}");
     }
 }

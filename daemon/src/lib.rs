@@ -81,6 +81,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         (reexec::take_own_socket_flag(), reexec::take_planned_flag());
     #[cfg(not(unix))]
     let (restarted_own_socket, planned_restart) = (false, false);
+    #[cfg(unix)]
+    let memory_file = reexec::take_memory_file();
+    #[cfg(not(unix))]
+    let memory_file: Option<PathBuf> = None;
     let passed = systemd::take_passed_socket()?;
     let notifier = systemd::Notifier::from_env();
     let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
@@ -139,12 +143,22 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         planned_restart,
         !left.is_empty(),
     );
+    // `mem://` holdings are in the journal's file only when a planned restart handed the
+    // memory store over; loaded before they are adopted.
+    let memory_loaded = load_memory(&stores, &journal, memory_file);
+    let left: Vec<_> = if memory_loaded {
+        left
+    } else {
+        left.into_iter()
+            .filter(|l| !l.target.starts_with("mem:"))
+            .collect()
+    };
     // A holding that its session may resume is kept for it (`lock::resume`); every other one
     // is settled as after a crash.
     let window = settings.locks.resume_window;
     let (kept, settle): (Vec<_>, Vec<_>) = left
         .into_iter()
-        .partition(|left| left.owner.is_some() && !window.is_zero());
+        .partition(|left| (left.owner.is_some() || !left.members.is_empty()) && !window.is_zero());
     let settle: Vec<_> = settle.into_iter().map(|l| (l.lock_id, l.target)).collect();
     // Nobody gets these back: each is a holding the restart lost.
     let lost_at_startup = settle.len() as u64;
@@ -254,12 +268,12 @@ async fn keep_for_resume(
     }
     let until = ctx.started + ctx.settings.locks.resume_window;
     for left in kept {
-        let Some(owner) = left.owner else { continue };
         let routed = match address::Address::parse(&left.target) {
             Ok(address) => {
                 let message = lock::LockMessage::Adopt(Box::new(lock::resume::Kept {
                     lock_id: left.lock_id.clone(),
-                    owner,
+                    owner: left.owner,
+                    members: left.members,
                     until,
                 }));
                 registry
@@ -320,6 +334,56 @@ async fn keep_places(
             for ordinal in ordinals {
                 ctx.journal_waited(ordinal);
             }
+        }
+    }
+}
+
+/// Loads the `mem://` store the previous image of a planned restart left in `handed` (named
+/// by it, and only if it is this identity's file beside the journal), and removes the file;
+/// removes a file no restart handed over (left by one whose exec failed), since what it holds
+/// may be out of date. Whether a store was loaded.
+fn load_memory(
+    stores: &store::Stores,
+    journal: &journal::Journal,
+    handed: Option<PathBuf>,
+) -> bool {
+    let path = journal.memory_path();
+    let ours = handed.as_deref() == Some(path.as_path());
+    if !ours && handed.is_some() {
+        tracing::warn!(
+            "the planned restart named a mem:// store file that is not this daemon's; ignored"
+        );
+    }
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            if ours {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the mem:// store the previous image handed over: its locks are lost");
+            }
+            return false;
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    if !ours {
+        tracing::info!(path = %path.display(), "removed a mem:// store file no planned restart handed over");
+        return false;
+    }
+    let Some(store) = stores.memory() else {
+        tracing::warn!("the previous image handed over a mem:// store, and mem:// is not served now: its locks are lost");
+        return false;
+    };
+    match serde_json::from_slice(&text) {
+        Ok(handed) => {
+            let files = store.load_memory(handed);
+            tracing::info!(
+                files,
+                "loaded the mem:// store the previous image handed over"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the mem:// store the previous image handed over: its locks are lost");
+            false
         }
     }
 }

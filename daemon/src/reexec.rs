@@ -14,6 +14,11 @@
 //! watchdog's) are given to the next. A socket the daemon bound itself stays its own: the next
 //! image removes it at exit as the first would have.
 //!
+//! What lives only in the process, the `mem://` store, is handed over through a file: once the
+//! binary is known to be there, the store is sealed and copied beside the crash journal (mode
+//! 0600), the `mem://` holdings are written to the journal, and the next image, told where the
+//! copy is ([`MEMORY_VAR`]), loads it before it keeps the journal's holdings.
+//!
 //! If the path holds no executable, the daemon logs why and goes on serving, as if nothing had
 //! been asked. If `execve` itself fails after the socket was handed over, it exits as a crash
 //! would, and the next start resumes as after one.
@@ -31,6 +36,17 @@ pub const OWN_SOCKET_VAR: &str = "VFSLOCKD_REEXEC_OWN_SOCKET";
 /// restart figures ([`crate::restarts`]): the image cannot tell otherwise, since a crash and a
 /// planned restart leave the same journal.
 pub const PLANNED_VAR: &str = "VFSLOCKD_REEXEC_PLANNED";
+
+/// The variable that names the file where the previous image left its `mem://` store.
+pub const MEMORY_VAR: &str = "VFSLOCKD_REEXEC_MEMORY";
+
+/// The file where the previous image of a planned restart left its `mem://` store, if this
+/// image was started by one. Removes the variable, so that no child inherits it.
+pub fn take_memory_file() -> Option<PathBuf> {
+    let path = std::env::var_os(MEMORY_VAR).map(PathBuf::from);
+    std::env::remove_var(MEMORY_VAR);
+    path
+}
 
 /// systemd's variables as the first image found them, before startup removed them.
 static SYSTEMD_ENV: OnceLock<Vec<(&'static str, OsString)>> = OnceLock::new();
@@ -83,13 +99,23 @@ fn binary() -> std::io::Result<PathBuf> {
 }
 
 /// Replaces this process with the binary at its path, handing over `listener` (its socket at
-/// `own_socket` if the daemon bound it). Returns only when that failed, with why.
-pub fn replace_process(listener: RawFd, own_socket: Option<&Path>) -> std::io::Error {
+/// `own_socket` if the daemon bound it) and what `hand_over` leaves for the next image (the
+/// `mem://` store's file, run once the binary is known to be there). Returns only when that
+/// failed, with why.
+pub fn replace_process(
+    listener: RawFd,
+    own_socket: Option<&Path>,
+    hand_over: impl FnOnce() -> std::io::Result<Option<PathBuf>>,
+) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     const PASSED: RawFd = 3;
     let binary = match binary() {
         Ok(binary) => binary,
         Err(e) => return e,
+    };
+    let memory = match hand_over() {
+        Ok(memory) => memory,
+        Err(e) => return std::io::Error::other(format!("cannot hand the mem:// store over: {e}")),
     };
     // The socket goes to descriptor 3, without close-on-exec, as systemd passes it.
     // SAFETY: plain descriptor calls; `listener` is open for the daemon's life. Whatever held
@@ -120,6 +146,9 @@ pub fn replace_process(listener: RawFd, own_socket: Option<&Path>) -> std::io::E
     }
     if own_socket.is_some() {
         command.env(OWN_SOCKET_VAR, "1");
+    }
+    if let Some(memory) = &memory {
+        command.env(MEMORY_VAR, memory);
     }
     tracing::info!(binary = %binary.display(), "restarting in place: every lock is kept for its holder to resume");
     let error = command.exec();

@@ -716,9 +716,10 @@ fn busy(waiter: Waiter, url: &str) -> Attempt {
 }
 
 /// Whether a new holding's lock id goes into the crash journal: not for detached leases (their
-/// lock file is their state) nor on a private store, whose lock files die with the daemon.
-fn journaled(state: &LockState, record: &LockRecord) -> bool {
-    !record.detached && !state.target.store.is_private()
+/// lock file is their state). A private store's (`mem://`) holdings are kept in the journal's
+/// table only, for a planned restart to hand over (`journal::Journal::hand_over_private`).
+fn journaled(_state: &LockState, record: &LockRecord) -> bool {
+    !record.detached
 }
 
 #[cfg(test)]

@@ -408,14 +408,14 @@ impl LockActor {
     }
 
     /// Journals a new entry, as a new exclusive holding is (not a detached one, whose entry is
-    /// its state, nor on a private store).
+    /// its state; a private store's only in the journal's table).
     fn journal_entry(
         &self,
         state: &LockState,
         entry: &HolderEntry,
         holder: &crate::link::SessionLink,
     ) {
-        if !entry.detached && !state.target.store.is_private() {
+        if !entry.detached {
             self.ctx
                 .journal_acquire(&entry.lock_id, &state.target.url, holder);
         }
@@ -468,7 +468,13 @@ impl LockActor {
             ttl: waiter.ttl,
             owner_id: entry.owner_id.clone(),
             max_hold: Self::max_hold_timer(myself, &waiter),
+            unclaimed: None,
         };
+        // Before the holder hears: a restart after this keeps its share for it.
+        if !entry.detached {
+            self.ctx
+                .journal_member(&entry.lock_id, &member.lock_id, &waiter.session);
+        }
         let grant = self.joint_grant(state, &entry, member.lock_id.clone(), valid_until, stole);
         must(state.phase.hold_joint(JointHolding {
             mode,
@@ -494,7 +500,7 @@ impl LockActor {
     }
 
     /// A grant of a holding through `entry`, named `lock_id`.
-    fn joint_grant(
+    pub(super) fn joint_grant(
         &self,
         state: &LockState,
         entry: &HolderEntry,
@@ -571,6 +577,7 @@ impl LockActor {
             ttl: waiter.ttl,
             owner_id: waiter.request.owner_id.clone().filter(|o| !o.is_empty()),
             max_hold: Self::max_hold_timer(myself, &waiter),
+            unclaimed: None,
         });
         let must_write = joint.wanted_count() != joint.entry.count
             || joint.wanted_ttl() != joint.entry.ttl && !joint.entry.ttl.is_zero();
@@ -606,6 +613,9 @@ impl LockActor {
         }
         let joint = state.joint().expect("still held jointly");
         let member = joint.members.last().expect("just added");
+        // Before the holder hears: a restart after this keeps its share for it.
+        self.ctx
+            .journal_member(&joint.entry.lock_id, &member.lock_id, &waiter.session);
         let grant = self.joint_grant(
             state,
             &joint.entry,

@@ -151,6 +151,8 @@ impl LockActor {
             return Ok(Response::Released { held: false });
         };
         let member = joint.members.remove(at);
+        self.ctx
+            .journal_member_left(&joint.entry.lock_id, &member.lock_id);
         self.tally.held(-1);
         member.session.acquire_ended(member.acquire_id);
         let past_deadline = joint

@@ -66,6 +66,9 @@ impl LockActor {
             .and_then(|j| j.members.iter().find(|m| m.is(session_id, acquire_id)))
         {
             let limit = limit_of(member.max_hold.as_ref());
+            // Before the holder hears: a restart after this must not hand its share back.
+            let entry = &state.joint().expect("found above").entry.lock_id;
+            self.ctx.journal_member_left(entry, &member.lock_id);
             tell(&member.session, acquire_id, &url, limit);
             let _ = self
                 .leave_joint(myself, state, session_id, acquire_id)

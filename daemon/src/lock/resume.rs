@@ -15,8 +15,18 @@
 //! the window closes, what nobody resumed is released as a lost lease would be, and the target
 //! is served again.
 //!
-//! Shared locks and semaphores are not kept (their journal line is the daemon's entry, which
-//! several sessions may share): their entries are settled at startup as after a crash.
+//! Shared locks and semaphores are kept share by share. The journal names this daemon's entry
+//! in the lock file (one for all its local holders of the target) and, under it, each local
+//! holder whose session may resume, by the holder's own lock id (the one its grant named).
+//! The actor renews the entry, conditional on its still being listed (the other daemons'
+//! entries stay as they are), with a semaphore's slot count cut to the holders kept, and holds
+//! it for one placeholder member per kept holder. A resume hands one member back after one
+//! more conditional renewal of the entry. The target stays fenced, as for an exclusive lock,
+//! until every kept member was resumed or the window closed: a new holder here could otherwise
+//! take a slot an unresumed member still believes it has, or an exclusive holder could get in
+//! beside it. When the window closes, the unresumed members leave as a release would (the
+//! entry goes with the last of them). A joint entry journaled by an earlier release (no
+//! members) is settled at startup as after a crash.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,13 +36,16 @@ use vfslock_proto::{ErrorKind, Response, Secret, WireError};
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
+use super::joint::Changed;
 use super::lease::{schedule_renewal, RENEW_RETRY_MIN};
 use super::lifecycle::must;
 use super::replies;
-use super::state::{Holding, LockState, Renewal};
+use super::state::{Holding, JointHolding, LockState, Member, Renewal};
 use super::timing::first_renewal;
-use crate::journal::Owner;
+use crate::context::random_id;
+use crate::journal::{JointMember, Owner};
 use crate::link::{Caller, Outbound, SessionLink};
+use crate::lockfile::joint::{Joint, JointMode};
 use crate::lockfile::{self, LockRecord};
 use crate::store::{Replaced, Token};
 
@@ -41,14 +54,29 @@ use crate::store::{Replaced, Token};
 pub struct Kept {
     /// The holding's lock id.
     pub lock_id: String,
-    /// Who may resume it.
-    pub owner: Owner,
+    /// Who may resume it (an exclusive holding); `None` for a joint entry whose first holder
+    /// cannot resume.
+    pub owner: Option<Owner>,
+    /// The local holders of a joint entry (a shared lock or semaphore) that may resume.
+    pub members: Vec<JointMember>,
     /// When the resume window closes: W after this daemon's start.
     pub until: Instant,
 }
 
 /// The session id of the placeholder that holds a kept holding: no connection has it.
 const NOBODY: u64 = u64::MAX;
+
+/// A placeholder session for a kept holding of `uid`: it hears nothing.
+fn placeholder(uid: Option<u32>) -> Arc<SessionLink> {
+    Arc::new(SessionLink::new(
+        NOBODY,
+        Outbound::queued().0,
+        Caller {
+            uid,
+            ..Caller::default()
+        },
+    ))
+}
 
 impl LockActor {
     /// Keeps the journaled holding `kept` for its session, and fences the target until the
@@ -88,10 +116,16 @@ impl LockActor {
                 return self.ctx.restarts.count_lost();
             }
         };
-        if lockfile::joint::Joint::parse(&observed.bytes).is_some() {
-            self.ctx.restarts.count_lost();
-            return self.settle_unkept(&url, &kept.lock_id).await;
+        if let Some(there) = lockfile::joint::Joint::parse(&observed.bytes) {
+            if kept.members.is_empty() {
+                self.ctx.restarts.count_lost();
+                return self.settle_unkept(&url, &kept.lock_id).await;
+            }
+            return self.adopt_joint(myself, state, kept, observed, there).await;
         }
+        let Some(owner) = kept.owner else {
+            return self.settle_unkept(&url, &kept.lock_id).await;
+        };
         let parsed = lockfile::parse(&observed.bytes);
         if parsed.lock_id.as_deref() != Some(kept.lock_id.as_str()) || parsed.detached {
             tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run was replaced in the store: its holder will hear that it is lost");
@@ -111,16 +145,8 @@ impl LockActor {
             .await;
         match replaced {
             Ok(Replaced::Done(written)) => {
-                let placeholder = SessionLink::new(
-                    NOBODY,
-                    Outbound::queued().0,
-                    Caller {
-                        uid: kept.owner.uid,
-                        ..Caller::default()
-                    },
-                );
                 must(state.phase.hold(Holding {
-                    session: Arc::new(placeholder),
+                    session: placeholder(owner.uid),
                     acquire_id: 0,
                     record,
                     written: written.version(),
@@ -128,7 +154,7 @@ impl LockActor {
                     valid_until: self.valid_until(sent, ttl),
                     renewal: Renewal::first(RENEW_RETRY_MIN),
                     max_hold: None,
-                    unclaimed: Some(Box::new(kept.owner)),
+                    unclaimed: Some(Box::new(owner)),
                 }));
                 self.tally.held(1);
                 self.ctx.restarts.count_kept();
@@ -146,6 +172,182 @@ impl LockActor {
                 tracing::warn!(target = %url, error = %e, "cannot renew a holding of the previous run; not kept");
                 self.ctx.restarts.count_lost();
             }
+        }
+    }
+
+    /// Keeps the journaled joint entry `kept` (read in `observed` as `there`) for its members:
+    /// renews it, conditional on the version read, keeping every other entry as it is, and
+    /// holds it for one placeholder member per kept member.
+    async fn adopt_joint(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        kept: Kept,
+        observed: crate::store::Observed,
+        mut there: Joint,
+    ) {
+        let url = state.target.url.clone();
+        let own = kept.lock_id.clone();
+        let mode = there.mode;
+        let Some(entry) = there.entry_mut(&own).filter(|e| !e.detached) else {
+            tracing::warn!(target = %url, lock_id = %own, "a shared holding of the previous run is gone from the lock file: its holders will hear that it is lost");
+            return self.ctx.journal_release(&own);
+        };
+        let mut members = kept.members;
+        // A semaphore's entry takes one slot per kept member, never more than it took: the
+        // members nobody may resume give theirs back.
+        if let JointMode::Slots(_) = mode {
+            members.truncate(entry.count as usize);
+        }
+        let count = match mode {
+            JointMode::Shared => entry.count,
+            JointMode::Slots(_) => u32::try_from(members.len()).unwrap_or(u32::MAX).max(1),
+        };
+        let now = self.ctx.now();
+        entry.count = count;
+        entry.created_at = now;
+        entry.daemon_id = self.ctx.instance_id.clone();
+        let ttl = entry.ttl;
+        let owner_id = entry.owner_id.clone();
+        let writer = self.ctx.instance_id.clone();
+        let make: crate::store::MakeLock =
+            Box::new(move |_| there.to_json(&random_id(), &writer, now));
+        let sent = Instant::now();
+        let replaced = self
+            .within(state.target.store.replace(
+                &state.target.lock_path,
+                &observed.version(),
+                Token::Keep,
+                make,
+            ))
+            .await;
+        let written = match replaced {
+            Ok(Replaced::Done(written)) => written,
+            Ok(Replaced::Changed) => {
+                tracing::warn!(target = %url, lock_id = %own, "a shared holding of the previous run changed in the store while it was read: not kept");
+                return self.ctx.journal_release(&own);
+            }
+            Err(e) => {
+                tracing::warn!(target = %url, error = %e, "cannot renew a shared holding of the previous run; not kept");
+                return;
+            }
+        };
+        let Some(joint) = Joint::parse(&written.bytes) else {
+            return;
+        };
+        let Some(entry) = joint.entry(&own).cloned() else {
+            return;
+        };
+        let kept_members = members.len();
+        let members = members
+            .into_iter()
+            .enumerate()
+            .map(|(at, member)| Member {
+                session: placeholder(member.owner.uid),
+                acquire_id: at as vfslock_proto::RequestId,
+                lock_id: member.lock_id,
+                since: Instant::now(),
+                ttl,
+                owner_id: owner_id.clone(),
+                max_hold: None,
+                unclaimed: Some(Box::new(member.owner)),
+            })
+            .collect();
+        must(state.phase.hold_joint(JointHolding {
+            mode: joint.mode,
+            entry,
+            written: written.version(),
+            members,
+            valid_until: self.valid_until(sent, ttl),
+            renewal: Renewal::first(RENEW_RETRY_MIN),
+        }));
+        self.tally.held(kept_members as i64);
+        if !ttl.is_zero() {
+            schedule_renewal(myself, state, first_renewal(ttl));
+        }
+        tracing::info!(target = %url, entry = %own, members = kept_members, mode = %joint.mode.describe(), "kept a shared holding of the previous run for its holders to resume");
+    }
+
+    /// Hands the kept share `lock_id` of the joint holding here to `session` if it proves to
+    /// be `claimed`, after a conditional renewal of the entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn resume_member(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        session: Arc<SessionLink>,
+        id: vfslock_proto::RequestId,
+        lock_id: &str,
+        claimed: &str,
+        secret: &Secret,
+    ) {
+        let url = state.target.url.clone();
+        let owner = state
+            .joint()
+            .and_then(|j| j.members.iter().find(|m| m.lock_id == lock_id))
+            .and_then(|m| m.unclaimed.clone());
+        let Some(owner) = owner else {
+            return session.reply(id, Err(replies::not_kept(&url)));
+        };
+        if let Err(why) = crate::link::resume::admits(&owner, claimed, secret, session.caller.uid) {
+            tracing::warn!(target = %url, uid = ?session.caller.uid, pid = session.caller.pid, %why, "resume refused");
+            return session.reply(id, Err(replies::not_the_owner(&url)));
+        }
+        // The entry may have been removed while nobody renewed it: one more renewal,
+        // conditional on the version this daemon wrote, decides.
+        let sent = Instant::now();
+        match self.rewrite_entry(state).await {
+            Ok(Changed::Done | Changed::Full) => {
+                let joint = state
+                    .phase
+                    .joint_mut()
+                    .expect("rewritten while held jointly");
+                joint.valid_until = self.valid_until(sent, joint.entry.ttl);
+                let member = joint
+                    .members
+                    .iter_mut()
+                    .find(|m| m.lock_id == lock_id)
+                    .expect("found above");
+                member.session = session.clone();
+                member.acquire_id = id;
+                member.since = Instant::now();
+                member.unclaimed = None;
+                let all_back = joint.members.iter().all(|m| m.unclaimed.is_none());
+                let (entry_id, ttl, valid_until) = (
+                    joint.entry.lock_id.clone(),
+                    joint.entry.ttl,
+                    joint.valid_until,
+                );
+                if all_back {
+                    // Every kept share has its holder again: nobody else can believe in one.
+                    state.resume_fence = None;
+                }
+                // The new session's credentials from now on: a second restart hands the share
+                // to this connection.
+                self.ctx.journal_member(&entry_id, lock_id, &session);
+                let joint = state.joint().expect("still held jointly");
+                let grant =
+                    self.joint_grant(state, &joint.entry, lock_id.to_owned(), valid_until, None);
+                session.reply(id, Ok(Response::Granted(grant)));
+                if !ttl.is_zero() {
+                    let next = first_renewal(ttl).saturating_sub(sent.elapsed());
+                    schedule_renewal(myself, state, next);
+                }
+                tracing::info!(target = %url, %lock_id, uid = ?session.caller.uid, pid = session.caller.pid, "holding resumed");
+                if all_back {
+                    self.serve_queue(myself, state).await;
+                }
+            }
+            Ok(Changed::Gone | Changed::Deleted) => {
+                let reason = replies::replaced_by_someone_else(&url);
+                session.reply(
+                    id,
+                    Err(WireError::new(ErrorKind::LeaseLost, reason.clone())),
+                );
+                self.lose_joint(myself, state, reason).await;
+            }
+            // Kept as it is: the client may ask again while the window is open.
+            Err(e) => session.reply(id, Err(replies::store_error(e))),
         }
     }
 
@@ -184,6 +386,14 @@ impl LockActor {
         secret: &Secret,
     ) {
         let url = state.target.url.clone();
+        if state
+            .joint()
+            .is_some_and(|j| j.members.iter().any(|m| m.lock_id == lock_id))
+        {
+            return self
+                .resume_member(myself, state, session, id, lock_id, claimed, secret)
+                .await;
+        }
         let owner = match state.holding() {
             Some(holding) if holding.record.lock_id == lock_id => holding.unclaimed.clone(),
             _ => None,
@@ -259,7 +469,20 @@ impl LockActor {
             return;
         }
         state.resume_fence = None;
-        if state.holding().is_some_and(|h| h.unclaimed.is_some()) {
+        let unclaimed: Vec<vfslock_proto::RequestId> = state.joint().map_or_else(Vec::new, |j| {
+            j.members
+                .iter()
+                .filter(|m| m.unclaimed.is_some())
+                .map(|m| m.acquire_id)
+                .collect()
+        });
+        if !unclaimed.is_empty() {
+            tracing::info!(target = %state.target.url, members = unclaimed.len(), "nobody resumed some shares of a shared holding of the previous run within the resume window; released");
+            for acquire_id in unclaimed {
+                let _ = self.leave_joint(myself, state, NOBODY, acquire_id).await;
+            }
+            self.serve_queue(myself, state).await;
+        } else if state.holding().is_some_and(|h| h.unclaimed.is_some()) {
             let reason = replies::not_resumed(&state.target.url);
             tracing::info!(target = %state.target.url, "nobody resumed a holding of the previous run within the resume window; released");
             // Serves the queue once the file is gone.
@@ -269,3 +492,7 @@ impl LockActor {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tests/resume.rs"]
+mod tests;

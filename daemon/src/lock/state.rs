@@ -171,6 +171,9 @@ pub struct Member {
     pub owner_id: Option<String>,
     /// The timer that ends it at its max-hold, stopped with it.
     pub max_hold: Option<MaxHold>,
+    /// A share kept after a restart for the session that held it, until that session resumes
+    /// it (then `None`) or the resume window closes.
+    pub unclaimed: Option<Box<crate::journal::Owner>>,
 }
 
 impl Member {

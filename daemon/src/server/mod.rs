@@ -210,7 +210,7 @@ pub async fn serve(
             () = reload.recv() => {
                 #[cfg(unix)]
                 {
-                    let error = crate::reexec::replace_process(listener_fd(&listener), socket.as_deref());
+                    let error = crate::reexec::replace_process(listener_fd(&listener), socket.as_deref(), || ctx.hand_over_memory());
                     tracing::error!(%error, "cannot restart in place; serving on");
                 }
             }

@@ -31,6 +31,32 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Set, under the table's lock, when a planned restart has copied the table for the next
+    /// image: every operation fails from then on, so that nothing is granted, renewed or
+    /// released that the copy would not show.
+    sealed: std::sync::atomic::AtomicBool,
+}
+
+/// The table as a planned restart hands it to the next image (`seal_and_copy`, `load`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    /// Every path with a lock file or a fencing counter.
+    pub slots: Vec<HandedSlot>,
+}
+
+/// One path of the table.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct HandedSlot {
+    /// The path.
+    pub path: String,
+    /// The lock file, if there is one (lock files are JSON, so text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Bytes that are not UTF-8, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_hex: Option<String>,
+    /// The fencing counter.
+    pub counter: u64,
 }
 
 /// Paths are compared without their leading slashes, as the OpenDAL keys they replace were.
@@ -44,11 +70,77 @@ impl MemoryStore {
         Ok(MemoryStore::default())
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         // A panic while holding the lock leaves whole values only: the map stays usable.
         self.slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The table, unless a planned restart has sealed it.
+    fn slots(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Slot>>, StoreError> {
+        let slots = self.table();
+        if self.sealed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::new(
+                "vfslockd is restarting in place: its mem:// store was handed to the next image",
+            ));
+        }
+        Ok(slots)
+    }
+
+    /// Copies the table for the next image of a planned restart and seals it: every later
+    /// operation fails, so the copy stays exactly what the next image will serve.
+    pub fn seal_and_copy(&self) -> Handover {
+        let slots = self.table();
+        self.sealed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let slots = slots
+            .iter()
+            .map(|(path, slot)| {
+                let (file, file_hex) =
+                    match slot.file.as_ref().map(|b| String::from_utf8(b.clone())) {
+                        None => (None, None),
+                        Some(Ok(text)) => (Some(text), None),
+                        Some(Err(e)) => (None, Some(hex(e.as_bytes()))),
+                    };
+                HandedSlot {
+                    path: path.clone(),
+                    file,
+                    file_hex,
+                    counter: slot.counter,
+                }
+            })
+            .collect();
+        Handover { slots }
+    }
+
+    /// Serves again after a planned restart that could not go ahead.
+    pub fn unseal(&self) {
+        let _slots = self.table();
+        self.sealed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fills the table with what the previous image handed over. Returns how many lock files.
+    pub fn load(&self, handed: Handover) -> usize {
+        let mut slots = self.table();
+        let mut files = 0;
+        for slot in handed.slots {
+            let file = match (slot.file, slot.file_hex) {
+                (Some(text), _) => Some(text.into_bytes()),
+                (None, Some(hex)) => unhex(&hex),
+                (None, None) => None,
+            };
+            files += usize::from(file.is_some());
+            slots.insert(
+                key(&slot.path).to_owned(),
+                Slot {
+                    file,
+                    counter: slot.counter,
+                },
+            );
+        }
+        files
     }
 
     pub(super) async fn create(
@@ -57,7 +149,7 @@ impl MemoryStore {
         floor: u64,
         make: MakeLock,
     ) -> Result<Created, StoreError> {
-        let mut slots = self.slots();
+        let mut slots = self.slots()?;
         if slots.get(key(path)).is_some_and(|slot| slot.file.is_some()) {
             return Ok(Created::Exists);
         }
@@ -76,7 +168,7 @@ impl MemoryStore {
 
     pub(super) async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
         Ok(self
-            .slots()
+            .slots()?
             .get(key(path))
             .and_then(|slot| slot.file.clone())
             .map(|bytes| Observed {
@@ -93,7 +185,7 @@ impl MemoryStore {
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
-        let mut slots = self.slots();
+        let mut slots = self.slots()?;
         let Some(slot) = slots
             .get_mut(key(path))
             .filter(|slot| slot.file.as_deref() == Some(&expected.bytes[..]))
@@ -122,7 +214,7 @@ impl MemoryStore {
         path: &str,
         expected: &Version,
     ) -> Result<Conditional, StoreError> {
-        let mut slots = self.slots();
+        let mut slots = self.slots()?;
         match slots.get_mut(key(path)) {
             Some(slot) if slot.file.as_deref() == Some(&expected.bytes[..]) => {
                 slot.file = None;
@@ -133,9 +225,53 @@ impl MemoryStore {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A planned restart hands the table over whole (lock files and fencing counters), and the
+    /// old image serves nothing after the copy.
+    #[tokio::test]
+    async fn a_sealed_copy_loads_into_the_next_store() {
+        let old = MemoryStore::new().unwrap();
+        let Created::Won(first) = old.create("/a.lock", 0, fixed(b"one")).await.unwrap() else {
+            panic!("first create wins")
+        };
+        old.create("/b.lock", 0, Box::new(|_| vec![0xff, 0, 1]))
+            .await
+            .unwrap();
+        old.create("/gone.lock", 0, fixed(b"x")).await.unwrap();
+        old.delete("/gone.lock", &v(b"x")).await.unwrap();
+        let handed = old.seal_and_copy();
+        assert!(old.read("/a.lock").await.is_err(), "sealed");
+        assert!(old.create("/c.lock", 0, fixed(b"c")).await.is_err());
+        let text = serde_json::to_vec(&handed).unwrap();
+        let new = MemoryStore::new().unwrap();
+        assert_eq!(new.load(serde_json::from_slice(&text).unwrap()), 2);
+        assert_eq!(new.read("/a.lock").await.unwrap().unwrap().bytes, b"one");
+        assert_eq!(
+            new.read("/b.lock").await.unwrap().unwrap().bytes,
+            vec![0xff, 0, 1]
+        );
+        assert_eq!(new.read("/gone.lock").await.unwrap(), None);
+        let Created::Won(again) = new.create("/gone.lock", 0, fixed(b"y")).await.unwrap() else {
+            panic!("free")
+        };
+        assert!(again.token > first.token, "counters carry over");
+        old.unseal();
+        assert!(old.read("/a.lock").await.is_ok(), "unsealed");
+    }
 
     fn v(bytes: &[u8]) -> Version {
         Version {

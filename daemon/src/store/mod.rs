@@ -486,6 +486,31 @@ impl Store {
         matches!(self.backend, Backend::Object(_))
     }
 
+    /// A `mem://` store's table, copied for the next image of a planned restart, after which
+    /// the store fails every operation (`None` for other stores).
+    pub fn seal_memory(&self) -> Option<memory::Handover> {
+        match &self.backend {
+            Backend::Memory(s) => Some(s.seal_and_copy()),
+            _ => None,
+        }
+    }
+
+    /// Undoes [`Store::seal_memory`]: the planned restart could not go ahead.
+    pub fn unseal_memory(&self) {
+        if let Backend::Memory(s) = &self.backend {
+            s.unseal();
+        }
+    }
+
+    /// Loads what the previous image of a planned restart handed over into a `mem://` store;
+    /// how many lock files.
+    pub fn load_memory(&self, handed: memory::Handover) -> usize {
+        match &self.backend {
+            Backend::Memory(s) => s.load(handed),
+            _ => 0,
+        }
+    }
+
     /// Whether only this daemon can see the store's lock files (`mem://`): nobody outside it can
     /// wait for them, and they end with the daemon, so a crash leaves nothing to clean up.
     pub fn is_private(&self) -> bool {
@@ -679,6 +704,11 @@ impl Stores {
                 .find(|(prefix, _)| address.has_prefix(prefix))
                 .map(|(_, store)| store.clone()),
         }
+    }
+
+    /// The `mem://` store, if served.
+    pub fn memory(&self) -> Option<&Arc<Store>> {
+        self.memory.as_ref()
     }
 
     /// The configured prefixes, for the error that refuses an unserved target.
