@@ -247,3 +247,8 @@ async fn a_planned_restart_under_load_keeps_every_lock_on_file() {
 async fn a_planned_restart_under_load_keeps_every_lock_on_s3() {
     restart_under_load(Store::S3).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_restart_under_load_keeps_every_lock_on_mem() {
+    restart_under_load(Store::Mem).await;
+}
