@@ -17,6 +17,8 @@
 //! daemon) tries again after 1 ms, so that a refused probe does not spin a pinned CPU.
 //!
 //! `bench_suite restart [--locks N] [--connections C] [--rounds R]` prints one markdown table.
+//! `$VFSLOCK_BENCH_RESTART_LOG` sets the daemon's log filter instead (it must keep the resume
+//! module at `info`), and `$VFSLOCK_BENCH_RESTART_KEEP_LOG=FILE` keeps its log there.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -62,7 +64,9 @@ struct Daemon {
 impl Daemon {
     fn start(bin_dir: &Path, dir: &Path) -> Daemon {
         let mut launch = Launch::in_dir(bin_dir.join("vfslockd"), dir);
-        launch.log_filter = "warn,vfslockd::lock::resume=info".into();
+        // `$VFSLOCK_BENCH_RESTART_LOG` (a filter) logs more, to see where a restart's time goes.
+        launch.log_filter = std::env::var("VFSLOCK_BENCH_RESTART_LOG")
+            .unwrap_or_else(|_| "warn,vfslockd::lock::resume=info".into());
         std::fs::write(
             &launch.config,
             format!(
@@ -400,7 +404,15 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
         let restarted = Instant::now();
         daemon.spawn();
         let (all, count) = counter.wait_for(params.locks, WINDOW + Duration::from_secs(2));
-        r.crash_resumed_share = count as f64 / params.locks as f64;
+        // Nothing held: nothing to lose.
+        let of = |n: usize| {
+            if params.locks == 0 {
+                1.0
+            } else {
+                n as f64 / params.locks as f64
+            }
+        };
+        r.crash_resumed_share = of(count);
         r.crash_resume_all = all.map_or(f64::NAN, |all| ms(all - restarted));
         std::thread::sleep(AFTER_RESUME);
         let (gap, answers) = runtime.block_on(probe.finish(killed));
@@ -411,7 +423,7 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
             std::thread::sleep((restarted + WINDOW + Duration::from_secs(1)) - Instant::now());
         }
         let held = locks.iter().filter(|lock| lock.is_held()).count();
-        r.crash_held_share = held as f64 / params.locks as f64;
+        r.crash_held_share = of(held);
         if held < params.locks {
             let retaken = runtime.block_on(retake(&socket, &mut locks));
             eprintln!("bench restart: round {round}: {retaken} lost locks taken again");
@@ -428,6 +440,9 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
             r.crash_resume_all
         );
         rounds.push(r);
+    }
+    if let Some(keep) = std::env::var_os("VFSLOCK_BENCH_RESTART_KEEP_LOG") {
+        std::fs::copy(daemon.log(), keep).expect("keep the daemon's log");
     }
     // The daemon's CPU cores as seen by this process (pinned or not).
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
