@@ -136,8 +136,9 @@ async fn fifty_locks_are_all_resumed_after_a_crash_within_the_window() {
 /// (b) 50 locks, `kill -9`, and the daemon started again only after every holder has gone
 /// more than W without a word from it: every holder hears of its loss, and every one of those
 /// losses comes before the restarted daemon grants any of the targets to the clients that
-/// wait for them; nothing is resumed; the lock files are kept until the window closes, then
-/// removed, and the waiters get the targets with higher tokens.
+/// wait for them; nothing is resumed; the targets are refused to everyone and the lock files
+/// kept until the window closes, then removed, and the waiters get the targets with higher
+/// tokens.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_window_every_holder_hears_of_its_loss_before_anyone_else_gets_a_lock() {
     // Long enough that the files can be seen kept right after the restart on a slow machine,
@@ -174,8 +175,16 @@ async fn after_the_window_every_holder_hears_of_its_loss_before_anyone_else_gets
             lock.target()
         );
     }
-    // Another client waits on every target and records when it got it.
+    // Another client is refused every target while the window is open (given to nobody), then
+    // waits on every target and records when it got it.
     let other = daemon.client().await;
+    for lock in &locks {
+        let mut early = other.new_lock(lock.target(), LockOptions::default());
+        let error = within("a try during the window", early.acquire())
+            .await
+            .expect_err("kept for nobody until the window closes");
+        assert!(error.is_already_held(), "{}: {error}", lock.target());
+    }
     let waits = locks.iter().map(|lock| {
         let mut waiter = other.new_lock(lock.target(), LockOptions::default());
         async move {
