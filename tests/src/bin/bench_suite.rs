@@ -7,6 +7,7 @@
 //! bench_suite drive --socket S --target T [--cycles N] [--targets N]   # load for a profiler
 //! bench_suite compare --old F1,F2.. --new F1,F2.. [--tolerance 0.05]  # two builds' passes
 //! bench_suite hops [--cycles N] [--target mem|file] [--blocking]  # switches, migrations
+//! bench_suite restart [--locks N] [--connections C] [--rounds R]  # held locks across restarts
 //! ```
 //!
 //! A pass measures every section once, under whatever CPU affinity it was started with
@@ -32,6 +33,8 @@ mod hops;
 mod peers;
 #[path = "bench_suite/report.rs"]
 mod report;
+#[path = "bench_suite/restart.rs"]
+mod restart;
 #[path = "bench_suite/sections.rs"]
 mod sections;
 
@@ -156,7 +159,8 @@ const USAGE: &str = "usage:
   bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
   bench_suite drive --socket S --target T [--cycles N] [--targets N]
   bench_suite compare --old FILE,FILE.. --new FILE,FILE.. [--tolerance 0.05]
-  bench_suite hops [--cycles N] [--target mem|file] [--blocking]";
+  bench_suite hops [--cycles N] [--target mem|file] [--blocking]
+  bench_suite restart [--locks N] [--connections C] [--rounds R]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -258,6 +262,25 @@ fn main() -> ExitCode {
             let target = flag("--target").unwrap_or_else(|| "mem".into());
             let blocking = args.iter().any(|a| a == "--blocking");
             print!("{}", hops::run(&bin_dir, cycles, &target, blocking));
+            ExitCode::SUCCESS
+        }
+        Some("restart") => {
+            let bin_dir = match vfslock_tests::find_bin("vfslockd") {
+                Ok(vfslockd) => vfslockd.parent().expect("a file's directory").to_owned(),
+                Err(e) => {
+                    eprintln!("bench_suite: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let number = |name: &str, default: usize| {
+                flag(name).and_then(|n| n.parse().ok()).unwrap_or(default)
+            };
+            let params = restart::Params {
+                locks: number("--locks", 10_000),
+                connections: number("--connections", 4),
+                rounds: number("--rounds", 3),
+            };
+            print!("{}", restart::run(&bin_dir, &params));
             ExitCode::SUCCESS
         }
         Some("drive") => {

@@ -295,6 +295,111 @@ pub(crate) fn sections(
     all
 }
 
+/// What became of the holdings a daemon kill found: counted once per kill and holding of a
+/// client of the killed daemon (a holding that two kills found counts twice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KillHoldings {
+    /// Holdings (entered, not yet released) of the killed daemon's clients at the kill.
+    pub(crate) held: u64,
+    /// Of those, the ones that outlived the restart: no loss heard, the release afterwards
+    /// went through (the restarted daemon had them back), or a later kill found them still
+    /// held.
+    pub(crate) resumed: u64,
+    /// The ones lost: their holder heard of the loss, or their release was refused with
+    /// `LeaseLost`.
+    pub(crate) lost: u64,
+}
+
+/// The daemon a worker identity (`h<daemon>-c<client>`) talks to; `None` for the partition
+/// run's own clients.
+pub(crate) fn daemon_of(client: &str) -> Option<usize> {
+    let (daemon, _) = client.strip_prefix('h')?.split_once("-c")?;
+    daemon.parse().ok()
+}
+
+/// Sorts the holdings found by each daemon kill (`kills`: daemon index and instant) into the
+/// resumed and the lost. A holding runs from its enter record to its release record (or its
+/// loss); the rest (a worker killed while holding, one still holding at the end of the run, a
+/// release that failed otherwise) counts as held only.
+pub(crate) fn across_kills(instances: &[Instance], kills: &[(usize, u64)]) -> KillHoldings {
+    #[derive(PartialEq)]
+    enum Outcome {
+        Resumed,
+        Lost,
+        Unknown,
+    }
+    let mut out = KillHoldings::default();
+    for instance in instances {
+        let Some(daemon) = daemon_of(&instance.client) else {
+            continue;
+        };
+        let kills: Vec<u64> = kills
+            .iter()
+            .filter(|(d, _)| *d == daemon)
+            .map(|(_, t)| *t)
+            .collect();
+        if kills.is_empty() {
+            continue;
+        }
+        // (target, enter, end, outcome) of every holding of this process.
+        let mut holdings: Vec<(usize, u64, u64, Outcome)> = Vec::new();
+        let mut open: Vec<(usize, u64)> = Vec::new();
+        let close = |open: &mut Vec<(usize, u64)>, target: usize| {
+            let at = open.iter().position(|(t, _)| *t == target)?;
+            Some(open.remove(at).1)
+        };
+        for record in &instance.records {
+            match record {
+                Record::Enter { t, target, .. } => open.push((*target, *t)),
+                Record::Lost { t, target, .. } => {
+                    if let Some(enter) = close(&mut open, *target) {
+                        holdings.push((*target, enter, *t, Outcome::Lost));
+                    }
+                }
+                Record::Released {
+                    t,
+                    target,
+                    error,
+                    lease_lost,
+                } => {
+                    if let Some(enter) = close(&mut open, *target) {
+                        let outcome = match (error, lease_lost) {
+                            (None, _) => Outcome::Resumed,
+                            (Some(_), true) => Outcome::Lost,
+                            (Some(_), false) => Outcome::Unknown,
+                        };
+                        holdings.push((*target, enter, *t, outcome));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let end = instance.killed_at.unwrap_or(u64::MAX);
+        holdings.extend(
+            open.into_iter()
+                .map(|(target, enter)| (target, enter, end, Outcome::Unknown)),
+        );
+        for (_, enter, end, outcome) in &holdings {
+            let found: Vec<u64> = kills
+                .iter()
+                .copied()
+                .filter(|k| enter < k && k < end)
+                .collect();
+            for (i, _) in found.iter().enumerate() {
+                out.held += 1;
+                // Every kill but the last that found the holding: it was still held at the
+                // next one, so it outlived this one.
+                if i + 1 < found.len() || *outcome == Outcome::Resumed {
+                    out.resumed += 1;
+                } else if *outcome == Outcome::Lost {
+                    out.lost += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Checks the records of a run. `origin` is the run's start (for descriptions only).
 /// `tokens`: whether the store grants fencing tokens; if not (SFTP), sections without one
 /// are expected and the token order is not checked. `mode`: the run's lock modes (a
@@ -1124,5 +1229,32 @@ mod tests {
         assert!(analysis.problems[0].contains("timed out"));
         // Elsewhere a timeout is counted, not a violation.
         assert!(run(&instances[..1]).is_clean());
+    }
+    #[test]
+    fn the_holdings_a_daemon_kill_found_are_sorted_into_resumed_and_lost() {
+        let instances = [
+            // Daemon 0's clients: one resumed (it exits at 95 and its release, 2 ns later,
+            // lands after the kill), one lost, one that entered after the kill, one killed
+            // while holding.
+            Worker::new("h0-c0").enter(0, 90, 1).exit(0, 95).done(),
+            Worker::new("h0-c1").enter(1, 80, 2).lost(1, 130).done(),
+            Worker::new("h0-c2").enter(0, 110, 3).exit(0, 120).done(),
+            Worker::new("h0-c3").enter(1, 70, 4).killed(150).done(),
+            // Daemon 1's client holds across daemon 0's kill: not counted for it; and through
+            // its own two kills (at 200 and 300), released after them.
+            Worker::new("h1-c0").enter(0, 50, 5).exit(0, 310).done(),
+        ];
+        let kills = [(0, 95 * MS + 1), (1, 200 * MS), (1, 300 * MS)];
+        let found = across_kills(&instances, &kills);
+        assert_eq!(
+            found,
+            KillHoldings {
+                held: 5,
+                resumed: 3,
+                lost: 1
+            }
+        );
+        assert_eq!(daemon_of("h12-c3"), Some(12));
+        assert_eq!(daemon_of("part-h0"), None);
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use vfslock_tests::{find_bin, tail, Launch, NotServing};
 
-use crate::analysis::{analyze, Analysis, Instance};
+use crate::analysis::{across_kills, analyze, Analysis, Instance, KillHoldings};
 use crate::modes::Mode;
 use crate::partition::{Network, PartitionReport};
 use crate::records::{now_ns, read_log, Record};
@@ -357,6 +357,8 @@ struct Run {
     object: Option<ObjectStore>,
     /// Daemons SIGKILLed (and restarted).
     daemon_kills: u64,
+    /// Which daemon each of those kills hit, and when (taken just before the `kill`).
+    daemon_kill_times: Vec<(usize, u64)>,
     /// While this file exists, the daemons inject their store faults.
     faults_switch: PathBuf,
     /// The partition thread and its network, in `--partition` mode.
@@ -677,6 +679,7 @@ impl Run {
         let Some(mut child) = daemon.child.take() else {
             return Ok(());
         };
+        self.daemon_kill_times.push((index, now_ns()));
         signal(&child, libc::SIGKILL);
         let _ = child.wait();
         self.daemon_kills += 1;
@@ -1016,6 +1019,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         daemon_failures: Vec::new(),
         object,
         daemon_kills: 0,
+        daemon_kill_times: Vec::new(),
         faults_switch,
         partition: None,
     };
@@ -1149,6 +1153,7 @@ fn run(args: RunArgs) -> Result<bool, String> {
         orphans: orphans.len(),
         injected: (args.faults.is_some() || args.store_faults()).then(|| run.injected_faults()),
         daemon_kills: run.daemon_kills,
+        across_kills: across_kills(&instances, &run.daemon_kill_times),
         partition: partition.as_ref(),
     };
     // A daemon that died, or a worker that exited by itself (a panic, in the client library
@@ -1220,6 +1225,8 @@ struct Report<'a> {
     injected: Option<u64>,
     /// Daemons SIGKILLed and restarted.
     daemon_kills: u64,
+    /// What became of the holdings those kills found.
+    across_kills: KillHoldings,
     /// In partition mode: what the partitions showed.
     partition: Option<&'a PartitionReport>,
 }
@@ -1280,7 +1287,11 @@ impl Report<'_> {
     fn chaos_columns(&self) -> String {
         let mut columns = String::new();
         if self.args.chaos || !self.args.kill_daemon_every.is_zero() {
-            columns.push_str(&format!(" daemon_kills={}", self.daemon_kills));
+            let k = self.across_kills;
+            columns.push_str(&format!(
+                " daemon_kills={} held_at_kills={} resumed={} lost={}",
+                self.daemon_kills, k.held, k.resumed, k.lost
+            ));
         }
         if let Some(p) = self.partition {
             columns.push_str(&format!(
@@ -1442,6 +1453,7 @@ mod tests {
             orphans: 0,
             injected: None,
             daemon_kills: 0,
+            across_kills: KillHoldings::default(),
             partition: None,
         };
         assert_eq!(
@@ -1491,10 +1503,11 @@ mod tests {
             orphans: 0,
             injected: Some(40),
             daemon_kills: 4,
+            across_kills: KillHoldings::default(),
             partition: None,
         };
         assert!(report.summary().ends_with(
-            " store=file injected=40 daemon_kills=4 mode=mixed shared_sections=600 \
+            " store=file injected=40 daemon_kills=4 held_at_kills=0 resumed=0 lost=0 mode=mixed shared_sections=600 \
              shared_overlaps=250 max_concurrent=5 rejected_reads=0"
         ));
         assert!(report.passes());
@@ -1543,6 +1556,7 @@ mod tests {
             orphans: 0,
             injected: None,
             daemon_kills: 0,
+            across_kills: KillHoldings::default(),
             partition: None,
         };
         assert!(report.summary().ends_with(
@@ -1585,10 +1599,11 @@ mod tests {
             orphans: 0,
             injected: Some(40),
             daemon_kills: 4,
+            across_kills: KillHoldings::default(),
             partition: Some(&partition),
         };
         assert!(report.summary().ends_with(
-            " store=s3 injected=40 daemon_kills=4 partitions=2 lost_before_ttl=2 \
+            " store=s3 injected=40 daemon_kills=4 held_at_kills=0 resumed=0 lost=0 partitions=2 lost_before_ttl=2 \
              taken_after_ttl=2 untouched_after_heal=2 partition_failures=0"
         ));
         assert!(report.passes());
