@@ -69,6 +69,8 @@ pub struct Context {
     /// The next waiter's place (`crate::lock::requeue`): above every place a previous run
     /// left in the journal, so that newcomers queue behind the waiters that ask again.
     next_wait_ordinal: AtomicU64,
+    /// Turns for the store work of a restart ([`RestartWork`]).
+    pub restart_work: RestartWork,
     /// How often the daemon restarted and what this start kept of the run before; no restart
     /// where a daemon runs without a journal.
     pub restarts: crate::restarts::RestartFigures,
@@ -110,6 +112,31 @@ impl Watched {
     }
 }
 
+/// The store work of a restart (keeping the previous run's holdings, handing them back) takes
+/// turns, a few at a time. A restart with thousands of holdings would otherwise make every one
+/// of their actors runnable at once, and each request of everyone else (a new lock, a ping)
+/// would wait behind all of them in the runtime's queues: with turns, it waits behind a few.
+/// The work itself takes as long either way; the targets are fenced before they wait.
+#[derive(Debug)]
+pub struct RestartWork(tokio::sync::Semaphore);
+
+/// How many targets do restart work at once: enough to keep a store's round trips overlapping.
+const RESTART_TURNS: usize = 4;
+
+impl Default for RestartWork {
+    fn default() -> Self {
+        RestartWork(tokio::sync::Semaphore::new(RESTART_TURNS))
+    }
+}
+
+impl RestartWork {
+    /// Waits for a turn; the turn ends when the guard is dropped.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // Never closed: an error cannot happen, and would only mean no waiting.
+        self.0.acquire().await.ok()
+    }
+}
+
 impl Context {
     /// A context for a daemon with these settings.
     pub fn new(settings: Settings, stores: Stores, host_id: String) -> Self {
@@ -135,6 +162,7 @@ impl Context {
             shutting_down: AtomicBool::new(false),
             watched: Watched::default(),
             next_wait_ordinal: AtomicU64::new(1),
+            restart_work: RestartWork::default(),
         }
     }
 

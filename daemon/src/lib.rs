@@ -209,10 +209,15 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     let registry = lock::Registry::start(ctx.clone())
         .await
         .map_err(startup::StartError::Supervisor)?;
-    keep_for_resume(&ctx, &registry, kept).await;
+    keep_for_resume(&ctx, &registry, kept);
     if !window.is_zero() {
-        keep_places(&ctx, &registry, waits).await;
+        keep_places(&ctx, &registry, waits);
     }
+    // The owed targets' actors start in the background, while clients are served.
+    tokio::spawn({
+        let registry = registry.clone();
+        async move { registry.deliver_owed().await }
+    });
     if ctx.restarts.is_restart() {
         // One line for the whole daemon, however many targets the window fenced.
         let ctx = ctx.clone();
@@ -255,51 +260,37 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     Ok(())
 }
 
-/// Hands each holding of the previous run that its session may resume to its target's actor,
-/// before any client is served: the actor keeps it until the resume window closes, W after
-/// this daemon's start.
-async fn keep_for_resume(
-    ctx: &Arc<Context>,
-    registry: &Arc<lock::Registry>,
-    kept: Vec<journal::Left>,
-) {
-    if kept.is_empty() {
-        return;
-    }
+/// Owes each holding of the previous run that its session may resume to its target's actor,
+/// before any client is served ([`lock::Registry::owe`]): the actor keeps it until the resume
+/// window closes, W after this daemon's start.
+fn keep_for_resume(ctx: &Arc<Context>, registry: &Arc<lock::Registry>, kept: Vec<journal::Left>) {
     let until = ctx.started + ctx.settings.locks.resume_window;
     for left in kept {
-        let routed = match address::Address::parse(&left.target) {
+        match address::Address::parse(&left.target) {
             Ok(address) => {
                 let message = lock::LockMessage::Adopt(Box::new(lock::resume::Kept {
-                    lock_id: left.lock_id.clone(),
+                    lock_id: left.lock_id,
                     owner: left.owner,
                     members: left.members,
                     until,
                 }));
-                registry
-                    .route(&Arc::new(address), message)
-                    .await
-                    .map_err(|e| e.to_string())
+                registry.owe(Arc::new(address), message);
             }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(reason) = routed {
-            tracing::warn!(target = %left.target, %reason, "cannot keep a holding of the previous run");
-            ctx.restarts.count_lost();
-            if let Some(journal) = &ctx.journal {
-                journal.release(&left.lock_id);
+            Err(e) => {
+                tracing::warn!(target = %left.target, reason = %e, "cannot keep a holding of the previous run");
+                ctx.restarts.count_lost();
+                if let Some(journal) = &ctx.journal {
+                    journal.release(&left.lock_id);
+                }
             }
         }
     }
 }
 
-/// Holds the places of the previous run's waiters for their sessions to ask for again, before
-/// any client is served, until the resume window closes; every later waiter queues behind them.
-async fn keep_places(
-    ctx: &Arc<Context>,
-    registry: &Arc<lock::Registry>,
-    waits: Vec<journal::LeftWait>,
-) {
+/// Owes the places of the previous run's waiters to their targets' actors, before any client is
+/// served, for their sessions to ask for again until the resume window closes; every later
+/// waiter queues behind them.
+fn keep_places(ctx: &Arc<Context>, registry: &Arc<lock::Registry>, waits: Vec<journal::LeftWait>) {
     let Some(last) = waits.iter().map(|wait| wait.ordinal).max() else {
         return;
     };
@@ -318,21 +309,16 @@ async fn keep_places(
             .push((wait.ordinal, wait.owner));
     }
     for (target, waits) in by_target {
-        let ordinals: Vec<u64> = waits.iter().map(|(ordinal, _)| *ordinal).collect();
-        let routed = match address::Address::parse(&target) {
-            Ok(address) => registry
-                .route(
-                    &Arc::new(address),
-                    lock::LockMessage::AdoptWaits { waits, until },
-                )
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(reason) = routed {
-            tracing::warn!(%target, %reason, "cannot keep the places of the previous run's waiters");
-            for ordinal in ordinals {
-                ctx.journal_waited(ordinal);
+        match address::Address::parse(&target) {
+            Ok(address) => {
+                let message = lock::LockMessage::AdoptWaits { waits, until };
+                registry.owe(Arc::new(address), message);
+            }
+            Err(e) => {
+                tracing::warn!(%target, reason = %e, "cannot keep the places of the previous run's waiters");
+                for (ordinal, _) in waits {
+                    ctx.journal_waited(ordinal);
+                }
             }
         }
     }

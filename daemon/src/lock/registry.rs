@@ -13,6 +13,14 @@
 //! [`LockMessage::Recover`] under the same lock: every request stamped with the failed actor is
 //! stamped before the swap, and the successor's cleanup runs before anything routed to it.
 //!
+//! A restart owes targets their startup messages (the previous run's holdings and waiters'
+//! places to keep, [`Registry::owe`]). Starting thousands of actors at once would fill the
+//! runtime's queues ahead of every request of everyone else, so they are started one by one in
+//! the background ([`Registry::deliver_owed`]); a target asked for before its turn gets its
+//! actor at once. Either way the owed messages are put in the actor's mailbox when its entry is
+//! inserted, under the registry's lock: nothing routed to it can come before them, so the
+//! target is fenced before anyone can ask for it.
+//!
 //! [`SessionLink::routed`]: crate::link::SessionLink::routed
 
 use std::collections::HashMap;
@@ -37,11 +45,16 @@ struct Entry {
     tally: Arc<Tally>,
 }
 
+/// What a target without an actor yet is owed: its address, and the startup messages.
+type Owed = (Arc<Address>, Vec<LockMessage>);
+
 /// Lock actors by target key, under one supervisor.
 #[derive(Debug)]
 pub struct Registry {
     ctx: Arc<Context>,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Startup messages owed to targets without an actor yet (locked after `entries`).
+    owed: Mutex<HashMap<String, Owed>>,
     supervisor: OnceLock<ActorCell>,
 }
 
@@ -59,6 +72,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             ctx,
             entries: Mutex::default(),
+            owed: Mutex::default(),
             supervisor: OnceLock::new(),
         });
         let (supervisor, _) = Actor::spawn(
@@ -118,21 +132,80 @@ impl Registry {
                 target: address.url(),
                 reason: e.to_string(),
             })?;
-            let mut entries = self.entries.lock().expect("registry lock");
-            if entries.contains_key(key) {
-                // Another session started one first; ours was never routed anything.
-                actor.stop(None);
-                continue;
+            self.insert(address, actor, tally);
+        }
+    }
+
+    /// Makes `actor` the one of `address`, first giving it what the target is owed, unless
+    /// another was inserted meanwhile (then `actor`, never routed anything, stops).
+    fn insert(&self, address: &Arc<Address>, actor: ActorRef<LockMessage>, tally: Arc<Tally>) {
+        let key = address.key();
+        let mut entries = self.entries.lock().expect("registry lock");
+        if entries.contains_key(key) {
+            // Another session started one first; ours was never routed anything.
+            actor.stop(None);
+            return;
+        }
+        let owed = self.owed.lock().expect("owed lock").remove(key);
+        for message in owed.into_iter().flat_map(|(_, messages)| messages) {
+            // Not counted as routed: startup messages are not requests (`is_routed`).
+            let _ = actor.cast(message);
+        }
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                actor,
+                routed: 0,
+                address: address.clone(),
+                tally,
+            },
+        );
+    }
+
+    /// Owes the target of `address` the startup message `message`: its actor gets it before
+    /// anything routed to it.
+    pub fn owe(&self, address: Arc<Address>, message: LockMessage) {
+        let entries = self.entries.lock().expect("registry lock");
+        if let Some(entry) = entries.get(address.key()) {
+            let _ = entry.actor.cast(message);
+            return;
+        }
+        let mut owed = self.owed.lock().expect("owed lock");
+        let key = address.key().to_owned();
+        owed.entry(key)
+            .or_insert_with(|| (address, Vec::new()))
+            .1
+            .push(message);
+    }
+
+    /// Starts the actor of every target still owed its startup messages, one at a time;
+    /// returns how many it started. A target that fails to start keeps what it is owed for its
+    /// first request.
+    pub async fn deliver_owed(self: &Arc<Self>) -> usize {
+        let mut started = 0;
+        loop {
+            let next = {
+                let owed = self.owed.lock().expect("owed lock");
+                owed.values().next().map(|(address, _)| address.clone())
+            };
+            let Some(address) = next else {
+                return started;
+            };
+            match self.spawn(&address).await {
+                Ok((actor, tally)) => {
+                    self.insert(&address, actor, tally);
+                    started += 1;
+                    // A start may complete without ever waiting: let every other task run
+                    // between two, or thousands of them would hold a runtime thread.
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    // What is owed stays owed: the first request that names a target starts
+                    // its actor and delivers it first.
+                    tracing::warn!(target = %address.url(), error = %e, "cannot start the lock actors of the previous run's holdings now; each is started by its first request");
+                    return started;
+                }
             }
-            entries.insert(
-                key.to_owned(),
-                Entry {
-                    actor,
-                    routed: 0,
-                    address: address.clone(),
-                    tally,
-                },
-            );
         }
     }
 

@@ -95,6 +95,8 @@ impl LockActor {
         myself.send_after(fence.saturating_duration_since(Instant::now()), || {
             LockMessage::WindowClosed
         });
+        // The store work waits its turn: the fence above already keeps the target from anyone.
+        let _turn = self.ctx.restart_work.turn().await;
         if !state.phase.is_free() {
             // Two resumable holdings of one exclusive lock cannot both be ours.
             self.ctx.restarts.count_lost();
@@ -161,7 +163,7 @@ impl LockActor {
                 if !ttl.is_zero() {
                     schedule_renewal(myself, state, first_renewal(ttl));
                 }
-                tracing::info!(target = %url, lock_id = %kept.lock_id, "kept a holding of the previous run for its session to resume");
+                tracing::debug!(target = %url, lock_id = %kept.lock_id, "kept a holding of the previous run for its session to resume");
             }
             Ok(Replaced::Changed) => {
                 tracing::warn!(target = %url, lock_id = %kept.lock_id, "a holding of the previous run changed in the store while it was read: not kept");
@@ -265,7 +267,7 @@ impl LockActor {
         if !ttl.is_zero() {
             schedule_renewal(myself, state, first_renewal(ttl));
         }
-        tracing::info!(target = %url, entry = %own, members = kept_members, mode = %joint.mode.describe(), "kept a shared holding of the previous run for its holders to resume");
+        tracing::debug!(target = %url, entry = %own, members = kept_members, mode = %joint.mode.describe(), "kept a shared holding of the previous run for its holders to resume");
     }
 
     /// Hands the kept share `lock_id` of the joint holding here to `session` if it proves to
@@ -333,7 +335,7 @@ impl LockActor {
                     let next = first_renewal(ttl).saturating_sub(sent.elapsed());
                     schedule_renewal(myself, state, next);
                 }
-                tracing::info!(target = %url, %lock_id, uid = ?session.caller.uid, pid = session.caller.pid, "holding resumed");
+                tracing::debug!(target = %url, %lock_id, uid = ?session.caller.uid, pid = session.caller.pid, "holding resumed");
                 if all_back {
                     self.serve_queue(myself, state).await;
                 }
@@ -386,6 +388,7 @@ impl LockActor {
         secret: &Secret,
     ) {
         let url = state.target.url.clone();
+        let _turn = self.ctx.restart_work.turn().await;
         if state
             .joint()
             .is_some_and(|j| j.members.iter().any(|m| m.lock_id == lock_id))
@@ -443,7 +446,7 @@ impl LockActor {
                     let next = first_renewal(ttl).saturating_sub(sent.elapsed());
                     schedule_renewal(myself, state, next);
                 }
-                tracing::info!(target = %url, %lock_id, uid = ?session.caller.uid, pid = session.caller.pid, "holding resumed");
+                tracing::debug!(target = %url, %lock_id, uid = ?session.caller.uid, pid = session.caller.pid, "holding resumed");
             }
             Ok(Replaced::Changed) => {
                 let reason = replies::replaced_by_someone_else(&url);

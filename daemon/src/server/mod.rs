@@ -257,8 +257,12 @@ pub async fn serve(
     }
     #[cfg(not(unix))]
     let _ = socket;
-    let released =
-        tokio::time::timeout(ctx.settings.locks.shutdown_timeout, release_all(&registry)).await;
+    // Holdings of a previous run not yet adopted are released like the others.
+    let release = async {
+        registry.deliver_owed().await;
+        release_all(&registry).await
+    };
+    let released = tokio::time::timeout(ctx.settings.locks.shutdown_timeout, release).await;
     if released.is_err() {
         tracing::error!(
             "not every lock was released within {:?}; the rest go stale when their TTL runs out",

@@ -13,12 +13,12 @@
 //!   probes over a stretch without a restart, which the restart's gap is compared to.
 //!
 //! The resumed holdings are counted in the daemon's log (one `holding resumed` line each: the
-//! daemon logs at `warn` except for its resume module, at `info`). A probe that fails (no
+//! daemon logs at `warn` except for its resume module, at `debug`). A probe that fails (no
 //! daemon) tries again after 1 ms, so that a refused probe does not spin a pinned CPU.
 //!
 //! `bench_suite restart [--locks N] [--connections C] [--rounds R]` prints one markdown table.
 //! `$VFSLOCK_BENCH_RESTART_LOG` sets the daemon's log filter instead (it must keep the resume
-//! module at `info`), and `$VFSLOCK_BENCH_RESTART_KEEP_LOG=FILE` keeps its log there.
+//! module at `debug`), and `$VFSLOCK_BENCH_RESTART_KEEP_LOG=FILE` keeps its log there.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ impl Daemon {
         let mut launch = Launch::in_dir(bin_dir.join("vfslockd"), dir);
         // `$VFSLOCK_BENCH_RESTART_LOG` (a filter) logs more, to see where a restart's time goes.
         launch.log_filter = std::env::var("VFSLOCK_BENCH_RESTART_LOG")
-            .unwrap_or_else(|_| "warn,vfslockd::lock::resume=info".into());
+            .unwrap_or_else(|_| "warn,vfslockd::lock::resume=debug".into());
         std::fs::write(
             &launch.config,
             format!(
@@ -197,7 +197,18 @@ impl Probe {
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
                 let ok = match kind {
-                    ProbeKind::Ping => client.ping().await.is_ok(),
+                    ProbeKind::Ping => match client.ping().await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            if std::env::var_os("VFSLOCK_BENCH_RESTART_TRACE").is_some() {
+                                eprintln!(
+                                    "bench restart: ping failed at {:?}: {e}",
+                                    std::time::SystemTime::now()
+                                );
+                            }
+                            false
+                        }
+                    },
                     ProbeKind::TryAcquire => {
                         n += 1;
                         let mut lock =
@@ -240,11 +251,17 @@ impl Probe {
         let served = self.served.lock().expect("probe record");
         let first = served.partition_point(|at| *at < from).saturating_sub(1);
         let window = &served[first..];
-        let gap = window
-            .windows(2)
-            .map(|pair| pair[1] - pair[0])
-            .max()
-            .unwrap_or_default();
+        let widest = window.windows(2).max_by_key(|pair| pair[1] - pair[0]);
+        if std::env::var_os("VFSLOCK_BENCH_RESTART_TRACE").is_some() {
+            if let Some(pair) = widest {
+                eprintln!(
+                    "bench restart: widest gap from {:?} to {:?} after the signal",
+                    pair[0].saturating_duration_since(from),
+                    pair[1].saturating_duration_since(from)
+                );
+            }
+        }
+        let gap = widest.map(|pair| pair[1] - pair[0]).unwrap_or_default();
         (gap, window.len())
     }
 }
@@ -328,6 +345,13 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
         .enable_all()
         .build()
         .expect("client runtime");
+    // The probes have a runtime of their own: sharing one with the holders' thousands of
+    // resumes would measure how long the probe waited in this process, not at the daemon.
+    let probe_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("probe runtime");
     let started = Instant::now();
     let mut locks = runtime.block_on(hold(
         &socket,
@@ -345,7 +369,7 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
     for round in 0..params.rounds {
         let mut r = Round::default();
         // Baseline: the probes alone, the same locks held.
-        let probes = runtime.block_on(async {
+        let probes = probe_runtime.block_on(async {
             (
                 Probe::start(&socket, ProbeKind::Ping, tmpfs.path(), "base-ping").await,
                 Probe::start(&socket, ProbeKind::TryAcquire, tmpfs.path(), "base-try").await,
@@ -355,13 +379,13 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
         probes.1.wait_answered();
         let from = Instant::now();
         std::thread::sleep(BASELINE_FOR);
-        runtime.block_on(async {
+        probe_runtime.block_on(async {
             r.baseline_ping_gap = ms(probes.0.finish(from).await.0);
             r.baseline_try_gap = ms(probes.1.finish(from).await.0);
         });
 
         // Planned restart: SIGUSR2, the daemon re-executes itself.
-        let probes = runtime.block_on(async {
+        let probes = probe_runtime.block_on(async {
             (
                 Probe::start(&socket, ProbeKind::Ping, tmpfs.path(), "plan-ping").await,
                 Probe::start(&socket, ProbeKind::TryAcquire, tmpfs.path(), "plan-try").await,
@@ -382,7 +406,7 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
         });
         r.planned_resume_all = ms(all - signalled);
         std::thread::sleep(AFTER_RESUME);
-        runtime.block_on(async {
+        probe_runtime.block_on(async {
             r.planned_ping_gap = ms(probes.0.finish(signalled).await.0);
             r.planned_try_gap = ms(probes.1.finish(signalled).await.0);
         });
@@ -390,7 +414,7 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
         assert_eq!(lost, 0, "planned restart: {lost} holdings lost");
 
         // Crash: SIGKILL, started again 1 s later.
-        let probe = runtime.block_on(Probe::start(
+        let probe = probe_runtime.block_on(Probe::start(
             &socket,
             ProbeKind::TryAcquire,
             tmpfs.path(),
@@ -415,7 +439,7 @@ pub fn run(bin_dir: &Path, params: &Params) -> String {
         r.crash_resumed_share = of(count);
         r.crash_resume_all = all.map_or(f64::NAN, |all| ms(all - restarted));
         std::thread::sleep(AFTER_RESUME);
-        let (gap, answers) = runtime.block_on(probe.finish(killed));
+        let (gap, answers) = probe_runtime.block_on(probe.finish(killed));
         r.crash_try_gap = ms(gap);
         eprintln!("bench restart: crash probe: {answers} answers from the kill on");
         if all.is_none() {
