@@ -306,3 +306,44 @@ async fn each_resumable_share_is_journaled_under_the_entry() {
     );
     assert_eq!(text.matches("\"member\"").count(), 2, "{text}");
 }
+
+/// What a restart owes a target reaches its actor before any request, whether the request
+/// starts the actor or the background start does: a newcomer's try meets the fence of the
+/// previous run's waiter instead of a free lock.
+#[tokio::test]
+async fn owed_startup_messages_reach_the_actor_before_any_request() {
+    let daemon = Daemon::start().await;
+    let until = Instant::now() + Duration::from_secs(60);
+    let owe = |target: &str, ordinal: u64| {
+        let (_, owner) = previous_session(ordinal);
+        let address = Arc::new(crate::address::Address::parse(target).unwrap());
+        let waits = vec![(ordinal, owner)];
+        daemon
+            .registry
+            .owe(address, LockMessage::AdoptWaits { waits, until });
+    };
+    owe("mem:///owed/asked-first", 1);
+    owe("mem:///owed/started-in-background", 2);
+    let (session, mut frames) = daemon.session(1, 1000);
+    daemon
+        .acquire(&session, 1, "mem:///owed/asked-first", WaitMode::Try)
+        .await;
+    assert_eq!(refused(&mut frames).await.kind, ErrorKind::AlreadyHeld);
+
+    assert_eq!(daemon.registry.deliver_owed().await, 1, "the other target");
+    assert_eq!(daemon.registry.deliver_owed().await, 0, "nothing left owed");
+    daemon
+        .acquire(
+            &session,
+            2,
+            "mem:///owed/started-in-background",
+            WaitMode::Try,
+        )
+        .await;
+    assert_eq!(refused(&mut frames).await.kind, ErrorKind::AlreadyHeld);
+    // A target owed nothing is free.
+    daemon
+        .acquire(&session, 3, "mem:///owed/never", WaitMode::Try)
+        .await;
+    granted(&mut frames).await;
+}
