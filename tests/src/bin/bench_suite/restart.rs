@@ -18,7 +18,9 @@
 //!
 //! `bench_suite restart [--locks N] [--connections C] [--rounds R]` prints one markdown table.
 //! `$VFSLOCK_BENCH_RESTART_LOG` sets the daemon's log filter instead (it must keep the resume
-//! module at `debug`), and `$VFSLOCK_BENCH_RESTART_KEEP_LOG=FILE` keeps its log there.
+//! module at `debug`), `$VFSLOCK_BENCH_RESTART_KEEP_LOG=FILE` keeps its log there, and
+//! `$VFSLOCK_BENCH_RESTART_TRACE=1` prints where each probe's widest gap lies and every failed
+//! ping.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
