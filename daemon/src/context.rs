@@ -261,6 +261,13 @@ impl Context {
         }
     }
 
+    /// Records that the holding `lock_id` ends at its max-hold at `until`.
+    pub fn journal_cap(&self, lock_id: &str, until: SystemTime) {
+        if let Some(journal) = &self.journal {
+            journal.cap(lock_id, until);
+        }
+    }
+
     /// Records that the holder of `lock_id` is being told its lease is lost: no restart keeps
     /// the holding for it.
     pub fn journal_lost(&self, lock_id: &str) {

@@ -87,6 +87,11 @@ enum Entry {
         left: String,
         of: String,
     },
+    /// The holding `cap` ends at its max-hold, at this wall-clock time (Unix milliseconds).
+    Cap {
+        cap: String,
+        until_unix_ms: u64,
+    },
 }
 
 /// A waiter of a previous run whose place is kept for its session.
@@ -154,6 +159,8 @@ struct Inner {
     open: HashMap<String, Open>,
     /// Open waits by ordinal: the target and who may ask for the place again.
     waits: HashMap<u64, (String, Owner)>,
+    /// The max-hold deadline of open holdings that have one, Unix milliseconds.
+    caps: HashMap<String, u64>,
     lines: usize,
 }
 
@@ -309,6 +316,7 @@ impl Journal {
         })?;
         let mut open: HashMap<String, Open> = HashMap::new();
         let mut waits: HashMap<u64, (String, Owner)> = HashMap::new();
+        let mut caps: HashMap<String, u64> = HashMap::new();
         let _ = file.rewind();
         for line in BufReader::new(&file).lines() {
             // A torn last line (killed mid-write) is skipped; its store write never started.
@@ -388,6 +396,9 @@ impl Journal {
                 Ok(Entry::Waited { waited }) => {
                     waits.remove(&waited);
                 }
+                Ok(Entry::Cap { cap, until_unix_ms }) => {
+                    caps.insert(cap, until_unix_ms);
+                }
                 Err(_) => {}
             }
         }
@@ -407,6 +418,7 @@ impl Journal {
                     path,
                     open: HashMap::new(),
                     waits,
+                    caps,
                     lines: 0,
                 }),
             },
@@ -436,7 +448,30 @@ impl Journal {
             (left.lock_id.clone(), open)
         });
         inner.open = unsettled.chain(kept).collect();
+        let Inner { open, caps, .. } = &mut *inner;
+        caps.retain(|lock_id, _| open.contains_key(lock_id));
         inner.compact();
+    }
+
+    /// Records that the holding `lock_id` ends at its max-hold at `until`, so that a restart
+    /// ends it then too.
+    pub fn cap(&self, lock_id: &str, until: std::time::SystemTime) {
+        let until_unix_ms = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let mut inner = self.inner.lock().expect("journal lock");
+        inner.caps.insert(lock_id.to_owned(), until_unix_ms);
+        inner.append(&Entry::Cap {
+            cap: lock_id.to_owned(),
+            until_unix_ms,
+        });
+    }
+
+    /// When the open holding `lock_id` reaches its max-hold, if it has one.
+    pub fn cap_of(&self, lock_id: &str) -> Option<std::time::SystemTime> {
+        let inner = self.inner.lock().expect("journal lock");
+        let until = *inner.caps.get(lock_id)?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(until))
     }
 
     /// The waits a previous run left open, in the order they were queued.
@@ -596,6 +631,7 @@ impl Journal {
     /// Records that the holding `lock_id` is over (its file removed, taken over, or never won).
     pub fn release(&self, lock_id: &str) {
         let mut inner = self.inner.lock().expect("journal lock");
+        inner.caps.remove(lock_id);
         match inner.open.remove(lock_id) {
             Some(open) if !private(&open.target) => {}
             _ => return,
@@ -685,6 +721,14 @@ impl Inner {
             text.push(b'\n');
             for member in &open.members {
                 let line = Entry::member(lock_id, &member.lock_id, &member.owner);
+                text.extend(serde_json::to_vec(&line).expect("entries serialize"));
+                text.push(b'\n');
+            }
+            if let Some(until_unix_ms) = self.caps.get(lock_id) {
+                let line = Entry::Cap {
+                    cap: lock_id.clone(),
+                    until_unix_ms: *until_unix_ms,
+                };
                 text.extend(serde_json::to_vec(&line).expect("entries serialize"));
                 text.push(b'\n');
             }
@@ -932,6 +976,32 @@ mod tests {
         drop(journal);
         let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
         assert!(journal.left_waits().is_empty());
+    }
+
+    /// A holding's max-hold deadline outlives the process with the holding, to the
+    /// millisecond, and goes with it.
+    #[test]
+    fn a_max_hold_deadline_is_kept_with_its_holding() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = Path::new("/run/test.sock");
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_123);
+        {
+            let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+            journal.acquire("capped", "file:///data/a", Some(owner("s1", "h1")));
+            journal.cap("capped", until);
+            journal.acquire("gone", "file:///data/b", Some(owner("s1", "h1")));
+            journal.cap("gone", until);
+            journal.release("gone");
+            assert_eq!(journal.cap_of("gone"), None);
+        }
+        let (journal, left) = Journal::open(dir.path(), "h", socket).unwrap();
+        journal.restart(&[], &left);
+        assert_eq!(journal.cap_of("capped"), Some(until));
+        drop(journal);
+        // Compacted by the restart, and still there.
+        let (journal, _) = Journal::open(dir.path(), "h", socket).unwrap();
+        assert_eq!(journal.cap_of("capped"), Some(until));
+        assert_eq!(journal.cap_of("gone"), None);
     }
 
     fn owner(session: &str, hash: &str) -> Owner {

@@ -85,6 +85,11 @@ impl LockActor {
         // Held and counted before the holder hears: what it then asks (`status`) agrees.
         let (session, acquire_id) = (waiter.session.clone(), waiter.acquire_id);
         let max_hold = Self::max_hold_timer(myself, &waiter);
+        if max_hold.is_some() {
+            // Before the holder hears of it: a restart ends the holding at the same time.
+            let until = self.ctx.now() + waiter.max_hold.unwrap_or_default();
+            self.ctx.journal_cap(&record.lock_id, until);
+        }
         must(state.phase.hold(Holding {
             session: waiter.session,
             acquire_id: waiter.acquire_id,

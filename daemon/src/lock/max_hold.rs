@@ -53,6 +53,10 @@ impl LockActor {
                 return;
             };
             self.tally.held(-1);
+            if holding.unclaimed.is_some() {
+                // Kept after a restart and not resumed before its max-hold came.
+                self.ctx.restarts.count_lost();
+            }
             holding.session.acquire_ended(holding.acquire_id);
             self.ctx.journal_lost(&holding.record.lock_id);
             let limit = limit_of(holding.max_hold.as_ref());

@@ -40,8 +40,8 @@ use super::joint::Changed;
 use super::lease::{schedule_renewal, RENEW_RETRY_MIN};
 use super::lifecycle::must;
 use super::replies;
-use super::state::{Holding, JointHolding, LockState, Member, Renewal};
-use super::timing::first_renewal;
+use super::state::{Holding, JointHolding, LockState, MaxHold, Member, Renewal};
+use super::timing::{first_renewal, Timer};
 use crate::context::random_id;
 use crate::journal::{JointMember, Owner};
 use crate::link::{Caller, Outbound, SessionLink};
@@ -160,6 +160,7 @@ impl LockActor {
                 }));
                 self.tally.held(1);
                 self.ctx.restarts.count_kept();
+                self.keep_max_hold(myself, state, &kept.lock_id, (NOBODY, 0));
                 if !ttl.is_zero() {
                     schedule_renewal(myself, state, first_renewal(ttl));
                 }
@@ -353,6 +354,33 @@ impl LockActor {
         }
     }
 
+    /// Gives the holding here the max-hold deadline the journal has for `lock_id`, if any, for
+    /// `holder` (a session and request id): a restart does not lengthen a capped holding.
+    fn keep_max_hold(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        state: &mut LockState,
+        lock_id: &str,
+        (session_id, acquire_id): (u64, vfslock_proto::RequestId),
+    ) {
+        let Some(until) = self.ctx.journal.as_ref().and_then(|j| j.cap_of(lock_id)) else {
+            return;
+        };
+        let Some(holding) = state.phase.holding_mut() else {
+            return;
+        };
+        let left = until
+            .duration_since(self.ctx.now())
+            .unwrap_or(std::time::Duration::ZERO);
+        let limit = holding.max_hold.as_ref().map_or(left, |cap| cap.limit);
+        let timer = Timer(myself.send_after(left, move || LockMessage::HoldExpired {
+            session_id,
+            acquire_id,
+        }));
+        // The one it replaces, if any, stops when dropped.
+        holding.max_hold = Some(MaxHold { limit, timer });
+    }
+
     /// The record this daemon renews a kept lock file with: the file's own fields, this
     /// daemon's id, and the lease the file's ttl stands for under `locks.peer-ttl-factor`.
     fn record_of(&self, parsed: &lockfile::ParsedLock, lock_id: &str) -> LockRecord {
@@ -434,6 +462,7 @@ impl LockActor {
                 holding.session = session.clone();
                 holding.acquire_id = id;
                 holding.unclaimed = None;
+                self.keep_max_hold(myself, state, lock_id, (session.id, id));
                 // Its holder has it again, so nobody else can believe in it: the target needs
                 // no fence any more.
                 state.resume_fence = None;
