@@ -217,6 +217,9 @@ fn refusal(caller: &Caller, address: &Address, denied: crate::access::Denied) ->
 /// Room made in the read buffer before each read: frames are a few hundred bytes.
 const READ_ROOM: usize = 1024;
 
+/// How many frames one connection handles in a row before it lets other tasks run.
+const YIELD_EVERY: u32 = 32;
+
 /// The max-hold an acquire gets: the one it asked for, at most `cap` (the daemon's
 /// `locks.max-hold`), else `cap`. Detached leases have none: nothing renews them, so a hung
 /// job cannot keep one beyond its TTL.
@@ -277,6 +280,7 @@ impl Session {
         // Read straight into the frame buffer's spare room: no zeroed chunk per read, and no
         // 8 KiB array in every connection's task. It starts empty and grows with the frames.
         let mut buf: Vec<u8> = Vec::new();
+        let mut handled = 0u32;
         loop {
             let mut start = 0;
             loop {
@@ -284,6 +288,14 @@ impl Session {
                     Ok(Some((payload, used))) => {
                         let frame = codec::decode::<ClientFrame>(payload);
                         start += used;
+                        handled = handled.wrapping_add(1);
+                        if handled.is_multiple_of(YIELD_EVERY) {
+                            // Frames already read are handled without waiting for anything:
+                            // a client that sent thousands at once (its resumes after a
+                            // restart) would otherwise keep a runtime thread from everyone
+                            // else's connections until the last one is routed.
+                            tokio::task::yield_now().await;
+                        }
                         match frame {
                             // Boxed, as the actors' handling is: a request's future is large
                             // and an idle connection should not carry it.
