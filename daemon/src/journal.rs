@@ -449,7 +449,13 @@ impl Journal {
         });
         inner.open = unsettled.chain(kept).collect();
         let Inner { open, caps, .. } = &mut *inner;
-        caps.retain(|lock_id, _| open.contains_key(lock_id));
+        // A share's cap is under its own lock id, among its entry's members.
+        caps.retain(|lock_id, _| {
+            open.contains_key(lock_id)
+                || open
+                    .values()
+                    .any(|o| o.members.iter().any(|m| &m.lock_id == lock_id))
+        });
         inner.compact();
     }
 
@@ -562,6 +568,7 @@ impl Journal {
     /// that it lost it): no restart keeps that share.
     pub fn member_left(&self, entry: &str, member: &str) {
         let mut inner = self.inner.lock().expect("journal lock");
+        inner.caps.remove(member);
         let Some(open) = inner.open.get_mut(entry) else {
             return;
         };
@@ -632,7 +639,11 @@ impl Journal {
     pub fn release(&self, lock_id: &str) {
         let mut inner = self.inner.lock().expect("journal lock");
         inner.caps.remove(lock_id);
-        match inner.open.remove(lock_id) {
+        let open = inner.open.remove(lock_id);
+        for member in open.iter().flat_map(|open| &open.members) {
+            inner.caps.remove(&member.lock_id);
+        }
+        match open {
             Some(open) if !private(&open.target) => {}
             _ => return,
         }
@@ -724,13 +735,16 @@ impl Inner {
                 text.extend(serde_json::to_vec(&line).expect("entries serialize"));
                 text.push(b'\n');
             }
-            if let Some(until_unix_ms) = self.caps.get(lock_id) {
-                let line = Entry::Cap {
-                    cap: lock_id.clone(),
-                    until_unix_ms: *until_unix_ms,
-                };
-                text.extend(serde_json::to_vec(&line).expect("entries serialize"));
-                text.push(b'\n');
+            let capped = std::iter::once(lock_id).chain(open.members.iter().map(|m| &m.lock_id));
+            for capped in capped {
+                if let Some(until_unix_ms) = self.caps.get(capped) {
+                    let line = Entry::Cap {
+                        cap: capped.clone(),
+                        until_unix_ms: *until_unix_ms,
+                    };
+                    text.extend(serde_json::to_vec(&line).expect("entries serialize"));
+                    text.push(b'\n');
+                }
             }
         }
         for (ordinal, (target, owner)) in &self.waits {

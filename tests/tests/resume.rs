@@ -434,25 +434,34 @@ async fn a_planned_restart_keeps_every_lock_across_an_upgrade() {
         .expect("the new daemon grants");
 }
 
-/// A restart does not lengthen a max-hold: a lock held with one and resumed after `kill -9` is
-/// still ended at its max-hold, counted from the first grant, and then free for others.
+/// A restart does not lengthen a max-hold: a lock held with one (exclusive, and a share of a
+/// shared lock) and resumed after `kill -9` is still ended at its max-hold, counted from the
+/// first grant, and then free for others.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_max_hold_survives_a_crash() {
     let mut daemon = daemon_with_window("5m");
     let client = daemon.client().await;
     let target = daemon.file_target("capped.csv");
     let options = LockOptions::default().max_hold(Duration::from_secs(3));
-    let mut lock = client.new_lock(&target, options);
+    let mut lock = client.new_lock(&target, options.clone());
     within("acquire", lock.acquire()).await.expect("acquire");
+    // A share of a shared lock keeps its own.
+    let shared_target = daemon.file_target("capped-shared.csv");
+    let mut share = client.new_lock(&shared_target, options.shared());
+    within("acquire a share", share.acquire())
+        .await
+        .expect("acquire");
 
     daemon.kill();
     daemon.restart();
-    vfslock_tests::eventually("the lock resumed", || {
-        daemon.log().contains("holding resumed")
+    vfslock_tests::eventually("both resumed", || {
+        daemon.log().matches("holding resumed").count() == 2
     })
     .await;
-    assert!(lock.is_held(), "resumed, not lost");
+    assert!(lock.is_held() && share.is_held(), "resumed, not lost");
     let reason = within("the max-hold's end", lock.lost()).await;
+    assert!(reason.contains("max-hold"), "{reason}");
+    let reason = within("the share's max-hold's end", share.lost()).await;
     assert!(reason.contains("max-hold"), "{reason}");
     let other = daemon.client().await;
     let mut next = other.new_lock(&target, LockOptions::default());

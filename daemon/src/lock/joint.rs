@@ -470,10 +470,15 @@ impl LockActor {
             max_hold: Self::max_hold_timer(myself, &waiter),
             unclaimed: None,
         };
-        // Before the holder hears: a restart after this keeps its share for it.
+        // Before the holder hears: a restart after this keeps its share for it, and ends it at
+        // the same max-hold.
         if !entry.detached {
             self.ctx
                 .journal_member(&entry.lock_id, &member.lock_id, &waiter.session);
+            if let Some(max_hold) = waiter.max_hold {
+                self.ctx
+                    .journal_cap(&member.lock_id, self.ctx.now() + max_hold);
+            }
         }
         let grant = self.joint_grant(state, &entry, member.lock_id.clone(), valid_until, stole);
         must(state.phase.hold_joint(JointHolding {
@@ -569,10 +574,14 @@ impl LockActor {
             return self.attempt_joint(myself, state, waiter, mode).await;
         }
         let joint = state.phase.joint_mut().expect("joined while held jointly");
+        let lock_id = random_id();
+        if let Some(max_hold) = waiter.max_hold {
+            self.ctx.journal_cap(&lock_id, self.ctx.now() + max_hold);
+        }
         joint.members.push(Member {
             session: waiter.session.clone(),
             acquire_id: waiter.acquire_id,
-            lock_id: random_id(),
+            lock_id,
             since: Instant::now(),
             ttl: waiter.ttl,
             owner_id: waiter.request.owner_id.clone().filter(|o| !o.is_empty()),

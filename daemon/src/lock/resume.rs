@@ -245,15 +245,19 @@ impl LockActor {
         let members = members
             .into_iter()
             .enumerate()
-            .map(|(at, member)| Member {
-                session: placeholder(member.owner.uid),
-                acquire_id: at as vfslock_proto::RequestId,
-                lock_id: member.lock_id,
-                since: Instant::now(),
-                ttl,
-                owner_id: owner_id.clone(),
-                max_hold: None,
-                unclaimed: Some(Box::new(member.owner)),
+            .map(|(at, member)| {
+                let acquire_id = at as vfslock_proto::RequestId;
+                let max_hold = self.cap_timer(myself, &member.lock_id, (NOBODY, acquire_id), None);
+                Member {
+                    session: placeholder(member.owner.uid),
+                    acquire_id,
+                    lock_id: member.lock_id,
+                    since: Instant::now(),
+                    ttl,
+                    owner_id: owner_id.clone(),
+                    max_hold,
+                    unclaimed: Some(Box::new(member.owner)),
+                }
             })
             .collect();
         must(state.phase.hold_joint(JointHolding {
@@ -315,6 +319,10 @@ impl LockActor {
                 member.acquire_id = id;
                 member.since = Instant::now();
                 member.unclaimed = None;
+                let limit = member.max_hold.as_ref().map(|cap| cap.limit);
+                if let Some(cap) = self.cap_timer(myself, lock_id, (session.id, id), limit) {
+                    member.max_hold = Some(cap);
+                }
                 let all_back = joint.members.iter().all(|m| m.unclaimed.is_none());
                 let (entry_id, ttl, valid_until) = (
                     joint.entry.lock_id.clone(),
@@ -354,31 +362,48 @@ impl LockActor {
         }
     }
 
-    /// Gives the holding here the max-hold deadline the journal has for `lock_id`, if any, for
-    /// `holder` (a session and request id): a restart does not lengthen a capped holding.
+    /// A timer that ends `lock_id` (held by `holder`, a session and request id) at the max-hold
+    /// deadline the journal has for it, if any: a restart does not lengthen a capped holding.
+    /// `limit` is the cap as the holder was granted it, when this daemon knows it.
+    fn cap_timer(
+        &self,
+        myself: &ActorRef<LockMessage>,
+        lock_id: &str,
+        (session_id, acquire_id): (u64, vfslock_proto::RequestId),
+        limit: Option<std::time::Duration>,
+    ) -> Option<MaxHold> {
+        let until = self.ctx.journal.as_ref()?.cap_of(lock_id)?;
+        let left = until
+            .duration_since(self.ctx.now())
+            .unwrap_or(std::time::Duration::ZERO);
+        let timer = Timer(myself.send_after(left, move || LockMessage::HoldExpired {
+            session_id,
+            acquire_id,
+        }));
+        Some(MaxHold {
+            limit: limit.unwrap_or(left),
+            timer,
+        })
+    }
+
+    /// Gives the exclusive holding here its journaled max-hold deadline, for `holder`.
     fn keep_max_hold(
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
         lock_id: &str,
-        (session_id, acquire_id): (u64, vfslock_proto::RequestId),
+        holder: (u64, vfslock_proto::RequestId),
     ) {
-        let Some(until) = self.ctx.journal.as_ref().and_then(|j| j.cap_of(lock_id)) else {
+        let limit = state
+            .holding()
+            .and_then(|h| h.max_hold.as_ref().map(|cap| cap.limit));
+        let Some(cap) = self.cap_timer(myself, lock_id, holder, limit) else {
             return;
         };
-        let Some(holding) = state.phase.holding_mut() else {
-            return;
-        };
-        let left = until
-            .duration_since(self.ctx.now())
-            .unwrap_or(std::time::Duration::ZERO);
-        let limit = holding.max_hold.as_ref().map_or(left, |cap| cap.limit);
-        let timer = Timer(myself.send_after(left, move || LockMessage::HoldExpired {
-            session_id,
-            acquire_id,
-        }));
-        // The one it replaces, if any, stops when dropped.
-        holding.max_hold = Some(MaxHold { limit, timer });
+        if let Some(holding) = state.phase.holding_mut() {
+            // The one it replaces, if any, stops when dropped.
+            holding.max_hold = Some(cap);
+        }
     }
 
     /// The record this daemon renews a kept lock file with: the file's own fields, this
