@@ -3,7 +3,8 @@
 //! meanwhile, and hands it back, with its lock id and token, only to the session that proves
 //! it held it. What nobody resumes is released when the window closes.
 //!
-//! The client library does not resume by itself yet: these tests speak the wire by hand.
+//! The first tests speak the wire by hand, to show the daemon's side alone; the others use the
+//! client library, which reconnects and resumes by itself.
 
 use std::time::Duration;
 
