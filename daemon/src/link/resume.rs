@@ -92,6 +92,25 @@ pub fn admits(
     Ok(())
 }
 
+/// Whether `session`, naming the session `claimed` and knowing `secret`, is `owner` (see
+/// [`admits`]); a refusal is logged, without the secret, as `what` on `target` refused.
+pub fn admits_session(
+    owner: &Owner,
+    claimed: &str,
+    secret: &Secret,
+    session: &super::SessionLink,
+    (target, what): (&str, &str),
+) -> bool {
+    let caller = &session.caller;
+    match admits(owner, claimed, secret, caller.uid) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(%target, uid = ?caller.uid, pid = caller.pid, %why, "{what} refused");
+            false
+        }
+    }
+}
+
 /// Whether `secret` is the one whose hash is `hash`. Compares every byte whatever the first
 /// difference, so that the time taken tells nothing about the hash.
 pub fn proves(secret: &str, hash: &str) -> bool {

@@ -573,20 +573,13 @@ impl LockActor {
             }
             state.handoff.cooldown_until = None;
         }
-        while let Some(head) = state.queue.front() {
-            if head.session.is_closed() {
-                state.queue.pop_front();
-                continue;
-            }
-            if state.expected.holds_back(head.ordinal) {
-                // Served when an earlier waiter of the previous run asks again, or when the
-                // resume window closes (`LockMessage::WindowClosed`).
-                break;
-            }
+        // A head held back is served when the earlier waiter of the previous run asks again,
+        // or when the resume window closes (`LockMessage::WindowClosed`).
+        while let Some(mode) = state.servable_head().map(|head| head.mode) {
             // Free: the head tries the store. Held jointly here: a head of the same mode joins
             // (consecutive shared requests at the head are granted together); any other head
             // waits for the joint holders to leave, and so does everyone behind it.
-            let joins = match self.joins_here(state, head.mode) {
+            let joins = match self.joins_here(state, mode) {
                 Some(Ok(())) => true,
                 Some(Err(_)) | None if !state.phase.is_free() => break,
                 _ => false,

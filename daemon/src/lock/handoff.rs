@@ -106,24 +106,13 @@ impl LockActor {
         if !state.target.store.can_replace() || !self.handoff_allowed(state) {
             return None;
         }
-        while let Some(head) = state.queue.front() {
-            if head.session.is_closed() {
-                state.queue.pop_front();
-                continue;
-            }
-            // Handed over are exclusive waiters only: a shared-mode head takes the lock from
-            // the store once the file is gone (release, then the queue is served).
-            if head.mode != vfslock_proto::LockMode::Exclusive {
-                return None;
-            }
-            // An earlier waiter of the previous run may still ask for its place: the file is
-            // released, and the queue served in order ([`super::requeue`]).
-            if state.expected.holds_back(head.ordinal) {
-                return None;
-            }
-            return state.queue.pop_front();
+        // Handed over are exclusive waiters only: a shared-mode head takes the lock from the
+        // store once the file is gone (release, then the queue is served). A head held back for
+        // an earlier waiter of the previous run is not handed anything either.
+        if state.servable_head()?.mode != vfslock_proto::LockMode::Exclusive {
+            return None;
         }
-        None
+        state.queue.pop_front()
     }
 
     /// Whether the streak allows one more handoff.

@@ -137,10 +137,8 @@ impl LockActor {
             return fresh();
         };
         let url = &state.target.url;
-        if let Err(why) =
-            crate::link::resume::admits(owner, &place.session, &place.secret, session.caller.uid)
-        {
-            tracing::warn!(target = %url, uid = ?session.caller.uid, pid = session.caller.pid, %why, "requeue refused");
+        let (claimed, secret) = (&place.session, &place.secret);
+        if !crate::link::resume::admits_session(owner, claimed, secret, session, (url, "requeue")) {
             return Err(not_your_place(url));
         }
         state.expected.places.remove(&place.ordinal);

@@ -275,9 +275,8 @@ impl LockActor {
         tracing::debug!(target = %url, entry = %own, members = kept_members, mode = %joint.mode.describe(), "kept a shared holding of the previous run for its holders to resume");
     }
 
-    /// Hands the kept share `lock_id` of the joint holding here to `session` if it proves to
-    /// be `claimed`, after a conditional renewal of the entry.
-    #[allow(clippy::too_many_arguments)]
+    /// Hands the kept share `lock_id` of the joint holding here to `session`, which proved it
+    /// is its owner's, after a conditional renewal of the entry.
     async fn resume_member(
         &self,
         myself: &ActorRef<LockMessage>,
@@ -285,21 +284,8 @@ impl LockActor {
         session: Arc<SessionLink>,
         id: vfslock_proto::RequestId,
         lock_id: &str,
-        claimed: &str,
-        secret: &Secret,
     ) {
         let url = state.target.url.clone();
-        let owner = state
-            .joint()
-            .and_then(|j| j.members.iter().find(|m| m.lock_id == lock_id))
-            .and_then(|m| m.unclaimed.clone());
-        let Some(owner) = owner else {
-            return session.reply(id, Err(replies::not_kept(&url)));
-        };
-        if let Err(why) = crate::link::resume::admits(&owner, claimed, secret, session.caller.uid) {
-            tracing::warn!(target = %url, uid = ?session.caller.uid, pid = session.caller.pid, %why, "resume refused");
-            return session.reply(id, Err(replies::not_the_owner(&url)));
-        }
         // The entry may have been removed while nobody renewed it: one more renewal,
         // conditional on the version this daemon wrote, decides.
         let sent = Instant::now();
@@ -442,24 +428,29 @@ impl LockActor {
     ) {
         let url = state.target.url.clone();
         let _turn = self.ctx.restart_work.turn().await;
-        if state
+        // A share of a joint holding here, or the exclusive holding, kept for its session.
+        let share = state
             .joint()
-            .is_some_and(|j| j.members.iter().any(|m| m.lock_id == lock_id))
-        {
-            return self
-                .resume_member(myself, state, session, id, lock_id, claimed, secret)
-                .await;
-        }
-        let owner = match state.holding() {
-            Some(holding) if holding.record.lock_id == lock_id => holding.unclaimed.clone(),
-            _ => None,
+            .and_then(|j| j.members.iter().find(|m| m.lock_id == lock_id))
+            .map(|m| m.unclaimed.clone());
+        let owner = match &share {
+            Some(owner) => owner.clone(),
+            None => state
+                .holding()
+                .filter(|holding| holding.record.lock_id == lock_id)
+                .and_then(|holding| holding.unclaimed.clone()),
         };
         let Some(owner) = owner else {
             return session.reply(id, Err(replies::not_kept(&url)));
         };
-        if let Err(why) = crate::link::resume::admits(&owner, claimed, secret, session.caller.uid) {
-            tracing::warn!(target = %url, uid = ?session.caller.uid, pid = session.caller.pid, %why, "resume refused");
+        let proof = (&url[..], "resume");
+        if !crate::link::resume::admits_session(&owner, claimed, secret, &session, proof) {
             return session.reply(id, Err(replies::not_the_owner(&url)));
+        }
+        if share.is_some() {
+            return self
+                .resume_member(myself, state, session, id, lock_id)
+                .await;
         }
         // The lock file may have been broken or stolen while nobody renewed it: one more
         // renewal, conditional on the version this daemon wrote, decides.

@@ -102,6 +102,17 @@ impl LockState {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// The waiter to serve next: the queue's head, once heads whose connection closed are
+    /// dropped, unless a waiter of the previous run that may still ask for its place comes
+    /// first ([`super::requeue`]): then nobody, until it does or the resume window closes.
+    pub fn servable_head(&mut self) -> Option<&Waiter> {
+        while self.queue.front()?.session.is_closed() {
+            self.queue.pop_front();
+        }
+        let head = self.queue.front()?;
+        (!self.expected.holds_back(head.ordinal)).then_some(head)
+    }
+
     /// The holding, if held here.
     pub fn holding(&self) -> Option<&Holding> {
         self.phase.holding()
