@@ -51,10 +51,19 @@ fn parse() -> Args {
 }
 
 /// One line on stdout, flushed at once: the test reads them as they come.
-fn say(line: String) {
+fn say(text: String) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = writeln!(out, "{text}");
     let _ = out.flush();
+}
+
+/// `WHAT TARGET LOCK_ID TOKEN`.
+fn line(what: &str, target: &str, lock_id: Option<&str>, token: Option<u64>) -> String {
+    format!(
+        "{what} {target} {} {}",
+        lock_id.unwrap_or(""),
+        token.unwrap_or(0)
+    )
 }
 
 fn waiter_options(target: &str) -> LockOptions {
@@ -97,11 +106,7 @@ async fn run_async(args: Args) {
             say(format!("failed {target} {e}"));
             std::process::exit(1);
         }
-        say(format!(
-            "held {target} {} {}",
-            lock.lock_id().unwrap_or(""),
-            lock.token().unwrap_or(0)
-        ));
+        say(line("held", target, lock.lock_id(), lock.token()));
         held.push(lock);
     }
     let mut waits = Vec::new();
@@ -110,11 +115,7 @@ async fn run_async(args: Args) {
         waits.push(tokio::spawn(async move {
             match lock.acquire_timeout(WAIT).await {
                 Ok(()) => {
-                    say(format!(
-                        "granted {target} {} {}",
-                        lock.lock_id().unwrap_or(""),
-                        lock.token().unwrap_or(0)
-                    ));
+                    say(line("granted", &target, lock.lock_id(), lock.token()));
                     match lock.release().await {
                         Ok(()) => say(format!("released {target}")),
                         Err(e) => say(format!("failed {target} {e}")),
@@ -149,11 +150,7 @@ fn run_blocking(args: Args) {
             say(format!("failed {target} {e}"));
             std::process::exit(1);
         }
-        say(format!(
-            "held {target} {} {}",
-            lock.lock_id().unwrap_or(""),
-            lock.token().unwrap_or(0)
-        ));
+        say(line("held", target, lock.lock_id(), lock.token()));
         held.push((target.clone(), lock));
     }
     let waits: Vec<_> = args
@@ -166,11 +163,7 @@ fn run_blocking(args: Args) {
                 let mut lock = client.new_lock(&target, waiter_options(&target));
                 match lock.acquire_timeout(WAIT) {
                     Ok(()) => {
-                        say(format!(
-                            "granted {target} {} {}",
-                            lock.lock_id().unwrap_or(""),
-                            lock.token().unwrap_or(0)
-                        ));
+                        say(line("granted", &target, lock.lock_id(), lock.token()));
                         match lock.release() {
                             Ok(()) => say(format!("released {target}")),
                             Err(e) => say(format!("failed {target} {e}")),
