@@ -106,6 +106,11 @@ impl Client {
         self.runtime.block_on(self.inner.status())
     }
 
+    /// The daemon's metrics in the Prometheus text format; see [`crate::Client::metrics`].
+    pub fn metrics(&self) -> Result<String, Error> {
+        self.runtime.block_on(self.inner.metrics())
+    }
+
     /// One round trip to the daemon.
     pub fn ping(&self) -> Result<Duration, Error> {
         self.runtime.block_on(self.inner.ping())

@@ -337,6 +337,21 @@ impl Client {
         }
     }
 
+    /// The daemon's metrics, in the Prometheus text exposition format (version 0.0.4): what
+    /// its HTTP listener serves a scraper, for a textfile collector or a look. A daemon older
+    /// than protocol 8 has none: an error of kind [`ErrorKind::Unsupported`]; a daemon whose
+    /// config turned metrics off answers with the same kind, saying so.
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let conn = self.conn().await?;
+        if conn.welcome().protocol_version < 8 {
+            return Err(conn.too_old("metrics", 8));
+        }
+        match conn.request(Request::Metrics).await? {
+            Response::Metrics(text) => Ok(text),
+            other => Err(unexpected("a metrics request", other)),
+        }
+    }
+
     /// One round trip to the daemon; returns how long it took.
     pub async fn ping(&self) -> Result<Duration, Error> {
         let start = Instant::now();

@@ -120,6 +120,7 @@ async fn round_trip(socket: &Path) -> Outcome {
         registry,
         listener,
         Some(socket.to_owned()),
+        None,
         Notifier::disabled(),
         async {
             let _ = stopped.await;

@@ -74,6 +74,8 @@ pub struct Context {
     /// How often the daemon restarted and what this start kept of the run before; no restart
     /// where a daemon runs without a journal.
     pub restarts: crate::restarts::RestartFigures,
+    /// The metrics registry; `None` when `[metrics] enabled = false`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// For the watched stale rule: each lock file's content as last seen, and since when it has
@@ -146,7 +148,17 @@ impl Context {
             .admin_group
             .as_deref()
             .and_then(crate::access::group_id);
+        let metrics = settings
+            .metrics
+            .enabled
+            .then(|| Arc::new(crate::metrics::Metrics::new()));
+        if let Some(metrics) = &metrics {
+            for store in stores.all() {
+                store.attach(metrics.store(store.label()));
+            }
+        }
         Context {
+            metrics,
             admin_gid,
             access: crate::access::Access::default(),
             journal: None,

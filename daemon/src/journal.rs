@@ -503,6 +503,13 @@ impl Journal {
         inner.compact();
     }
 
+    /// The journal file's size in bytes and how many holdings it keeps open, for the metrics.
+    pub fn size(&self) -> (u64, usize) {
+        let inner = self.inner.lock().expect("journal lock");
+        let bytes = inner.file.metadata().map(|m| m.len()).unwrap_or(0);
+        (bytes, inner.open.len())
+    }
+
     /// Records that the waiter at `ordinal`, of a session that `owner` may resume, queues for
     /// `target` (again, with a new session's credentials, after a restart).
     pub fn wait(&self, ordinal: u64, target: &str, owner: Owner) {

@@ -47,6 +47,7 @@ pub mod journal;
 pub mod link;
 pub mod lock;
 pub mod lockfile;
+pub mod metrics;
 #[cfg(unix)]
 pub mod reexec;
 pub mod restarts;
@@ -85,7 +86,11 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     let memory_file = reexec::take_memory_file();
     #[cfg(not(unix))]
     let memory_file: Option<PathBuf> = None;
-    let passed = systemd::take_passed_socket()?;
+    let systemd::PassedSockets {
+        control: passed,
+        #[cfg(unix)]
+            metrics: passed_metrics,
+    } = systemd::take_passed_sockets()?;
     let notifier = systemd::Notifier::from_env();
     let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
         Some(path) => {
@@ -246,6 +251,26 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         }
         None => (server::bind(&socket)?, Some(socket.clone())),
     };
+    // The metrics port systemd holds (`vfslockd-metrics.socket`) wins over the config's.
+    #[cfg(unix)]
+    let metrics_listener = match passed_metrics {
+        Some(fd) => {
+            Some(server::metrics::MetricsListener::adopt(fd).map_err(StartError::MetricsPassed)?)
+        }
+        None => None,
+    };
+    #[cfg(not(unix))]
+    let metrics_listener = None;
+    let metrics_listener = match (metrics_listener, &ctx.settings.metrics.listen) {
+        (Some(passed), configured) => {
+            if let Some(configured) = configured {
+                tracing::info!(ignored = %configured, "serving metrics on the socket systemd passed, not [metrics] listen");
+            }
+            Some(passed)
+        }
+        (None, Some(address)) => Some(server::metrics::MetricsListener::bind(address).await?),
+        (None, None) => None,
+    };
     tracing::info!(
         socket = %socket.display(),
         host = %ctx.host_id,
@@ -253,7 +278,16 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         "vfslockd {} serving",
         env!("CARGO_PKG_VERSION")
     );
-    server::serve(ctx, registry, listener, own_socket, notifier, stop_signal()).await;
+    server::serve(
+        ctx,
+        registry,
+        listener,
+        own_socket,
+        metrics_listener,
+        notifier,
+        stop_signal(),
+    )
+    .await;
     // An orderly stop released every lock: the next start is no restart (unless a release
     // that timed out left holdings in the journal, which the next start finds).
     restart_record.stopped();

@@ -99,16 +99,19 @@ fn binary() -> std::io::Result<PathBuf> {
 }
 
 /// Replaces this process with the binary at its path, handing over `listener` (its socket at
-/// `own_socket` if the daemon bound it) and what `hand_over` leaves for the next image (the
-/// `mem://` store's file, run once the binary is known to be there). Returns only when that
-/// failed, with why.
+/// `own_socket` if the daemon bound it), the metrics listener systemd passed (`metrics`; one
+/// the daemon bound from its config is bound again by the next image, which may have another
+/// config) and what `hand_over` leaves for the next image (the `mem://` store's file, run once
+/// the binary is known to be there). Returns only when that failed, with why.
 pub fn replace_process(
     listener: RawFd,
+    metrics: Option<RawFd>,
     own_socket: Option<&Path>,
     hand_over: impl FnOnce() -> std::io::Result<Option<PathBuf>>,
 ) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     const PASSED: RawFd = 3;
+    const PASSED_METRICS: RawFd = 4;
     let binary = match binary() {
         Ok(binary) => binary,
         Err(e) => return e,
@@ -121,20 +124,43 @@ pub fn replace_process(
     // SAFETY: plain descriptor calls; `listener` is open for the daemon's life. Whatever held
     // descriptor 3 is close-on-exec and goes with this image anyway; the exec below is the
     // next thing this thread does, and its failure ends the process (see below).
+    // The metrics listener goes to descriptor 4 the same way, by way of a copy above both, as
+    // it may sit at 3 itself.
     unsafe {
+        let metrics_copy = match metrics {
+            Some(fd) => {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if copy < 0 {
+                    return std::io::Error::last_os_error();
+                }
+                Some(copy)
+            }
+            None => None,
+        };
         if listener != PASSED && libc::dup2(listener, PASSED) < 0 {
             return std::io::Error::last_os_error();
         }
         let flags = libc::fcntl(PASSED, libc::F_GETFD);
         libc::fcntl(PASSED, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+        if let Some(copy) = metrics_copy {
+            // dup2 leaves the new descriptor without close-on-exec.
+            if libc::dup2(copy, PASSED_METRICS) < 0 {
+                return std::io::Error::last_os_error();
+            }
+            libc::close(copy);
+        }
     }
     let mut command = std::process::Command::new(&binary);
     command
         .args(std::env::args_os().skip(1))
         .env("LISTEN_PID", std::process::id().to_string())
-        .env("LISTEN_FDS", "1")
-        .env(PLANNED_VAR, "1")
-        .env_remove("LISTEN_FDNAMES");
+        .env(PLANNED_VAR, "1");
+    if metrics.is_some() {
+        let names = format!("vfslockd:{}", crate::systemd::METRICS_FD_NAME);
+        command.env("LISTEN_FDS", "2").env("LISTEN_FDNAMES", names);
+    } else {
+        command.env("LISTEN_FDS", "1").env_remove("LISTEN_FDNAMES");
+    }
     for (name, value) in SYSTEMD_ENV.get().into_iter().flatten() {
         command.env(name, value);
     }

@@ -73,6 +73,12 @@ pub enum StartError {
     /// The socket could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The metrics listener (`[metrics] listen`) could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] crate::server::metrics::MetricsListenError),
+    /// The metrics socket systemd passed could not be served.
+    #[error("cannot serve the metrics socket systemd passed (vfslockd-metrics.socket)")]
+    MetricsPassed(#[source] std::io::Error),
     /// The supervisor of the lock actors could not be started.
     #[error("cannot start the supervisor of the lock actors")]
     Supervisor(#[source] ractor::SpawnErr),

@@ -9,7 +9,7 @@
 //!
 //! | variable | read by | meaning |
 //! |---|---|---|
-//! | `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` | [`take_passed_socket`] | fd 3 is our listening socket |
+//! | `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` | [`take_passed_sockets`] | the first descriptor is our listening socket; one named `metrics` is the metrics listener |
 //! | `NOTIFY_SOCKET` | [`Notifier::from_env`] | where to send `READY=1`, `STATUS=…`, … (`@` = abstract) |
 //! | `WATCHDOG_USEC`, `WATCHDOG_PID` | [`Notifier::from_env`] | send `WATCHDOG=1` at half this period |
 //! | `JOURNAL_STREAM`, `INVOCATION_ID` | [`logs_to_journal`] | stderr goes to the journal |
@@ -80,6 +80,20 @@ pub struct PassedSocket {
     pub name: Option<String>,
 }
 
+/// The name of a passed descriptor that is the metrics listener (`vfslockd-metrics.socket`'s
+/// `FileDescriptorName=`), not the socket clients connect to.
+pub const METRICS_FD_NAME: &str = "metrics";
+
+/// What the service manager passed: the socket clients connect to, and the metrics listener.
+#[derive(Debug, Default)]
+pub struct PassedSockets {
+    /// The clients' socket.
+    pub control: Option<PassedSocket>,
+    /// The listening socket named [`METRICS_FD_NAME`], TCP or Unix.
+    #[cfg(unix)]
+    pub metrics: Option<std::os::fd::OwnedFd>,
+}
+
 /// Takes the listening socket systemd passed to this process, if it passed one.
 ///
 /// Reads `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` and removes them from the
@@ -88,19 +102,22 @@ pub struct PassedSocket {
 /// other threads read the environment. `Ok(None)` when nothing was passed to *this* process;
 /// an error when something was passed but is not a listening Unix stream socket (a unit that
 /// is wrong must not silently become a daemon that binds elsewhere).
-pub fn take_passed_socket() -> Result<Option<PassedSocket>, PassedSocketError> {
+///
+/// A descriptor named [`METRICS_FD_NAME`] is not the clients' socket: it is handed back apart,
+/// for the metrics listener (after a check that it is a listening stream socket).
+pub fn take_passed_sockets() -> Result<PassedSockets, PassedSocketError> {
     #[cfg(unix)]
     {
-        take_passed_socket_unix()
+        take_passed_sockets_unix()
     }
     #[cfg(not(unix))]
     {
-        Ok(None)
+        Ok(PassedSockets::default())
     }
 }
 
 #[cfg(unix)]
-fn take_passed_socket_unix() -> Result<Option<PassedSocket>, PassedSocketError> {
+fn take_passed_sockets_unix() -> Result<PassedSockets, PassedSocketError> {
     use std::os::fd::{FromRawFd, OwnedFd};
 
     let pid = std::env::var("LISTEN_PID").ok();
@@ -112,34 +129,54 @@ fn take_passed_socket_unix() -> Result<Option<PassedSocket>, PassedSocketError> 
         std::env::remove_var(name);
     }
     let (Some(pid), Some(fds)) = (pid, fds) else {
-        return Ok(None);
+        return Ok(PassedSockets::default());
     };
     if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
         // Meant for another process (we inherited the variables from a parent).
-        return Ok(None);
+        return Ok(PassedSockets::default());
     }
     let count: std::os::fd::RawFd = fds
         .trim()
         .parse()
         .map_err(|_| PassedSocketError::Count(fds.clone()))?;
     if count < 1 {
-        return Ok(None);
+        return Ok(PassedSockets::default());
     }
     // Every passed descriptor stays out of the processes we start.
     for fd in LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count) {
         set_cloexec(fd);
     }
-    if count > 1 {
-        tracing::warn!(
-            count,
-            "systemd passed {count} sockets; serving the first only (one ListenStream= is enough)"
-        );
+    let names: Vec<String> = names
+        .as_deref()
+        .unwrap_or("")
+        .split(':')
+        .map(str::to_owned)
+        .collect();
+    let name_of = |fd: std::os::fd::RawFd| names.get((fd - LISTEN_FDS_START) as usize);
+    let mut passed = PassedSockets::default();
+    let mut control = None;
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count) {
+        if name_of(fd).is_some_and(|n| n == METRICS_FD_NAME) {
+            check_listening_stream(fd)?;
+            // SAFETY: as for the clients' socket below: passed to us, open, taken once.
+            passed.metrics = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        } else if control.is_none() {
+            control = Some(fd);
+        } else {
+            tracing::warn!(
+                fd,
+                "systemd passed more than one socket for clients; serving the first only (one ListenStream= is enough)"
+            );
+        }
     }
-    check_listening_unix_stream(LISTEN_FDS_START)?;
-    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID is ours) and it is open (checked
-    // above); nothing else in the daemon owns it, and removing LISTEN_FDS above makes this the
-    // only place that ever takes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
+    let Some(control) = control else {
+        return Ok(passed);
+    };
+    check_listening_unix_stream(control)?;
+    // SAFETY: systemd passed `control` to this process (LISTEN_PID is ours) and it is open
+    // (checked above); nothing else in the daemon owns it, and removing LISTEN_FDS above makes
+    // this the only place that ever takes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(control) };
     let std_listener = std::os::unix::net::UnixListener::from(fd);
     let address = std_listener
         .local_addr()
@@ -150,14 +187,13 @@ fn take_passed_socket_unix() -> Result<Option<PassedSocket>, PassedSocketError> 
         OwnedFd::from(std_listener),
     )
     .map_err(PassedSocketError::Adopt)?;
-    let name = names
-        .and_then(|n| n.split(':').next().map(str::to_owned))
-        .filter(|n| !n.is_empty());
-    Ok(Some(PassedSocket {
+    let name = name_of(control).filter(|n| !n.is_empty()).cloned();
+    passed.control = Some(PassedSocket {
         listener: listener.into(),
         path,
         name,
-    }))
+    });
+    Ok(passed)
 }
 
 /// Marks `fd` close-on-exec; a descriptor that is not open is left alone.
@@ -177,6 +213,12 @@ fn set_cloexec(fd: std::os::fd::RawFd) {
 /// is checked when its address is read).
 #[cfg(unix)]
 fn check_listening_unix_stream(fd: std::os::fd::RawFd) -> Result<(), PassedSocketError> {
+    check_listening_stream(fd)
+}
+
+/// Checks that `fd` is an open listening stream socket, of any address family.
+#[cfg(unix)]
+fn check_listening_stream(fd: std::os::fd::RawFd) -> Result<(), PassedSocketError> {
     let fail = |what: &'static str| Err(PassedSocketError::Unusable { fd, what });
     // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };

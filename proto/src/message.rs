@@ -176,6 +176,10 @@ pub enum Request {
         /// The place it had.
         place: WaitPlace,
     },
+    /// The daemon's metrics in the Prometheus text exposition format, version 0.0.4
+    /// (protocol version 8): what its `[metrics] listen` HTTP listener serves, without a port.
+    /// Answers [`Response::Metrics`].
+    Metrics,
 }
 
 /// A waiter's place in a daemon's queue, and the proof that it is that waiter's (protocol
@@ -340,6 +344,8 @@ pub enum Response {
     },
     /// The answer to [`Request::Restarts`] (protocol version 7).
     Restarts(RestartInfo),
+    /// The answer to [`Request::Metrics`] (protocol version 8): the exposition text.
+    Metrics(String),
 }
 
 /// How often the daemon restarted, and what its latest start kept (protocol version 7).

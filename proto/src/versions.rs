@@ -25,6 +25,7 @@
 //! | 5       | [`Response::GrantedResumable`]: a grant with its session's secret and the resume window; older versions get [`Response::Granted`] |
 //! | 6       | `Request::Resume`: take a holding back after the daemon restarted; older versions never send it |
 //! | 7       | [`Event::Queued`]: a waiter's place and credentials, for `Request::Requeue` after a restart; older versions get [`Event::QueuePosition`]. `Request::Restarts` and its answer, which older versions never ask for |
+//! | 8       | `Request::Metrics` and its answer (the Prometheus text), which older versions never ask for |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
@@ -99,6 +100,16 @@ impl ServerFrame {
                     "restart figures need protocol version 7",
                 )),
             },
+            ServerFrame::Response {
+                id,
+                result: Ok(Response::Metrics(_)),
+            } if version < 8 => ServerFrame::Response {
+                id,
+                result: Err(WireError::new(
+                    ErrorKind::Protocol,
+                    "metrics need protocol version 8",
+                )),
+            },
             response @ ServerFrame::Response { .. } => response,
         }
     }
@@ -130,6 +141,10 @@ impl ServerFrame {
                 result: Ok(Response::Restarts(_)),
                 ..
             } => 7,
+            ServerFrame::Response {
+                result: Ok(Response::Metrics(_)),
+                ..
+            } => 8,
             ServerFrame::Response { .. } => 1,
         }
     }

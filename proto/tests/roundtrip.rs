@@ -163,6 +163,7 @@ fn request() -> BoxedStrategy<Request> {
             }
         }),
         Just(Request::Restarts),
+        Just(Request::Metrics),
         (
             acquire_request(),
             lock_mode(),
@@ -360,6 +361,7 @@ fn response() -> BoxedStrategy<Response> {
                     }
                 ),
             })),
+        text().prop_map(Response::Metrics),
     ]
     .boxed()
 }
@@ -552,7 +554,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 17;
+    const COUNT: usize = 18;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -572,6 +574,7 @@ impl Variant for Request {
             Request::Resume { .. } => 14,
             Request::Restarts => 15,
             Request::Requeue { .. } => 16,
+            Request::Metrics => 17,
         }
     }
 }
@@ -598,7 +601,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 14;
+    const COUNT: usize = 15;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -615,6 +618,7 @@ impl Variant for Response {
             Response::Resolved(_) => 11,
             Response::GrantedResumable { .. } => 12,
             Response::Restarts(_) => 13,
+            Response::Metrics(_) => 14,
         }
     }
 }

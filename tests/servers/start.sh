@@ -84,6 +84,8 @@ install_prereqs() {
   command -v "$PYTHON" >/dev/null || pkgs+=(python3 python3-venv)
   # `ip` (network namespaces, veth pairs): the mutex checker's network partition.
   command -v ip >/dev/null || pkgs+=(iproute2)
+  # promtool and the Prometheus server: tests/tests/metrics.rs checks and scrapes the metrics.
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || pkgs+=(prometheus)
   if ((${#pkgs[@]})); then apt_install "${pkgs[@]}"; fi
   if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
 }

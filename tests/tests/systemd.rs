@@ -54,11 +54,9 @@ fn units_for_analysis() -> tempfile::TempDir {
         service.replace(shipped, &built),
     )
     .unwrap();
-    std::fs::copy(
-        units_dir().join("vfslockd.socket"),
-        dir.path().join("vfslockd.socket"),
-    )
-    .unwrap();
+    for socket in ["vfslockd.socket", "vfslockd-metrics.socket"] {
+        std::fs::copy(units_dir().join(socket), dir.path().join(socket)).unwrap();
+    }
     dir
 }
 
@@ -69,6 +67,7 @@ fn units_pass_systemd_analyze_verify_without_a_warning() {
         Command::new("systemd-analyze")
             .arg("verify")
             .arg("vfslockd.socket")
+            .arg("vfslockd-metrics.socket")
             .arg("vfslockd.service")
             .current_dir(dir.path()),
     );
@@ -310,6 +309,107 @@ async fn socket_activation_serves_the_passed_socket_and_leaves_it_to_systemd() {
         "the daemon changed the passed socket's mode"
     );
     assert!(setup.log().contains("stopped"), "{}", setup.log());
+}
+
+/// The metrics port as `vfslockd-metrics.socket` passes it: a second descriptor named
+/// `metrics`, open before the daemon runs. A scrape is the first connection: it starts the
+/// daemon, which serves it on that descriptor (and its clients on the other).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scrape_of_the_passed_metrics_socket_starts_the_daemon() {
+    let setup = Setup::new();
+    let socket = setup.path("vfslockd.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut activator = setup.command(Path::new("systemd-socket-activate"));
+    activator
+        .arg("-l")
+        .arg(&socket)
+        .arg("-l")
+        .arg(&address)
+        .arg("--fdname=vfslockd:metrics")
+        .arg(bin("vfslockd"))
+        .arg("--config")
+        .arg(setup.path("vfslockd.toml"));
+    let mut activator = Reaped(Some(activator.spawn().unwrap_or_else(|e| {
+        panic!("cannot run systemd-socket-activate: {e}; install it with `apt-get install systemd`")
+    })));
+    // The activator listens on both before anything runs; the scrape's connection waits in
+    // the port's backlog until the daemon it starts accepts it.
+    let start = Instant::now();
+    let mut stream = loop {
+        match std::net::TcpStream::connect(&address) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "nothing listens on {address}: {e}\n{}",
+                    setup.log()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let response = tokio::task::block_in_place(|| {
+        use std::io::{Read, Write};
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: vfslockd\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    assert!(
+        response.starts_with("HTTP/1.0 200"),
+        "{response}\n{}",
+        setup.log()
+    );
+    assert!(response.contains("vfslockd_build_info"), "{response}");
+    // The clients' socket is the other descriptor.
+    let data = setup.path("data");
+    std::fs::create_dir(&data).unwrap();
+    lock_and_release(&socket, &data).await;
+    // A planned restart hands both over: the new image answers on the same port.
+    // SAFETY: plain syscall on our own child's pid, not reaped yet.
+    unsafe { libc::kill(activator.pid(), libc::SIGUSR2) };
+    let start = Instant::now();
+    loop {
+        let scraped = tokio::task::block_in_place(|| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(&address).ok()?;
+            stream.set_read_timeout(Some(DEADLINE)).ok()?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: vfslockd\r\n\r\n")
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            Some(response)
+        });
+        if scraped.is_some_and(|r| r.contains("\nvfslockd_last_restart_planned 1\n")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no scrape after the planned restart:\n{}",
+            setup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        setup.log().contains("restarting in place"),
+        "{}",
+        setup.log()
+    );
+    lock_and_release(&socket, &data).await;
+    let status = tokio::task::block_in_place(|| activator.terminate());
+    assert!(
+        status.success(),
+        "vfslockd exited with {status}:\n{}",
+        setup.log()
+    );
 }
 
 /// The messages a notify socket received, one datagram each.

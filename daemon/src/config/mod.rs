@@ -14,6 +14,7 @@
 //! | `[daemon]`                      | `daemon.rs`  | [`DaemonSettings`]      |
 //! | `[locks]`                       | `locks.rs`   | [`LockSettings`]        |
 //! | `[limits]`                      | `limits.rs`  | [`LimitSettings`]       |
+//! | `[metrics]`                     | `metrics.rs` | [`MetricsSettings`]     |
 //! | `[stores.file]`, `[stores.mem]` | `stores.rs`  | [`StoreSettings`]       |
 //! | `[[stores.object]]`             | `object.rs`  | [`ObjectStoreSettings`] |
 //! | `[[access]]`                    | `access.rs`  | [`AccessRuleSettings`]  |
@@ -27,6 +28,7 @@ mod error;
 mod faults;
 mod limits;
 mod locks;
+mod metrics;
 mod object;
 mod stores;
 
@@ -41,6 +43,7 @@ pub use error::{ConfigError, ObjectStoreProblem};
 pub use faults::{FaultSettings, OperationFaults};
 pub use limits::LimitSettings;
 pub use locks::LockSettings;
+pub use metrics::MetricsSettings;
 pub use object::{ObjectStoreSettings, Secret};
 pub use stores::{FileRootSettings, FileStoreSettings, MemStoreSettings, StaleRule, StoreSettings};
 
@@ -60,6 +63,8 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     #[serde(default)]
+    metrics: metrics::RawMetrics,
+    #[serde(default)]
     stores: stores::RawStores,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     access: Vec<access::RawAccessRule>,
@@ -76,6 +81,8 @@ pub struct Settings {
     pub locks: LockSettings,
     /// `[limits]`: what one client may cost.
     pub limits: LimitSettings,
+    /// `[metrics]`: recording, and the scrape listener.
+    pub metrics: MetricsSettings,
     /// `[stores.*]`: which stores are served, and how.
     pub stores: StoreSettings,
     /// `[[access]]`: who may lock under which prefixes (empty: everyone who can reach the
@@ -189,6 +196,7 @@ impl Settings {
         Ok(Settings {
             daemon: DaemonSettings::from_raw(&raw.daemon)?,
             limits: LimitSettings::from_raw(&raw.limits)?,
+            metrics: MetricsSettings::from_raw(&raw.metrics)?,
             stores: StoreSettings::from_raw(&raw.stores, locks.store_timeout)?,
             locks,
             access: raw
@@ -207,6 +215,7 @@ impl Settings {
             daemon: self.daemon.to_raw(),
             locks: self.locks.to_raw(),
             limits: self.limits.to_raw(),
+            metrics: self.metrics.to_raw(),
             stores: self.stores.to_raw(),
             access: self.access.iter().map(AccessRuleSettings::to_raw).collect(),
             faults: self.faults.to_raw(),

@@ -11,6 +11,7 @@
 //! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] [-s \| --slots N] [--max-hold DURATION] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
 //! | `run [OPTIONS] TARGET TARGET.. -- CMD [ARGS..]` | runs CMD holding the locks on every TARGET, taken all or none ([`run`]) |
 //! | `status` | the daemon's identity, uptime, stores, counters and restarts ([`status`]) |
+//! | `metrics` | the daemon's metrics in the Prometheus text format, as its listener serves them |
 //! | `list [--target PREFIX]` | locks held and queued through this daemon ([`list`]) |
 //! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
 //! | `break TARGET [--reason TEXT]` | removes any holder's lock; root or the admin group only ([`break_lock`]) |
@@ -134,6 +135,10 @@ enum Command {
     Run(run::RunArgs),
     /// Show the daemon's version, identity, uptime, stores and counters.
     Status,
+    /// Print the daemon's metrics in the Prometheus text format (0.0.4), as its metrics
+    /// listener serves them: for a node exporter's textfile collector, or a look without a
+    /// port.
+    Metrics,
     /// List the locks held and queued through this daemon.
     List(list::ListArgs),
     /// Show TARGET's lock file, whoever wrote it; exits 1 when TARGET is not locked.
@@ -227,6 +232,10 @@ async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Fai
     match command {
         Command::Run(args) => run::run(socket, args).await,
         Command::Status => status::status(&Client::connect(socket).await?, json).await,
+        Command::Metrics => {
+            print!("{}", Client::connect(socket).await?.metrics().await?);
+            Ok(0)
+        }
         Command::List(args) => list::list(&Client::connect(socket).await?, args, json).await,
         Command::Show(args) => {
             show::show(&Client::connect(socket).await?, &args.target, json).await

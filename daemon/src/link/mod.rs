@@ -6,7 +6,9 @@
 //! outside every actor, what a failed actor's cleanup needs: which requests each connection has
 //! routed to which actor and not yet had answered ([`SessionLink::open_at`]), and the live
 //! connections themselves ([`Sessions`]). Every start and end of an acquire passes through
-//! that bookkeeping, so it also keeps the caller's per-uid lock count ([`uids`]).
+//! that bookkeeping, so it also keeps the caller's per-uid lock count ([`uids`]), and counts
+//! how each acquire ended for the metrics: every answer to an acquire passes through
+//! [`SessionLink::reply`], whichever path of the lock actor gave it.
 
 pub mod outbound;
 pub mod resume;
@@ -14,9 +16,12 @@ pub mod uids;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use ractor::ActorId;
 use vfslock_proto::{Event, RequestId, Response, ServerFrame, WireError};
+
+use crate::metrics::{Outcome, StoreInstruments};
 
 pub use outbound::{Outbound, Outgoing};
 pub use resume::SessionSecret;
@@ -91,6 +96,16 @@ struct OpenRequests {
     by_id: HashMap<RequestId, Open>,
     /// How many of them are acquires, for the per-connection limit.
     acquires: usize,
+    /// The acquires being measured for the metrics, until they are answered.
+    measured: HashMap<RequestId, Measured>,
+}
+
+/// An acquire on its way to an answer, for the metrics.
+#[derive(Debug)]
+struct Measured {
+    instruments: Arc<StoreInstruments>,
+    arrived: Instant,
+    queued: bool,
 }
 
 /// One open request.
@@ -152,7 +167,7 @@ impl SessionLink {
     /// Answers request `id`, and ends it unless it is an acquire now held.
     pub fn reply(&self, id: RequestId, result: Result<Response, WireError>) {
         let held = matches!(&result, Ok(Response::Granted(_)));
-        self.settle(id, held);
+        self.settle(id, held, Some(&result));
         let result = match (result, &self.resume) {
             (Ok(Response::Granted(grant)), Some((secret, window))) if !grant.metadata.detached => {
                 Ok(Response::GrantedResumable {
@@ -217,14 +232,40 @@ impl SessionLink {
             .actor = Some(actor);
     }
 
-    /// The acquire `id` no longer waits or holds.
-    pub fn acquire_ended(&self, id: RequestId) {
-        self.settle(id, false);
+    /// Measures the acquire `id`, counted since [`SessionLink::acquire_started`], into
+    /// `instruments` until it is answered: its outcome, and how long it waited.
+    pub fn measure(&self, id: RequestId, instruments: Arc<StoreInstruments>) {
+        let measured = Measured {
+            instruments,
+            arrived: Instant::now(),
+            queued: false,
+        };
+        self.open().measured.insert(id, measured);
     }
 
-    /// Ends request `id`, or, with `held`, marks the acquire `id` as held.
-    fn settle(&self, id: RequestId, held: bool) {
+    /// The acquire `id` no longer waits or holds.
+    pub fn acquire_ended(&self, id: RequestId) {
+        self.settle(id, false, None);
+    }
+
+    /// Ends request `id`, or, with `held`, marks the acquire `id` as held; counts the outcome
+    /// of a measured acquire answered with `answer`.
+    fn settle(&self, id: RequestId, held: bool, answer: Option<&Result<Response, WireError>>) {
         let mut open = self.open();
+        if let Some(measured) = open.measured.remove(&id) {
+            if let Some(answer) = answer {
+                let (outcome, waited) = match answer {
+                    Ok(_) if measured.queued => (Outcome::GrantedAfterWait, true),
+                    Ok(_) => (Outcome::GrantedAtOnce, true),
+                    Err(e) => {
+                        let outcome = Outcome::of_error(e.kind);
+                        (outcome, outcome == Outcome::TimedOut)
+                    }
+                };
+                let waited = waited.then(|| measured.arrived.elapsed());
+                measured.instruments.acquisition(outcome, waited);
+            }
+        }
         if held {
             if let Some(entry) = open.by_id.get_mut(&id).filter(|o| o.acquire) {
                 entry.granted = true;
@@ -246,7 +287,10 @@ impl SessionLink {
         let mut open = self.open();
         let mut orphans = Orphans::default();
         let mut acquires = 0;
-        open.by_id.retain(|&id, entry| {
+        let OpenRequests {
+            by_id, measured, ..
+        } = &mut *open;
+        by_id.retain(|&id, entry| {
             if entry.actor != Some(actor) {
                 return true;
             }
@@ -256,6 +300,10 @@ impl SessionLink {
                 orphans.pending.push(id);
             }
             acquires += usize::from(entry.acquire);
+            if let Some(lost) = measured.remove(&id) {
+                // Answered by the cleanup as the daemon's failure.
+                lost.instruments.acquisition(Outcome::Error, None);
+            }
             false
         });
         self.acquires_ended(&mut open, acquires);
@@ -266,6 +314,11 @@ impl SessionLink {
 
     /// Announces `event` about request `id`.
     pub fn event(&self, id: RequestId, event: Event) {
+        if matches!(event, Event::Queued { .. } | Event::QueuePosition { .. }) {
+            if let Some(measured) = self.open().measured.get_mut(&id) {
+                measured.queued = true;
+            }
+        }
         self.out
             .send(ServerFrame::Event { id, event }.for_version(self.protocol));
     }
@@ -358,7 +411,7 @@ mod tests {
         assert!(link.acquire_started(3, 10).is_ok());
         link.routed(3, actor(8)); // another actor: untouched
         link.routed(4, actor(7)); // a metadata request in the failed actor's mailbox
-        link.settle(1, true); // granted
+        link.settle(1, true, None); // granted
         let orphans = link.open_at(actor(7));
         assert_eq!(
             orphans,
@@ -417,7 +470,7 @@ mod tests {
         first.acquire_ended(2);
         assert_eq!(usage.usage(1000).locks, 1);
         assert!(second.acquire_started(2, 100).is_ok());
-        second.settle(2, true); // granted
+        second.settle(2, true, None); // granted
         assert_eq!(usage.usage(1000).locks, 2, "a held lock still counts");
         second.acquire_ended(2);
         assert_eq!(usage.usage(1000).locks, 1);

@@ -437,6 +437,9 @@ impl LockActor {
                 tracing::info!(target = %state.target.url, stale_pid = holder.pid, stale_host = %holder.hostname, "took over a stale lock");
                 self.ctx.watched.forget(&state.target.key);
                 state.handoff.streak = None;
+                if let Some(instruments) = self.tally.instruments() {
+                    instruments.stole();
+                }
                 self.grant(myself, state, waiter, record, written, sent, Some(holder));
                 Ok(())
             }

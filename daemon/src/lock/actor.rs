@@ -255,6 +255,7 @@ impl Actor for LockActor {
             store,
             lock_path: crate::store::lock_path(&address),
         };
+        self.tally.attach(&target.store);
         Ok(LockState::new(
             target,
             self.tally.clone(),

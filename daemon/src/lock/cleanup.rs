@@ -182,7 +182,10 @@ impl LockActor {
                 .reply(pending.waiter.acquire_id, Err(replies::shutting_down()));
         }
         if let Ok(holding) = state.phase.end_holding() {
-            self.tally.held(-1);
+            self.tally.held(vfslock_proto::LockMode::Exclusive, -1);
+            self.tally.hold_ended(holding.since);
+            self.tally
+                .lost(crate::metrics::LossCause::DaemonStopping, 1);
             holding.session.event(
                 holding.acquire_id,
                 Event::Releasing {
@@ -265,6 +268,7 @@ impl LockActor {
                     },
                 );
                 told += 1;
+                self.tally.lost(crate::metrics::LossCause::DaemonFailed, 1);
             }
         }
         for (session, open) in &orphans {

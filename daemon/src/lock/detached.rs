@@ -17,6 +17,7 @@ use super::replies;
 use super::state::LockState;
 use crate::link::SessionLink;
 use crate::lockfile::{self, LockRecord};
+use crate::metrics::LossCause;
 use crate::store::{Conditional, Observed, Replaced, Token};
 
 impl LockActor {
@@ -153,7 +154,8 @@ impl LockActor {
                 "the lock on {} was broken by {who}: {reason}",
                 state.target.url
             );
-            self.lose(myself, state, why, true).await;
+            self.lose(myself, state, (why, LossCause::StolenOrBroken), true)
+                .await;
             return Ok(Response::Broken(Some(broken)));
         }
         if state.joint().is_some() {
@@ -164,7 +166,7 @@ impl LockActor {
                 "the lock on {} was broken by {who}: {reason}",
                 state.target.url
             );
-            self.end_joint_lost(state, why);
+            self.end_joint_lost(state, (why, LossCause::StolenOrBroken));
         }
         for _ in 0..4 {
             let observed = self

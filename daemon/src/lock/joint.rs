@@ -39,6 +39,7 @@ use crate::config::StaleRule;
 use crate::context::random_id;
 use crate::lockfile::joint::{HolderEntry, Joint, JointMode};
 use crate::lockfile::{self, unix_ns};
+use crate::metrics::LossCause;
 use crate::store::{Created, MakeLock, Observed, Replaced, Token, Written};
 
 use super::lease::RENEW_RETRY_MIN;
@@ -334,6 +335,9 @@ impl LockActor {
             Ok(Replaced::Done(written)) => {
                 if stole.is_some() {
                     tracing::info!(target = %state.target.url, "took over a stale lock for a shared holder");
+                    if let Some(instruments) = self.tally.instruments() {
+                        instruments.stole();
+                    }
                 }
                 self.ctx.watched.forget(&state.target.key);
                 self.grant_joint(myself, state, waiter, mode, entry, written, sent, stole);
@@ -489,7 +493,7 @@ impl LockActor {
             valid_until,
             renewal: Renewal::first(RENEW_RETRY_MIN),
         }));
-        self.tally.held(1);
+        self.tally.held(mode.lock_mode(), 1);
         waiter
             .session
             .reply(waiter.acquire_id, Ok(Response::Granted(grant)));
@@ -607,7 +611,7 @@ impl LockActor {
                     joint.members.pop();
                     // Every local holder hears of the loss; the caller serves the queue next.
                     let reason = replies::replaced_by_someone_else(&state.target.url);
-                    self.end_joint_lost(state, reason);
+                    self.end_joint_lost(state, (reason, LossCause::StolenOrBroken));
                     return Attempt::Held(
                         Box::new(waiter),
                         Box::new(replies::busy_holder(&state.target.url)),
@@ -632,7 +636,7 @@ impl LockActor {
             joint.valid_until,
             None,
         );
-        self.tally.held(1);
+        self.tally.held(joint.mode.lock_mode(), 1);
         waiter
             .session
             .reply(waiter.acquire_id, Ok(Response::Granted(grant)));

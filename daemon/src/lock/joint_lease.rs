@@ -19,6 +19,7 @@ use super::state::{JointHolding, LockState};
 use super::timing::{self, next_renewal};
 use crate::context::random_id;
 use crate::lockfile::joint::{HolderEntry, Joint, JointMode};
+use crate::metrics::LossCause;
 use crate::store::{Conditional, MakeLock, Observed, Replaced, StoreError, Token};
 
 impl LockActor {
@@ -153,7 +154,8 @@ impl LockActor {
         let member = joint.members.remove(at);
         self.ctx
             .journal_member_left(&joint.entry.lock_id, &member.lock_id);
-        self.tally.held(-1);
+        self.tally.held(joint.mode.lock_mode(), -1);
+        self.tally.hold_ended(member.since);
         member.session.acquire_ended(member.acquire_id);
         let past_deadline = joint
             .valid_until
@@ -189,7 +191,8 @@ impl LockActor {
         };
         if gone && !last {
             let reason = replies::replaced_by_someone_else(&state.target.url);
-            self.lose_joint(myself, state, reason).await;
+            self.lose_joint(myself, state, (reason, LossCause::StolenOrBroken))
+                .await;
         } else if last {
             let joint = must(state.phase.end_joint());
             if failed {
@@ -270,7 +273,9 @@ impl LockActor {
         let sent = Instant::now();
         if joint.valid_until.is_some_and(|until| until <= sent) {
             let reason = replies::not_renewed_in_time(&state.target.url);
-            return self.lose_joint(myself, state, reason).await;
+            return self
+                .lose_joint(myself, state, (reason, LossCause::StoreOutage))
+                .await;
         }
         match self.rewrite_entry(state).await {
             Ok(Changed::Done) | Ok(Changed::Full) => {
@@ -297,7 +302,8 @@ impl LockActor {
             }
             Ok(Changed::Gone | Changed::Deleted) => {
                 let reason = replies::replaced_by_someone_else(&state.target.url);
-                self.lose_joint(myself, state, reason).await;
+                self.lose_joint(myself, state, (reason, LossCause::StolenOrBroken))
+                    .await;
             }
             Err(e) => {
                 let joint = state.phase.joint_mut().expect("renewed while held jointly");
@@ -308,6 +314,7 @@ impl LockActor {
                 let delay = joint.renewal.retry_delay.min(left);
                 joint.renewal.retry_delay = (joint.renewal.retry_delay * 2).min(ttl / 3);
                 tracing::warn!(target = %state.target.url, error = %e, retry_in = ?delay, "renewal of a shared lock failed");
+                state.target.store.count_renewal_failure();
                 super::lease::schedule_renewal(myself, state, delay);
             }
         }
@@ -318,20 +325,29 @@ impl LockActor {
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
-        reason: String,
+        lost: (String, LossCause),
     ) {
-        self.end_joint_lost(state, reason);
+        self.end_joint_lost(state, lost);
         self.serve_queue(myself, state).await;
     }
 
     /// [`LockActor::lose_joint`] without serving the queue (an admin's break removes the file
     /// first).
-    pub(super) fn end_joint_lost(&self, state: &mut LockState, reason: String) {
+    pub(super) fn end_joint_lost(
+        &self,
+        state: &mut LockState,
+        (reason, cause): (String, LossCause),
+    ) {
         let Ok(joint) = state.phase.end_joint() else {
             return;
         };
         tracing::warn!(target = %state.target.url, %reason, holders = joint.members.len(), "shared lease lost");
-        self.tally.held(-(joint.members.len() as i64));
+        self.tally
+            .held(joint.mode.lock_mode(), -(joint.members.len() as i64));
+        for member in &joint.members {
+            self.tally.hold_ended(member.since);
+        }
+        self.tally.lost(cause, joint.members.len() as u64);
         // Before the holders hear: a restart after this must not hand the holding back.
         self.ctx.journal_lost(&joint.entry.lock_id);
         for member in &joint.members {
@@ -353,7 +369,13 @@ impl LockActor {
             return;
         };
         let members = std::mem::take(&mut joint.members);
-        self.tally.held(-(members.len() as i64));
+        self.tally
+            .held(joint.mode.lock_mode(), -(members.len() as i64));
+        for member in &members {
+            self.tally.hold_ended(member.since);
+        }
+        self.tally
+            .lost(LossCause::DaemonStopping, members.len() as u64);
         for member in &members {
             member.session.event(
                 member.acquire_id,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
-use vfslock_proto::{ErrorKind, Event, Grant, LockMetadata, Response, WireError};
+use vfslock_proto::{ErrorKind, Event, Grant, LockMetadata, LockMode, Response, WireError};
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
@@ -17,6 +17,7 @@ use super::replies;
 use super::state::{Holding, LockState, Renewal, Waiter};
 use super::timing::{self, first_renewal, next_renewal, Timer};
 use crate::lockfile::{self, LockRecord};
+use crate::metrics::LossCause;
 use crate::store::{Conditional, Replaced, Token, Written};
 
 /// First delay before retrying a failed renewal.
@@ -101,7 +102,7 @@ impl LockActor {
             max_hold,
             unclaimed: None,
         }));
-        self.tally.held(1);
+        self.tally.held(LockMode::Exclusive, 1);
         session.reply(acquire_id, Ok(Response::Granted(grant)));
         state.recheck.delay = self.ctx.settings.locks.recheck_min;
         if !ttl.is_zero() {
@@ -127,7 +128,8 @@ impl LockActor {
         let Ok(holding) = state.phase.end_holding() else {
             return Ok(Response::Released { held: false });
         };
-        self.tally.held(-1);
+        self.tally.held(LockMode::Exclusive, -1);
+        self.tally.hold_ended(holding.since);
         let lock_id = holding.record.lock_id.clone();
         holding.session.acquire_ended(holding.acquire_id);
         let outcome = self.end_holding(myself, state, holding).await;
@@ -161,6 +163,9 @@ impl LockActor {
                 Ok(Replaced::Done(written)) => {
                     let streak = state.handoff.streak.get_or_insert((0, Instant::now()));
                     streak.0 = streak.0.saturating_add(1);
+                    if let Some(instruments) = self.tally.instruments() {
+                        instruments.handed_off();
+                    }
                     self.grant(myself, state, waiter, record, written, sent, None);
                     return Ok(Response::Released { held: true });
                 }
@@ -182,6 +187,9 @@ impl LockActor {
             // A capped streak: let other hosts' waiters, which poll, find the lock free.
             let cooldown = self.ctx.settings.locks.handoff_cooldown;
             state.handoff.cooldown_until = Some(Instant::now() + cooldown);
+            if let Some(instruments) = self.tally.instruments() {
+                instruments.capped();
+            }
         }
         match outcome {
             Some(Conditional::Changed) => Err(replies::lease_lost_at_release(
@@ -198,13 +206,15 @@ impl LockActor {
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
-        reason: String,
+        (reason, cause): (String, LossCause),
         try_delete: bool,
     ) {
         let Ok(holding) = state.phase.end_holding() else {
             return;
         };
-        self.tally.held(-1);
+        self.tally.held(LockMode::Exclusive, -1);
+        self.tally.hold_ended(holding.since);
+        self.tally.lost(cause, 1);
         tracing::warn!(target = %state.target.url, %reason, "lease lost");
         if holding.unclaimed.is_some() {
             // A holding kept for its session after a restart, which will never get it back.
@@ -239,7 +249,9 @@ impl LockActor {
             .map(|until| until.saturating_duration_since(sent));
         if remaining == Some(Duration::ZERO) {
             let reason = replies::not_renewed_in_time(&state.target.url);
-            return self.lose(myself, state, reason, true).await;
+            return self
+                .lose(myself, state, (reason, LossCause::StoreOutage), true)
+                .await;
         }
         let mut record = holding.record.clone();
         record.created_at = self.ctx.now();
@@ -280,7 +292,8 @@ impl LockActor {
             }
             Ok(Replaced::Changed) => {
                 let reason = replies::replaced_by_someone_else(&state.target.url);
-                self.lose(myself, state, reason, false).await;
+                self.lose(myself, state, (reason, LossCause::StolenOrBroken), false)
+                    .await;
             }
             Err(e) => {
                 // Retry with backoff while the deadline allows; the retry that finds the
@@ -292,6 +305,7 @@ impl LockActor {
                 let delay = holding.renewal.retry_delay.min(left);
                 holding.renewal.retry_delay = (holding.renewal.retry_delay * 2).min(ttl / 3);
                 tracing::warn!(target = %state.target.url, error = %e, retry_in = ?delay, "renewal failed");
+                state.target.store.count_renewal_failure();
                 schedule_renewal(myself, state, delay);
             }
         }

@@ -52,7 +52,9 @@ impl LockActor {
             let Ok(holding) = state.phase.end_holding() else {
                 return;
             };
-            self.tally.held(-1);
+            self.tally.held(vfslock_proto::LockMode::Exclusive, -1);
+            self.tally.hold_ended(holding.since);
+            self.tally.lost(crate::metrics::LossCause::MaxHold, 1);
             if holding.unclaimed.is_some() {
                 // Kept after a restart and not resumed before its max-hold came.
                 self.ctx.restarts.count_lost();
@@ -74,6 +76,7 @@ impl LockActor {
             let entry = &state.joint().expect("found above").entry.lock_id;
             self.ctx.journal_member_left(entry, &member.lock_id);
             tell(&member.session, acquire_id, &url, limit);
+            self.tally.lost(crate::metrics::LossCause::MaxHold, 1);
             let _ = self
                 .leave_joint(myself, state, session_id, acquire_id)
                 .await;

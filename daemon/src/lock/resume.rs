@@ -32,7 +32,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::ActorRef;
-use vfslock_proto::{ErrorKind, Response, Secret, WireError};
+use vfslock_proto::{ErrorKind, LockMode, Response, Secret, WireError};
+
+use crate::metrics::LossCause;
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
@@ -158,7 +160,7 @@ impl LockActor {
                     max_hold: None,
                     unclaimed: Some(Box::new(owner)),
                 }));
-                self.tally.held(1);
+                self.tally.held(LockMode::Exclusive, 1);
                 self.ctx.restarts.count_kept();
                 self.keep_max_hold(myself, state, &kept.lock_id, (NOBODY, 0));
                 if !ttl.is_zero() {
@@ -268,7 +270,7 @@ impl LockActor {
             valid_until: self.valid_until(sent, ttl),
             renewal: Renewal::first(RENEW_RETRY_MIN),
         }));
-        self.tally.held(kept_members as i64);
+        self.tally.held(joint.mode.lock_mode(), kept_members as i64);
         if !ttl.is_zero() {
             schedule_renewal(myself, state, first_renewal(ttl));
         }
@@ -341,7 +343,8 @@ impl LockActor {
                     id,
                     Err(WireError::new(ErrorKind::LeaseLost, reason.clone())),
                 );
-                self.lose_joint(myself, state, reason).await;
+                self.lose_joint(myself, state, (reason, LossCause::StolenOrBroken))
+                    .await;
             }
             // Kept as it is: the client may ask again while the window is open.
             Err(e) => session.reply(id, Err(replies::store_error(e))),
@@ -499,7 +502,8 @@ impl LockActor {
                     id,
                     Err(WireError::new(ErrorKind::LeaseLost, reason.clone())),
                 );
-                self.lose(myself, state, reason, false).await;
+                self.lose(myself, state, (reason, LossCause::StolenOrBroken), false)
+                    .await;
             }
             // Kept as it is: the client may ask again while the window is open.
             Err(e) => session.reply(id, Err(replies::store_error(e))),
@@ -534,7 +538,8 @@ impl LockActor {
             let reason = replies::not_resumed(&state.target.url);
             tracing::info!(target = %state.target.url, "nobody resumed a holding of the previous run within the resume window; released");
             // Serves the queue once the file is gone.
-            self.lose(myself, state, reason, true).await;
+            self.lose(myself, state, (reason, LossCause::NotResumed), true)
+                .await;
         } else if places_expired {
             self.serve_queue(myself, state).await;
         }

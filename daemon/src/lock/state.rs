@@ -15,6 +15,7 @@ use crate::context::{Context, Stats};
 use crate::link::SessionLink;
 use crate::lockfile::joint::{HolderEntry, JointMode};
 use crate::lockfile::LockRecord;
+use crate::metrics::{LossCause, ModeLabel, StoreInstruments};
 use crate::store::{Observed, Store, Version};
 
 /// Everything a lock actor knows.
@@ -336,14 +337,14 @@ impl WaitQueue {
             .iter()
             .rposition(|w| w.ordinal < waiter.ordinal)
             .map_or(0, |before| before + 1);
-        self.tally.waiting(1);
+        self.tally.waiting(waiter.mode, 1);
         self.waiters.insert(at, waiter);
         at + 1
     }
 
     /// Puts a waiter back at the head (its attempt found the lock held).
     pub fn push_front(&mut self, waiter: Waiter) {
-        self.tally.waiting(1);
+        self.tally.waiting(waiter.mode, 1);
         self.waiters.push_front(waiter);
     }
 
@@ -362,7 +363,7 @@ impl WaitQueue {
     /// Takes the head.
     pub fn pop_front(&mut self) -> Option<Waiter> {
         let waiter = self.waiters.pop_front()?;
-        self.tally.waiting(-1);
+        self.tally.waiting(waiter.mode, -1);
         Some(waiter)
     }
 
@@ -373,20 +374,27 @@ impl WaitQueue {
             .iter()
             .position(|w| w.is(session_id, acquire_id))?;
         let waiter = self.waiters.remove(at)?;
-        self.tally.waiting(-1);
+        self.tally.waiting(waiter.mode, -1);
         Some(waiter)
     }
 
     /// Drops every waiter of `session_id` (its connection closed).
     pub fn remove_session(&mut self, session_id: u64) {
-        let before = self.waiters.len();
-        self.waiters.retain(|w| w.session.id != session_id);
-        self.tally.waiting(-((before - self.waiters.len()) as i64));
+        let tally = &self.tally;
+        self.waiters.retain(|w| {
+            let stays = w.session.id != session_id;
+            if !stays {
+                tally.waiting(w.mode, -1);
+            }
+            stays
+        });
     }
 
     /// Takes every waiter (shutdown).
     pub fn drain(&mut self) -> Vec<Waiter> {
-        self.tally.waiting(-(self.waiters.len() as i64));
+        for waiter in &self.waiters {
+            self.tally.waiting(waiter.mode, -1);
+        }
         self.waiters.drain(..).collect()
     }
 }
@@ -454,15 +462,19 @@ pub struct Leftover {
     pub scheduled: bool,
 }
 
-/// One actor's share of the daemon's gauges (held, waiting, targets), kept outside its state:
-/// ractor drops a panicked actor's state without `post_stop`, and the supervisor takes the
-/// share back out of the gauges through this ([`Tally::settle`]).
+/// One actor's share of the daemon's gauges (held, waiting, targets; and by store and mode in
+/// the metrics), kept outside its state: ractor drops a panicked actor's state without
+/// `post_stop`, and the supervisor takes the share back out of the gauges through this
+/// ([`Tally::settle`]). It also hands the actor its store's metrics series.
 #[derive(Debug)]
 pub struct Tally {
     ctx: Arc<Context>,
-    held: AtomicI64,
-    waiting: AtomicI64,
+    /// By mode, in [`ModeLabel`] order.
+    held: [AtomicI64; 3],
+    waiting: [AtomicI64; 3],
     settled: AtomicBool,
+    /// The target's store's series, once the actor knows its store; never when metrics are off.
+    instruments: std::sync::OnceLock<Arc<StoreInstruments>>,
 }
 
 impl Tally {
@@ -471,31 +483,72 @@ impl Tally {
         Stats::add(&ctx.stats.targets, 1);
         Tally {
             ctx,
-            held: AtomicI64::new(0),
-            waiting: AtomicI64::new(0),
+            held: Default::default(),
+            waiting: Default::default(),
             settled: AtomicBool::new(false),
+            instruments: std::sync::OnceLock::new(),
         }
     }
 
-    /// A holding began (1) or ended (-1).
-    pub fn held(&self, delta: i64) {
-        self.held.fetch_add(delta, Ordering::Relaxed);
-        Stats::add(&self.ctx.stats.held, delta);
+    /// Records into `store`'s metrics series from now on.
+    pub fn attach(&self, store: &crate::store::Store) {
+        if let Some(instruments) = store.instruments_handle() {
+            let _ = self.instruments.set(instruments);
+        }
     }
 
-    /// Waiters came or went.
-    pub fn waiting(&self, delta: i64) {
-        self.waiting.fetch_add(delta, Ordering::Relaxed);
+    /// The store's metrics series; `None` when metrics are off.
+    pub fn instruments(&self) -> Option<&StoreInstruments> {
+        self.instruments.get().map(|i| &**i)
+    }
+
+    /// `delta` holdings in `mode` began (positive) or ended.
+    pub fn held(&self, mode: LockMode, delta: i64) {
+        let mode = ModeLabel::from(mode);
+        self.held[mode as usize].fetch_add(delta, Ordering::Relaxed);
+        Stats::add(&self.ctx.stats.held, delta);
+        if let Some(instruments) = self.instruments() {
+            instruments.held(mode, delta);
+        }
+    }
+
+    /// Waiters in `mode` came or went.
+    pub fn waiting(&self, mode: LockMode, delta: i64) {
+        let mode = ModeLabel::from(mode);
+        self.waiting[mode as usize].fetch_add(delta, Ordering::Relaxed);
         Stats::add(&self.ctx.stats.waiting, delta);
+        if let Some(instruments) = self.instruments() {
+            instruments.waiting(mode, delta);
+        }
+    }
+
+    /// A holding granted at `since` ended (released or lost).
+    pub fn hold_ended(&self, since: Instant) {
+        if let Some(instruments) = self.instruments() {
+            instruments.hold_ended(since.elapsed());
+        }
+    }
+
+    /// `count` leases were lost for `cause`.
+    pub fn lost(&self, cause: LossCause, count: u64) {
+        if let Some(instruments) = self.instruments() {
+            instruments.lost(cause, count);
+        }
     }
 
     /// The actor is gone: takes what it still counted out of the gauges, and the target
     /// itself. Idempotent.
     pub fn settle(&self) {
-        let held = self.held.swap(0, Ordering::Relaxed);
-        let waiting = self.waiting.swap(0, Ordering::Relaxed);
-        Stats::add(&self.ctx.stats.held, -held);
-        Stats::add(&self.ctx.stats.waiting, -waiting);
+        for mode in ModeLabel::ALL {
+            let held = self.held[mode as usize].swap(0, Ordering::Relaxed);
+            let waiting = self.waiting[mode as usize].swap(0, Ordering::Relaxed);
+            Stats::add(&self.ctx.stats.held, -held);
+            Stats::add(&self.ctx.stats.waiting, -waiting);
+            if let Some(instruments) = self.instruments() {
+                instruments.held(mode, -held);
+                instruments.waiting(mode, -waiting);
+            }
+        }
         if !self.settled.swap(true, Ordering::Relaxed) {
             Stats::add(&self.ctx.stats.targets, -1);
         }

@@ -8,6 +8,7 @@
 //! 3. sessions stop reading, flush what is queued for their clients, and close.
 
 mod handshake;
+pub mod metrics;
 pub mod session;
 
 use std::io;
@@ -187,13 +188,16 @@ fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
 /// Accepts connections until `stop` fires, then shuts down in order (module docs).
 ///
 /// `socket` is the socket file to remove at exit: `None` for a socket systemd passed, which
-/// stays for the next daemon. `notifier` hears `READY=1` now and `STOPPING=1` when shutdown
-/// begins ([`crate::systemd`]).
+/// stays for the next daemon. `metrics` is the metrics listener systemd passed, which a planned
+/// restart hands over with the socket. `notifier` hears `READY=1` now and `STOPPING=1` when
+/// shutdown begins ([`crate::systemd`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     ctx: Arc<Context>,
     registry: Arc<Registry>,
     listener: Listener,
     socket: Option<PathBuf>,
+    metrics: Option<metrics::MetricsListener>,
     notifier: crate::systemd::Notifier,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -204,13 +208,18 @@ pub async fn serve(
     let mut sessions = JoinSet::new();
     tokio::pin!(stop);
     let mut reload = ReloadSignal::new();
+    // Passed by systemd: handed over at a planned restart. Bound from the config: bound again
+    // by the next image, from its config.
+    #[cfg(unix)]
+    let metrics_handed = metrics.as_ref().filter(|m| m.passed()).map(|m| m.raw_fd());
+    let metrics = metrics.map(|m| m.serve(ctx.clone()));
     loop {
         tokio::select! {
             _ = &mut stop => break,
             () = reload.recv() => {
                 #[cfg(unix)]
                 {
-                    let error = crate::reexec::replace_process(listener_fd(&listener), socket.as_deref(), || ctx.hand_over_memory());
+                    let error = crate::reexec::replace_process(listener_fd(&listener), metrics_handed, socket.as_deref(), || ctx.hand_over_memory());
                     tracing::error!(%error, "cannot restart in place; serving on");
                 }
             }
@@ -250,6 +259,9 @@ pub async fn serve(
     ctx.begin_shutdown();
     reporter.stopping();
     drop(listener);
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // A named pipe (Windows) leaves no file behind.
     #[cfg(unix)]
     if let Some(socket) = &socket {

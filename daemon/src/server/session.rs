@@ -462,12 +462,15 @@ impl Session {
     ) {
         let max_hold = match judge_max_hold(&request, max_hold, self.ctx.settings.locks.max_hold) {
             Ok(max_hold) => max_hold,
-            Err(e) => return self.reply(id, Err(e)),
+            Err(e) => return self.refuse_acquire(id, &request.target, e),
         };
         match self.locate(&request.target, Some(Need::Create)).await {
             Ok(address) => {
                 if let Err(e) = self.start_acquire(id, &address) {
-                    return self.reply(id, Err(e));
+                    return self.refuse_acquire(id, &request.target, e);
+                }
+                if let Some(instruments) = self.instruments(&address) {
+                    self.link.measure(id, instruments);
                 }
                 let message = LockMessage::Acquire {
                     session,
@@ -479,8 +482,23 @@ impl Session {
                 };
                 self.route(id, &address, message).await;
             }
-            Err(e) => self.reply(id, Err(e)),
+            Err(e) => self.refuse_acquire(id, &request.target, e),
         }
+    }
+
+    /// The metrics series of the store that serves `address`; `None` when metrics are off.
+    fn instruments(&self, address: &Address) -> Option<Arc<crate::metrics::StoreInstruments>> {
+        self.ctx.stores.for_address(address)?.instruments_handle()
+    }
+
+    /// Answers an acquire of `target` refused before it reached its actor, and counts the
+    /// refusal under its store (none for a target no store serves).
+    fn refuse_acquire(&mut self, id: RequestId, target: &str, error: WireError) {
+        if let Some(instruments) = self.address(target).ok().and_then(|a| self.instruments(&a)) {
+            let outcome = crate::metrics::Outcome::of_error(error.kind);
+            instruments.acquisition(outcome, None);
+        }
+        self.reply(id, Err(error));
     }
 
     /// Counts the acquire (or resume) `id` of `address` against this connection's and its
@@ -600,6 +618,14 @@ impl Session {
             Request::Restarts => {
                 let figures = self.ctx.restarts.snapshot(std::time::Instant::now());
                 self.reply(id, Ok(Response::Restarts(figures)))
+            }
+            Request::Metrics => {
+                let format = crate::metrics::Format::Prometheus;
+                let answer = match super::metrics::scrape(&self.ctx, format).await {
+                    Some(text) => Ok(Response::Metrics(text)),
+                    None => Err(WireError::new(ErrorKind::Unsupported, super::metrics::OFF)),
+                };
+                self.reply(id, answer)
             }
             Request::Resume {
                 target,

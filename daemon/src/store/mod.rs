@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::address::{Address, Prefix, Scheme};
 use crate::config::StaleRule;
+use crate::metrics::{FailureKind, Operation, StoreInstruments};
 
 /// Suffix of the companion file beside each lock file (`data.csv.lock.fence`): the OS lock
 /// that makes check-and-replace atomic across daemons, and the fencing-token counter. It
@@ -272,6 +273,9 @@ pub struct Store {
     /// Writes of lock files asked of this store (creates, replaces, deletes), shown by
     /// `status` on every store, so that a path meant to cost none can be checked.
     writes: std::sync::atomic::AtomicU64,
+    /// This store's metrics series, set once when the daemon's context is made (never when
+    /// metrics are off).
+    instruments: std::sync::OnceLock<Arc<StoreInstruments>>,
 }
 
 #[derive(Debug)]
@@ -295,25 +299,31 @@ impl Store {
         floor: u64,
         make: MakeLock,
     ) -> Result<Created, StoreError> {
-        self.inject("create", path).await?;
+        let timer = self.timer(Operation::Create);
+        if let Err(e) = self.inject("create", path).await {
+            return timer.finish(Err(e));
+        }
         self.count_write();
-        match &self.backend {
+        timer.finish(match &self.backend {
             Backend::Memory(s) => s.create(path, floor, make).await,
             #[cfg(unix)]
             Backend::Fs(s) => Box::pin(s.create(path, floor, make)).await,
             Backend::Object(s) => Box::pin(s.create(path, floor, make)).await,
-        }
+        })
     }
 
     /// Reads `path`; `None` when it does not exist.
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
-        self.inject("read", path).await?;
-        match &self.backend {
+        let timer = self.timer(Operation::Read);
+        if let Err(e) = self.inject("read", path).await {
+            return timer.finish(Err(e));
+        }
+        timer.finish(match &self.backend {
             Backend::Memory(s) => s.read(path).await,
             #[cfg(unix)]
             Backend::Fs(s) => Box::pin(s.read(path)).await,
             Backend::Object(s) => Box::pin(s.read(path)).await,
-        }
+        })
     }
 
     /// Replaces `path` if it still holds `expected`.
@@ -324,26 +334,32 @@ impl Store {
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
-        self.inject("replace", path).await?;
+        let timer = self.timer(Operation::Replace);
+        if let Err(e) = self.inject("replace", path).await {
+            return timer.finish(Err(e));
+        }
         self.count_write();
-        match &self.backend {
+        timer.finish(match &self.backend {
             Backend::Memory(s) => s.replace(path, expected, token, make).await,
             #[cfg(unix)]
             Backend::Fs(s) => Box::pin(s.replace(path, expected, token, make)).await,
             Backend::Object(s) => Box::pin(s.replace(path, expected, token, make)).await,
-        }
+        })
     }
 
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
-        self.inject("delete", path).await?;
+        let timer = self.timer(Operation::Delete);
+        if let Err(e) = self.inject("delete", path).await {
+            return timer.finish(Err(e));
+        }
         self.count_write();
-        match &self.backend {
+        timer.finish(match &self.backend {
             Backend::Memory(s) => s.delete(path, expected).await,
             #[cfg(unix)]
             Backend::Fs(s) => Box::pin(s.delete(path, expected)).await,
             Backend::Object(s) => Box::pin(s.delete(path, expected)).await,
-        }
+        })
     }
 
     /// Removes the temporary copies of the lock file at `path` that carry `lock_id`, left by a
@@ -363,6 +379,43 @@ impl Store {
                 let _ = (path, lock_id);
                 0
             }
+        }
+    }
+
+    /// Times one request (a fault the layer injects counts as the store's failure: to the
+    /// daemon it is one).
+    fn timer(&self, operation: Operation) -> RequestTimer<'_> {
+        RequestTimer::start(self.instruments(), operation)
+    }
+
+    /// This store's metrics series; `None` when metrics are off.
+    pub fn instruments(&self) -> Option<&StoreInstruments> {
+        self.instruments.get().map(|i| &**i)
+    }
+
+    /// This store's metrics series, shared; `None` when metrics are off.
+    pub fn instruments_handle(&self) -> Option<Arc<StoreInstruments>> {
+        self.instruments.get().cloned()
+    }
+
+    /// Gives the store its metrics series (once; later calls change nothing).
+    pub fn attach(&self, instruments: Arc<StoreInstruments>) {
+        let _ = self.instruments.set(instruments);
+    }
+
+    /// The `store` label of its metrics: the kind of store, never a bucket or a path.
+    pub fn label(&self) -> &'static str {
+        match &self.backend {
+            #[cfg(unix)]
+            Backend::Fs(_) => "file",
+            Backend::Memory(_) => "mem",
+            Backend::Object(_) => match self.prefix.split("://").next().unwrap_or("") {
+                "s3" => "s3",
+                "gs" | "gcs" => "gcs",
+                "azblob" | "az" => "azblob",
+                "sftp" => "sftp",
+                _ => "object",
+            },
         }
     }
 
@@ -531,6 +584,16 @@ impl Store {
     pub fn count_renewal(&self) {
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(instruments) = self.instruments() {
+            instruments.renewed();
+        }
+    }
+
+    /// Counts one failed renewal (retried until the lease's deadline).
+    pub fn count_renewal_failure(&self) {
+        if let Some(instruments) = self.instruments() {
+            instruments.renewal_failed();
+        }
     }
 
     fn renewals(&self) -> (String, u64) {
@@ -647,6 +710,7 @@ impl Stores {
                 prefix,
                 renewals: Default::default(),
                 writes: Default::default(),
+                instruments: Default::default(),
                 #[cfg(feature = "faults")]
                 faults: faults.clone(),
             })
@@ -722,6 +786,59 @@ impl Stores {
             .iter()
             .chain(self.memory.iter())
             .chain(self.objects.iter().map(|(_, store)| store))
+    }
+}
+
+/// Times one store request from its start; dropped before [`RequestTimer::finish`] (the
+/// caller's deadline passed and the request was abandoned), it counts as a timeout.
+#[derive(Debug)]
+pub struct RequestTimer<'a> {
+    /// Nothing is read or recorded without instruments (metrics off).
+    started: Option<(&'a StoreInstruments, std::time::Instant)>,
+    operation: Operation,
+}
+
+impl<'a> RequestTimer<'a> {
+    /// Starts timing `operation`.
+    pub fn start(instruments: Option<&'a StoreInstruments>, operation: Operation) -> Self {
+        RequestTimer {
+            started: instruments.map(|i| (i, std::time::Instant::now())),
+            operation,
+        }
+    }
+
+    /// Records the request's latency and, if it failed, its failure; returns `result`.
+    pub fn finish<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Some((instruments, started)) = self.started.take() {
+            let failure = result.as_ref().err().map(failure_kind);
+            instruments.request(self.operation, started.elapsed(), failure);
+        }
+        result
+    }
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        if let Some((instruments, started)) = self.started {
+            instruments.request(
+                self.operation,
+                started.elapsed(),
+                Some(FailureKind::Timeout),
+            );
+        }
+    }
+}
+
+/// The metrics' kind of a store failure.
+fn failure_kind(error: &StoreError) -> FailureKind {
+    if error.unreadable.is_some() {
+        FailureKind::Unreadable
+    } else if error.unsupported {
+        FailureKind::Unsupported
+    } else if error.contended {
+        FailureKind::Contended
+    } else {
+        FailureKind::Failed
     }
 }
 
