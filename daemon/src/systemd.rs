@@ -4,8 +4,8 @@
 //!
 //! Each protocol is a few environment variables and, for notifications, one datagram per
 //! message, so this needs no crate. Outside systemd every part is a no-op: no passed socket
-//! means the daemon binds its own, no `NOTIFY_SOCKET` means nothing is sent, and logs keep the
-//! human format.
+//! means the daemon binds its own, no `NOTIFY_SOCKET` means nothing is sent, and log lines
+//! carry no priority prefix.
 //!
 //! | variable | read by | meaning |
 //! |---|---|---|
@@ -563,15 +563,29 @@ pub fn error_prefix(journal: bool) -> &'static str {
     }
 }
 
-/// The log format for the journal: the usual line without timestamp or colours, and a `<N>`
-/// priority prefix on *every* line, so a message that spans lines keeps its priority.
+/// A log format for the journal: the line of the format it wraps, with a `<N>` priority prefix
+/// on *every* line, so a message that spans lines keeps its priority.
+///
+/// [`JournalFormat::text`] is the usual line without timestamp or colours (the journal keeps
+/// its own time); [`JournalFormat::json`] is the same JSON object as off the journal, timestamp
+/// included, so that a collector reading `journalctl -o cat` gets one schema either way.
 #[derive(Debug)]
-pub struct JournalFormat {
-    inner: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+pub struct JournalFormat<F> {
+    inner: F,
 }
 
-impl Default for JournalFormat {
-    fn default() -> Self {
+/// The human line, without timestamp or colours.
+type TextLine = tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>;
+
+/// One JSON object (see [`json_format`]).
+type JsonLine = tracing_subscriber::fmt::format::Format<
+    tracing_subscriber::fmt::format::Json,
+    tracing_subscriber::fmt::time::SystemTime,
+>;
+
+impl JournalFormat<TextLine> {
+    /// The human line, for `log-format = "text"`.
+    pub fn text() -> Self {
         JournalFormat {
             inner: tracing_subscriber::fmt::format()
                 .without_time()
@@ -580,10 +594,38 @@ impl Default for JournalFormat {
     }
 }
 
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+impl JournalFormat<JsonLine> {
+    /// The JSON object of [`json_format`], for `log-format = "json"`. The subscriber must record
+    /// fields with `JsonFields` (`.fmt_fields(JsonFields::new())`): the JSON format reads the
+    /// spans' recorded fields back as JSON.
+    pub fn json() -> Self {
+        JournalFormat {
+            inner: json_format(),
+        }
+    }
+}
+
+/// The JSON object of one event, for `log-format = "json"`: `timestamp`, `level`, `fields`
+/// (the message as `fields.message`), `target`, and, inside a span, `span` (the innermost) and
+/// `spans` (root to leaf).
+///
+/// The event's fields stay under `fields` rather than flattened into the object: several
+/// events have a field named `target` (the lock's URL), which would collide with the
+/// module path that `target` holds.
+pub fn json_format() -> JsonLine {
+    tracing_subscriber::fmt::format()
+        .json()
+        .flatten_event(false)
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_ansi(false)
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat<F>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
 {
     fn format_event(
         &self,
@@ -663,26 +705,28 @@ mod tests {
         assert_eq!(syslog_priority(tracing::Level::TRACE), 7);
     }
 
+    /// What a subscriber wrote, shared with the test that reads it.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn every_line_of_a_journal_record_carries_its_priority() {
-        use std::sync::Mutex;
-        #[derive(Clone, Default)]
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let sink = Sink::default();
         let writer = sink.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_writer(move || writer.clone())
-            .event_format(JournalFormat::default())
+            .event_format(JournalFormat::text())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(target: "vfslockd", "first line\nsecond line");
@@ -701,5 +745,45 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'), "colours in {text:?}");
+    }
+
+    #[test]
+    fn a_json_journal_record_is_one_object_after_its_priority_with_its_spans() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JournalFormat::json())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let _session = tracing::info_span!("session", id = 7).entered();
+            tracing::warn!(target: "vfslockd", target = "mem:///x", "first line\nsecond line");
+        });
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "a newline in a message stays inside its string: {text}"
+        );
+        let object: serde_json::Value = serde_json::from_str(
+            lines[0]
+                .strip_prefix("<4>")
+                .unwrap_or_else(|| panic!("no <4> prefix: {text}")),
+        )
+        .unwrap();
+        assert_eq!(object["level"], "WARN", "{text}");
+        assert_eq!(object["target"], "vfslockd", "{text}");
+        assert_eq!(
+            object["fields"]["message"], "first line\nsecond line",
+            "{text}"
+        );
+        assert_eq!(object["fields"]["target"], "mem:///x", "{text}");
+        assert!(object["timestamp"].is_string(), "{text}");
+        assert_eq!(object["span"]["name"], "session", "{text}");
+        assert_eq!(object["span"]["id"], 7, "{text}");
+        assert_eq!(object["spans"][0]["name"], "session", "{text}");
     }
 }

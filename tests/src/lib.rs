@@ -589,11 +589,17 @@ impl Daemon {
 /// Runs `vfslockd` with `config`, which must make it refuse to start: returns its exit status
 /// and everything it logged. Fails if it starts serving, or does not exit within [`DEADLINE`].
 pub fn start_refused(config: &str) -> (ExitStatus, String) {
+    start_refused_with(config, &[])
+}
+
+/// [`start_refused`] with more command-line arguments (`--log-format xml`).
+pub fn start_refused_with(config: &str, args: &[&str]) -> (ExitStatus, String) {
     let dir = tempfile::Builder::new()
         .prefix("vfslock-test-")
         .tempdir()
         .expect("temporary directory");
-    let launch = Launch::in_dir(bin("vfslockd"), dir.path());
+    let mut launch = Launch::in_dir(bin("vfslockd"), dir.path());
+    launch.args = args.iter().map(|a| a.to_string()).collect();
     std::fs::write(&launch.config, config).expect("config file");
     let mut child = launch
         .command()

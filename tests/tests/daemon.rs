@@ -25,6 +25,7 @@ fn print_config_shows_the_embedded_defaults_and_a_files_overrides() {
         "max-frame = 1048576",
         "reserved-admin-connections = 64\nmax-connections-per-uid = 1024",
         "max-locks-per-uid = 100000",
+        "log-format = \"text\"",
     ] {
         assert!(printed.contains(line), "missing {line:?} in:\n{printed}");
     }

@@ -30,25 +30,6 @@ async fn go_acquire(peer: &GoPeer, mode: &str, target: &str, tries: u32) -> Outp
         .expect("the Go peer's task")
 }
 
-/// A log line without its terminal colour codes.
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn says(output: &Output) -> String {
     format!(
         "{}{}",
@@ -154,7 +135,6 @@ async fn a_go_reader_racing_our_deletes_never_blocks_us_for_long() {
     let taken = daemon
         .log()
         .lines()
-        .map(without_colours)
         .filter(|l| l.contains("took over a stale lock") && l.contains("stale_pid=0 "))
         .count();
     eprintln!(

@@ -1,7 +1,7 @@
 //! The host service: the unit files pass `systemd-analyze verify` and stay within the
 //! documented security exposure, the daemon serves a socket passed by
 //! `systemd-socket-activate`, and it tells a notify socket READY, STATUS, WATCHDOG and
-//! STOPPING, and writes journal-graded log lines when its stderr is the journal.
+//! STOPPING, and writes journal-graded log lines (text or JSON) when its stderr is the journal.
 //!
 //! systemd is not PID 1 here: everything runs with systemd's stand-alone tools
 //! (`systemd-analyze`, `systemd-socket-activate`, Debian package `systemd`) and a notify socket
@@ -696,6 +696,45 @@ fn logs_carry_syslog_priorities_only_when_stderr_is_the_journal() {
     );
     assert!(log.contains("serving"), "{log}");
     assert!(log.lines().all(|l| !l.starts_with('<')), "{log}");
+}
+
+#[test]
+fn json_logs_keep_their_syslog_priorities_when_stderr_is_the_journal() {
+    let setup = Setup::new();
+    std::fs::write(
+        setup.path("vfslockd.toml"),
+        format!("{TEST_CONFIG}\n[daemon]\nlog-format = \"json\"\n"),
+    )
+    .unwrap();
+    std::fs::write(setup.path("vfslockd.log"), "").unwrap();
+    let stream = journal_stream_of(&setup.path("vfslockd.log"));
+    let log = log_of_a_short_run(&setup, &[("JOURNAL_STREAM", stream)]);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let (priority, json) = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .unwrap_or_else(|| panic!("a line without a priority prefix: {line:?}\n{log}"));
+        let object: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("not JSON after its priority ({e}): {line:?}\n{log}"));
+        let expected = match object["level"].as_str() {
+            Some("ERROR") => "3",
+            Some("WARN") => "4",
+            Some("INFO") => "6",
+            Some("DEBUG" | "TRACE") => "7",
+            other => panic!("level {other:?} in {line:?}"),
+        };
+        assert_eq!(priority, expected, "{line:?}");
+        assert!(object["timestamp"].is_string(), "{line:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>{") && l.contains("serving")),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "colours in the journal: {log:?}");
 }
 
 /// `vfslockd` on the listening socket `listener`, passed as systemd passes it: descriptor 3,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vfslockd::config::Settings;
+use vfslockd::config::{LogFormat, Settings};
 use vfslockd::error::Chain;
 
 /// The vfslock per-host lock daemon.
@@ -26,6 +26,10 @@ struct Args {
     /// $STATE_DIRECTORY under systemd, /var/lib/vfslock for root, $XDG_STATE_HOME/vfslock).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// How log lines are written on stderr: `text` or `json` (one JSON object per line).
+    /// Default: the config's `log-format`, else `text`.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -57,24 +61,12 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let logging = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    // Under systemd the journal timestamps each line and reads its priority from a `<N>`
-    // prefix; elsewhere, the human format.
+    // Whether stderr is the journal does not depend on the config, so even a config error
+    // carries the journal's error priority.
     let journal = vfslockd::systemd::logs_to_journal();
-    if journal {
-        logging
-            .with_ansi(false)
-            .event_format(vfslockd::systemd::JournalFormat::default())
-            .init();
-    } else {
-        logging.init();
-    }
     let error = vfslockd::systemd::error_prefix(journal);
+    // The config comes before logging, since it chooses the log format; nothing logs until
+    // then, and its errors are printed as plain lines (no format is known yet).
     let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -88,6 +80,17 @@ fn main() -> ExitCode {
     if let Some(host_id) = args.host_id.filter(|h| !h.is_empty()) {
         settings.daemon.host_id = Some(host_id);
     }
+    // Read here rather than by clap, so that a bad value exits 78 with the config file's
+    // message instead of clap's usage error (exit 2).
+    if let Some(format) = args.log_format {
+        match LogFormat::parse(&format) {
+            Ok(format) => settings.daemon.log_format = format,
+            Err(e) => {
+                eprintln!("{error}vfslockd: --log-format: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     if let Some(offset) = args.clock_offset {
         match parse_offset(&offset) {
             Ok(ns) => settings.faults.clock_offset_ns = ns,
@@ -97,6 +100,8 @@ fn main() -> ExitCode {
             }
         }
     }
+    let format = settings.daemon.log_format;
+    set_up_logging(format, journal);
     if args.print_config {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
@@ -114,7 +119,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("{error}vfslockd: cannot start the runtime: {e}");
+            print_fatal(format, journal, &format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -127,7 +132,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{error}vfslockd: cannot start: {}", Chain(&e));
+            print_fatal(format, journal, &format!("cannot start: {}", Chain(&e)));
             if e.is_config() {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -135,6 +140,72 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes the events `RUST_LOG` enables (default: `info` and above) to stderr in `format`.
+///
+/// Under the journal each line carries its `<N>` priority ([`vfslockd::systemd::JournalFormat`]);
+/// elsewhere the text format has colours only when stderr is a terminal, so that a log
+/// redirected to a file holds no escape sequences. JSON never has colours.
+fn set_up_logging(format: LogFormat, journal: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::format::JsonFields;
+    use vfslockd::systemd::{json_format, JournalFormat};
+
+    let logging = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match (format, journal) {
+        (LogFormat::Text, false) => logging.with_ansi(std::io::stderr().is_terminal()).init(),
+        (LogFormat::Text, true) => logging
+            .with_ansi(false)
+            .event_format(JournalFormat::text())
+            .init(),
+        // The JSON event format reads the spans' fields as JSON: they must be recorded by
+        // `JsonFields` too.
+        (LogFormat::Json, false) => logging
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(json_format())
+            .init(),
+        (LogFormat::Json, true) => logging
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JournalFormat::json())
+            .init(),
+    }
+}
+
+/// Prints why the daemon stops, once logging is set up: as a line of the log's `format`, so
+/// that a collector that reads a JSON log line by line reads this one too, with the journal's
+/// error priority when stderr is the journal. Printed directly rather than through `tracing`,
+/// so that no `RUST_LOG` filter can hide why the daemon exited.
+fn print_fatal(format: LogFormat, journal: bool, message: &str) {
+    let prefix = vfslockd::systemd::error_prefix(journal);
+    match format {
+        LogFormat::Text => eprintln!("{prefix}vfslockd: {message}"),
+        LogFormat::Json => eprintln!("{prefix}{}", fatal_json(message)),
+    }
+}
+
+/// The JSON object of an error event of target `vfslockd` with this message, as
+/// [`vfslockd::systemd::json_format`] writes one (timestamp included, in the same form).
+fn fatal_json(message: &str) -> serde_json::Value {
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+
+    let mut timestamp = String::new();
+    // Only a failing `fmt::Write` makes this fail, and a `String` never does.
+    let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+    serde_json::json!({
+        "timestamp": timestamp,
+        "level": "ERROR",
+        "fields": { "message": message },
+        "target": "vfslockd",
+    })
 }
 
 /// `--check-config`: the checks of a start that change nothing ([`vfslockd::startup::check`]),

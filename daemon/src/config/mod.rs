@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use access::{AccessRuleSettings, NameOrId};
-pub use daemon::DaemonSettings;
+pub use daemon::{DaemonSettings, LogFormat};
 pub use error::{ConfigError, ObjectStoreProblem};
 pub use faults::{FaultSettings, OperationFaults};
 pub use limits::LimitSettings;
@@ -75,7 +75,7 @@ struct RawConfig {
 /// Validated settings, in real types, grouped as the file is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// `[daemon]`: socket, host identity, admin group, state directory.
+    /// `[daemon]`: socket, host identity, admin group, state directory, log format.
     pub daemon: DaemonSettings,
     /// `[locks]`: the lock protocol's timings.
     pub locks: LockSettings,
