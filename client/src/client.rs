@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfslock_proto::{
-    ListEntry, ListedLock, LockMode, LockView, Request, Response, RestartInfo, StatusInfo,
-    WaitMode, Welcome,
+    ListEntry, ListedLock, LockMode, LockView, QueuedLock, Request, Response, RestartInfo,
+    StatusInfo, WaitMode, Welcome,
 };
 
 use crate::connection::Connection;
@@ -334,6 +334,29 @@ impl Client {
         match conn.request(Request::Restarts).await? {
             Response::Restarts(info) => Ok(info),
             other => Err(unexpected("a restarts request", other)),
+        }
+    }
+
+    /// What [`Client::list_modes`] lists, with each target's oldest waiter and the last holder
+    /// the daemon saw in its lock file from elsewhere. A daemon older than protocol 9 knows
+    /// neither: its list comes back with both `None`.
+    pub async fn list_queues(&self) -> Result<Vec<QueuedLock>, Error> {
+        let conn = self.conn().await?;
+        if conn.welcome().protocol_version < 9 {
+            drop(conn);
+            let listed = self.list_modes().await?;
+            return Ok(listed
+                .into_iter()
+                .map(|listed| QueuedLock {
+                    listed,
+                    oldest_wait: None,
+                    foreign_holder: None,
+                })
+                .collect());
+        }
+        match conn.request(Request::ListQueues).await? {
+            Response::ListedQueues(listed) => Ok(listed),
+            other => Err(unexpected("a list request", other)),
         }
     }
 

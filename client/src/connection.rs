@@ -44,6 +44,8 @@ pub(crate) enum AcquireUpdate {
     /// Queued at this 1-based position, with the place to ask for again after the daemon
     /// restarted (protocol 7) and the window within which to ask.
     Queued(u32, WaitPlace, Duration),
+    /// Where the acquire stands now, and who holds the lock (protocol 9).
+    Waiting(crate::lock::Waiting),
     /// The lock is stale: may it be taken?
     StaleQuestion(LockMetadata),
     /// The lock is held; the lease is watched from the moment the grant arrived.
@@ -798,6 +800,23 @@ fn dispatch(routes: &Mutex<Routes>, frame: ServerFrame) -> Option<ClientFrame> {
                         secret: resume.secret,
                     };
                     let _ = tx.send(AcquireUpdate::Queued(position, place, resume.window));
+                }
+                None
+            }
+            Event::Waiting {
+                position,
+                holder,
+                held_for,
+            } => {
+                if let Some(Route::Acquire(tx)) = routes.pending.get(&id) {
+                    let waiting = crate::lock::Waiting {
+                        // Named by the lock that waits (the connection knows only the id).
+                        target: String::new(),
+                        position,
+                        holder: holder.map(|h| *h),
+                        held_for,
+                    };
+                    let _ = tx.send(AcquireUpdate::Waiting(waiting));
                 }
                 None
             }

@@ -92,15 +92,15 @@ pub mod transport;
 pub use client::Client;
 pub use error::{Error, ErrorKind, WithLockError};
 pub use events::{ClientEvent, Events, LockRef, LostLock};
-pub use lock::{Lock, LockOptions, DEFAULT_TTL};
+pub use lock::{Lock, LockOptions, Waiting, DEFAULT_TTL};
 pub use set::LockSet;
 /// A lock file's metadata, as the daemon read it: the protocol's own type, with its times as
 /// `SystemTime` through [`LockMetadata::created_at`], [`LockMetadata::ttl`],
 /// [`LockMetadata::expires_at`] and the like.
 pub use vfslock_proto::LockMetadata;
 pub use vfslock_proto::{
-    HolderView, LastRestart, ListEntry, ListedLock, LockFileFormat, LockMode, LockView,
-    RestartInfo, StatusInfo, StoreInfo, Welcome,
+    ForeignHolder, HolderView, LastRestart, ListEntry, ListedLock, LockFileFormat, LockMode,
+    LockView, QueuedLock, RestartInfo, StatusInfo, StoreInfo, Welcome,
 };
 
 /// A detached lease: held by a uid and a lock id rather than a connection; see

@@ -18,6 +18,23 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 type StaleHandler = Arc<dyn Fn(&LockMetadata) -> Result<(), String> + Send + Sync>;
 type PositionHandler = Arc<dyn Fn(u32) + Send + Sync>;
+type WaitingHandler = Arc<dyn Fn(&Waiting) + Send + Sync>;
+
+/// Where a waiting acquire stands, as the daemon announces it ([`LockOptions::on_waiting`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// The lock's target, as the [`Lock`] names it.
+    pub target: String,
+    /// 1-based place in the daemon's queue (1: next).
+    pub position: u32,
+    /// Who holds the lock as far as the daemon knows: one of its own clients, or the last
+    /// holder it read in the lock file (another host, another tool). `None` when it knows of
+    /// nobody.
+    pub holder: Option<LockMetadata>,
+    /// How long that holder has held it, as far as the daemon knows (for a holder on another
+    /// host: at least since the daemon first saw it), when the announcement was sent.
+    pub held_for: Option<Duration>,
+}
 
 /// How a [`Lock`] is taken: the Go library's `WithTTL`, `WithOwnerID` and `OnStale`, plus how
 /// long [`Client::with_lock`] waits.
@@ -27,6 +44,7 @@ pub struct LockOptions {
     pub(crate) owner_id: Option<String>,
     pub(crate) on_stale: Option<StaleHandler>,
     pub(crate) on_queue_position: Option<PositionHandler>,
+    pub(crate) on_waiting: Option<WaitingHandler>,
     pub(crate) wait: Option<Option<Duration>>,
     pub(crate) detached: bool,
     pub(crate) mode: LockMode,
@@ -39,6 +57,7 @@ impl fmt::Debug for LockOptions {
             .field("ttl", &self.ttl)
             .field("owner_id", &self.owner_id)
             .field("on_stale", &self.on_stale.is_some())
+            .field("on_waiting", &self.on_waiting.is_some())
             .field("wait", &self.wait)
             .field("mode", &self.mode)
             .field("max_hold", &self.max_hold)
@@ -75,9 +94,36 @@ impl LockOptions {
         self
     }
 
-    /// Called with the acquire's 1-based place in the daemon's queue when it starts waiting.
+    /// Called with the acquire's 1-based place in the daemon's queue when it starts waiting,
+    /// and, with a daemon of protocol 9 or later, again each time the place changes (at most
+    /// once a second; before protocol 9, only when it starts waiting).
     pub fn on_queue_position(mut self, observe: impl Fn(u32) + Send + Sync + 'static) -> Self {
         self.on_queue_position = Some(Arc::new(observe));
+        self
+    }
+
+    /// Called while the acquire waits with where it stands and who holds the lock, each time
+    /// either changes (at most once a second), from a daemon of protocol 9 or later; older
+    /// daemons never call it. For a progress line (`vfslockctl run -w` shows one on a
+    /// terminal). Every call comes with a place, so [`LockOptions::on_queue_position`] is not
+    /// needed beside it.
+    ///
+    /// ```no_run
+    /// # async fn example(client: vfslock::Client) -> Result<(), vfslock::Error> {
+    /// use vfslock::LockOptions;
+    /// let options = LockOptions::default().on_waiting(|waiting| {
+    ///     let who = waiting.holder.as_ref().map_or("nobody known".to_owned(), |h| {
+    ///         format!("pid {} on {}", h.pid, h.hostname)
+    ///     });
+    ///     eprintln!("place {} in line; held by {who}", waiting.position);
+    /// });
+    /// let mut lock = client.new_lock("/srv/data.csv", options);
+    /// lock.acquire_wait().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_waiting(mut self, observe: impl Fn(&Waiting) + Send + Sync + 'static) -> Self {
+        self.on_waiting = Some(Arc::new(observe));
         self
     }
 
@@ -335,17 +381,28 @@ impl Lock {
             id,
             finished: false,
         };
+        // The place as last reported: announcements that repeat it (a new holder) are not.
+        let mut reported = None;
+        let report = |position: u32, reported: &mut Option<u32>| {
+            if *reported != Some(position) {
+                *reported = Some(position);
+                if let Some(observe) = &self.options.on_queue_position {
+                    observe(position);
+                }
+            }
+        };
         let outcome = loop {
             match updates.recv().await {
-                Some(AcquireUpdate::Position(position)) => {
-                    if let Some(observe) = &self.options.on_queue_position {
-                        observe(position);
-                    }
-                }
+                Some(AcquireUpdate::Position(position)) => report(position, &mut reported),
                 Some(AcquireUpdate::Queued(position, at, window)) => {
                     *place = Some((at, window));
-                    if let Some(observe) = &self.options.on_queue_position {
-                        observe(position);
+                    report(position, &mut reported);
+                }
+                Some(AcquireUpdate::Waiting(mut waiting)) => {
+                    waiting.target.clone_from(&self.target);
+                    report(waiting.position, &mut reported);
+                    if let Some(observe) = &self.options.on_waiting {
+                        observe(&waiting);
                     }
                 }
                 Some(AcquireUpdate::StaleQuestion(holder)) => {

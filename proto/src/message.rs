@@ -180,6 +180,10 @@ pub enum Request {
     /// (protocol version 8): what its `[metrics] listen` HTTP listener serves, without a port.
     /// Answers [`Response::Metrics`].
     Metrics,
+    /// What [`Request::ListModes`] lists, with each target's queue and the last holder seen in
+    /// its lock file from elsewhere (protocol version 9). Answers [`Response::ListedQueues`].
+    /// Answered from what the daemon knows: no store is read for it.
+    ListQueues,
 }
 
 /// A waiter's place in a daemon's queue, and the proof that it is that waiter's (protocol
@@ -346,6 +350,31 @@ pub enum Response {
     Restarts(RestartInfo),
     /// The answer to [`Request::Metrics`] (protocol version 8): the exposition text.
     Metrics(String),
+    /// The answer to [`Request::ListQueues`] (protocol version 9).
+    ListedQueues(Vec<QueuedLock>),
+}
+
+/// One line of [`Response::ListedQueues`]: a target held or queued for through this daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedLock {
+    /// What [`Response::ListedModes`] says of it.
+    pub listed: ListedLock,
+    /// How long the acquire that has waited longest here has waited; `None` with no waiter.
+    pub oldest_wait: Option<Duration>,
+    /// The last holder this daemon saw in the target's lock file that is not one of its own
+    /// clients (another host, another tool), while its clients waited or tried.
+    pub foreign_holder: Option<ForeignHolder>,
+}
+
+/// A holder of a lock file outside this daemon, as the daemon last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignHolder {
+    /// The lock file as read.
+    pub holder: LockMetadata,
+    /// How long this daemon has seen that same holding (at least as long as it has been held).
+    pub seen_for: Duration,
+    /// How long ago it was last seen.
+    pub last_seen: Duration,
 }
 
 /// How often the daemon restarted, and what its latest start kept (protocol version 7).
@@ -528,6 +557,20 @@ pub enum Event {
         ordinal: u64,
         /// The session's credentials and the resume window.
         resume: Resumable,
+    },
+    /// Protocol version 9: where a waiting acquire stands, announced when it queues and again
+    /// each time its place or the lock's holder changes, at most once a second. Older versions
+    /// never get it (they hear [`Event::QueuePosition`] or [`Event::Queued`] once, on
+    /// joining).
+    Waiting {
+        /// 1-based place in this daemon's queue.
+        position: u32,
+        /// Who holds the lock, as far as this daemon knows: its own client, or the last holder
+        /// seen in the lock file. `None` when nobody is known (the holder left, or the head
+        /// is held back after a restart).
+        holder: Option<Box<LockMetadata>>,
+        /// How long that holder has held it, as far as this daemon knows.
+        held_for: Option<Duration>,
     },
 }
 

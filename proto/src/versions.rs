@@ -26,6 +26,7 @@
 //! | 6       | `Request::Resume`: take a holding back after the daemon restarted; older versions never send it |
 //! | 7       | [`Event::Queued`]: a waiter's place and credentials, for `Request::Requeue` after a restart; older versions get [`Event::QueuePosition`]. `Request::Restarts` and its answer, which older versions never ask for |
 //! | 8       | `Request::Metrics` and its answer (the Prometheus text), which older versions never ask for |
+//! | 9       | [`Event::Waiting`]: a waiter's place and the lock's holder, again as they change; the daemon never sends it to older versions (it would be a [`Event::QueuePosition`] for them). `Request::ListQueues` and its answer, which older versions never ask for |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
@@ -102,6 +103,16 @@ impl ServerFrame {
             },
             ServerFrame::Response {
                 id,
+                result: Ok(Response::ListedQueues(listed)),
+            } if version < 9 => ServerFrame::Response {
+                id,
+                result: Ok(Response::ListedModes(
+                    listed.into_iter().map(|l| l.listed).collect(),
+                )),
+            }
+            .for_version(version),
+            ServerFrame::Response {
+                id,
                 result: Ok(Response::Metrics(_)),
             } if version < 8 => ServerFrame::Response {
                 id,
@@ -145,6 +156,10 @@ impl ServerFrame {
                 result: Ok(Response::Metrics(_)),
                 ..
             } => 8,
+            ServerFrame::Response {
+                result: Ok(Response::ListedQueues(_)),
+                ..
+            } => 9,
             ServerFrame::Response { .. } => 1,
         }
     }
@@ -189,6 +204,7 @@ impl Event {
                 reason,
             },
             Event::Queued { position, .. } if version < 7 => Event::QueuePosition { position },
+            Event::Waiting { position, .. } if version < 9 => Event::QueuePosition { position },
             event => event,
         }
     }
@@ -203,6 +219,7 @@ impl Event {
             | Event::Releasing { .. } => 1,
             Event::LeaseEnded { kind, .. } => kind.since_version().max(2),
             Event::Queued { .. } => 7,
+            Event::Waiting { .. } => 9,
         }
     }
 }

@@ -164,6 +164,7 @@ fn request() -> BoxedStrategy<Request> {
         }),
         Just(Request::Restarts),
         Just(Request::Metrics),
+        Just(Request::ListQueues),
         (
             acquire_request(),
             lock_mode(),
@@ -362,6 +363,30 @@ fn response() -> BoxedStrategy<Response> {
                 ),
             })),
         text().prop_map(Response::Metrics),
+        vec(
+            (
+                listed_lock(),
+                option::of(duration()),
+                option::of((lock_metadata(), duration(), duration()))
+            ),
+            0..3
+        )
+        .prop_map(|locks| Response::ListedQueues(
+            locks
+                .into_iter()
+                .map(|(listed, oldest_wait, foreign)| QueuedLock {
+                    listed,
+                    oldest_wait,
+                    foreign_holder: foreign.map(|(holder, seen_for, last_seen)| {
+                        ForeignHolder {
+                            holder,
+                            seen_for,
+                            last_seen,
+                        }
+                    }),
+                })
+                .collect()
+        )),
     ]
     .boxed()
 }
@@ -475,6 +500,16 @@ fn event() -> BoxedStrategy<Event> {
                 },
             }
         ),
+        (
+            any::<u32>(),
+            option::of(lock_metadata()),
+            option::of(duration())
+        )
+            .prop_map(|(position, holder, held_for)| Event::Waiting {
+                position,
+                holder: holder.map(Box::new),
+                held_for,
+            }),
     ]
     .boxed()
 }
@@ -554,7 +589,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 18;
+    const COUNT: usize = 19;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -575,6 +610,7 @@ impl Variant for Request {
             Request::Restarts => 15,
             Request::Requeue { .. } => 16,
             Request::Metrics => 17,
+            Request::ListQueues => 18,
         }
     }
 }
@@ -601,7 +637,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 15;
+    const COUNT: usize = 16;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -619,12 +655,13 @@ impl Variant for Response {
             Response::GrantedResumable { .. } => 12,
             Response::Restarts(_) => 13,
             Response::Metrics(_) => 14,
+            Response::ListedQueues(_) => 15,
         }
     }
 }
 
 impl Variant for Event {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
     fn variant(&self) -> usize {
         match self {
             Event::QueuePosition { .. } => 0,
@@ -634,6 +671,7 @@ impl Variant for Event {
             Event::Releasing { .. } => 4,
             Event::LeaseEnded { .. } => 5,
             Event::Queued { .. } => 6,
+            Event::Waiting { .. } => 7,
         }
     }
 }

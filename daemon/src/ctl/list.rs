@@ -6,7 +6,7 @@
 
 use clap::Args;
 use serde_json::json;
-use vfslock::{Client, ListEntry, ListedLock, LockMode};
+use vfslock::{Client, ForeignHolder, ListEntry, LockMode, QueuedLock};
 
 use super::output::{emit, emit_json, mode_json, or_dash, seconds, table};
 use super::Failure;
@@ -23,7 +23,7 @@ pub(super) struct ListArgs {
 /// Prints the locks held and queued through the daemon; see the module docs of [`super`] for
 /// the JSON fields.
 pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<u8, Failure> {
-    let mut entries = client.list_modes().await?;
+    let mut entries = client.list_queues().await?;
     if let Some(prefix) = &args.prefix {
         // A plain path prefix means the same as its file:// URL, as targets do.
         let url = if prefix.starts_with('/') {
@@ -31,9 +31,9 @@ pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<
         } else {
             prefix.clone()
         };
-        entries.retain(|e| e.entry.target.starts_with(&url));
+        entries.retain(|e| e.listed.entry.target.starts_with(&url));
     }
-    entries.sort_by(|a, b| a.entry.target.cmp(&b.entry.target));
+    entries.sort_by(|a, b| a.listed.entry.target.cmp(&b.listed.entry.target));
     if json {
         emit_json(&serde_json::Value::Array(
             entries.iter().map(entry_json).collect(),
@@ -43,7 +43,18 @@ pub(super) async fn list(client: &Client, args: ListArgs, json: bool) -> Result<
     let rows: Vec<Vec<String>> = entries.iter().map(entry_row).collect();
     emit(&table(
         &[
-            "TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS", "MODE", "HOLDERS",
+            "TARGET",
+            "PID",
+            "UID",
+            "OWNER",
+            "AGE",
+            "TTL",
+            "TOKEN",
+            "WAITERS",
+            "MODE",
+            "HOLDERS",
+            "WAITED",
+            "ELSEWHERE",
         ],
         &rows,
     ))?;
@@ -64,7 +75,8 @@ fn mode_name(mode: LockMode) -> String {
     }
 }
 
-fn entry_json(listed: &ListedLock) -> serde_json::Value {
+fn entry_json(queued: &QueuedLock) -> serde_json::Value {
+    let listed = &queued.listed;
     let entry = &listed.entry;
     json!({
         "mode": mode_json(listed.mode).0,
@@ -79,10 +91,37 @@ fn entry_json(listed: &ListedLock) -> serde_json::Value {
         "ttl_seconds": held_here(entry).then(|| seconds(entry.ttl)),
         "token": entry.token,
         "waiters": entry.waiters,
+        "oldest_wait_seconds": queued.oldest_wait.map(seconds),
+        "foreign_holder": queued.foreign_holder.as_ref().map(|f| json!({
+            "hostname": f.holder.hostname,
+            "pid": f.holder.pid,
+            "owner_id": f.holder.owner_id,
+            "lock_id": f.holder.lock_id,
+            "seen_for_seconds": seconds(f.seen_for),
+            "last_seen_seconds": seconds(f.last_seen),
+        })),
     })
 }
 
-fn entry_row(listed: &ListedLock) -> Vec<String> {
+/// "pid 42 on host-a (owner nightly), 3m 12s": the last holder seen in the lock file from
+/// elsewhere, and how long it has held the lock as far as this daemon can tell.
+fn foreign_cell(foreign: &ForeignHolder) -> String {
+    let h = &foreign.holder;
+    let owner = h
+        .owner_id
+        .as_deref()
+        .map(|o| format!(" (owner {o})"))
+        .unwrap_or_default();
+    let who = if h.pid > 0 {
+        format!("pid {} on {}{owner}", h.pid, h.hostname)
+    } else {
+        format!("{}{owner}", h.hostname)
+    };
+    format!("{who}, {}", duration::humanize(foreign.seen_for))
+}
+
+fn entry_row(queued: &QueuedLock) -> Vec<String> {
+    let listed = &queued.listed;
     let entry = &listed.entry;
     let ttl = if !held_here(entry) {
         "-".to_owned()
@@ -103,5 +142,7 @@ fn entry_row(listed: &ListedLock) -> Vec<String> {
         // New columns go last: scripts reading the table by position keep working.
         mode_name(listed.mode),
         listed.holders.to_string(),
+        or_dash(queued.oldest_wait.map(duration::humanize)),
+        or_dash(queued.foreign_holder.as_ref().map(foreign_cell)),
     ]
 }

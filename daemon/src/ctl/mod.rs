@@ -82,6 +82,7 @@ mod lease;
 mod list;
 mod mode;
 mod output;
+mod progress;
 mod run;
 mod show;
 mod status;

@@ -202,13 +202,23 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
         vfslock::LockMode::Shared => options.shared(),
         vfslock::LockMode::Slots(n) => options.slots(n),
     };
-    options = match args.timeout {
-        _ if args.nonblock => options,
-        Some(timeout) if timeout.is_zero() => options,
-        Some(timeout) => options.wait_timeout(timeout),
-        None => options.wait_forever(),
+    let (options, waits) = match args.timeout {
+        _ if args.nonblock => (options, false),
+        Some(timeout) if timeout.is_zero() => (options, false),
+        Some(timeout) => (options.wait_timeout(timeout), true),
+        None => (options.wait_forever(), true),
     };
-    let mut set = match client.lock_all(targets.iter().cloned(), options).await {
+    // A waiting run on a terminal shows where it stands until the lock is taken.
+    let (options, progress) = if waits {
+        super::progress::Progress::on_terminal(options)
+    } else {
+        (options, None)
+    };
+    let taken = client.lock_all(targets.iter().cloned(), options).await;
+    if let Some(progress) = progress {
+        progress.done();
+    }
+    let mut set = match taken {
         Ok(set) => set,
         Err(e) => return Err(conflict(e, &args, targets.len())),
     };

@@ -82,6 +82,8 @@ impl LockActor {
             expiry: None,
             ordinal,
             journaled,
+            queued_at: None,
+            told: None,
         };
         if state.fenced() {
             // A holding of the previous run may still be believed in: nothing is granted here
@@ -151,6 +153,7 @@ impl LockActor {
         match outcome {
             Attempt::Granted | Attempt::Asked => {}
             Attempt::Held(waiter, holder) => {
+                self.saw_holder(state, &holder);
                 let queued = matches!(waiter.request.wait, WaitMode::Wait { .. });
                 self.refuse_or_queue(myself, state, *waiter, Some((*holder).clone()));
                 if queued {
@@ -596,6 +599,7 @@ impl LockActor {
             match outcome {
                 Attempt::Granted | Attempt::Asked => {}
                 Attempt::Held(waiter, holder) => {
+                    self.saw_holder(state, &holder);
                     state.queue.push_front(*waiter);
                     self.schedule_recheck(myself, state, Some(&holder));
                     break;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
-use vfslock_proto::{AcquireRequest, ListedLock, LockMode, RequestId, Response};
+use vfslock_proto::{AcquireRequest, LockMode, QueuedLock, RequestId, Response};
 
 use super::registry::Registry;
 use super::state::{LockState, Tally, Target};
@@ -119,7 +119,9 @@ pub enum LockMessage {
         id: RequestId,
     },
     /// Request: what is held and queued here (for `vfslockctl list`).
-    Snapshot(RpcReplyPort<Option<ListedLock>>),
+    Snapshot(RpcReplyPort<Option<QueuedLock>>),
+    /// Timer: tell the waiters where they stand ([`super::waiting`]).
+    AnnounceQueue,
     /// Request: the daemon is stopping; tell the holder, release, fail the waiters, stop.
     Shutdown(RpcReplyPort<()>),
     /// Request (the supervisor's, always this actor's first message): the actor `failed` that
@@ -215,6 +217,7 @@ impl LockMessage {
                 | LockMessage::Adopt(_)
                 | LockMessage::AdoptWaits { .. }
                 | LockMessage::WindowClosed
+                | LockMessage::AnnounceQueue
         )
     }
 
@@ -404,8 +407,9 @@ impl LockActor {
                 self.serve_queue(&myself, state).await;
             }
             LockMessage::Snapshot(reply) => {
-                let _ = reply.send(self.snapshot(state));
+                let _ = reply.send(self.queued_snapshot(state));
             }
+            LockMessage::AnnounceQueue => self.announce_queue(state),
             LockMessage::Shutdown(reply) => {
                 self.shut_down(state).await;
                 let _ = reply.send(());
@@ -468,6 +472,7 @@ impl LockActor {
         }
         self.schedule_leftover(&myself, state);
         self.mark_waiting(state).await;
+        self.announce_if_moved(&myself, state);
         self.track_idleness(&myself, state);
         Ok(())
     }

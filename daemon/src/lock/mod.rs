@@ -22,6 +22,7 @@
 //! | [`timing`]     | timers that stop with their holding or wait, deadlines, random spread    |
 //! | [`resume`]     | holdings of the previous run kept for their sessions, and handed back    |
 //! | [`requeue`]    | waiters' places, kept across a restart in first-come order               |
+//! | [`waiting`]    | what waiters are told while they wait, and what `list` shows of a queue  |
 //! | [`registry`]   | which actor serves which target; starting, retiring, replacing          |
 //! | [`supervisor`] | the actors' supervisor: a failed actor is replaced at once               |
 
@@ -44,6 +45,7 @@ pub mod resume;
 pub mod state;
 pub mod supervisor;
 pub mod timing;
+pub mod waiting;
 
 #[cfg(test)]
 mod tests;

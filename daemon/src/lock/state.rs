@@ -44,6 +44,35 @@ pub struct LockState {
     /// Places of the previous run's waiters, held for them during the resume window
     /// ([`super::requeue`]).
     pub expected: super::requeue::ExpectedWaits,
+    /// The last holder seen in the lock file that is not this daemon's client
+    /// ([`super::waiting`]).
+    pub foreign: Option<SeenForeign>,
+    /// The waiters' announcements of where they stand ([`super::waiting`]).
+    pub announce: Announce,
+}
+
+/// A holder of the lock file outside this daemon, as last seen.
+#[derive(Debug)]
+pub struct SeenForeign {
+    /// The lock file as read.
+    pub holder: LockMetadata,
+    /// What tells this holding from the next one (its lock id, or host and pid).
+    pub key: String,
+    /// When this holding was first seen.
+    pub first_seen: Instant,
+    /// When it was last seen.
+    pub last_seen: Instant,
+}
+
+/// The rounds of [`vfslock_proto::Event::Waiting`] announcements: at most one a second.
+#[derive(Debug, Default)]
+pub struct Announce {
+    /// Whether a round is scheduled.
+    pub scheduled: bool,
+    /// When the last round went out.
+    pub last_round: Option<Instant>,
+    /// The holder the waiters were last told of (its key).
+    pub holder: Option<String>,
 }
 
 /// The target an actor serves.
@@ -85,6 +114,8 @@ impl LockState {
             renewals: 0,
             resume_fence: None,
             expected: Default::default(),
+            foreign: None,
+            announce: Announce::default(),
         }
     }
 
@@ -282,6 +313,10 @@ pub struct Waiter {
     pub ordinal: u64,
     /// Its place in the journal, while it waits with a session that may resume.
     pub journaled: Option<super::requeue::JournaledPlace>,
+    /// When it first queued here (for `list`'s oldest wait).
+    pub queued_at: Option<Instant>,
+    /// The place and holder it was last told of ([`super::waiting`]).
+    pub told: Option<(u32, Option<String>)>,
 }
 
 impl Waiter {
@@ -308,6 +343,8 @@ pub struct PendingSteal {
 pub struct WaitQueue {
     waiters: VecDeque<Waiter>,
     tally: Arc<Tally>,
+    /// Set by every change of order or membership: the waiters may stand elsewhere now.
+    pub moved: bool,
 }
 
 impl WaitQueue {
@@ -316,6 +353,7 @@ impl WaitQueue {
         WaitQueue {
             waiters: VecDeque::new(),
             tally,
+            moved: false,
         }
     }
 
@@ -338,7 +376,10 @@ impl WaitQueue {
             .rposition(|w| w.ordinal < waiter.ordinal)
             .map_or(0, |before| before + 1);
         self.tally.waiting(waiter.mode, 1);
+        let mut waiter = waiter;
+        waiter.queued_at.get_or_insert_with(Instant::now);
         self.waiters.insert(at, waiter);
+        self.moved = true;
         at + 1
     }
 
@@ -346,6 +387,7 @@ impl WaitQueue {
     pub fn push_front(&mut self, waiter: Waiter) {
         self.tally.waiting(waiter.mode, 1);
         self.waiters.push_front(waiter);
+        self.moved = true;
     }
 
     /// Whether an exclusive request waits.
@@ -364,6 +406,7 @@ impl WaitQueue {
     pub fn pop_front(&mut self) -> Option<Waiter> {
         let waiter = self.waiters.pop_front()?;
         self.tally.waiting(waiter.mode, -1);
+        self.moved = true;
         Some(waiter)
     }
 
@@ -375,12 +418,14 @@ impl WaitQueue {
             .position(|w| w.is(session_id, acquire_id))?;
         let waiter = self.waiters.remove(at)?;
         self.tally.waiting(waiter.mode, -1);
+        self.moved = true;
         Some(waiter)
     }
 
     /// Drops every waiter of `session_id` (its connection closed).
     pub fn remove_session(&mut self, session_id: u64) {
         let tally = &self.tally;
+        self.moved = true;
         self.waiters.retain(|w| {
             let stays = w.session.id != session_id;
             if !stays {
@@ -388,6 +433,16 @@ impl WaitQueue {
             }
             stays
         });
+    }
+
+    /// When the waiter that has waited longest here queued.
+    pub fn oldest_queued_at(&self) -> Option<Instant> {
+        self.waiters.iter().filter_map(|w| w.queued_at).min()
+    }
+
+    /// The waiters in order, to tell them where they stand (order and membership unchanged).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Waiter> {
+        self.waiters.iter_mut()
     }
 
     /// Takes every waiter (shutdown).

@@ -20,7 +20,7 @@ use interprocess::local_socket::tokio::{prelude::*, Listener};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use vfslock_proto::{ListedLock, StatusInfo};
+use vfslock_proto::{QueuedLock, StatusInfo};
 
 use crate::context::{Context, Stats};
 use crate::link::{Caller, ConnectionSlot};
@@ -370,7 +370,7 @@ pub fn status(ctx: &Context) -> StatusInfo {
 }
 
 /// What `vfslockctl list` shows: every target with a holder or waiters.
-pub async fn list(registry: &Registry) -> Vec<ListedLock> {
+pub async fn list(registry: &Registry) -> Vec<QueuedLock> {
     let mut calls = JoinSet::new();
     for actor in registry.actors() {
         calls.spawn(async move {
@@ -385,7 +385,7 @@ pub async fn list(registry: &Registry) -> Vec<ListedLock> {
             entries.push(entry);
         }
     }
-    entries.sort_by(|a, b| a.entry.target.cmp(&b.entry.target));
+    entries.sort_by(|a, b| a.listed.entry.target.cmp(&b.listed.entry.target));
     entries
 }
 

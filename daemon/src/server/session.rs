@@ -731,16 +731,17 @@ impl Session {
                 }
                 Err(e) => self.reply(id, Err(e)),
             },
-            Request::List | Request::ListModes => {
+            Request::List | Request::ListModes | Request::ListQueues => {
                 // Asking every actor takes a moment; keep reading this connection meanwhile.
                 let registry = self.registry.clone();
-                let with_modes = matches!(request, Request::ListModes);
                 tokio::spawn(async move {
                     let listed = super::list(&registry).await;
-                    let response = if with_modes {
-                        Response::ListedModes(listed)
-                    } else {
-                        Response::List(listed.into_iter().map(|l| l.entry).collect())
+                    let response = match request {
+                        Request::ListQueues => Response::ListedQueues(listed),
+                        Request::ListModes => {
+                            Response::ListedModes(listed.into_iter().map(|l| l.listed).collect())
+                        }
+                        _ => Response::List(listed.into_iter().map(|l| l.listed.entry).collect()),
                     };
                     session.reply(id, Ok(response));
                 });

@@ -38,6 +38,7 @@ fn only_what_the_registry_routes_counts_against_retirement() {
         LockMessage::IdleCheck,
         LockMessage::RetryDelete,
         LockMessage::Renew { generation: 1 },
+        LockMessage::AnnounceQueue,
         LockMessage::Shutdown(reply.into()),
     ];
     assert!(timers_and_direct.iter().all(|m| !m.is_routed()));

@@ -65,6 +65,8 @@ fn steal() -> PendingSteal {
             expiry: None,
             ordinal: 1,
             journaled: None,
+            queued_at: None,
+            told: None,
         },
         judged: Observed {
             bytes: b"{}".to_vec(),
