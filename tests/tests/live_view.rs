@@ -21,9 +21,12 @@ use vfslock_tests::{bin, fixture, vfslockctl, within, Daemon, DEADLINE, TEST_CON
 mod wire;
 use wire::{handshaken_at, read_frame};
 
+/// Every announcement a waiter heard, with when it came.
+type Heard = Arc<Mutex<Vec<(Waiting, Instant)>>>;
+
 /// Options that record every announcement, with when it came.
-fn recording() -> (LockOptions, Arc<Mutex<Vec<(Waiting, Instant)>>>) {
-    let seen: Arc<Mutex<Vec<(Waiting, Instant)>>> = Arc::default();
+fn recording() -> (LockOptions, Heard) {
+    let seen: Heard = Arc::default();
     let options = LockOptions::default().on_waiting({
         let seen = seen.clone();
         move |waiting| seen.lock().unwrap().push((waiting.clone(), Instant::now()))
@@ -32,7 +35,7 @@ fn recording() -> (LockOptions, Arc<Mutex<Vec<(Waiting, Instant)>>>) {
 }
 
 /// Waits until `seen` has an announcement that `wanted` accepts.
-async fn announced(seen: &Arc<Mutex<Vec<(Waiting, Instant)>>>, wanted: impl Fn(&Waiting) -> bool) {
+async fn announced(seen: &Heard, wanted: impl Fn(&Waiting) -> bool) {
     let start = Instant::now();
     while !seen.lock().unwrap().iter().any(|(w, _)| wanted(w)) {
         assert!(
@@ -156,9 +159,12 @@ async fn a_client_of_protocol_8_never_hears_the_repeated_announcement() {
     let target = "mem:///live/old";
     let mut holder = client.new_lock(target, LockOptions::default());
     holder.acquire().await.unwrap();
-    let mut ahead = client.new_lock(target, LockOptions::default());
+    let (ahead_options, ahead_seen) = recording();
+    let mut ahead = client.new_lock(target, ahead_options);
     let ahead_wait =
         tokio::spawn(async move { ahead.acquire_timeout(DEADLINE).await.map(|()| ahead) });
+    // In this order: the newer waiter queues behind the first.
+    announced(&ahead_seen, |w| w.position == 1).await;
     let (options, seen) = recording();
     let mut newer = client.new_lock(target, options);
     let newer_wait =
@@ -405,4 +411,130 @@ async fn run_w_without_a_terminal_prints_nothing_while_it_waits() {
         .unwrap();
     second.release().await.unwrap();
     drop(options);
+}
+
+/// A daemon with known contention: `busy` held by the test with three waiters, `calm` held
+/// with one, `free` only held. Returns the daemon, the holdings and the waiting tasks.
+async fn contention() -> (Daemon, Vec<vfslock::Lock>, Vec<tokio::task::JoinHandle<()>>) {
+    let daemon = Daemon::start();
+    let client = daemon.client().await;
+    let mut held = Vec::new();
+    let mut waiting = Vec::new();
+    for (name, waiters) in [("busy", 3), ("calm", 1), ("free", 0)] {
+        let target = format!("mem:///top/{name}");
+        let mut lock = client.new_lock(target.as_str(), LockOptions::default().owner_id(name));
+        lock.acquire().await.unwrap();
+        held.push(lock);
+        for place in 1..=waiters {
+            let (options, seen) = recording();
+            let mut waiter = client.new_lock(target.as_str(), options);
+            waiting.push(tokio::spawn(async move {
+                let _ = waiter.acquire_timeout(DEADLINE).await;
+            }));
+            announced(&seen, |w| w.position == place).await;
+        }
+    }
+    (daemon, held, waiting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_once_and_json_put_the_most_contended_target_first() {
+    let (daemon, held, waiting) = contention().await;
+    let pid = std::process::id();
+
+    let out = vfslockctl(&daemon, None, &["top", "--once"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("TARGET"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    let first: Vec<&str> = rows[0].split_whitespace().collect();
+    assert_eq!(&first[..2], ["mem:///top/busy", "3"], "{text}");
+    assert!(rows[0].contains(&format!("pid {pid} on")), "{text}");
+    assert!(rows[0].contains("(owner busy)"), "{text}");
+    assert!(rows[1].starts_with("mem:///top/calm "), "{text}");
+    assert!(rows[2].starts_with("mem:///top/free "), "{text}");
+    assert!(
+        text.lines().next().unwrap().contains("3 held, 4 waiting"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no escape codes off a terminal: {text:?}"
+    );
+
+    let out = vfslockctl(&daemon, None, &["--json", "top"]);
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let busy = &doc["targets"][0];
+    assert_eq!(busy["target"], "mem:///top/busy", "{doc}");
+    assert_eq!(busy["waiters"], 3);
+    assert!(busy["oldest_wait_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(busy["holder"]["pid"], pid);
+    assert_eq!(busy["holder"]["owner_id"], "busy");
+    assert_eq!(busy["holder"]["here"], true);
+    assert_eq!(doc["targets"][1]["waiters"], 1, "{doc}");
+    assert_eq!(doc["waiting"], 4);
+    assert!(doc["acquisitions_per_second"].is_number(), "{doc}");
+    assert!(
+        doc["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["store"] == "mem"),
+        "{doc}"
+    );
+    for task in waiting {
+        task.abort();
+    }
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_on_a_terminal_draws_the_targets_and_quits_on_q() {
+    use std::io::Write;
+    let (daemon, held, waiting) = contention().await;
+    let (controller, terminal) = pty();
+    let mut top = std::process::Command::new(bin("vfslockctl"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .arg("top")
+        .stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .stdout(Stdio::from(terminal.try_clone().unwrap()))
+        .stderr(Stdio::from(terminal))
+        .spawn()
+        .unwrap();
+    let mut keyboard = controller.try_clone().unwrap();
+    let (shown_tx, mut shown) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        let mut controller = controller;
+        let mut buffer = [0u8; 8192];
+        while let Ok(n @ 1..) = controller.read(&mut buffer) {
+            let _ = shown_tx.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    });
+    let mut screen = String::new();
+    let start = Instant::now();
+    // The screen is drawn cell by cell, blanks skipped: look for words without spaces.
+    while !(screen.contains("mem:///top/busy") && screen.contains("quits")) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the live view showed {screen:?}"
+        );
+        match tokio::time::timeout(Duration::from_millis(100), shown.recv()).await {
+            Ok(Some(more)) => screen.push_str(&more),
+            Ok(None) => panic!("the terminal closed; it showed {screen:?}"),
+            Err(_) => {}
+        }
+    }
+    keyboard.write_all(b"q").unwrap();
+    let status = tokio::task::block_in_place(|| vfslock_tests::wait_with_deadline(&mut top));
+    assert!(status.success(), "{status}: {screen:?}");
+    for task in waiting {
+        task.abort();
+    }
+    drop(held);
 }

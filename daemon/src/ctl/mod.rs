@@ -12,6 +12,7 @@
 //! | `run [OPTIONS] TARGET TARGET.. -- CMD [ARGS..]` | runs CMD holding the locks on every TARGET, taken all or none ([`run`]) |
 //! | `status` | the daemon's identity, uptime, stores, counters and restarts ([`status`]) |
 //! | `metrics` | the daemon's metrics in the Prometheus text format, as its listener serves them |
+//! | `top [--once] [-n N]` | the most contended targets, their holders and the daemon's rates, live ([`top`]) |
 //! | `list [--target PREFIX]` | locks held and queued through this daemon ([`list`]) |
 //! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
 //! | `break TARGET [--reason TEXT]` | removes any holder's lock; root or the admin group only ([`break_lock`]) |
@@ -58,8 +59,20 @@
 //! (normalized URL), `lock_id`, `pid`, `uid`, `owner_id`, `age_seconds`, `ttl_seconds`
 //! (0: never expires), `token`, `waiters`, `mode` (`"exclusive"`, `"shared"` or `"slots"`),
 //! `slots` (N for a semaphore, else `null`) and `holders` (how many clients of this daemon
-//! hold it; the other holder fields are the first one's). The holder's fields are `null` for a
-//! target that only has waiters (its holder is outside this daemon).
+//! hold it; the other holder fields are the first one's), `oldest_wait_seconds` (how long the
+//! longest waiter here has waited; `null` without waiters) and `foreign_holder` (the last
+//! holder this daemon read in the lock file from elsewhere: `{hostname, pid, owner_id,
+//! lock_id, seen_for_seconds, last_seen_seconds}`, else `null`; both `null` from a daemon
+//! older than protocol 9). The holder's fields are `null` for a target that only has waiters
+//! (its holder is outside this daemon).
+//!
+//! `top --json` prints one object: `hostname`, `daemon_version`, `pid`, `held`, `waiting`,
+//! `sessions`, `interval_seconds` (between the two looks its rates are taken over),
+//! `acquisitions_per_second` (`null` without metrics), `stores` (array of `{store,
+//! requests_per_second, mean_latency_seconds, errors_per_second}`), `targets` (the most
+//! contended first, at most `-n`: `{target, waiters, oldest_wait_seconds, mode, slots,
+//! holders, holder}`, `holder` being `{hostname, pid, owner_id, held_for_seconds, here}` or
+//! `null`) and `more_targets` (how many were left out).
 //!
 //! `show` prints one object: `target` (as given) and `locked`; when `locked` is true also
 //! `format` (`"vfslock"`, `"go"`, `"foreign"` or `"corrupt"`), `format_version` (vfslock
@@ -86,6 +99,7 @@ mod progress;
 mod run;
 mod show;
 mod status;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -142,6 +156,10 @@ enum Command {
     Metrics,
     /// List the locks held and queued through this daemon.
     List(list::ListArgs),
+    /// Watch the most contended targets (most waiters, longest waits), their holders, queue
+    /// depth, and the daemon's request rate and store latency, refreshed every second; q
+    /// quits. --once prints one frame, --json one JSON document.
+    Top(top::TopArgs),
     /// Show TARGET's lock file, whoever wrote it; exits 1 when TARGET is not locked.
     Show(show::ShowArgs),
     /// Remove whoever holds TARGET's lock (root or the daemon's admin group only); the break
@@ -238,6 +256,7 @@ async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Fai
             Ok(0)
         }
         Command::List(args) => list::list(&Client::connect(socket).await?, args, json).await,
+        Command::Top(args) => top::top(&Client::connect(socket).await?, args, json).await,
         Command::Show(args) => {
             show::show(&Client::connect(socket).await?, &args.target, json).await
         }

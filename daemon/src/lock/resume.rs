@@ -530,6 +530,8 @@ impl LockActor {
         });
         if !unclaimed.is_empty() {
             tracing::info!(target = %state.target.url, members = unclaimed.len(), "nobody resumed some shares of a shared holding of the previous run within the resume window; released");
+            self.tally
+                .lost(LossCause::NotResumed, unclaimed.len() as u64);
             for acquire_id in unclaimed {
                 let _ = self.leave_joint(myself, state, NOBODY, acquire_id).await;
             }
