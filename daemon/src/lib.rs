@@ -16,6 +16,7 @@
 //! | [`access`]   | who may lock what: `[[access]]` rules, file:// confinement          |
 //! | [`config`]   | TOML → defaults merged → validated settings                          |
 //! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
+//! | [`audit`]    | the audit log: each grant, release, loss, steal, break, refusal      |
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
 //! | [`journal`]  | the crash journal: lock files to clean up after a `kill -9`          |
 //! | [`restarts`] | how often the daemon restarted and what its latest restart kept      |
@@ -32,10 +33,13 @@
 //! Imports point down, never up and never in a circle (`tests/tests/layers.rs` fails on a
 //! cycle): `startup` → `server` → `lock` → `context` → `journal`, `access` → `store` →
 //! `lockfile`, `address`, `config`; `link` (the connection as the lock actors see it) sits
-//! below both `server` and `lock`, so that neither imports the other.
+//! below both `server` and `lock`, so that neither imports the other. `audit` is at the
+//! bottom with `config`: the connections and the lock actors build its records, and it
+//! knows nothing of them.
 
 pub mod access;
 pub mod address;
+pub mod audit;
 pub mod config;
 pub mod context;
 pub mod ctl;
@@ -134,6 +138,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
             tracing::info!(ended, "ended the ssh control masters of the previous run");
         }
     }
+    // Before the stores connect: a path the daemon cannot write stops it before it serves.
+    let audit_log = audit::AuditLog::open(&settings.audit)?;
     let stores = store::Stores::new(&settings).await?;
     let host_id = settings
         .daemon
@@ -185,6 +191,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     }
     let mut ctx = Context::new(settings, stores, host_id);
     ctx.journal = Some(journal);
+    ctx.audit = audit_log;
     ctx.access = access;
     ctx.restarts = restarts::RestartFigures::new(
         this_start,
@@ -278,6 +285,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         "vfslockd {} serving",
         env!("CARGO_PKG_VERSION")
     );
+    let audit = ctx.audit.clone();
     server::serve(
         ctx,
         registry,
@@ -288,6 +296,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         stop_signal(),
     )
     .await;
+    // Every release of the shutdown is recorded by now: write them out before the exit.
+    if let Some(audit) = audit {
+        audit.close();
+    }
     // An orderly stop released every lock: the next start is no restart (unless a release
     // that timed out left holdings in the journal, which the next start finds).
     restart_record.stopped();
