@@ -1,7 +1,7 @@
 //! What every part of a running daemon shares: settings, stores, identity, counters, the live
-//! connections, the crash journal and the restart figures. It sits below the lock actors and
-//! the server, which both hold it; the registry of lock actors is the lock layer's own
-//! ([`crate::lock::Registry`]).
+//! connections, the crash journal, the restart figures and the audit log. It sits below the
+//! lock actors and the server, which both hold it; the registry of lock actors is the lock
+//! layer's own ([`crate::lock::Registry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,6 +76,10 @@ pub struct Context {
     pub restarts: crate::restarts::RestartFigures,
     /// The metrics registry; `None` when `[metrics] enabled = false`.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The audit log; `None` without `[audit] path` (and in tests of parts). Opened by the
+    /// daemon's start, not here: opening it is a side effect a context of a test must not
+    /// have.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// For the watched stale rule: each lock file's content as last seen, and since when it has
@@ -159,6 +163,7 @@ impl Context {
         }
         Context {
             metrics,
+            audit: None,
             admin_gid,
             access: crate::access::Access::default(),
             journal: None,

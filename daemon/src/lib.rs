@@ -16,6 +16,7 @@
 //! | [`access`]   | who may lock what: `[[access]]` rules, file:// confinement          |
 //! | [`config`]   | TOML → defaults merged → validated settings                          |
 //! | [`context`]  | what all of the above share: settings, stores, identity, counters    |
+//! | [`audit`]    | the audit log: each grant, release, loss, steal, break, refusal      |
 //! | [`instance`] | one daemon per socket, by an OS lock                                 |
 //! | [`journal`]  | the crash journal: lock files to clean up after a `kill -9`          |
 //! | [`restarts`] | how often the daemon restarted and what its latest restart kept      |
@@ -32,10 +33,13 @@
 //! Imports point down, never up and never in a circle (`tests/tests/layers.rs` fails on a
 //! cycle): `startup` → `server` → `lock` → `context` → `journal`, `access` → `store` →
 //! `lockfile`, `address`, `config`; `link` (the connection as the lock actors see it) sits
-//! below both `server` and `lock`, so that neither imports the other.
+//! below both `server` and `lock`, so that neither imports the other. `audit` is at the
+//! bottom with `config`: the connections and the lock actors build its records, and it
+//! knows nothing of them.
 
 pub mod access;
 pub mod address;
+pub mod audit;
 pub mod config;
 pub mod context;
 pub mod ctl;
@@ -91,6 +95,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         #[cfg(unix)]
             metrics: passed_metrics,
     } = systemd::take_passed_sockets()?;
+    let stop = stop_signal();
     let notifier = systemd::Notifier::from_env();
     let socket = match passed.as_ref().and_then(|p| p.path.clone()) {
         Some(path) => {
@@ -134,6 +139,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
             tracing::info!(ended, "ended the ssh control masters of the previous run");
         }
     }
+    // Before the stores connect: a path the daemon cannot write stops it before it serves.
+    let audit_log = audit::AuditLog::open(&settings.audit)?;
     let stores = store::Stores::new(&settings).await?;
     let host_id = settings
         .daemon
@@ -185,6 +192,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
     }
     let mut ctx = Context::new(settings, stores, host_id);
     ctx.journal = Some(journal);
+    ctx.audit = audit_log;
     ctx.access = access;
     ctx.restarts = restarts::RestartFigures::new(
         this_start,
@@ -278,6 +286,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         "vfslockd {} serving",
         env!("CARGO_PKG_VERSION")
     );
+    let audit = ctx.audit.clone();
     server::serve(
         ctx,
         registry,
@@ -285,9 +294,13 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<(), StartError> 
         own_socket,
         metrics_listener,
         notifier,
-        stop_signal(),
+        stop,
     )
     .await;
+    // Every release of the shutdown is recorded by now: write them out before the exit.
+    if let Some(audit) = audit {
+        audit.close();
+    }
     // An orderly stop released every lock: the next start is no restart (unless a release
     // that timed out left holdings in the journal, which the next start finds).
     restart_record.stopped();
@@ -430,17 +443,26 @@ fn prepare_socket_dir(socket: &Path) -> Result<(), StartError> {
 }
 
 /// Resolves when the daemon is asked to stop: SIGTERM or SIGINT (Ctrl-C elsewhere).
-async fn stop_signal() {
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    // The handlers are installed here, not when the future is first polled: from then on a
+    // SIGTERM is a clean stop, never the default action's sudden end (or, for SIGUSR2, a
+    // planned restart's), however early it comes.
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
+        // Only registered: a SIGUSR2 before the server watches it is ignored, not fatal.
+        let _ = signal(SignalKind::user_defined2());
         // SIGHUP too (a closed terminal sends it to the whole foreground group): its default
         // action would end the daemon without releasing its locks or ending its ssh.
-        match (
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
             (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -450,9 +472,9 @@ async fn stop_signal() {
             }
             _ => std::future::pending().await,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

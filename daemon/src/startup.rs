@@ -76,6 +76,9 @@ pub enum StartError {
     /// The metrics listener (`[metrics] listen`) could not be bound.
     #[error(transparent)]
     Metrics(#[from] crate::server::metrics::MetricsListenError),
+    /// The audit log (`[audit] path`) could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The metrics socket systemd passed could not be served.
     #[error("cannot serve the metrics socket systemd passed (vfslockd-metrics.socket)")]
     MetricsPassed(#[source] std::io::Error),

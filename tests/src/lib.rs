@@ -206,6 +206,18 @@ impl Daemon {
         self.data_dir().join(name).to_string_lossy().into_owned()
     }
 
+    /// [`Daemon::file_target`] `name`, locked by a Go peer whose lease ran out long ago (the
+    /// Go library's expired fixture, host `ingest-7`, pid 4242): a stale lock to take over.
+    pub fn stale_go_target(&self, name: &str) -> String {
+        let target = self.file_target(name);
+        std::fs::write(
+            format!("{target}.lock"),
+            fixture("go-lockfile-expired-ttl.lock"),
+        )
+        .expect("write the stale lock file");
+        target
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         self.launch.log()

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vfslock::{ErrorKind, LockOptions};
-use vfslock_tests::{fixture, vfslockctl, within, Daemon, DEADLINE, TEST_CONFIG};
+use vfslock_tests::{vfslockctl, within, Daemon, DEADLINE, TEST_CONFIG};
 
 /// The repository's `docs/prometheus/`, where the scrape config and the rules ship.
 fn shipped(name: &str) -> PathBuf {
@@ -169,12 +169,7 @@ async fn a_scripted_workload_is_counted_exactly_on_the_listener_and_through_the_
     );
 
     // file: a stale Go lock file is taken over.
-    let stale = daemon.file_target("stale.csv");
-    std::fs::write(
-        format!("{stale}.lock"),
-        fixture("go-lockfile-expired-ttl.lock"),
-    )
-    .unwrap();
+    let stale = daemon.stale_go_target("stale.csv");
     let mut stealer = client.new_lock(stale.as_str(), options());
     stealer.acquire().await.unwrap();
     stealer.release().await.unwrap();

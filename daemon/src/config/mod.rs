@@ -15,6 +15,7 @@
 //! | `[locks]`                       | `locks.rs`   | [`LockSettings`]        |
 //! | `[limits]`                      | `limits.rs`  | [`LimitSettings`]       |
 //! | `[metrics]`                     | `metrics.rs` | [`MetricsSettings`]     |
+//! | `[audit]`                       | `audit.rs`   | [`AuditSettings`]       |
 //! | `[stores.file]`, `[stores.mem]` | `stores.rs`  | [`StoreSettings`]       |
 //! | `[[stores.object]]`             | `object.rs`  | [`ObjectStoreSettings`] |
 //! | `[[access]]`                    | `access.rs`  | [`AccessRuleSettings`]  |
@@ -23,6 +24,7 @@
 //! Errors are [`ConfigError`] (`error.rs`), each naming the key or table at fault.
 
 mod access;
+mod audit;
 mod daemon;
 mod error;
 mod faults;
@@ -38,6 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use access::{AccessRuleSettings, NameOrId};
+pub use audit::AuditSettings;
 pub use daemon::{DaemonSettings, LogFormat};
 pub use error::{ConfigError, ObjectStoreProblem};
 pub use faults::{FaultSettings, OperationFaults};
@@ -65,6 +68,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: metrics::RawMetrics,
     #[serde(default)]
+    audit: audit::RawAudit,
+    #[serde(default)]
     stores: stores::RawStores,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     access: Vec<access::RawAccessRule>,
@@ -83,6 +88,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `[metrics]`: recording, and the scrape listener.
     pub metrics: MetricsSettings,
+    /// `[audit]`: the audit log, if any.
+    pub audit: AuditSettings,
     /// `[stores.*]`: which stores are served, and how.
     pub stores: StoreSettings,
     /// `[[access]]`: who may lock under which prefixes (empty: everyone who can reach the
@@ -197,6 +204,7 @@ impl Settings {
             daemon: DaemonSettings::from_raw(&raw.daemon)?,
             limits: LimitSettings::from_raw(&raw.limits)?,
             metrics: MetricsSettings::from_raw(&raw.metrics)?,
+            audit: AuditSettings::from_raw(&raw.audit)?,
             stores: StoreSettings::from_raw(&raw.stores, locks.store_timeout)?,
             locks,
             access: raw
@@ -216,6 +224,7 @@ impl Settings {
             locks: self.locks.to_raw(),
             limits: self.limits.to_raw(),
             metrics: self.metrics.to_raw(),
+            audit: self.audit.to_raw(),
             stores: self.stores.to_raw(),
             access: self.access.iter().map(AccessRuleSettings::to_raw).collect(),
             faults: self.faults.to_raw(),

@@ -6,8 +6,9 @@
 //! outside every actor, what a failed actor's cleanup needs: which requests each connection has
 //! routed to which actor and not yet had answered ([`SessionLink::open_at`]), and the live
 //! connections themselves ([`Sessions`]). Every start and end of an acquire passes through
-//! that bookkeeping, so it also keeps the caller's per-uid lock count ([`uids`]), and counts
-//! how each acquire ended for the metrics: every answer to an acquire passes through
+//! that bookkeeping, so it also keeps the caller's per-uid lock count ([`uids`]), counts how
+//! each acquire ended for the metrics and records it in the audit log (its grant, the steal
+//! that came with it, or its refusal): every answer to an acquire passes through
 //! [`SessionLink::reply`], whichever path of the lock actor gave it.
 
 pub mod outbound;
@@ -21,7 +22,8 @@ use std::time::Instant;
 use ractor::ActorId;
 use vfslock_proto::{Event, RequestId, Response, ServerFrame, WireError};
 
-use crate::metrics::{Outcome, StoreInstruments};
+use crate::audit::{self, AuditLog, Details, Subject};
+use crate::metrics::{LossCause, Outcome, StoreInstruments};
 
 pub use outbound::{Outbound, Outgoing};
 pub use resume::SessionSecret;
@@ -73,6 +75,9 @@ pub struct SessionLink {
     /// not a detached lease; `None` for a client older than protocol 5, or when the daemon's
     /// `locks.resume-window` is zero.
     pub resume: Option<(SessionSecret, std::time::Duration)>,
+    /// Where the answers to this connection's acquires are recorded; `None` without an audit
+    /// log.
+    audit: Option<AuditLog>,
 }
 
 /// Which limit an acquire would pass.
@@ -96,16 +101,31 @@ struct OpenRequests {
     by_id: HashMap<RequestId, Open>,
     /// How many of them are acquires, for the per-connection limit.
     acquires: usize,
-    /// The acquires being measured for the metrics, until they are answered.
+    /// The acquires being measured for the metrics or the audit log, until they are
+    /// answered.
     measured: HashMap<RequestId, Measured>,
+    /// The audit log's view of each granted acquire still held, for the loss a failed actor
+    /// can no longer record itself ([`SessionLink::open_at`]).
+    held: HashMap<RequestId, Held>,
 }
 
-/// An acquire on its way to an answer, for the metrics.
+/// An acquire on its way to an answer, for the metrics and the audit log.
 #[derive(Debug)]
 struct Measured {
-    instruments: Arc<StoreInstruments>,
+    /// The store's series; `None` when metrics are off, or once a failed actor's cleanup
+    /// counted the acquire.
+    instruments: Option<Arc<StoreInstruments>>,
+    /// Who asked for what, for the audit log; `None` without one.
+    asked: Option<Box<Subject>>,
     arrived: Instant,
     queued: bool,
+}
+
+/// A granted acquire, as the audit log knows it.
+#[derive(Debug)]
+struct Held {
+    subject: Box<Subject>,
+    since: Instant,
 }
 
 /// One open request.
@@ -139,7 +159,19 @@ impl SessionLink {
             open: Mutex::default(),
             share: None,
             resume: None,
+            audit: None,
         }
+    }
+
+    /// The same link, with the answers to its acquires recorded in `audit`.
+    pub fn audited(mut self, audit: Option<AuditLog>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Whether this connection's acquires are recorded in an audit log.
+    pub fn is_audited(&self) -> bool {
+        self.audit.is_some()
     }
 
     /// The same link, whose grants can be resumed with `secret` within `window` of a restart.
@@ -232,11 +264,21 @@ impl SessionLink {
             .actor = Some(actor);
     }
 
-    /// Measures the acquire `id`, counted since [`SessionLink::acquire_started`], into
-    /// `instruments` until it is answered: its outcome, and how long it waited.
-    pub fn measure(&self, id: RequestId, instruments: Arc<StoreInstruments>) {
+    /// Measures the acquire `id`, counted since [`SessionLink::acquire_started`], until it is
+    /// answered: its outcome and how long it waited into `instruments`, and its answer into
+    /// the audit log as `asked` (who asked for what). Nothing when neither is given.
+    pub fn measure(
+        &self,
+        id: RequestId,
+        instruments: Option<Arc<StoreInstruments>>,
+        asked: Option<Subject>,
+    ) {
+        if instruments.is_none() && asked.is_none() {
+            return;
+        }
         let measured = Measured {
             instruments,
+            asked: asked.map(Box::new),
             arrived: Instant::now(),
             queued: false,
         };
@@ -254,17 +296,25 @@ impl SessionLink {
         let mut open = self.open();
         if let Some(measured) = open.measured.remove(&id) {
             if let Some(answer) = answer {
-                let (outcome, waited) = match answer {
-                    Ok(_) if measured.queued => (Outcome::GrantedAfterWait, true),
-                    Ok(_) => (Outcome::GrantedAtOnce, true),
-                    Err(e) => {
-                        let outcome = Outcome::of_error(e.kind);
-                        (outcome, outcome == Outcome::TimedOut)
-                    }
-                };
-                let waited = waited.then(|| measured.arrived.elapsed());
-                measured.instruments.acquisition(outcome, waited);
+                if let Some(instruments) = &measured.instruments {
+                    let (outcome, waited) = match answer {
+                        Ok(_) if measured.queued => (Outcome::GrantedAfterWait, true),
+                        Ok(_) => (Outcome::GrantedAtOnce, true),
+                        Err(e) => {
+                            let outcome = Outcome::of_error(e.kind);
+                            (outcome, outcome == Outcome::TimedOut)
+                        }
+                    };
+                    let waited = waited.then(|| measured.arrived.elapsed());
+                    instruments.acquisition(outcome, waited);
+                }
+                if let Some(held) = self.record_answer(&measured, answer) {
+                    open.held.insert(id, held);
+                }
             }
+        }
+        if !held && !open.held.is_empty() {
+            open.held.remove(&id);
         }
         if held {
             if let Some(entry) = open.by_id.get_mut(&id).filter(|o| o.acquire) {
@@ -275,6 +325,45 @@ impl SessionLink {
         if open.by_id.remove(&id).is_some_and(|o| o.acquire) {
             self.acquires_ended(&mut open, 1);
         }
+    }
+
+    /// Records the answer to an acquire in the audit log: its grant (after its steal, if it
+    /// took over a stale lock) or its refusal. Returns what the log knows of a holding that
+    /// this connection now holds.
+    fn record_answer(
+        &self,
+        measured: &Measured,
+        answer: &Result<Response, WireError>,
+    ) -> Option<Held> {
+        let (Some(audit), Some(asked)) = (&self.audit, &measured.asked) else {
+            return None;
+        };
+        let waited = measured.arrived.elapsed();
+        let grant = match answer {
+            Ok(Response::Granted(grant)) => grant,
+            Ok(_) => return None,
+            Err(error) => {
+                audit.record((**asked).clone(), Details::refused(error, Some(waited)));
+                return None;
+            }
+        };
+        let subject = Subject {
+            target: grant.target.clone(),
+            lock_id: Some(grant.lock_id.clone()),
+            token: grant.token,
+            ..(**asked).clone()
+        };
+        if let Some(stale) = &grant.stole {
+            let stolen_from = stale.into();
+            audit.record(subject.clone(), Details::Steal { stolen_from });
+        }
+        let waited_ms = audit::millis(waited);
+        audit.record(subject.clone(), Details::Grant { waited_ms });
+        // A detached lease is not this connection's to lose.
+        (!grant.metadata.detached).then(|| Held {
+            subject: Box::new(subject),
+            since: Instant::now(),
+        })
     }
 
     /// How many acquires of this connection wait or hold.
@@ -288,7 +377,10 @@ impl SessionLink {
         let mut orphans = Orphans::default();
         let mut acquires = 0;
         let OpenRequests {
-            by_id, measured, ..
+            by_id,
+            measured,
+            held,
+            ..
         } = &mut *open;
         by_id.retain(|&id, entry| {
             if entry.actor != Some(actor) {
@@ -300,9 +392,24 @@ impl SessionLink {
                 orphans.pending.push(id);
             }
             acquires += usize::from(entry.acquire);
-            if let Some(lost) = measured.remove(&id) {
-                // Answered by the cleanup as the daemon's failure.
-                lost.instruments.acquisition(Outcome::Error, None);
+            if let Some(pending) = measured.get_mut(&id) {
+                // Answered by the cleanup as the daemon's failure; the audit log records the
+                // answer when it goes out.
+                if let Some(instruments) = pending.instruments.take() {
+                    instruments.acquisition(Outcome::Error, None);
+                }
+                if pending.asked.is_none() {
+                    measured.remove(&id);
+                }
+            }
+            if let (Some(lost), Some(audit)) = (held.remove(&id), &self.audit) {
+                // The failed actor's state is gone: this is all that is left of the holding.
+                let details = Details::Lost {
+                    cause: LossCause::DaemonFailed.name(),
+                    message: "the lock actor of its target failed".into(),
+                    held_ms: Some(audit::millis(lost.since.elapsed())),
+                };
+                audit.record(*lost.subject, details);
             }
             false
         });

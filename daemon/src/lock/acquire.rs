@@ -679,7 +679,9 @@ impl LockActor {
             .is_some_and(|h| h.is(session_id, acquire_id))
         {
             // The grant crossed the cancel: nobody wants it, so give it back at once.
-            let _ = self.release_holder(myself, state).await;
+            let _ = self
+                .release_holder(myself, state, super::audit::Ended::Cancelled)
+                .await;
         }
     }
 

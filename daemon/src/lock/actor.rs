@@ -12,6 +12,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use vfslock_proto::{AcquireRequest, LockMode, QueuedLock, RequestId, Response};
 
+use super::audit::Ended;
 use super::registry::Registry;
 use super::state::{LockState, Tally, Target};
 use super::timing;
@@ -335,9 +336,9 @@ impl LockActor {
                         .map(|m| m.acquire_id)
                 });
                 let result = if held {
-                    self.release_holder(&myself, state).await
+                    self.release_holder(&myself, state, Ended::Released).await
                 } else if let Some(acquire_id) = member {
-                    self.leave_joint(&myself, state, session.id, acquire_id)
+                    self.leave_joint(&myself, state, (session.id, acquire_id), Ended::Released)
                         .await
                 } else {
                     self.release_detached(state, &session, &lock_id).await

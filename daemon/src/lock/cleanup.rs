@@ -16,8 +16,9 @@ use ractor::{ActorId, ActorRef};
 use vfslock_proto::{ErrorKind, Event};
 
 use super::actor::{LockActor, LockMessage};
+use super::audit::Ended;
 use super::lifecycle::must;
-use super::replies;
+use super::replies::{self, STOPPING};
 use super::state::{Leftover, LockState};
 use crate::store::{Conditional, Version};
 
@@ -151,7 +152,9 @@ impl LockActor {
             must(state.phase.end_steal());
         }
         if state.holding().is_some_and(|h| h.session.id == session_id) {
-            let _ = self.release_holder(myself, state).await;
+            let _ = self
+                .release_holder(myself, state, Ended::ConnectionClosed)
+                .await;
         }
         let members: Vec<_> = state.joint().map_or_else(Vec::new, |j| {
             j.members
@@ -162,7 +165,12 @@ impl LockActor {
         });
         for acquire_id in members {
             let _ = self
-                .leave_joint(myself, state, session_id, acquire_id)
+                .leave_joint(
+                    myself,
+                    state,
+                    (session_id, acquire_id),
+                    Ended::ConnectionClosed,
+                )
                 .await;
         }
     }
@@ -182,14 +190,15 @@ impl LockActor {
                 .reply(pending.waiter.acquire_id, Err(replies::shutting_down()));
         }
         if let Ok(holding) = state.phase.end_holding() {
+            let cause = crate::metrics::LossCause::DaemonStopping;
+            self.audit_ended(&state.target.url, &holding, Ended::Lost(cause, STOPPING));
             self.tally.held(vfslock_proto::LockMode::Exclusive, -1);
             self.tally.hold_ended(holding.since);
-            self.tally
-                .lost(crate::metrics::LossCause::DaemonStopping, 1);
+            self.tally.lost(cause, 1);
             holding.session.event(
                 holding.acquire_id,
                 Event::Releasing {
-                    reason: "vfslockd is shutting down and releases this lock".into(),
+                    reason: STOPPING.into(),
                 },
             );
             self.delete_if_ours(state, &holding.written).await;

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
-use vfslock_proto::{ErrorKind, Response, WireError};
+use vfslock_proto::{ErrorKind, LockMode, Response, WireError};
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
 use super::replies;
 use super::state::LockState;
 use crate::link::SessionLink;
+use crate::lockfile::joint::Joint;
 use crate::lockfile::{self, LockRecord};
 use crate::metrics::LossCause;
 use crate::store::{Conditional, Observed, Replaced, Token};
@@ -59,13 +60,15 @@ impl LockActor {
         session: &SessionLink,
         lock_id: &str,
     ) -> Result<Response, WireError> {
-        let Some((observed, _)) = self.detached_lease(state, session, lock_id).await? else {
+        let Some((observed, parsed)) = self.detached_lease(state, session, lock_id).await? else {
             // Perhaps a shared one: an entry of a joint lock file.
             let removed = self
                 .change_detached_entry(state, session, lock_id, None)
                 .await?;
-            if removed.is_some() {
+            if let Some((mode, entry)) = &removed {
                 tracing::info!(target = %state.target.url, %lock_id, "detached shared lease released");
+                let holder = (&super::joint::entry_metadata(entry), mode.lock_mode());
+                self.audit_detached_released(&state.target.url, holder, &session.caller);
             }
             return Ok(Response::Released {
                 held: removed.is_some(),
@@ -74,6 +77,8 @@ impl LockActor {
         match self.delete_if_ours(state, &observed.version()).await {
             Some(Conditional::Done) => {
                 tracing::info!(target = %state.target.url, %lock_id, "detached lease released");
+                let holder = (&parsed, LockMode::Exclusive);
+                self.audit_detached_released(&state.target.url, holder, &session.caller);
                 Ok(Response::Released { held: true })
             }
             _ => Ok(Response::Released { held: false }),
@@ -94,7 +99,7 @@ impl LockActor {
                 .change_detached_entry(state, session, lock_id, Some(ttl))
                 .await?
             {
-                Some(entry) => Ok(Response::Renewed(super::joint::entry_metadata(&entry))),
+                Some((_, entry)) => Ok(Response::Renewed(super::joint::entry_metadata(&entry))),
                 None => Err(gone()),
             };
         };
@@ -150,6 +155,7 @@ impl LockActor {
         if let Some(holding) = state.holding() {
             let broken = lockfile::into_wire(lockfile::parse(&holding.written.bytes), None, false);
             tracing::warn!(target = %state.target.url, by = %who, %reason, holder_pid = broken.pid, "lock broken by an admin");
+            self.audit_broken_holding(&state.target.url, holding, caller, reason);
             let why = format!(
                 "the lock on {} was broken by {who}: {reason}",
                 state.target.url
@@ -158,10 +164,16 @@ impl LockActor {
                 .await;
             return Ok(Response::Broken(Some(broken)));
         }
-        if state.joint().is_some() {
+        // Recorded once: when our holders lose it, or else when the file goes.
+        let mut recorded = false;
+        if let Some(joint) = state.joint() {
             // Our holders of a shared lock are told first; the file, with every other
             // holder's entry, goes below.
             tracing::warn!(target = %state.target.url, by = %who, %reason, "shared lock broken by an admin");
+            let ours = super::joint::entry_metadata(&joint.entry);
+            let holder = (&ours, joint.mode.lock_mode());
+            self.audit_broken_file(&state.target.url, holder, caller, reason);
+            recorded = true;
             let why = format!(
                 "the lock on {} was broken by {who}: {reason}",
                 state.target.url
@@ -184,6 +196,11 @@ impl LockActor {
                 Conditional::Done => {
                     let (broken, _) = self.judge(state, &observed);
                     tracing::warn!(target = %state.target.url, by = %who, %reason, holder_pid = broken.pid, holder_host = %broken.hostname, "lock broken by an admin");
+                    if !recorded {
+                        let mode = Joint::parse(&observed.bytes)
+                            .map_or(LockMode::Exclusive, |joint| joint.mode.lock_mode());
+                        self.audit_broken_file(&state.target.url, (&broken, mode), caller, reason);
+                    }
                     return Ok(Response::Broken(Some(broken)));
                 }
                 Conditional::Changed => continue,

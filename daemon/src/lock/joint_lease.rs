@@ -11,10 +11,11 @@ use ractor::ActorRef;
 use vfslock_proto::{ErrorKind, Event, Response, WireError};
 
 use super::actor::{LockActor, LockMessage};
+use super::audit::Ended;
 use super::joint::{Changed, CHANGE_TRIES};
 use super::lease::RENEW_RETRY_MIN;
 use super::lifecycle::must;
-use super::replies;
+use super::replies::{self, STOPPING};
 use super::state::{JointHolding, LockState};
 use super::timing::{self, next_renewal};
 use crate::context::random_id;
@@ -132,14 +133,16 @@ impl LockActor {
         )))
     }
 
-    /// A local holder of the joint holding lets go (release, or its connection closed): it is
-    /// answered; with no local holder left, our entry leaves the file and the lock is free here.
+    /// A local holder (`session_id`'s acquire `acquire_id`) of the joint holding lets go
+    /// (release, its connection closed, its max-hold): it is answered; with no local holder
+    /// left, our entry leaves the file and the lock is free here. `ended` says why, for the
+    /// audit log.
     pub(super) async fn leave_joint(
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
-        session_id: u64,
-        acquire_id: vfslock_proto::RequestId,
+        (session_id, acquire_id): (u64, vfslock_proto::RequestId),
+        ended: Ended<'_>,
     ) -> Result<Response, WireError> {
         let Some(joint) = state.phase.joint_mut() else {
             return Ok(Response::Released { held: false });
@@ -152,6 +155,8 @@ impl LockActor {
             return Ok(Response::Released { held: false });
         };
         let member = joint.members.remove(at);
+        let held = (joint.mode.lock_mode(), &joint.entry);
+        self.audit_member_ended(&state.target.url, held, &member, ended);
         self.ctx
             .journal_member_left(&joint.entry.lock_id, &member.lock_id);
         self.tally.held(joint.mode.lock_mode(), -1);
@@ -345,6 +350,9 @@ impl LockActor {
         self.tally
             .held(joint.mode.lock_mode(), -(joint.members.len() as i64));
         for member in &joint.members {
+            let held = (joint.mode.lock_mode(), &joint.entry);
+            let ended = Ended::Lost(cause, &reason);
+            self.audit_member_ended(&state.target.url, held, member, ended);
             self.tally.hold_ended(member.since);
         }
         self.tally.lost(cause, joint.members.len() as u64);
@@ -372,6 +380,9 @@ impl LockActor {
         self.tally
             .held(joint.mode.lock_mode(), -(members.len() as i64));
         for member in &members {
+            let held = (joint.mode.lock_mode(), &joint.entry);
+            let ended = Ended::Lost(LossCause::DaemonStopping, STOPPING);
+            self.audit_member_ended(&state.target.url, held, member, ended);
             self.tally.hold_ended(member.since);
         }
         self.tally
@@ -380,7 +391,7 @@ impl LockActor {
             member.session.event(
                 member.acquire_id,
                 Event::Releasing {
-                    reason: "vfslockd is shutting down and releases this lock".into(),
+                    reason: STOPPING.into(),
                 },
             );
         }
@@ -400,14 +411,15 @@ impl LockActor {
     }
 
     /// Removes or renews (`renew` with its new ttl) the detached entry `lock_id` of a joint
-    /// lock file, if `session` may act on it: `Ok(None)` when there is no such entry.
+    /// lock file, if `session` may act on it: the lock's mode and the entry as it was (removed)
+    /// or is now (renewed); `Ok(None)` when there is no such entry.
     pub(super) async fn change_detached_entry(
         &self,
         state: &LockState,
         session: &crate::link::SessionLink,
         lock_id: &str,
         renew: Option<Option<Duration>>,
-    ) -> Result<Option<HolderEntry>, WireError> {
+    ) -> Result<Option<(JointMode, HolderEntry)>, WireError> {
         for _ in 0..CHANGE_TRIES {
             let Some(observed) = self
                 .within(state.target.store.read(&state.target.lock_path))
@@ -452,7 +464,7 @@ impl LockActor {
             } else {
                 joint.remove(lock_id);
             }
-            let result = joint.entry(lock_id).cloned().unwrap_or(entry);
+            let result = (joint.mode, joint.entry(lock_id).cloned().unwrap_or(entry));
             let done = if joint.holders.is_empty() {
                 self.delete_exactly(state, &observed.version())
                     .await

@@ -12,6 +12,7 @@ use vfslock_proto::{ErrorKind, Event, Grant, LockMetadata, LockMode, Response, W
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
+use super::audit::Ended;
 use super::lifecycle::must;
 use super::replies;
 use super::state::{Holding, LockState, Renewal, Waiter};
@@ -119,15 +120,18 @@ impl LockActor {
 
     /// Ends the current holding at its holder's request: hands the lock straight to the next
     /// waiter of this daemon if the streak of such handoffs allows, else deletes the lock file
-    /// (if it is still ours). Answers what the releaser is told.
+    /// (if it is still ours). Answers what the releaser is told. `ended` says why, for the
+    /// audit log.
     pub(super) async fn release_holder(
         &self,
         myself: &ActorRef<LockMessage>,
         state: &mut LockState,
+        ended: Ended<'_>,
     ) -> Result<Response, WireError> {
         let Ok(holding) = state.phase.end_holding() else {
             return Ok(Response::Released { held: false });
         };
+        self.audit_ended(&state.target.url, &holding, ended);
         self.tally.held(LockMode::Exclusive, -1);
         self.tally.hold_ended(holding.since);
         let lock_id = holding.record.lock_id.clone();
@@ -212,6 +216,7 @@ impl LockActor {
         let Ok(holding) = state.phase.end_holding() else {
             return;
         };
+        self.audit_ended(&state.target.url, &holding, Ended::Lost(cause, &reason));
         self.tally.held(LockMode::Exclusive, -1);
         self.tally.hold_ended(holding.since);
         self.tally.lost(cause, 1);

@@ -15,9 +15,11 @@ use ractor::ActorRef;
 use vfslock_proto::{ErrorKind, Event, RequestId};
 
 use super::actor::{LockActor, LockMessage};
+use super::audit::Ended;
 use super::replies;
 use super::state::{LockState, MaxHold, Waiter};
 use super::timing::Timer;
+use crate::metrics::LossCause;
 
 impl LockActor {
     /// The timer that ends `waiter`'s holding at its max-hold, if it has one; started when it
@@ -52,17 +54,19 @@ impl LockActor {
             let Ok(holding) = state.phase.end_holding() else {
                 return;
             };
+            let limit = limit_of(holding.max_hold.as_ref());
+            let reason = replies::max_hold_reached(&url, limit);
+            self.audit_ended(&url, &holding, Ended::Lost(LossCause::MaxHold, &reason));
             self.tally.held(vfslock_proto::LockMode::Exclusive, -1);
             self.tally.hold_ended(holding.since);
-            self.tally.lost(crate::metrics::LossCause::MaxHold, 1);
+            self.tally.lost(LossCause::MaxHold, 1);
             if holding.unclaimed.is_some() {
                 // Kept after a restart and not resumed before its max-hold came.
                 self.ctx.restarts.count_lost();
             }
             holding.session.acquire_ended(holding.acquire_id);
             self.ctx.journal_lost(&holding.record.lock_id);
-            let limit = limit_of(holding.max_hold.as_ref());
-            tell(&holding.session, acquire_id, &url, limit);
+            tell(&holding.session, acquire_id, &url, (limit, &reason));
             let lock_id = holding.record.lock_id.clone();
             // The holder was told before anyone else can be given the lock.
             let _ = self.end_holding(myself, state, holding).await;
@@ -72,13 +76,15 @@ impl LockActor {
             .and_then(|j| j.members.iter().find(|m| m.is(session_id, acquire_id)))
         {
             let limit = limit_of(member.max_hold.as_ref());
+            let reason = replies::max_hold_reached(&url, limit);
             // Before the holder hears: a restart after this must not hand its share back.
             let entry = &state.joint().expect("found above").entry.lock_id;
             self.ctx.journal_member_left(entry, &member.lock_id);
-            tell(&member.session, acquire_id, &url, limit);
-            self.tally.lost(crate::metrics::LossCause::MaxHold, 1);
+            tell(&member.session, acquire_id, &url, (limit, &reason));
+            self.tally.lost(LossCause::MaxHold, 1);
+            let ended = Ended::Lost(LossCause::MaxHold, &reason);
             let _ = self
-                .leave_joint(myself, state, session_id, acquire_id)
+                .leave_joint(myself, state, (session_id, acquire_id), ended)
                 .await;
         } else {
             return;
@@ -91,14 +97,20 @@ fn limit_of(max_hold: Option<&MaxHold>) -> Duration {
     max_hold.map_or(Duration::ZERO, |m| m.limit)
 }
 
-fn tell(session: &crate::link::SessionLink, acquire_id: RequestId, url: &str, limit: Duration) {
-    let reason = replies::max_hold_reached(url, limit);
+/// Tells the holder of `acquire_id` that its lease of `url` ended at its max-hold `limit`, in
+/// the words of `reason`.
+fn tell(
+    session: &crate::link::SessionLink,
+    acquire_id: RequestId,
+    url: &str,
+    (limit, reason): (Duration, &str),
+) {
     tracing::info!(target = %url, max_hold = ?limit, "lease ended at its max-hold");
     session.event(
         acquire_id,
         Event::LeaseEnded {
             kind: ErrorKind::MaxHoldReached,
-            reason,
+            reason: reason.to_owned(),
         },
     );
 }

@@ -17,6 +17,7 @@
 //! | [`max_hold`]   | the cap on how long a lease may be held, and its end                     |
 //! | [`handoff`]    | fairness between this daemon's waiters and other hosts', waiting marks   |
 //! | [`detached`]   | detached leases, and an admin's break                                    |
+//! | [`audit`]      | the audit log's records of holdings that end, breaks, detached releases  |
 //! | [`cleanup`]    | retried deletes, closed connections, idle retirement, shutdown, recovery |
 //! | [`replies`]    | what clients are told, and the read-only answers                         |
 //! | [`timing`]     | timers that stop with their holding or wait, deadlines, random spread    |
@@ -28,6 +29,7 @@
 
 pub mod acquire;
 pub mod actor;
+pub mod audit;
 pub mod cleanup;
 pub mod detached;
 #[cfg(feature = "faults")]

@@ -233,6 +233,9 @@ pub fn shutting_down() -> WireError {
     WireError::new(ErrorKind::ShuttingDown, "vfslockd is shutting down")
 }
 
+/// What a holder is told when the daemon stops and releases its lock.
+pub const STOPPING: &str = "vfslockd is shutting down and releases this lock";
+
 /// What a holder is told when the actor of its lock failed.
 pub fn daemon_failed_holder(url: &str, why: &str) -> String {
     format!(

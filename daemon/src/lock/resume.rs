@@ -38,6 +38,7 @@ use crate::metrics::LossCause;
 
 use super::acquire::maker;
 use super::actor::{LockActor, LockMessage};
+use super::audit::Ended;
 use super::joint::Changed;
 use super::lease::{schedule_renewal, RENEW_RETRY_MIN};
 use super::lifecycle::must;
@@ -532,8 +533,12 @@ impl LockActor {
             tracing::info!(target = %state.target.url, members = unclaimed.len(), "nobody resumed some shares of a shared holding of the previous run within the resume window; released");
             self.tally
                 .lost(LossCause::NotResumed, unclaimed.len() as u64);
+            let reason = replies::not_resumed(&state.target.url);
             for acquire_id in unclaimed {
-                let _ = self.leave_joint(myself, state, NOBODY, acquire_id).await;
+                let ended = Ended::Lost(LossCause::NotResumed, &reason);
+                let _ = self
+                    .leave_joint(myself, state, (NOBODY, acquire_id), ended)
+                    .await;
             }
             self.serve_queue(myself, state).await;
         } else if state.holding().is_some_and(|h| h.unclaimed.is_some()) {

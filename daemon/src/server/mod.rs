@@ -219,7 +219,14 @@ pub async fn serve(
             () = reload.recv() => {
                 #[cfg(unix)]
                 {
-                    let error = crate::reexec::replace_process(listener_fd(&listener), metrics_handed, socket.as_deref(), || ctx.hand_over_memory());
+                    // The audit log's buffer would go with this image: written out first.
+                    let hand_over = || {
+                        if let Some(audit) = &ctx.audit {
+                            audit.flush();
+                        }
+                        ctx.hand_over_memory()
+                    };
+                    let error = crate::reexec::replace_process(listener_fd(&listener), metrics_handed, socket.as_deref(), hand_over);
                     tracing::error!(%error, "cannot restart in place; serving on");
                 }
             }

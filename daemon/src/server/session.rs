@@ -23,6 +23,7 @@ use vfslock_proto::{
 
 use crate::access::{off_runtime, resolve_file, Need};
 use crate::address::{Address, Scheme};
+use crate::audit::{Details, Subject};
 use crate::context::{Context, Stats};
 use crate::link::{Caller, ConnectionSlot, Outbound, Overflow, SessionLink, SessionSecret};
 use crate::lock::{LockMessage, Registry};
@@ -71,7 +72,9 @@ async fn serve_as(
     let (out, writer) = Outbound::through_writer();
     let writer = tokio::spawn(writer.run(send, closing_rx));
     let share = ctx.lock_share(&caller);
-    let mut link = SessionLink::new(id, out, caller).speaking(protocol);
+    let mut link = SessionLink::new(id, out, caller)
+        .speaking(protocol)
+        .audited(ctx.audit.clone());
     let window = ctx.settings.locks.resume_window;
     if protocol >= 5 && !window.is_zero() {
         link = link.resumable(SessionSecret::issue(&ctx.instance_id, id), window);
@@ -462,16 +465,18 @@ impl Session {
     ) {
         let max_hold = match judge_max_hold(&request, max_hold, self.ctx.settings.locks.max_hold) {
             Ok(max_hold) => max_hold,
-            Err(e) => return self.refuse_acquire(id, &request.target, e),
+            Err(e) => return self.refuse_acquire(id, (&request, mode), e),
         };
         match self.locate(&request.target, Some(Need::Create)).await {
             Ok(address) => {
                 if let Err(e) = self.start_acquire(id, &address) {
-                    return self.refuse_acquire(id, &request.target, e);
+                    return self.refuse_acquire(id, (&request, mode), e);
                 }
-                if let Some(instruments) = self.instruments(&address) {
-                    self.link.measure(id, instruments);
-                }
+                let asked = self
+                    .link
+                    .is_audited()
+                    .then(|| self.asked(address.url(), &request, mode));
+                self.link.measure(id, self.instruments(&address), asked);
                 let message = LockMessage::Acquire {
                     session,
                     id,
@@ -482,8 +487,23 @@ impl Session {
                 };
                 self.route(id, &address, message).await;
             }
-            Err(e) => self.refuse_acquire(id, &request.target, e),
+            Err(e) => self.refuse_acquire(id, (&request, mode), e),
         }
+    }
+
+    /// Who asks for `target` in `mode`, as the audit log records an acquire.
+    fn asked(&self, target: String, request: &AcquireRequest, mode: LockMode) -> Subject {
+        let caller = &self.link.caller;
+        Subject {
+            target,
+            pid: crate::audit::known_pid(caller.pid),
+            uid: caller.uid,
+            host: Some(self.ctx.host_id.clone()),
+            owner: request.owner_id.clone().filter(|o| !o.is_empty()),
+            detached: request.detached,
+            ..Subject::default()
+        }
+        .in_mode(mode)
     }
 
     /// The metrics series of the store that serves `address`; `None` when metrics are off.
@@ -491,12 +511,24 @@ impl Session {
         self.ctx.stores.for_address(address)?.instruments_handle()
     }
 
-    /// Answers an acquire of `target` refused before it reached its actor, and counts the
-    /// refusal under its store (none for a target no store serves).
-    fn refuse_acquire(&mut self, id: RequestId, target: &str, error: WireError) {
-        if let Some(instruments) = self.address(target).ok().and_then(|a| self.instruments(&a)) {
+    /// Answers an acquire refused before it reached its actor, counts the refusal under its
+    /// store (none for a target no store serves) and records it in the audit log.
+    fn refuse_acquire(
+        &mut self,
+        id: RequestId,
+        (request, mode): (&AcquireRequest, LockMode),
+        error: WireError,
+    ) {
+        let address = self.address(&request.target).ok();
+        if let Some(instruments) = address.as_ref().and_then(|a| self.instruments(a)) {
             let outcome = crate::metrics::Outcome::of_error(error.kind);
             instruments.acquisition(outcome, None);
+        }
+        if let Some(audit) = &self.ctx.audit {
+            // Normalized when it parses; as the client wrote it when it does not.
+            let target = address.map_or_else(|| request.target.clone(), |a| a.url());
+            let asked = self.asked(target, request, mode);
+            audit.record(asked, Details::refused(&error, None));
         }
         self.reply(id, Err(error));
     }
