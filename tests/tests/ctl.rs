@@ -561,18 +561,33 @@ async fn list_shows_held_locks() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["TARGET", "PID", "UID", "OWNER", "AGE", "TTL", "TOKEN", "WAITERS", "MODE", "HOLDERS"]
+        [
+            "TARGET",
+            "PID",
+            "UID",
+            "OWNER",
+            "AGE",
+            "TTL",
+            "TOKEN",
+            "WAITERS",
+            "MODE",
+            "HOLDERS",
+            "WAITED",
+            "ELSEWHERE"
+        ]
     );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row[0], url, "{text}");
     assert_eq!(row[1], std::process::id().to_string(), "{text}");
     assert_eq!(row[3], "lister", "{text}");
-    assert_eq!(row[row.len() - 5], "5m", "{text}");
+    assert_eq!(row[row.len() - 7], "5m", "{text}");
     let token = lock.token().expect("a token").to_string();
-    assert_eq!(row[row.len() - 4], token, "{text}");
-    assert_eq!(row[row.len() - 3], "0", "{text}");
-    assert_eq!(row[row.len() - 2], "exclusive", "{text}");
-    assert_eq!(row[row.len() - 1], "1", "{text}");
+    assert_eq!(row[row.len() - 6], token, "{text}");
+    assert_eq!(row[row.len() - 5], "0", "{text}");
+    assert_eq!(row[row.len() - 4], "exclusive", "{text}");
+    assert_eq!(row[row.len() - 3], "1", "{text}");
+    // Nobody waits, and nobody was seen holding it elsewhere.
+    assert_eq!(row[row.len() - 2..], ["-", "-"], "{text}");
 
     lock.release().await.expect("release");
     let out = output(ctl(&daemon).args(["list", "--json"])).await;

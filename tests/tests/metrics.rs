@@ -279,8 +279,11 @@ async fn a_scripted_workload_is_counted_exactly_on_the_listener_and_through_the_
         );
         assert!(value(&s, "vfslockd_sessions") >= 1.0);
         assert!(
-            s.keys()
-                .any(|k| k.starts_with("vfslockd_build_info{") && k.contains("protocol=\"8\"")),
+            s.keys().any(|k| k.starts_with("vfslockd_build_info{")
+                && k.contains(&format!(
+                    "protocol=\"{}\"",
+                    vfslock_proto::handshake::PROTOCOL_VERSION
+                ))),
             "{text}"
         );
         // No series is labelled by a target.

@@ -44,9 +44,23 @@ async fn send(stream: &mut UnixStream, id: RequestId, request: Request) {
     stream.write_all(&frame).await.expect("send");
 }
 
-/// The next frame must be `Event::Queued`: its position and place.
+/// The next frame that is not an announcement of where a waiter stands (`Event::Waiting`,
+/// protocol 9, which comes as the queue moves).
+async fn next_but_announcements(stream: &mut UnixStream, what: &str) -> ServerFrame {
+    loop {
+        match read_frame::<ServerFrame>(stream, what).await {
+            ServerFrame::Event {
+                event: Event::Waiting { .. },
+                ..
+            } => continue,
+            frame => return frame,
+        }
+    }
+}
+
+/// The next frame but announcements must be `Event::Queued`: its position and place.
 async fn queued(stream: &mut UnixStream, what: &str) -> (u32, WaitPlace) {
-    match read_frame::<ServerFrame>(stream, what).await {
+    match next_but_announcements(stream, what).await {
         ServerFrame::Event {
             event:
                 Event::Queued {
@@ -67,9 +81,10 @@ async fn queued(stream: &mut UnixStream, what: &str) -> (u32, WaitPlace) {
     }
 }
 
-/// The next frame must be a grant; its lock id.
+/// The next frame but announcements of where a waiter stands (protocol 9) must be a grant;
+/// its lock id.
 async fn granted(stream: &mut UnixStream, what: &str) -> String {
-    match read_frame::<ServerFrame>(stream, what).await {
+    match next_but_announcements(stream, what).await {
         ServerFrame::Response {
             result: Ok(Response::GrantedResumable { grant, .. }),
             ..
