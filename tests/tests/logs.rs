@@ -185,3 +185,92 @@ fn an_unknown_log_format_is_a_config_error_naming_the_formats() {
         "{log}"
     );
 }
+
+/// The spans of a JSON log line, by name: each span's fields.
+fn spans_of(object: &Map<String, Value>) -> Vec<Map<String, Value>> {
+    object
+        .get("spans")
+        .and_then(Value::as_array)
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| s.as_object().cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_is_a_span_with_its_caller_and_lock_id_and_store_calls_are_its_children() {
+    // Inherited by the daemon: this test's process is its own (nextest), so no other test sees it.
+    std::env::set_var("RUST_LOG", "debug");
+    let daemon = Daemon::start_host(TEST_CONFIG, None, &["--log-format", "json"]);
+    let client = daemon.client().await;
+    let target = daemon.file_target("spanned.csv");
+    let mut lock = client.new_lock(&target, LockOptions::default());
+    within("an acquire", lock.acquire()).await.unwrap();
+    let lock_id = lock.lock_id().unwrap().to_owned();
+    within("a release", lock.release()).await.unwrap();
+    drop(client);
+    let mut daemon = daemon;
+    assert!(daemon.terminate().success());
+    let log = daemon.log();
+    let lines: Vec<Map<String, Value>> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| json_object(l, &log))
+        .collect();
+    let pid = u64::from(std::process::id());
+    let request_of = |object: &Map<String, Value>, kind: &str| {
+        spans_of(object).into_iter().find(|s| {
+            s.get("name") == Some(&Value::from("request"))
+                && s.get("kind") == Some(&Value::from(kind))
+        })
+    };
+    // The acquire's store call: a child `store` span of the acquire's request span, with its
+    // latency.
+    let create = lines
+        .iter()
+        .find(|o| {
+            o["fields"]["message"] == "store call"
+                && spans_of(o)
+                    .iter()
+                    .any(|s| s["name"] == "store" && s["op"] == "create")
+        })
+        .unwrap_or_else(|| panic!("no store call of the acquire in:\n{log}"));
+    assert!(create["fields"]["took_us"].is_u64(), "{create:?}");
+    let request = request_of(create, "acquire").unwrap_or_else(|| panic!("{create:?}"));
+    assert_eq!(
+        request["target"],
+        Value::from(target.as_str()),
+        "{request:?}"
+    );
+    assert_eq!(request["pid"], Value::from(pid), "{request:?}");
+    assert!(request["uid"].is_u64(), "{request:?}");
+    assert!(request["session"].is_u64(), "{request:?}");
+    let names: Vec<String> = spans_of(create)
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect();
+    let at = |name: &str| names.iter().position(|n| n == name);
+    assert!(
+        at("request") < at("store"),
+        "the store span is the request's child: {names:?}"
+    );
+    // The acquire's span names the lock id once it is granted.
+    assert!(
+        lines.iter().any(|o| o["fields"]["message"] == "answered"
+            && request_of(o, "acquire")
+                .is_some_and(|r| r.get("lock_id") == Some(&Value::from(lock_id.as_str())))),
+        "no answered acquire with lock id {lock_id} in:\n{log}"
+    );
+    // The release's span names it from the start, its delete included.
+    assert!(
+        lines.iter().any(|o| spans_of(o)
+            .iter()
+            .any(|s| s["name"] == "store" && s["op"] == "delete")
+            && request_of(o, "release")
+                .is_some_and(|r| r.get("lock_id") == Some(&Value::from(lock_id.as_str())))),
+        "no store delete in the release's span in:\n{log}"
+    );
+}

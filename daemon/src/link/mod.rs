@@ -107,6 +107,9 @@ struct OpenRequests {
     /// The audit log's view of each granted acquire still held, for the loss a failed actor
     /// can no longer record itself ([`SessionLink::open_at`]).
     held: HashMap<RequestId, Held>,
+    /// The span of each routed request, until it is answered: the actor handling it enters
+    /// it, so that what the actor logs and the store calls it makes are the request's.
+    spans: HashMap<RequestId, tracing::Span>,
 }
 
 /// An acquire on its way to an answer, for the metrics and the audit log.
@@ -252,8 +255,14 @@ impl SessionLink {
 
     /// Records that request `id` was routed to `actor` (an acquire counted before, or any
     /// other request, which is open until answered).
+    ///
+    /// The span current here (the request's, in the session that routes it) goes with it.
     pub fn routed(&self, id: RequestId, actor: ActorId) {
         let mut open = self.open();
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            open.spans.insert(id, span);
+        }
         open.by_id
             .entry(id)
             .or_insert(Open {
@@ -285,6 +294,15 @@ impl SessionLink {
         self.open().measured.insert(id, measured);
     }
 
+    /// The span of request `id`, routed and not yet answered; a disabled span otherwise.
+    pub fn span_of(&self, id: RequestId) -> tracing::Span {
+        self.open()
+            .spans
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(tracing::Span::none)
+    }
+
     /// The acquire `id` no longer waits or holds.
     pub fn acquire_ended(&self, id: RequestId) {
         self.settle(id, false, None);
@@ -294,6 +312,17 @@ impl SessionLink {
     /// of a measured acquire answered with `answer`.
     fn settle(&self, id: RequestId, held: bool, answer: Option<&Result<Response, WireError>>) {
         let mut open = self.open();
+        // Answered or ended: a holding does not keep its acquire's span alive. A grant's lock
+        // id goes into it first.
+        if let Some(span) = open.spans.remove(&id) {
+            if let Some(Ok(Response::Granted(grant))) = answer {
+                span.record("lock_id", grant.lock_id.as_str());
+            }
+            if let Some(answer) = answer {
+                let error = answer.as_ref().err().map(|e| e.kind);
+                span.in_scope(|| tracing::debug!(?error, "answered"));
+            }
+        }
         if let Some(measured) = open.measured.remove(&id) {
             if let Some(answer) = answer {
                 if let Some(instruments) = &measured.instruments {
@@ -380,12 +409,14 @@ impl SessionLink {
             by_id,
             measured,
             held,
+            spans,
             ..
         } = &mut *open;
         by_id.retain(|&id, entry| {
             if entry.actor != Some(actor) {
                 return true;
             }
+            spans.remove(&id);
             if entry.granted {
                 orphans.held.push(id);
             } else {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 use vfslock_proto::{AcquireRequest, LockMode, QueuedLock, RequestId, Response};
 
 use super::audit::Ended;
@@ -285,11 +286,29 @@ impl Actor for LockActor {
         // Boxed: the handling of one message awaits store calls several levels deep, and its
         // future (about 4 KiB) would otherwise be part of every actor's task for its whole
         // life, held or idle. One allocation per message is cheaper than that per lock.
-        Box::pin(self.handle_message(myself, message, state)).await
+        // A request is handled in its own span (made by the session that routed it), so that
+        // what is logged here, and the store calls below, belong to it.
+        Box::pin(self.handle_in_span(myself, message, state)).await
     }
 }
 
 impl LockActor {
+    /// Handles `message`, in its request's span if it is a request.
+    async fn handle_in_span(
+        &self,
+        myself: ActorRef<LockMessage>,
+        message: LockMessage,
+        state: &mut LockState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = match message.request() {
+            Some((session, id)) => session.span_of(id),
+            None => tracing::Span::none(),
+        };
+        self.handle_message(myself, message, state)
+            .instrument(span)
+            .await
+    }
+
     async fn handle_message(
         &self,
         myself: ActorRef<LockMessage>,

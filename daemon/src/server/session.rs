@@ -302,7 +302,10 @@ impl Session {
                         match frame {
                             // Boxed, as the actors' handling is: a request's future is large
                             // and an idle connection should not carry it.
-                            Ok(frame) => Box::pin(self.handle(frame)).await,
+                            Ok(frame) => {
+                                let span = self.request_span(&frame);
+                                Box::pin(self.handle(frame).instrument(span)).await
+                            }
                             Err(e) => {
                                 self.send(protocol_error(format!("malformed request: {e}")));
                                 return Err(format!("malformed request: {e}"));
@@ -599,6 +602,43 @@ impl Session {
         self.route(id, &address, message).await;
     }
 
+    /// The span of one request: its kind and target, this connection, and the caller. The
+    /// lock actor that handles it enters the same span (it is handed over with the routing,
+    /// see [`crate::link::SessionLink::routed`]) and records the lock id once it exists; store
+    /// calls are its children.
+    fn request_span(&self, frame: &ClientFrame) -> tracing::Span {
+        let (id, kind, target) = match frame {
+            ClientFrame::Request { id, request } => {
+                let (kind, target) = describe_request(request);
+                (*id, kind, target)
+            }
+            ClientFrame::StaleVerdict { id, target, .. } => (*id, "stale_verdict", Some(target)),
+        };
+        let caller = &self.link.caller;
+        let span = tracing::info_span!(
+            "request",
+            kind,
+            target = target.map(String::as_str),
+            session = self.link.id,
+            request = id,
+            pid = caller.pid,
+            uid = caller.uid,
+            lock_id = tracing::field::Empty,
+        );
+        // A request about a holding names it from the start.
+        if let ClientFrame::Request {
+            request:
+                Request::Release { lock_id, .. }
+                | Request::Renew { lock_id, .. }
+                | Request::Resume { lock_id, .. },
+            ..
+        } = frame
+        {
+            span.record("lock_id", lock_id.as_str());
+        }
+        span
+    }
+
     async fn handle(&mut self, frame: ClientFrame) {
         let (id, request) = match frame {
             ClientFrame::Request { id, request } => (id, request),
@@ -792,6 +832,29 @@ impl Session {
             // A target whose actor has retired holds nothing of ours.
             let _ = self.registry.send_existing(&key, message);
         }
+    }
+}
+
+/// A request's kind, as its span names it, and the target it is about, if one.
+fn describe_request(request: &Request) -> (&'static str, Option<&String>) {
+    match request {
+        Request::Acquire(r) => ("acquire", Some(&r.target)),
+        Request::AcquireIn { request, .. } => ("acquire", Some(&request.target)),
+        Request::AcquireBounded { request, .. } => ("acquire", Some(&request.target)),
+        Request::Requeue { request, .. } => ("requeue", Some(&request.target)),
+        Request::Cancel { target, .. } => ("cancel", Some(target)),
+        Request::Release { target, .. } => ("release", Some(target)),
+        Request::Renew { target, .. } => ("renew", Some(target)),
+        Request::Break { target, .. } => ("break", Some(target)),
+        Request::Metadata { target } => ("metadata", Some(target)),
+        Request::Describe { target } => ("describe", Some(target)),
+        Request::Resume { target, .. } => ("resume", Some(target)),
+        Request::Resolve { .. } => ("resolve", None),
+        Request::List | Request::ListModes | Request::ListQueues => ("list", None),
+        Request::Status => ("status", None),
+        Request::Ping => ("ping", None),
+        Request::Restarts => ("restarts", None),
+        Request::Metrics => ("metrics", None),
     }
 }
 

@@ -299,6 +299,16 @@ impl Store {
         floor: u64,
         make: MakeLock,
     ) -> Result<Created, StoreError> {
+        self.traced(Operation::Create, path, self.create_here(path, floor, make))
+            .await
+    }
+
+    async fn create_here(
+        &self,
+        path: &str,
+        floor: u64,
+        make: MakeLock,
+    ) -> Result<Created, StoreError> {
         let timer = self.timer(Operation::Create);
         if let Err(e) = self.inject("create", path).await {
             return timer.finish(Err(e));
@@ -314,6 +324,11 @@ impl Store {
 
     /// Reads `path`; `None` when it does not exist.
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
+        self.traced(Operation::Read, path, self.read_here(path))
+            .await
+    }
+
+    async fn read_here(&self, path: &str) -> Result<Option<Observed>, StoreError> {
         let timer = self.timer(Operation::Read);
         if let Err(e) = self.inject("read", path).await {
             return timer.finish(Err(e));
@@ -328,6 +343,17 @@ impl Store {
 
     /// Replaces `path` if it still holds `expected`.
     pub async fn replace(
+        &self,
+        path: &str,
+        expected: &Version,
+        token: Token,
+        make: MakeLock,
+    ) -> Result<Replaced, StoreError> {
+        let call = self.replace_here(path, expected, token, make);
+        self.traced(Operation::Replace, path, call).await
+    }
+
+    async fn replace_here(
         &self,
         path: &str,
         expected: &Version,
@@ -349,6 +375,11 @@ impl Store {
 
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
+        self.traced(Operation::Delete, path, self.delete_here(path, expected))
+            .await
+    }
+
+    async fn delete_here(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
         let timer = self.timer(Operation::Delete);
         if let Err(e) = self.inject("delete", path).await {
             return timer.finish(Err(e));
@@ -380,6 +411,27 @@ impl Store {
                 0
             }
         }
+    }
+
+    /// Runs one store request as a child span of the request being handled (`debug` level),
+    /// which ends with its latency. With the span off (the default `info` level), the request
+    /// runs as it is.
+    async fn traced<T>(
+        &self,
+        operation: Operation,
+        path: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        use tracing::Instrument;
+        let span = tracing::debug_span!("store", store = self.label(), op = operation.name(), path);
+        if span.is_disabled() {
+            return call.await;
+        }
+        let started = std::time::Instant::now();
+        let result = call.instrument(span.clone()).await;
+        let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        span.in_scope(|| tracing::debug!(took_us, ok = result.is_ok(), "store call"));
+        result
     }
 
     /// Times one request (a fault the layer injects counts as the store's failure: to the

@@ -34,7 +34,11 @@ impl BenchDaemon {
         std::fs::create_dir_all(dir).expect("daemon dir");
         let mut launch = Launch::in_dir(bin_dir.join("vfslockd"), dir);
         launch.log_filter = "warn".into();
-        std::fs::write(&launch.config, BENCH_CONFIG).expect("daemon config");
+        // More config for a comparison of two settings of the same build
+        // (`tests/bench-metrics.sh` turns metrics off for its baseline).
+        let extra = std::env::var("VFSLOCK_BENCH_DAEMON_CONFIG").unwrap_or_default();
+        std::fs::write(&launch.config, format!("{BENCH_CONFIG}\n{extra}\n"))
+            .expect("daemon config");
         let child = launch.start().unwrap_or_else(|e| panic!("{e}"));
         BenchDaemon {
             child,
