@@ -7,7 +7,7 @@
 # 2. The pinned cycle section (`mem://`, `file://` on disk and tmpfs) of `bench_suite pass`,
 #    PASSES passes each, interleaved, and `bench_suite compare`'s table of on against off.
 #
-# Usage: tests/bench-metrics.sh [PASSES] [CYCLES]
+# Usage: tests/bench-metrics.sh [PASSES] [CYCLES]   (PASSES 0: the instruction counts only)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 passes=${1:-3}
@@ -40,7 +40,7 @@ instructions() {
     kill -TERM "$pid"
     wait "$pid" || true
     local total
-    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$dir"/callgrind.out*)
+    total=$(awk '/^totals:/ { sum += $2 } END { print sum }' "$dir"/callgrind.out*)
     echo $((total / cycles))
 }
 
@@ -54,6 +54,8 @@ echo "|---|---|---|"
 awk -v a="$base" -v b="$with" 'BEGIN { printf "| %d | %d | %.3f |\n", a, b, b / a }'
 echo
 
+# PASSES 0: instructions only (they do not change with the machine's load).
+((passes > 0)) || exit 0
 off_files=()
 on_files=()
 for ((i = 1; i <= passes; i++)); do
