@@ -296,8 +296,11 @@ impl SessionLink {
 
     /// The span of request `id`, routed and not yet answered; a disabled span otherwise.
     pub fn span_of(&self, id: RequestId) -> tracing::Span {
-        self.open()
-            .spans
+        let open = self.open();
+        if open.spans.is_empty() {
+            return tracing::Span::none();
+        }
+        open.spans
             .get(&id)
             .cloned()
             .unwrap_or_else(tracing::Span::none)
@@ -313,8 +316,12 @@ impl SessionLink {
     fn settle(&self, id: RequestId, held: bool, answer: Option<&Result<Response, WireError>>) {
         let mut open = self.open();
         // Answered or ended: a holding does not keep its acquire's span alive. A grant's lock
-        // id goes into it first.
-        if let Some(span) = open.spans.remove(&id) {
+        // id goes into it first. (The map is empty unless debug logging is on: then no key is
+        // hashed for it.)
+        let span = (!open.spans.is_empty())
+            .then(|| open.spans.remove(&id))
+            .flatten();
+        if let Some(span) = span {
             if let Some(Ok(Response::Granted(grant))) = answer {
                 span.record("lock_id", grant.lock_id.as_str());
             }

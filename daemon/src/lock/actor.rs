@@ -300,9 +300,10 @@ impl LockActor {
         message: LockMessage,
         state: &mut LockState,
     ) -> Result<(), ActorProcessingErr> {
+        // Request spans are `debug` (see `server::session`): below that, nothing to look up.
         let span = match message.request() {
-            Some((session, id)) => session.span_of(id),
-            None => tracing::Span::none(),
+            Some((session, id)) if tracing::enabled!(tracing::Level::DEBUG) => session.span_of(id),
+            _ => tracing::Span::none(),
         };
         self.handle_message(myself, message, state)
             .instrument(span)
