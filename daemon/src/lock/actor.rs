@@ -300,11 +300,15 @@ impl LockActor {
         message: LockMessage,
         state: &mut LockState,
     ) -> Result<(), ActorProcessingErr> {
-        // Request spans are `debug` (see `server::session`): below that, nothing to look up.
+        // Request spans are `debug` (see `server::session`): below that, nothing to look up,
+        // and the handling is not wrapped (which would move its large future once more).
         let span = match message.request() {
             Some((session, id)) if tracing::enabled!(tracing::Level::DEBUG) => session.span_of(id),
             _ => tracing::Span::none(),
         };
+        if span.is_disabled() {
+            return self.handle_message(myself, message, state).await;
+        }
         self.handle_message(myself, message, state)
             .instrument(span)
             .await

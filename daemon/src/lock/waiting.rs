@@ -76,6 +76,18 @@ impl LockActor {
         Some((seen.key.clone(), seen.holder.clone(), held_for))
     }
 
+    /// What tells the holder [`LockActor::known_holder`] names from the next one, without
+    /// making its metadata: this runs after every message while anyone waits.
+    fn holder_key(state: &LockState) -> Option<&str> {
+        if let Some(holding) = state.holding() {
+            return Some(&holding.record.lock_id);
+        }
+        if let Some(joint) = state.joint() {
+            return joint.members.first().map(|_| joint.entry.lock_id.as_str());
+        }
+        state.foreign.as_ref().map(|seen| seen.key.as_str())
+    }
+
     /// After each message: schedules a round of announcements when the waiters may stand
     /// elsewhere or the holder changed. Nothing is done while nobody waits.
     pub(super) fn announce_if_moved(&self, myself: &ActorRef<LockMessage>, state: &mut LockState) {
@@ -83,9 +95,9 @@ impl LockActor {
             state.queue.moved = false;
             return;
         }
-        let holder = self.known_holder(state).map(|(key, ..)| key);
-        if holder != state.announce.holder {
-            state.announce.holder = holder;
+        let holder = Self::holder_key(state);
+        if holder != state.announce.holder.as_deref() {
+            state.announce.holder = holder.map(str::to_owned);
             state.queue.moved = true;
         }
         if !state.queue.moved || state.announce.scheduled {

@@ -302,10 +302,12 @@ impl Session {
                         match frame {
                             // Boxed, as the actors' handling is: a request's future is large
                             // and an idle connection should not carry it.
-                            Ok(frame) => {
-                                let span = self.request_span(&frame);
-                                Box::pin(self.handle(frame).instrument(span)).await
-                            }
+                            // Wrapped in its span only when there is one: the wrapping moves the
+                            // large future once more.
+                            Ok(frame) => match self.request_span(&frame) {
+                                Some(span) => Box::pin(self.handle(frame).instrument(span)).await,
+                                None => Box::pin(self.handle(frame)).await,
+                            },
                             Err(e) => {
                                 self.send(protocol_error(format!("malformed request: {e}")));
                                 return Err(format!("malformed request: {e}"));
@@ -606,7 +608,10 @@ impl Session {
     /// caller. The lock actor that handles it enters the same span (it is handed over with the
     /// routing, see [`crate::link::SessionLink::routed`]) and records the lock id once it
     /// exists; store calls are its children.
-    fn request_span(&self, frame: &ClientFrame) -> tracing::Span {
+    fn request_span(&self, frame: &ClientFrame) -> Option<tracing::Span> {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return None;
+        }
         let (id, kind, target) = match frame {
             ClientFrame::Request { id, request } => {
                 let (kind, target) = describe_request(request);
@@ -639,7 +644,7 @@ impl Session {
         {
             span.record("lock_id", lock_id.as_str());
         }
-        span
+        Some(span)
     }
 
     async fn handle(&mut self, frame: ClientFrame) {
