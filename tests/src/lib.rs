@@ -8,6 +8,7 @@
 
 pub mod gopeer;
 pub mod http_counter;
+pub mod http_get;
 pub mod v1;
 
 use std::path::{Path, PathBuf};

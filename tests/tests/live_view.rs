@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
 use vfslock::{LockOptions, Waiting};
 use vfslock_proto::{
     codec, AcquireRequest, ClientFrame, Event, Request, Response, ServerFrame, WaitMode,
@@ -24,14 +25,29 @@ use wire::{handshaken_at, read_frame};
 /// Every announcement a waiter heard, with when it came.
 type Heard = Arc<Mutex<Vec<(Waiting, Instant)>>>;
 
-/// Options that record every announcement, with when it came.
-fn recording() -> (LockOptions, Heard) {
+/// `options`, recording every announcement with when it came.
+fn recording(options: LockOptions) -> (LockOptions, Heard) {
     let seen: Heard = Arc::default();
-    let options = LockOptions::default().on_waiting({
+    let options = options.on_waiting({
         let seen = seen.clone();
         move |waiting| seen.lock().unwrap().push((waiting.clone(), Instant::now()))
     });
     (options, seen)
+}
+
+/// A waiter on `target` with `options`, acquiring in a task of its own, once it was told it
+/// waits at `position`: its task (the lock once granted) and what it heard.
+async fn queued_at(
+    client: &vfslock::Client,
+    target: &str,
+    options: LockOptions,
+    position: u32,
+) -> (JoinHandle<Result<vfslock::Lock, vfslock::Error>>, Heard) {
+    let (options, seen) = recording(options);
+    let mut lock = client.new_lock(target, options);
+    let waiting = tokio::spawn(async move { lock.acquire_timeout(DEADLINE).await.map(|()| lock) });
+    announced(&seen, |w| w.position == position).await;
+    (waiting, seen)
 }
 
 /// Waits until `seen` has an announcement that `wanted` accepts.
@@ -58,16 +74,12 @@ async fn waiters_hear_their_new_place_and_holder_as_the_queue_moves() {
 
     let mut waiters = Vec::new();
     let mut records = Vec::new();
-    for owner in ["second", "third"] {
-        let (options, seen) = recording();
-        let mut lock = client.new_lock(target, options.owner_id(owner));
-        waiters.push(tokio::spawn(async move {
-            lock.acquire_timeout(DEADLINE).await.map(|()| lock)
-        }));
+    // In this order: the second queues before the third.
+    for (owner, position) in [("second", 1), ("third", 2)] {
+        let options = LockOptions::default().owner_id(owner);
+        let (waiting, seen) = queued_at(&client, target, options, position).await;
+        waiters.push(waiting);
         records.push(seen);
-        // In this order: the second queues before the third.
-        let position = records.len() as u32;
-        announced(records.last().unwrap(), |w| w.position == position).await;
     }
     // Each was told its place and who holds the lock.
     for (index, seen) in records.iter().enumerate() {
@@ -130,12 +142,8 @@ async fn a_fast_moving_queue_is_announced_at_most_once_a_second_per_waiter() {
         }));
         within("a place", positions.recv()).await;
     }
-    let (options, seen) = recording();
-    let mut watched = client.new_lock(target, options);
     let started = Instant::now();
-    let waiting =
-        tokio::spawn(async move { watched.acquire_timeout(DEADLINE).await.map(|()| watched) });
-    announced(&seen, |w| w.position == 21).await;
+    let (waiting, seen) = queued_at(&client, target, LockOptions::default(), 21).await;
     holder.release().await.unwrap();
     let mut watched = within("the watched grant", waiting).await.unwrap().unwrap();
     let took = started.elapsed();
@@ -159,17 +167,9 @@ async fn a_client_of_protocol_8_never_hears_the_repeated_announcement() {
     let target = "mem:///live/old";
     let mut holder = client.new_lock(target, LockOptions::default());
     holder.acquire().await.unwrap();
-    let (ahead_options, ahead_seen) = recording();
-    let mut ahead = client.new_lock(target, ahead_options);
-    let ahead_wait =
-        tokio::spawn(async move { ahead.acquire_timeout(DEADLINE).await.map(|()| ahead) });
     // In this order: the newer waiter queues behind the first.
-    announced(&ahead_seen, |w| w.position == 1).await;
-    let (options, seen) = recording();
-    let mut newer = client.new_lock(target, options);
-    let newer_wait =
-        tokio::spawn(async move { newer.acquire_timeout(DEADLINE).await.map(|()| newer) });
-    announced(&seen, |w| w.position == 2).await;
+    let (ahead_wait, _) = queued_at(&client, target, LockOptions::default(), 1).await;
+    let (newer_wait, seen) = queued_at(&client, target, LockOptions::default(), 2).await;
 
     // An old client queues third, by hand.
     let mut old = handshaken_at(daemon.socket(), 8).await;
@@ -233,7 +233,7 @@ async fn list_shows_the_oldest_wait_and_the_holder_seen_from_elsewhere() {
     let go_holder: serde_json::Value =
         serde_json::from_slice(&fixture("go-lockfile-no-ttl.lock")).unwrap();
     let client = daemon.client().await;
-    let (options, seen) = recording();
+    let (options, seen) = recording(LockOptions::default());
     let mut waiter = client.new_lock(target.as_str(), options);
     let waiting = tokio::spawn(async move { waiter.acquire_timeout(DEADLINE).await });
     announced(&seen, |w| w.holder.is_some()).await;
@@ -367,7 +367,6 @@ async fn run_w_without_a_terminal_prints_nothing_while_it_waits() {
     let target = daemon.file_target("piped.csv");
     let mut holder = client.new_lock(target.as_str(), LockOptions::default());
     holder.acquire().await.unwrap();
-    let (options, _) = recording();
     // Another waiter shows when the piped run has queued: it is second, behind it.
     let mut run = std::process::Command::new(bin("vfslockctl"))
         .arg("--socket")
@@ -388,11 +387,7 @@ async fn run_w_without_a_terminal_prints_nothing_while_it_waits() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Past the first round of announcements.
-    let (second_options, second_seen) = recording();
-    let mut second = client.new_lock(target.as_str(), second_options);
-    let second_wait =
-        tokio::spawn(async move { second.acquire_timeout(DEADLINE).await.map(|()| second) });
-    announced(&second_seen, |w| w.position == 2).await;
+    let (second_wait, _) = queued_at(&client, &target, LockOptions::default(), 2).await;
     holder.release().await.unwrap();
     let out = tokio::task::block_in_place(|| {
         vfslock_tests::wait_with_deadline(&mut run);
@@ -410,12 +405,15 @@ async fn run_w_without_a_terminal_prints_nothing_while_it_waits() {
         .unwrap()
         .unwrap();
     second.release().await.unwrap();
-    drop(options);
 }
 
 /// A daemon with known contention: `busy` held by the test with three waiters, `calm` held
 /// with one, `free` only held. Returns the daemon, the holdings and the waiting tasks.
-async fn contention() -> (Daemon, Vec<vfslock::Lock>, Vec<tokio::task::JoinHandle<()>>) {
+async fn contention() -> (
+    Daemon,
+    Vec<vfslock::Lock>,
+    Vec<JoinHandle<Result<vfslock::Lock, vfslock::Error>>>,
+) {
     let daemon = Daemon::start();
     let client = daemon.client().await;
     let mut held = Vec::new();
@@ -426,12 +424,8 @@ async fn contention() -> (Daemon, Vec<vfslock::Lock>, Vec<tokio::task::JoinHandl
         lock.acquire().await.unwrap();
         held.push(lock);
         for place in 1..=waiters {
-            let (options, seen) = recording();
-            let mut waiter = client.new_lock(target.as_str(), options);
-            waiting.push(tokio::spawn(async move {
-                let _ = waiter.acquire_timeout(DEADLINE).await;
-            }));
-            announced(&seen, |w| w.position == place).await;
+            let options = LockOptions::default();
+            waiting.push(queued_at(&client, &target, options, place).await.0);
         }
     }
     (daemon, held, waiting)

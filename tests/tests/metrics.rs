@@ -7,13 +7,13 @@
 //! the daemon and answers queries for its series.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vfslock::{ErrorKind, LockOptions};
-use vfslock_tests::{vfslockctl, within, Daemon, DEADLINE, TEST_CONFIG};
+use vfslock_tests::{http_get, vfslockctl, within, Daemon, DEADLINE, TEST_CONFIG};
 
 /// The repository's `docs/prometheus/`, where the scrape config and the rules ship.
 fn shipped(name: &str) -> PathBuf {
@@ -32,34 +32,9 @@ fn free_port() -> u16 {
 
 /// One plain HTTP/1.0 GET: the status line's code, the headers and the body.
 fn http_get(address: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
-    try_http_get(address, path, accept).unwrap_or_else(|e| panic!("GET {address}{path}: {e}"))
-}
-
-/// [`http_get`], with a failure to connect or read as an error.
-fn try_http_get(
-    address: &str,
-    path: &str,
-    accept: Option<&str>,
-) -> std::io::Result<(u16, String, String)> {
-    let mut stream = std::net::TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {address}\r\n{accept}\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let malformed = || std::io::Error::other(format!("malformed response: {response:?}"));
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(malformed)?;
-    Ok((code, head.to_owned(), body.to_owned()))
+    let answer = http_get::tcp(address, path, accept, DEADLINE)
+        .unwrap_or_else(|e| panic!("GET {address}{path}: {e}"));
+    (answer.code, answer.head, answer.body)
 }
 
 /// The samples of an exposition, by series (`name{labels}` as written).
@@ -338,15 +313,9 @@ async fn the_listener_serves_on_a_unix_socket_path_and_removes_it_at_exit() {
         path.display()
     ));
     daemon.client().await.ping().await.unwrap();
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).expect("the metrics socket");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: vfslockd\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    assert!(response.contains("vfslockd_sessions"), "{response}");
+    let answer = http_get::unix(&path, "/metrics", DEADLINE).expect("the metrics socket");
+    assert_eq!(answer.code, 200, "{answer:?}");
+    assert!(answer.body.contains("vfslockd_sessions"), "{answer:?}");
     assert!(daemon.terminate().success());
     assert!(
         !path.exists(),
@@ -416,8 +385,8 @@ async fn prometheus_scrapes_the_daemon_with_the_shipped_config() {
         .unwrap_or_else(|e| panic!("cannot run prometheus: {e}; apt-get install prometheus"));
     let query = |expr: &str| -> Option<serde_json::Value> {
         let path = format!("/api/v1/query?query={}", expr.replace(' ', "%20"));
-        let (code, _, body) = try_http_get(&web, &path, None).ok()?;
-        (code == 200).then(|| serde_json::from_str(&body).ok())?
+        let answer = http_get::tcp(&web, &path, None, DEADLINE).ok()?;
+        (answer.code == 200).then(|| serde_json::from_str(&answer.body).ok())?
     };
     let start = Instant::now();
     let found = loop {

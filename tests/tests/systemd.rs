@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use vfslock::LockOptions;
-use vfslock_tests::{bin, wait_with_deadline, within, DEADLINE, TEST_CONFIG};
+use vfslock_tests::{bin, http_get, wait_with_deadline, within, DEADLINE, TEST_CONFIG};
 
 /// The repository's `systemd/` directory.
 fn units_dir() -> PathBuf {
@@ -339,7 +339,7 @@ async fn a_scrape_of_the_passed_metrics_socket_starts_the_daemon() {
     // The activator listens on both before anything runs; the scrape's connection waits in
     // the port's backlog until the daemon it starts accepts it.
     let start = Instant::now();
-    let mut stream = loop {
+    let stream = loop {
         match std::net::TcpStream::connect(&address) {
             Ok(stream) => break stream,
             Err(e) => {
@@ -352,22 +352,13 @@ async fn a_scrape_of_the_passed_metrics_socket_starts_the_daemon() {
             }
         }
     };
-    let response = tokio::task::block_in_place(|| {
-        use std::io::{Read, Write};
+    let answer = tokio::task::block_in_place(|| {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: vfslockd\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        http_get::over(stream, &address, "/metrics", None)
     });
-    assert!(
-        response.starts_with("HTTP/1.0 200"),
-        "{response}\n{}",
-        setup.log()
-    );
-    assert!(response.contains("vfslockd_build_info"), "{response}");
+    let answer = answer.unwrap_or_else(|e| panic!("{e}\n{}", setup.log()));
+    assert_eq!(answer.code, 200, "{answer:?}\n{}", setup.log());
+    assert!(answer.body.contains("vfslockd_build_info"), "{answer:?}");
     // The clients' socket is the other descriptor.
     let data = setup.path("data");
     std::fs::create_dir(&data).unwrap();
@@ -377,18 +368,9 @@ async fn a_scrape_of_the_passed_metrics_socket_starts_the_daemon() {
     unsafe { libc::kill(activator.pid(), libc::SIGUSR2) };
     let start = Instant::now();
     loop {
-        let scraped = tokio::task::block_in_place(|| {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect(&address).ok()?;
-            stream.set_read_timeout(Some(DEADLINE)).ok()?;
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: vfslockd\r\n\r\n")
-                .ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).ok()?;
-            Some(response)
-        });
-        if scraped.is_some_and(|r| r.contains("\nvfslockd_last_restart_planned 1\n")) {
+        let scraped =
+            tokio::task::block_in_place(|| http_get::tcp(&address, "/metrics", None, DEADLINE));
+        if scraped.is_ok_and(|a| a.body.contains("\nvfslockd_last_restart_planned 1\n")) {
             break;
         }
         assert!(

@@ -101,15 +101,6 @@ struct OpenRequests {
     by_id: HashMap<RequestId, Open>,
     /// How many of them are acquires, for the per-connection limit.
     acquires: usize,
-    /// The acquires being measured for the metrics or the audit log, until they are
-    /// answered.
-    measured: HashMap<RequestId, Measured>,
-    /// The audit log's view of each granted acquire still held, for the loss a failed actor
-    /// can no longer record itself ([`SessionLink::open_at`]).
-    held: HashMap<RequestId, Held>,
-    /// The span of each routed request, until it is answered: the actor handling it enters
-    /// it, so that what the actor logs and the store calls it makes are the request's.
-    spans: HashMap<RequestId, tracing::Span>,
 }
 
 /// An acquire on its way to an answer, for the metrics and the audit log.
@@ -131,8 +122,9 @@ struct Held {
     since: Instant,
 }
 
-/// One open request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One open request. What is known of it lives in its one entry, so that answering it costs
+/// one lookup.
+#[derive(Debug, Default)]
 struct Open {
     /// Whether it is an acquire (counted against the limit).
     acquire: bool,
@@ -140,6 +132,14 @@ struct Open {
     granted: bool,
     /// The actor it was routed to, once routed.
     actor: Option<ActorId>,
+    /// An acquire being measured for the metrics or the audit log, until it is answered.
+    measured: Option<Box<Measured>>,
+    /// The audit log's view of a granted acquire still held, for the loss a failed actor can
+    /// no longer record itself ([`SessionLink::open_at`]).
+    held: Option<Box<Held>>,
+    /// The request's span, until it is answered (debug logging only): the actor handling it
+    /// enters it, so that what the actor logs and the store calls it makes are the request's.
+    span: Option<tracing::Span>,
 }
 
 /// What a connection had open at an actor that failed, for the cleanup to answer.
@@ -238,8 +238,7 @@ impl SessionLink {
             id,
             Open {
                 acquire: true,
-                granted: false,
-                actor: None,
+                ..Open::default()
             },
         );
         Ok(())
@@ -260,17 +259,9 @@ impl SessionLink {
     pub fn routed(&self, id: RequestId, actor: ActorId) {
         let mut open = self.open();
         let span = tracing::Span::current();
-        if !span.is_disabled() {
-            open.spans.insert(id, span);
-        }
-        open.by_id
-            .entry(id)
-            .or_insert(Open {
-                acquire: false,
-                granted: false,
-                actor: None,
-            })
-            .actor = Some(actor);
+        let entry = open.by_id.entry(id).or_default();
+        entry.actor = Some(actor);
+        entry.span = (!span.is_disabled()).then_some(span);
     }
 
     /// Measures the acquire `id`, counted since [`SessionLink::acquire_started`], until it is
@@ -291,18 +282,17 @@ impl SessionLink {
             arrived: Instant::now(),
             queued: false,
         };
-        self.open().measured.insert(id, measured);
+        if let Some(entry) = self.open().by_id.get_mut(&id) {
+            entry.measured = Some(Box::new(measured));
+        }
     }
 
     /// The span of request `id`, routed and not yet answered; a disabled span otherwise.
     pub fn span_of(&self, id: RequestId) -> tracing::Span {
-        let open = self.open();
-        if open.spans.is_empty() {
-            return tracing::Span::none();
-        }
-        open.spans
+        self.open()
+            .by_id
             .get(&id)
-            .cloned()
+            .and_then(|entry| entry.span.clone())
             .unwrap_or_else(tracing::Span::none)
     }
 
@@ -315,13 +305,12 @@ impl SessionLink {
     /// of a measured acquire answered with `answer`.
     fn settle(&self, id: RequestId, held: bool, answer: Option<&Result<Response, WireError>>) {
         let mut open = self.open();
+        let Some(entry) = open.by_id.get_mut(&id) else {
+            return;
+        };
         // Answered or ended: a holding does not keep its acquire's span alive. A grant's lock
-        // id goes into it first. (The map is empty unless debug logging is on: then no key is
-        // hashed for it.)
-        let span = (!open.spans.is_empty())
-            .then(|| open.spans.remove(&id))
-            .flatten();
-        if let Some(span) = span {
+        // id goes into it first.
+        if let Some(span) = entry.span.take() {
             if let Some(Ok(Response::Granted(grant))) = answer {
                 span.record("lock_id", grant.lock_id.as_str());
             }
@@ -330,7 +319,7 @@ impl SessionLink {
                 span.in_scope(|| tracing::debug!(?error, "answered"));
             }
         }
-        if let Some(measured) = open.measured.remove(&id) {
+        if let Some(measured) = entry.measured.take() {
             if let Some(answer) = answer {
                 if let Some(instruments) = &measured.instruments {
                     let (outcome, waited) = match answer {
@@ -344,19 +333,14 @@ impl SessionLink {
                     let waited = waited.then(|| measured.arrived.elapsed());
                     instruments.acquisition(outcome, waited);
                 }
-                if let Some(held) = self.record_answer(&measured, answer) {
-                    open.held.insert(id, held);
+                if let Some(holding) = self.record_answer(&measured, answer) {
+                    entry.held = Some(Box::new(holding));
                 }
             }
         }
-        if !held && !open.held.is_empty() {
-            open.held.remove(&id);
-        }
-        if held {
-            if let Some(entry) = open.by_id.get_mut(&id).filter(|o| o.acquire) {
-                entry.granted = true;
-                return;
-            }
+        if held && entry.acquire {
+            entry.granted = true;
+            return;
         }
         if open.by_id.remove(&id).is_some_and(|o| o.acquire) {
             self.acquires_ended(&mut open, 1);
@@ -412,35 +396,24 @@ impl SessionLink {
         let mut open = self.open();
         let mut orphans = Orphans::default();
         let mut acquires = 0;
-        let OpenRequests {
-            by_id,
-            measured,
-            held,
-            spans,
-            ..
-        } = &mut *open;
-        by_id.retain(|&id, entry| {
+        open.by_id.retain(|&id, entry| {
             if entry.actor != Some(actor) {
                 return true;
             }
-            spans.remove(&id);
             if entry.granted {
                 orphans.held.push(id);
             } else {
                 orphans.pending.push(id);
             }
             acquires += usize::from(entry.acquire);
-            if let Some(pending) = measured.get_mut(&id) {
+            if let Some(pending) = &mut entry.measured {
                 // Answered by the cleanup as the daemon's failure; the audit log records the
                 // answer when it goes out.
                 if let Some(instruments) = pending.instruments.take() {
                     instruments.acquisition(Outcome::Error, None);
                 }
-                if pending.asked.is_none() {
-                    measured.remove(&id);
-                }
             }
-            if let (Some(lost), Some(audit)) = (held.remove(&id), &self.audit) {
+            if let (Some(lost), Some(audit)) = (entry.held.take(), &self.audit) {
                 // The failed actor's state is gone: this is all that is left of the holding.
                 let details = Details::Lost {
                     cause: LossCause::DaemonFailed.name(),
@@ -449,7 +422,15 @@ impl SessionLink {
                 };
                 audit.record(*lost.subject, details);
             }
-            false
+            // An audited acquire stays, no longer counted nor routed, until the cleanup's
+            // answer is recorded.
+            let answer_to_record = entry.measured.as_ref().is_some_and(|m| m.asked.is_some());
+            if answer_to_record {
+                entry.acquire = false;
+                entry.actor = None;
+                entry.span = None;
+            }
+            answer_to_record
         });
         self.acquires_ended(&mut open, acquires);
         orphans.held.sort_unstable();
@@ -460,7 +441,8 @@ impl SessionLink {
     /// Announces `event` about request `id`.
     pub fn event(&self, id: RequestId, event: Event) {
         if matches!(event, Event::Queued { .. } | Event::QueuePosition { .. }) {
-            if let Some(measured) = self.open().measured.get_mut(&id) {
+            let mut open = self.open();
+            if let Some(measured) = open.by_id.get_mut(&id).and_then(|e| e.measured.as_mut()) {
                 measured.queued = true;
             }
         }

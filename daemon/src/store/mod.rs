@@ -299,11 +299,10 @@ impl Store {
         floor: u64,
         make: MakeLock,
     ) -> Result<Created, StoreError> {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return self.create_here(path, floor, make).await;
-        }
-        self.traced(Operation::Create, path, self.create_here(path, floor, make))
-            .await
+        self.traced(Operation::Create, path, || {
+            self.create_here(path, floor, make)
+        })
+        .await
     }
 
     async fn create_here(
@@ -327,10 +326,7 @@ impl Store {
 
     /// Reads `path`; `None` when it does not exist.
     pub async fn read(&self, path: &str) -> Result<Option<Observed>, StoreError> {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return self.read_here(path).await;
-        }
-        self.traced(Operation::Read, path, self.read_here(path))
+        self.traced(Operation::Read, path, || self.read_here(path))
             .await
     }
 
@@ -355,10 +351,7 @@ impl Store {
         token: Token,
         make: MakeLock,
     ) -> Result<Replaced, StoreError> {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return self.replace_here(path, expected, token, make).await;
-        }
-        let call = self.replace_here(path, expected, token, make);
+        let call = || self.replace_here(path, expected, token, make);
         self.traced(Operation::Replace, path, call).await
     }
 
@@ -384,10 +377,7 @@ impl Store {
 
     /// Deletes `path` if it still holds `expected`.
     pub async fn delete(&self, path: &str, expected: &Version) -> Result<Conditional, StoreError> {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return self.delete_here(path, expected).await;
-        }
-        self.traced(Operation::Delete, path, self.delete_here(path, expected))
+        self.traced(Operation::Delete, path, || self.delete_here(path, expected))
             .await
     }
 
@@ -426,15 +416,23 @@ impl Store {
     }
 
     /// Runs one store request as a child span of the request being handled (`debug` level),
-    /// which ends with its latency. Below `debug` (the default `info`), the operations above
-    /// run their request as it is, without this wrapper's extra move of its future.
-    async fn traced<T>(
+    /// which ends with its latency. Below `debug` (the default `info`) the request runs as it
+    /// is: it is made here rather than handed in, so that path neither builds a span nor moves
+    /// the request's future.
+    async fn traced<T, F>(
         &self,
         operation: Operation,
         path: &str,
-        call: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+        call: impl FnOnce() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         use tracing::Instrument;
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return call().await;
+        }
+        let call = call();
         let span = tracing::debug_span!("store", store = self.label(), op = operation.name(), path);
         if span.is_disabled() {
             return call.await;
