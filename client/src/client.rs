@@ -89,7 +89,9 @@ impl Client {
         self.link.live_within(within).await
     }
 
-    /// A lock on `target` (a `file://` or `mem://` URL, or an absolute path), not yet taken.
+    /// A lock on `target` (a URL such as `file:///srv/data.csv`, `mem:///jobs/a` or
+    /// `s3://bucket/key`, or a local path, which may be relative to the working directory:
+    /// [`crate::resolve_target`]), not yet taken.
     pub fn new_lock(&self, target: impl Into<String>, options: LockOptions) -> Lock {
         Lock::new(self.clone(), target.into(), options)
     }
@@ -187,7 +189,7 @@ impl Client {
             .conn()
             .await?
             .request(Request::Release {
-                target: target.to_owned(),
+                target: crate::resolve_target(target)?.into_owned(),
                 lock_id: lock_id.to_owned(),
             })
             .await?
@@ -209,7 +211,7 @@ impl Client {
             .conn()
             .await?
             .request(Request::Renew {
-                target: target.to_owned(),
+                target: crate::resolve_target(target)?.into_owned(),
                 lock_id: lock_id.to_owned(),
                 ttl,
             })
@@ -232,7 +234,7 @@ impl Client {
             .conn()
             .await?
             .request(Request::Break {
-                target: target.to_owned(),
+                target: crate::resolve_target(target)?.into_owned(),
                 reason: reason.to_owned(),
             })
             .await?
@@ -248,7 +250,7 @@ impl Client {
             .conn()
             .await?
             .request(Request::Metadata {
-                target: target.to_owned(),
+                target: crate::resolve_target(target)?.into_owned(),
             })
             .await?
         {
@@ -274,7 +276,7 @@ impl Client {
         }
         match conn
             .request(Request::Describe {
-                target: target.to_owned(),
+                target: crate::resolve_target(target)?.into_owned(),
             })
             .await?
         {

@@ -87,6 +87,7 @@ mod lock;
 mod set;
 pub mod socket;
 mod spin;
+mod target;
 pub mod transport;
 
 pub use client::Client;
@@ -94,6 +95,7 @@ pub use error::{Error, ErrorKind, WithLockError};
 pub use events::{ClientEvent, Events, LockRef, LostLock};
 pub use lock::{Lock, LockOptions, Waiting, DEFAULT_TTL};
 pub use set::LockSet;
+pub use target::resolve_target;
 /// A lock file's metadata, as the daemon read it: the protocol's own type, with its times as
 /// `SystemTime` through [`LockMetadata::created_at`], [`LockMetadata::ttl`],
 /// [`LockMetadata::expires_at`] and the like.

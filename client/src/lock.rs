@@ -233,6 +233,8 @@ impl Held {
 pub struct Lock {
     client: Client,
     target: String,
+    /// Why a relative `target` could not be made absolute, told by the first acquire.
+    unresolvable: Option<Box<Error>>,
     options: LockOptions,
     held: Option<Held>,
 }
@@ -272,15 +274,22 @@ impl Drop for PendingAcquire<'_> {
 
 impl Lock {
     pub(crate) fn new(client: Client, target: String, options: LockOptions) -> Self {
+        // Resolved now, as `open(2)` would: a later change of directory does not move the lock.
+        let (target, unresolvable) = match crate::target::resolve_owned(target) {
+            Ok(target) => (target, None),
+            Err((target, e)) => (target, Some(Box::new(e))),
+        };
         Lock {
             client,
             target,
+            unresolvable,
             options,
             held: None,
         }
     }
 
-    /// The target as given.
+    /// The target as given, a relative path made absolute against the working directory
+    /// ([`crate::resolve_target`]).
     pub fn target(&self) -> &str {
         &self.target
     }
@@ -310,6 +319,9 @@ impl Lock {
     /// asking for its place in the queue again (protocol 7), for as long as the daemon's resume
     /// window after the connection ended; then it fails as the connection did.
     pub(crate) async fn acquire_with(&mut self, wait: WaitMode) -> Result<(), Error> {
+        if let Some(e) = &self.unresolvable {
+            return Err((**e).clone());
+        }
         let started = Instant::now();
         let mut conn = self.client.conn().await?;
         let mut place = None;

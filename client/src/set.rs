@@ -65,7 +65,10 @@ impl Client {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        let targets: Vec<String> = targets.into_iter().map(Into::into).collect();
+        let targets = targets
+            .into_iter()
+            .map(|target| crate::target::resolve_owned(target.into()).map_err(|(_, e)| e))
+            .collect::<Result<Vec<String>, Error>>()?;
         let order = self.canonical_order(&targets).await?;
         let deadline = options
             .wait
@@ -205,6 +208,7 @@ impl LockSet {
 
     /// The lock on `target`, named as it was given to [`Client::lock_all`].
     pub fn get(&self, target: &str) -> Option<&Lock> {
+        let target = crate::resolve_target(target).unwrap_or(std::borrow::Cow::Borrowed(target));
         self.locks.iter().find(|lock| lock.target() == target)
     }
 

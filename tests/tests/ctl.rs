@@ -752,3 +752,95 @@ async fn a_lost_lease_sends_the_command_sigterm_and_it_sees_its_token() {
         .expect("a warning line");
     assert!(warning.contains("sending it signal 15"), "{warning}");
 }
+
+/// `vfslockctl` run from `dir`, with the test daemon's socket and the binary's path in the
+/// environment for the commands it runs (`$CTL`, `$VFSLOCK_SOCKET`).
+fn ctl_in(daemon: &Daemon, dir: &Path) -> Command {
+    let mut cmd = ctl(daemon);
+    cmd.current_dir(dir)
+        .env("CTL", bin("vfslockctl"))
+        .env("VFSLOCK_SOCKET", daemon.socket());
+    cmd
+}
+
+#[tokio::test]
+async fn run_locks_a_relative_path_in_its_working_directory_as_flock_does() {
+    let daemon = Daemon::start();
+    let data = daemon.data_dir().canonicalize().unwrap();
+    std::fs::create_dir(data.join("sub")).unwrap();
+    let absolute = data.join("data.csv").to_str().unwrap().to_owned();
+    // Holding the lock, the command looks from the data directory: the lock file is there,
+    // and `show` (given the relative path too) and `list` name the absolute target.
+    let script = "cp data.csv.lock held.lock && \"$CTL\" show --json data.csv > shown.json && \
+                  \"$CTL\" list --json > listed.json";
+    let out = output(ctl_in(&daemon, &data).args([
+        "run",
+        "--owner",
+        "relative",
+        "sub/../data.csv",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]))
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let held = read_json_file(&data.join("held.lock"));
+    assert_eq!(held["ownerId"], "relative");
+    let shown = read_json_file(&data.join("shown.json"));
+    assert_eq!(shown["target"], absolute.as_str());
+    assert_eq!(shown["locked"], true);
+    assert_eq!(shown["lock_id"], held["lockId"]);
+    let listed = read_json_file(&data.join("listed.json"));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["target"], format!("file://{absolute}"));
+    assert!(!data.join("data.csv.lock").exists(), "released");
+    assert!(!data.join("sub/data.csv.lock").exists());
+
+    // A relative path whose directory does not exist is refused before anything is sent.
+    let out = output(ctl_in(&daemon, &data).args(["run", "nope/data.csv", "--", "true"])).await;
+    assert_ne!(code(&out), 0);
+    assert_one_line_failure(
+        &out,
+        "cannot make the relative path \"nope/data.csv\" absolute",
+    );
+    let out = output(ctl_in(&daemon, &data).args(["show", "nope/data.csv"])).await;
+    assert_eq!(code(&out), 2);
+    assert_one_line_failure(&out, "nope/data.csv");
+}
+
+#[tokio::test]
+async fn run_c_runs_a_command_string_through_sh_as_flock_does() {
+    let daemon = Daemon::start();
+    let data = daemon.data_dir().canonicalize().unwrap();
+    // flock(1)'s form: the target, then -c and the string.
+    let out = output(ctl_in(&daemon, &data).args([
+        "run",
+        "data.csv",
+        "-c",
+        "test -f data.csv.lock && printf %s \"$VFSLOCK_TOKEN\" > token; exit 3",
+    ]))
+    .await;
+    assert_eq!(code(&out), 3, "the string's own status: {}", stderr(&out));
+    let token = std::fs::read_to_string(data.join("token")).expect("the command ran");
+    assert!(token.parse::<u64>().is_ok_and(|t| t > 0), "{token:?}");
+
+    // -c first: every word is a target, all taken before the string runs.
+    let out = output(ctl_in(&daemon, &data).args([
+        "run",
+        "-c",
+        "test -f a.csv.lock && test -f b.csv.lock && echo both",
+        "a.csv",
+        "b.csv",
+    ]))
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "both\n");
+    assert!(!data.join("a.csv.lock").exists() && !data.join("b.csv.lock").exists());
+
+    // A command both ways is a usage error.
+    let out =
+        output(ctl_in(&daemon, &data).args(["run", "-c", "true", "a.csv", "--", "true"])).await;
+    assert_eq!(code(&out), 2);
+    assert_one_line_failure(&out, "either with -c or after the targets");
+}

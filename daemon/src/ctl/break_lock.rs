@@ -17,7 +17,7 @@ use super::Failure;
 #[derive(Args, Debug)]
 pub(super) struct BreakArgs {
     /// The target whose lock to remove.
-    target: String,
+    pub(super) target: String,
     /// Why, for the daemon's log and the holder.
     #[arg(long, value_name = "TEXT", default_value = "broken with vfslockctl")]
     reason: String,

@@ -38,7 +38,7 @@ pub(super) struct AcquireArgs {
 #[derive(Args, Debug)]
 pub(super) struct LeaseArgs {
     /// The target of the lease.
-    target: String,
+    pub(super) target: String,
     /// The lease's lock id, as `acquire` printed it.
     #[arg(long = "lock-id", value_name = "ID")]
     lock_id: String,

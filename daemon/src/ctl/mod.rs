@@ -258,16 +258,34 @@ async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Fai
         Command::List(args) => list::list(&Client::connect(socket).await?, args, json).await,
         Command::Top(args) => top::top(&Client::connect(socket).await?, args, json).await,
         Command::Show(args) => {
-            show::show(&Client::connect(socket).await?, &args.target, json).await
+            let target = absolute(args.target)?;
+            show::show(&Client::connect(socket).await?, &target, json).await
         }
-        Command::Break(args) => {
+        Command::Break(mut args) => {
+            args.target = absolute(args.target)?;
             break_lock::break_lock(&Client::connect(socket).await?, args, json).await
         }
         Command::Acquire(args) => lease::acquire(&Client::connect(socket).await?, args, json).await,
-        Command::Release(args) => lease::release(&Client::connect(socket).await?, args, json).await,
-        Command::Renew(args) => lease::renew(&Client::connect(socket).await?, args, json).await,
+        Command::Release(mut args) => {
+            args.target = absolute(args.target)?;
+            lease::release(&Client::connect(socket).await?, args, json).await
+        }
+        Command::Renew(mut args) => {
+            args.target = absolute(args.target)?;
+            lease::renew(&Client::connect(socket).await?, args, json).await
+        }
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { subcommand } => docs::man(subcommand.as_deref()),
+    }
+}
+
+/// `target` with a relative path made absolute against the working directory, as the client
+/// library sends it ([`vfslock::resolve_target`]), so that what is printed is what is locked.
+fn absolute(target: String) -> Result<String, Failure> {
+    match vfslock::resolve_target(&target) {
+        Ok(std::borrow::Cow::Owned(absolute)) => Ok(absolute),
+        Ok(std::borrow::Cow::Borrowed(_)) => Ok(target),
+        Err(e) => Err(Failure::new(EXIT_USAGE, e.message())),
     }
 }
 

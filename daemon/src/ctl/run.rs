@@ -136,9 +136,13 @@ pub(super) struct RunArgs {
     max_hold: Option<Duration>,
     #[command(flatten)]
     mode: super::mode::ModeArgs,
-    /// The files to lock (an absolute path, file:///path, mem:///path, s3://bucket/key, ...),
-    /// then the command to run while holding them, and its arguments. With several targets,
-    /// `--` ends them.
+    /// Run COMMAND with `sh -c`, as flock(1)'s -c does: `run data.csv -c 'sort data.csv'`.
+    /// Every word is then a target.
+    #[arg(short = 'c', long = "command", value_name = "COMMAND")]
+    shell_command: Option<OsString>,
+    /// The files to lock (a path, relative to the working directory or absolute,
+    /// file:///path, mem:///path, s3://bucket/key, ...), then the command to run while holding
+    /// them, and its arguments. With several targets, `--` ends them.
     #[arg(
         value_name = "TARGET.. CMD",
         required = true,
@@ -151,13 +155,41 @@ pub(super) struct RunArgs {
 
 impl RunArgs {
     /// The targets and the command: everything before the first `--` after the first word
-    /// is a target; without one, the first word is the only target.
-    fn split(&self) -> Result<(Vec<String>, &[OsString]), Failure> {
-        let split_at = self.words.iter().skip(1).position(|w| w == "--");
-        let (targets, command) = match split_at {
-            Some(at) => (&self.words[..=at], &self.words[at + 2..]),
-            None => (&self.words[..1], &self.words[1..]),
+    /// is a target; without one, the first word is the only target. With `-c` every word is
+    /// a target, and the command is `sh -c COMMAND`; flock(1)'s `TARGET -c COMMAND`, with
+    /// `-c` after the target, means the same.
+    fn split(&self) -> Result<(Vec<String>, Vec<OsString>), Failure> {
+        let words = &self.words;
+        let flock_form = words.len() == 3 && (words[1] == "-c" || words[1] == "--command");
+        let shell = |command: &OsString| vec!["sh".into(), "-c".into(), command.clone()];
+        let (targets, command) = if let Some(string) = &self.shell_command {
+            let targets = match words.iter().position(|w| w == "--") {
+                Some(at) if at + 1 < words.len() => {
+                    return Err(Failure::new(
+                        super::EXIT_USAGE,
+                        "give the command either with -c or after the targets, not both",
+                    ))
+                }
+                Some(at) => &words[..at],
+                None => &words[..],
+            };
+            (targets, shell(string))
+        } else if flock_form {
+            (&words[..1], shell(&words[2]))
+        } else {
+            let split_at = words.iter().skip(1).position(|w| w == "--");
+            let (targets, command) = match split_at {
+                Some(at) => (&words[..=at], &words[at + 2..]),
+                None => (&words[..1], &words[1..]),
+            };
+            (targets, command.to_vec())
         };
+        if targets.is_empty() {
+            return Err(Failure::new(
+                super::EXIT_USAGE,
+                "no target to lock: give one before the command",
+            ));
+        }
         if command.is_empty() {
             return Err(Failure::new(
                 super::EXIT_USAGE,
@@ -222,7 +254,7 @@ pub(super) async fn run(socket: &Path, args: RunArgs) -> Result<u8, Failure> {
         Ok(set) => set,
         Err(e) => return Err(conflict(e, &args, targets.len())),
     };
-    let outcome = platform::run_child(&client, &set, &mut events, &targets, command, &args).await;
+    let outcome = platform::run_child(&client, &set, &mut events, &targets, &command, &args).await;
     match set.release().await {
         Ok(()) => {}
         // Already reported while the command ran.
