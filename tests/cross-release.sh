@@ -155,5 +155,30 @@ if ctl new run --help | grep -q -- '--max-hold' && ! ctl old run --help | grep -
     ctl new run -n "$target" "$second" -- true
     check "the set is taken through the new daemon once the old one released" 0 "$?"
 fi
+# Waiting for a release (issue 19): this checkout's vfslockctl waits through an older daemon
+# (which has no such request: the client looks at the lock file with backoff), and this
+# checkout's daemon waits for a lock the older daemon holds (re-checked like a waiter's).
+if ctl new wait --help >/dev/null 2>&1 && ! ctl old wait --help >/dev/null 2>&1; then
+    ctl old run "$target" -- sleep 2 &
+    runner=$!
+    for _ in $(seq 100); do [[ -e "$target.lock" ]] && break; sleep 0.05; done
+    set +e
+    cross "$new" old wait -w 0.3 "$target"
+    check "a wait through the old daemon runs out while it holds the lock" 1 "$?"
+    cross "$new" old wait -w 20 "$target"
+    check "a wait through the old daemon ends at the release" 0 "$?"
+    check "and the lock is released then" no "$([[ -e "$target.lock" ]] && echo yes || echo no)"
+    set -e
+    wait "$runner"
+    ctl old run "$target" -- sleep 2 &
+    runner=$!
+    for _ in $(seq 100); do [[ -e "$target.lock" ]] && break; sleep 0.05; done
+    set +e
+    ctl new wait -w 20 "$target"
+    check "the new daemon waits for the old daemon's release" 0 "$?"
+    check "and the lock is released then" no "$([[ -e "$target.lock" ]] && echo yes || echo no)"
+    set -e
+    wait "$runner"
+fi
 echo "$failures failed"
 [[ $failures -eq 0 ]]

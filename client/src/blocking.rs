@@ -91,6 +91,13 @@ impl Client {
         settle(outcome, released)
     }
 
+    /// Returns as soon as `target` is not held, without taking it; see
+    /// [`crate::Client::wait_released`].
+    pub fn wait_released(&self, target: &str, timeout: Option<Duration>) -> Result<(), Error> {
+        self.runtime
+            .block_on(self.inner.wait_released(target, timeout))
+    }
+
     /// Reads the lock file of `target`; `None` when there is none.
     pub fn metadata(&self, target: &str) -> Result<Option<LockMetadata>, Error> {
         self.runtime.block_on(self.inner.metadata(target))

@@ -347,6 +347,22 @@ impl Connection {
         answer
     }
 
+    /// Sends a request whose answer may take long (nothing spins for it); the answer
+    /// arrives on the returned channel, or a lost connection's error if the connection goes.
+    pub(crate) fn start_request(
+        &self,
+        request: Request,
+    ) -> Result<(RequestId, oneshot::Receiver<Result<Response, Error>>), Error> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.register(id, Route::Once(tx))?;
+        if let Err(e) = self.send(&ClientFrame::Request { id, request }) {
+            self.routes.lock().expect("routes lock").pending.remove(&id);
+            return Err(e);
+        }
+        Ok((id, rx))
+    }
+
     /// Records how long an acquire's answer took, for [`Spin`].
     pub(crate) fn answered(&self, after: std::time::Duration) {
         self.spin.answered(after);

@@ -51,6 +51,12 @@ impl Error {
         )
     }
 
+    /// The same failure, naming `holder` as the lock's holder.
+    pub(crate) fn with_holder(mut self, holder: LockMetadata) -> Self {
+        self.0.holder = Some(Box::new(holder));
+        self
+    }
+
     /// The same failure with `note` appended to its message.
     pub(crate) fn with_note(mut self, note: &str) -> Self {
         self.0.message = format!("{} {note}", self.0.message);

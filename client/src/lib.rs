@@ -84,6 +84,7 @@ mod error;
 mod events;
 mod link;
 mod lock;
+mod released;
 mod set;
 pub mod socket;
 mod spin;

@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 4] = *b"VFSL";
 
 /// The newest protocol version this crate speaks. What each version added is listed in
 /// [`crate::versions`].
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The oldest protocol version this crate still speaks, with daemons and clients alike.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;

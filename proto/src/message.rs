@@ -184,6 +184,17 @@ pub enum Request {
     /// its lock file from elsewhere (protocol version 9). Answers [`Response::ListedQueues`].
     /// Answered from what the daemon knows: no store is read for it.
     ListQueues,
+    /// Answer as soon as `target` is not held, without taking it: at once if it is free (no
+    /// lock file, or a stale one), else when its holder here releases it or, for a holder
+    /// elsewhere, when a re-check finds it gone (protocol version 10). Answers
+    /// [`Response::NotHeld`], or [`ErrorKind::Timeout`] once `timeout` has passed. A
+    /// [`Request::Cancel`] naming this request's id ends the wait.
+    WaitReleased {
+        /// The target.
+        target: String,
+        /// How long to wait; `None`: as long as it takes.
+        timeout: Option<Duration>,
+    },
 }
 
 /// A waiter's place in a daemon's queue, and the proof that it is that waiter's (protocol
@@ -352,6 +363,8 @@ pub enum Response {
     Metrics(String),
     /// The answer to [`Request::ListQueues`] (protocol version 9).
     ListedQueues(Vec<QueuedLock>),
+    /// The answer to [`Request::WaitReleased`] (protocol version 10): the target is not held.
+    NotHeld,
 }
 
 /// One line of [`Response::ListedQueues`]: a target held or queued for through this daemon.

@@ -14,7 +14,8 @@
 //!   client sends; version 3 added [`Request::AcquireIn`](crate::Request::AcquireIn), version 4
 //!   [`Request::AcquireBounded`](crate::Request::AcquireBounded) and
 //!   [`Request::Resolve`](crate::Request::Resolve); version 5 added nothing that a client
-//!   sends; version 6 added [`Request::Resume`](crate::Request::Resume)).
+//!   sends; version 6 added [`Request::Resume`](crate::Request::Resume); later versions added
+//!   requests that older clients never send, each in the table below).
 //!
 //! | version | added                                                                        |
 //! |---------|------------------------------------------------------------------------------|
@@ -27,6 +28,7 @@
 //! | 7       | [`Event::Queued`]: a waiter's place and credentials, for `Request::Requeue` after a restart; older versions get [`Event::QueuePosition`]. `Request::Restarts` and its answer, which older versions never ask for |
 //! | 8       | `Request::Metrics` and its answer (the Prometheus text), which older versions never ask for |
 //! | 9       | [`Event::Waiting`]: a waiter's place and the lock's holder, again as they change; the daemon never sends it to older versions (it would be a [`Event::QueuePosition`] for them). `Request::ListQueues` and its answer, which older versions never ask for |
+//! | 10      | `Request::WaitReleased` and its answer [`Response::NotHeld`]: wait for a release without taking the lock; older versions never ask for it |
 //!
 //! The full wire format, for clients written in other languages, is `docs/protocol.md`.
 
@@ -113,6 +115,16 @@ impl ServerFrame {
             .for_version(version),
             ServerFrame::Response {
                 id,
+                result: Ok(Response::NotHeld),
+            } if version < 10 => ServerFrame::Response {
+                id,
+                result: Err(WireError::new(
+                    ErrorKind::Protocol,
+                    "waiting for a release needs protocol version 10",
+                )),
+            },
+            ServerFrame::Response {
+                id,
                 result: Ok(Response::Metrics(_)),
             } if version < 8 => ServerFrame::Response {
                 id,
@@ -160,6 +172,10 @@ impl ServerFrame {
                 result: Ok(Response::ListedQueues(_)),
                 ..
             } => 9,
+            ServerFrame::Response {
+                result: Ok(Response::NotHeld),
+                ..
+            } => 10,
             ServerFrame::Response { .. } => 1,
         }
     }

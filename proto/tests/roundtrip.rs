@@ -165,6 +165,8 @@ fn request() -> BoxedStrategy<Request> {
         Just(Request::Restarts),
         Just(Request::Metrics),
         Just(Request::ListQueues),
+        (text(), option::of(duration()))
+            .prop_map(|(target, timeout)| Request::WaitReleased { target, timeout }),
         (
             acquire_request(),
             lock_mode(),
@@ -363,6 +365,7 @@ fn response() -> BoxedStrategy<Response> {
                 ),
             })),
         text().prop_map(Response::Metrics),
+        Just(Response::NotHeld),
         vec(
             (
                 listed_lock(),
@@ -589,7 +592,7 @@ impl Variant for ClientFrame {
 }
 
 impl Variant for Request {
-    const COUNT: usize = 19;
+    const COUNT: usize = 20;
     fn variant(&self) -> usize {
         match self {
             Request::Acquire(_) => 0,
@@ -611,6 +614,7 @@ impl Variant for Request {
             Request::Requeue { .. } => 16,
             Request::Metrics => 17,
             Request::ListQueues => 18,
+            Request::WaitReleased { .. } => 19,
         }
     }
 }
@@ -637,7 +641,7 @@ impl Variant for ServerFrame {
 }
 
 impl Variant for Response {
-    const COUNT: usize = 16;
+    const COUNT: usize = 17;
     fn variant(&self) -> usize {
         match self {
             Response::Granted(_) => 0,
@@ -656,6 +660,7 @@ impl Variant for Response {
             Response::Restarts(_) => 13,
             Response::Metrics(_) => 14,
             Response::ListedQueues(_) => 15,
+            Response::NotHeld => 16,
         }
     }
 }

@@ -9,12 +9,14 @@
 //! | command | does |
 //! |---------|------|
 //! | `run [-n \| -w DURATION] [-E CODE] [-o] [--ttl DURATION] [--owner ID] [-s \| --slots N] [--max-hold DURATION] TARGET [--] CMD [ARGS..]` | runs CMD holding the lock on TARGET ([`run`]) |
+//! | `run [OPTIONS] TARGET -c STRING`, `run [OPTIONS] -c STRING TARGET..` | runs STRING with `sh -c` holding the lock(s) ([`run`]) |
 //! | `run [OPTIONS] TARGET TARGET.. -- CMD [ARGS..]` | runs CMD holding the locks on every TARGET, taken all or none ([`run`]) |
 //! | `status` | the daemon's identity, uptime, stores, counters and restarts ([`status`]) |
 //! | `metrics` | the daemon's metrics in the Prometheus text format, as its listener serves them |
 //! | `top [--once] [-n N]` | the most contended targets, their holders and the daemon's rates, live ([`top`]) |
 //! | `list [--target PREFIX]` | locks held and queued through this daemon ([`list`]) |
 //! | `show TARGET` | TARGET's lock file, whoever wrote it ([`show`]) |
+//! | `wait [-w DURATION] [-E CODE] TARGET` | returns once TARGET is not held, without taking it ([`wait`]) |
 //! | `break TARGET [--reason TEXT]` | removes any holder's lock; root or the admin group only ([`break_lock`]) |
 //! | `acquire TARGET --ttl DURATION [--owner ID] [-w DURATION]` | takes a detached lease, prints its lock id and token ([`lease`]) |
 //! | `release TARGET --lock-id ID` | ends a detached lease ([`lease`]) |
@@ -30,7 +32,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | done |
-//! | 1 | the lock is held, held in a mode that cannot be shared with the one asked for, or the wait for it timed out (`run`; `-E` changes it); the target is not locked (`show`) |
+//! | 1 | the lock is held, held in a mode that cannot be shared with the one asked for, or the wait for it timed out (`run`, `wait`; `-E` changes it); the target is not locked (`show`) |
 //! | 2 | usage error |
 //! | 69 | no daemon answers at the socket (`EX_UNAVAILABLE`) |
 //! | 70 | any other failure (`EX_SOFTWARE`) |
@@ -85,6 +87,8 @@
 //! file; this daemon's own entry of a shared lock shown as its local holders). The top-level
 //! fields are the file's as a whole, as a Go peer reads them.
 //!
+//! `wait --json` prints `{target, released, waited_seconds}` once the target is not held.
+//!
 //! `acquire` prints `{target, lock_id, token, ttl_seconds}`; `release` prints `{target,
 //! lock_id, released}`; `renew` prints `{target, lock_id, ttl_seconds, expires_at}`; `break`
 //! prints `{target, broken, hostname, pid, owner_id, lock_id}`.
@@ -100,6 +104,7 @@ mod run;
 mod show;
 mod status;
 mod top;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -162,6 +167,9 @@ enum Command {
     Top(top::TopArgs),
     /// Show TARGET's lock file, whoever wrote it; exits 1 when TARGET is not locked.
     Show(show::ShowArgs),
+    /// Return as soon as TARGET is not held (at once if it is free), without taking it: to
+    /// run after another job. Exits 1 (or -E CODE) when -w runs out first.
+    Wait(wait::WaitArgs),
     /// Remove whoever holds TARGET's lock (root or the daemon's admin group only); the break
     /// is logged with who and why, and a holder served by a vfslockd learns its lease is lost.
     Break(break_lock::BreakArgs),
@@ -260,6 +268,10 @@ async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Fai
         Command::Show(args) => {
             let target = absolute(args.target)?;
             show::show(&Client::connect(socket).await?, &target, json).await
+        }
+        Command::Wait(mut args) => {
+            args.target = absolute(args.target)?;
+            wait::wait(&Client::connect(socket).await?, args, json).await
         }
         Command::Break(mut args) => {
             args.target = absolute(args.target)?;

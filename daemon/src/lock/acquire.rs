@@ -609,7 +609,7 @@ impl LockActor {
                 }
             }
         }
-        if state.queue.is_empty() {
+        if state.queue.is_empty() && state.watchers.is_empty() {
             state.recheck.delay = self.ctx.settings.locks.recheck_min;
         }
     }

@@ -198,6 +198,15 @@ pub enum LockMessage {
     /// Timer: the resume window has closed: what nobody resumed is released, and the target
     /// may be granted again.
     WindowClosed,
+    /// Request: answer when the lock is not held, without taking it ([`super::watch`]).
+    WatchRelease {
+        /// Who asks.
+        session: Arc<SessionLink>,
+        /// The request id.
+        id: RequestId,
+        /// How long to wait; `None`: as long as it takes.
+        timeout: Option<Duration>,
+    },
 }
 
 impl LockMessage {
@@ -233,7 +242,8 @@ impl LockMessage {
             | LockMessage::Break { session, id, .. }
             | LockMessage::Metadata { session, id }
             | LockMessage::Describe { session, id }
-            | LockMessage::Resume { session, id, .. } => Some((session, *id)),
+            | LockMessage::Resume { session, id, .. }
+            | LockMessage::WatchRelease { session, id, .. } => Some((session, *id)),
             _ => None,
         }
     }
@@ -393,7 +403,9 @@ impl LockActor {
                 id,
                 acquire_id,
             } => {
-                self.cancel(&myself, state, session.id, acquire_id).await;
+                if !self.cancel_watch(state, session.id, acquire_id) {
+                    self.cancel(&myself, state, session.id, acquire_id).await;
+                }
                 session.reply(id, Ok(Response::Cancelled));
                 self.serve_queue(&myself, state).await;
             }
@@ -458,13 +470,18 @@ impl LockActor {
             LockMessage::Recheck { generation } => {
                 if generation == state.recheck.generation {
                     state.recheck.scheduled = false;
+                    state.watchers.recheck_due();
                     self.serve_queue(&myself, state).await;
                 }
             }
             LockMessage::WaitExpired {
                 session_id,
                 acquire_id,
-            } => self.wait_expired(state, session_id, acquire_id).await,
+            } => {
+                if !self.watch_expired(state, session_id, acquire_id).await {
+                    self.wait_expired(state, session_id, acquire_id).await
+                }
+            }
             LockMessage::IdleCheck => {
                 state.idle.check_scheduled = false;
                 if self.try_retire(&myself, state) {
@@ -494,10 +511,16 @@ impl LockActor {
                     .await
             }
             LockMessage::WindowClosed => self.window_closed(&myself, state).await,
+            LockMessage::WatchRelease {
+                session,
+                id,
+                timeout,
+            } => self.on_watch(&myself, state, session, id, timeout),
         }
         self.schedule_leftover(&myself, state);
         self.mark_waiting(state).await;
         self.announce_if_moved(&myself, state);
+        self.look_for_release(&myself, state).await;
         self.track_idleness(&myself, state);
         Ok(())
     }

@@ -144,6 +144,7 @@ impl LockActor {
         session_id: u64,
     ) {
         state.queue.remove_session(session_id);
+        state.watchers.remove_session(session_id);
         if state
             .phase
             .steal()
@@ -178,6 +179,7 @@ impl LockActor {
     /// The daemon is stopping: waiters are refused, the holder is told and its lock file
     /// deleted if still ours.
     pub(super) async fn shut_down(&self, state: &mut LockState) {
+        self.shut_down_watchers(state);
         for waiter in state.queue.drain() {
             waiter
                 .session

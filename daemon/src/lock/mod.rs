@@ -24,6 +24,7 @@
 //! | [`resume`]     | holdings of the previous run kept for their sessions, and handed back    |
 //! | [`requeue`]    | waiters' places, kept across a restart in first-come order               |
 //! | [`waiting`]    | what waiters are told while they wait, and what `list` shows of a queue  |
+//! | [`watch`]      | requests that wait for a release without taking the lock                 |
 //! | [`registry`]   | which actor serves which target; starting, retiring, replacing          |
 //! | [`supervisor`] | the actors' supervisor: a failed actor is replaced at once               |
 
@@ -48,6 +49,7 @@ pub mod state;
 pub mod supervisor;
 pub mod timing;
 pub mod waiting;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

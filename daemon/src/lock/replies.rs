@@ -369,7 +369,7 @@ impl LockActor {
 
     /// What `vfslockctl list` shows of this target, if anything happens here.
     pub(super) fn snapshot(&self, state: &LockState) -> Option<ListedLock> {
-        if state.is_idle() {
+        if state.is_quiet() {
             return None;
         }
         if let Some(joint) = state.joint() {

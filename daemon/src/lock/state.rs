@@ -49,6 +49,8 @@ pub struct LockState {
     pub foreign: Option<SeenForeign>,
     /// The waiters' announcements of where they stand ([`super::waiting`]).
     pub announce: Announce,
+    /// Requests waiting for the lock to be released, without taking it ([`super::watch`]).
+    pub watchers: super::watch::Watchers,
 }
 
 /// A holder of the lock file outside this daemon, as last seen.
@@ -116,11 +118,18 @@ impl LockState {
             expected: Default::default(),
             foreign: None,
             announce: Announce::default(),
+            watchers: Default::default(),
         }
     }
 
-    /// Whether nothing is held, queued or pending here.
+    /// Whether nothing is held, queued, watched or pending here.
     pub fn is_idle(&self) -> bool {
+        self.is_quiet() && self.watchers.is_empty()
+    }
+
+    /// Whether nothing is held, queued or pending here (requests watching for a release may
+    /// still wait).
+    pub fn is_quiet(&self) -> bool {
         self.phase.is_free()
             && self.queue.is_empty()
             && self.leftover.is_none()

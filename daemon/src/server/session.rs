@@ -811,6 +811,19 @@ impl Session {
                 }
                 Err(e) => self.reply(id, Err(e)),
             },
+            Request::WaitReleased { target, timeout } => {
+                match self.locate(&target, Some(Need::Search)).await {
+                    Ok(address) => {
+                        let message = LockMessage::WatchRelease {
+                            session,
+                            id,
+                            timeout,
+                        };
+                        self.route(id, &address, message).await
+                    }
+                    Err(e) => self.reply(id, Err(e)),
+                }
+            }
             Request::List | Request::ListModes | Request::ListQueues => {
                 // Asking every actor takes a moment; keep reading this connection meanwhile.
                 let registry = self.registry.clone();
@@ -856,6 +869,7 @@ fn describe_request(request: &Request) -> (&'static str, Option<&String>) {
         Request::Break { target, .. } => ("break", Some(target)),
         Request::Metadata { target } => ("metadata", Some(target)),
         Request::Describe { target } => ("describe", Some(target)),
+        Request::WaitReleased { target, .. } => ("wait_released", Some(target)),
         Request::Resume { target, .. } => ("resume", Some(target)),
         Request::Resolve { .. } => ("resolve", None),
         Request::List | Request::ListModes | Request::ListQueues => ("list", None),
