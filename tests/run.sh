@@ -5,7 +5,9 @@
 #    by PID, when the suite ends (tests/servers/);
 # 2. builds the binaries the end-to-end tests start, with the test-only fault-injection layer
 #    (the `faults` feature; it acts only where a test's config asks for it);
-# 3. runs every unit, integration and doc test of the workspace.
+# 3. runs every unit, integration and doc test of the workspace;
+# 4. builds the Debian package from those binaries, checks it and installs it into a scratch
+#    root (tests/deb.sh; it installs cargo-deb first if missing).
 #
 # Uses cargo-nextest when it is installed (each test in its own process), else `cargo test`.
 set -euo pipefail
@@ -25,3 +27,4 @@ else
     cargo test --workspace --locked --no-fail-fast --lib --bins --tests \
         --features vfslockd/faults
 fi
+tests/deb.sh

@@ -8,8 +8,10 @@ use vfslockd::config::{LogFormat, Settings};
 use vfslockd::error::Chain;
 
 /// The vfslock per-host lock daemon.
+// The doc comment, not the crate's description (which names vfslockctl too), is the first
+// line of `--help` and the man page's NAME.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Config file (TOML). Without one, the embedded default serves file:// and mem://.
     #[arg(long, value_name = "FILE")]
@@ -39,6 +41,9 @@ struct Args {
     /// contact the stores or bind the socket.
     #[arg(long, conflicts_with = "print_config")]
     check_config: bool,
+    /// Print this manual page (roff, section 8) and exit; for packages (daemon/debian/build.sh).
+    #[arg(long, hide = true, conflicts_with_all = ["print_config", "check_config"])]
+    man_page: bool,
     /// Tests only: move this daemon's wall clock by a signed duration (`+1h`, `-30s`).
     #[arg(long, hide = true, value_name = "OFFSET", allow_hyphen_values = true)]
     clock_offset: Option<String>,
@@ -56,11 +61,32 @@ fn parse_offset(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("`{text}` is too large a clock offset"))
 }
 
+/// Prints the man page of these arguments: a daemon's page is in section 8.
+fn print_man_page() -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut page = Vec::new();
+    let rendered = clap_mangen::Man::new(Args::command())
+        .section("8")
+        .render(&mut page)
+        .and_then(|()| std::io::stdout().lock().write_all(&page));
+    match rendered {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vfslockd: cannot print the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `sysexits.h`'s EX_CONFIG: systemd should not restart a daemon whose config is wrong.
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man_page {
+        return print_man_page();
+    }
     // Whether stderr is the journal does not depend on the config, so even a config error
     // carries the journal's error priority.
     let journal = vfslockd::systemd::logs_to_journal();

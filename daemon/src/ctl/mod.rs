@@ -21,7 +21,7 @@
 //! | `acquire TARGET --ttl DURATION [--owner ID] [-w DURATION]` | takes a detached lease, prints its lock id and token ([`lease`]) |
 //! | `release TARGET --lock-id ID` | ends a detached lease ([`lease`]) |
 //! | `renew TARGET --lock-id ID [--ttl DURATION]` | extends a detached lease ([`lease`]) |
-//! | `completions SHELL`, `man [SUBCOMMAND]` | shell completions and man pages ([`docs`]) |
+//! | `completions SHELL`, `man [SUBCOMMAND \| --out-dir DIR]` | shell completions and man pages ([`docs`]) |
 //!
 //! Global options: `--socket PATH` (default: `$VFSLOCK_SOCKET`, else the system daemon's
 //! socket if it exists, else the user's) and `--json` (machine output of `status`, `list` and
@@ -188,7 +188,12 @@ enum Command {
     /// Print the man page (roff) of vfslockctl, or of one subcommand.
     Man {
         /// A subcommand, for its own page.
+        #[arg(conflicts_with = "out_dir")]
         subcommand: Option<String>,
+        /// Write every page instead, vfslockctl.1 and one vfslockctl-SUBCOMMAND.1 per
+        /// subcommand, into DIR (for a package).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -287,7 +292,13 @@ async fn dispatch(command: Command, socket: &Path, json: bool) -> Result<u8, Fai
             lease::renew(&Client::connect(socket).await?, args, json).await
         }
         Command::Completions { shell } => docs::completions(shell),
-        Command::Man { subcommand } => docs::man(subcommand.as_deref()),
+        Command::Man {
+            subcommand,
+            out_dir,
+        } => match out_dir {
+            Some(dir) => docs::man_pages_to(&dir),
+            None => docs::man(subcommand.as_deref()),
+        },
     }
 }
 
