@@ -4,7 +4,7 @@
 //! tests/bench.sh [--quick]                       # installs, builds, runs both passes, reports
 //! bench_suite pass --label pinned --out FILE [--quick] [--rounds N] [--sections LIST]
 //! bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
-//! bench_suite drive --socket S --target T [--cycles N] [--targets N]   # load for a profiler
+//! bench_suite drive --socket S --target T [--cycles N] [--targets N | --clients N]   # load for a profiler
 //! bench_suite compare --old F1,F2.. --new F1,F2.. [--tolerance 0.05]  # two builds' passes
 //! bench_suite hops [--cycles N] [--target mem|file] [--blocking]  # switches, migrations
 //! bench_suite restart [--locks N] [--connections C] [--rounds R]  # held locks across restarts
@@ -157,7 +157,7 @@ impl Options {
 const USAGE: &str = "usage:
   bench_suite pass --label pinned|unpinned --out FILE [--quick] [--rounds N] [--sections a,b]
   bench_suite report --pinned FILE --unpinned FILE --markdown FILE --svg FILE
-  bench_suite drive --socket S --target T [--cycles N] [--targets N]
+  bench_suite drive --socket S --target T [--cycles N] [--targets N | --clients N]
   bench_suite compare --old FILE,FILE.. --new FILE,FILE.. [--tolerance 0.05]
   bench_suite hops [--cycles N] [--target mem|file] [--blocking]
   bench_suite restart [--locks N] [--connections C] [--rounds R]";
@@ -295,7 +295,34 @@ fn main() -> ExitCode {
             // With --targets N, the cycles go round N targets `T/0` … `T/N-1`, as in the
             // many-targets section.
             let targets: usize = flag("--targets").and_then(|n| n.parse().ok()).unwrap_or(0);
+            // With --clients N, N connections take turns on T, each waiting in the daemon's
+            // queue, as in the contention section: the cost of a handoff.
+            let clients: usize = flag("--clients").and_then(|n| n.parse().ok()).unwrap_or(1);
             let runtime = contention::client_runtime();
+            if clients > 1 {
+                runtime.block_on(async {
+                    let mut turns = Vec::new();
+                    for _ in 0..clients {
+                        let (socket, target) = (socket.clone(), target.clone());
+                        turns.push(tokio::spawn(async move {
+                            let client = vfslock::Client::connect(&socket)
+                                .await
+                                .expect("connect to the daemon");
+                            let mut lock = client.new_lock(target, Default::default());
+                            for _ in 0..cycles / clients {
+                                lock.acquire_timeout(std::time::Duration::from_secs(600))
+                                    .await
+                                    .expect("contended acquire");
+                                lock.release().await.expect("release");
+                            }
+                        }));
+                    }
+                    for turn in turns {
+                        turn.await.expect("a client's turns");
+                    }
+                });
+                return ExitCode::SUCCESS;
+            }
             runtime.block_on(async {
                 let client = vfslock::Client::connect(&socket)
                     .await
