@@ -20,9 +20,11 @@ async fn bad_targets_are_refused_as_invalid() {
     let daemon = Daemon::start();
     let client = daemon.client().await;
     let dir = daemon.data_dir().to_string_lossy().into_owned();
+    // A relative path the library cannot make absolute (its directory does not exist); one it
+    // can is made absolute before it is sent (tests/tests/ctl.rs), and the daemon refuses one
+    // sent as it is (below).
     let bad = [
-        "data.csv".to_owned(),
-        "relative/data.csv".to_owned(),
+        "no-such-directory/data.csv".to_owned(),
         format!("{dir}/../data.csv"),
         format!("{dir}/sub/../data.csv"),
         format!("file://{dir}/../data.csv"),
@@ -45,6 +47,21 @@ async fn bad_targets_are_refused_as_invalid() {
         assert_eq!(err.kind(), ErrorKind::InvalidTarget, "{target:?}: {err:?}");
         let err = client.metadata(target).await.expect_err(target);
         assert_eq!(err.kind(), ErrorKind::InvalidTarget, "{target:?}: {err:?}");
+    }
+    // Over the wire, from a client that sends a relative path as it is: refused, as
+    // ambiguous (the daemon cannot know the caller's working directory).
+    let mut raw = handshaken(daemon.socket()).await;
+    for relative in ["data.csv", "relative/data.csv"] {
+        let request = vfslock_proto::Request::Metadata {
+            target: relative.into(),
+        };
+        match ask(&mut raw, request).await {
+            ServerFrame::Response { result: Err(e), .. } => {
+                assert_eq!(e.kind, ErrorKind::InvalidTarget, "{relative}: {e:?}");
+                assert!(e.message.contains("relative path"), "{e:?}");
+            }
+            other => panic!("{relative}: {other:?}"),
+        }
     }
     let err = client
         .new_lock("s3://bucket/key", LockOptions::default())
