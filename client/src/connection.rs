@@ -332,13 +332,7 @@ impl Connection {
     /// Sends a request and waits for its one response.
     pub(crate) async fn request(&self, request: Request) -> Result<Response, Error> {
         let _in_flight = InFlight::begin();
-        let id = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        self.register(id, Route::Once(tx))?;
-        if let Err(e) = self.send(&ClientFrame::Request { id, request }) {
-            self.routes.lock().expect("routes lock").pending.remove(&id);
-            return Err(e);
-        }
+        let (_, rx) = self.start_request(request)?;
         let sent = std::time::Instant::now();
         #[cfg(unix)]
         self.spin.wait_readable(self.raw_fd);
@@ -1153,5 +1147,30 @@ mod tests {
             loss(&old),
             Some((ErrorKind::LeaseLost, "stolen".to_owned()))
         );
+    }
+}
+
+/// Cancels a request that waits at the daemon (an acquire, a wait for a release) whose future
+/// was dropped before its answer arrived: its answer is no longer routed, and the daemon is
+/// told to stop waiting for it. Set `finished` once the answer came.
+pub(crate) struct CancelOnDrop<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) target: &'a str,
+    pub(crate) id: RequestId,
+    pub(crate) finished: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.abandon(self.id);
+            let _ = self.conn.send(&ClientFrame::Request {
+                id: 0,
+                request: Request::Cancel {
+                    target: self.target.to_owned(),
+                    acquire_id: self.id,
+                },
+            });
+        }
     }
 }

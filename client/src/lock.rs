@@ -8,7 +8,7 @@ use vfslock_proto::{
     AcquireRequest, ClientFrame, LockMode, Request, RequestId, WaitMode, WaitPlace,
 };
 
-use crate::connection::{AcquireUpdate, Connection, LeaseWatch};
+use crate::connection::{AcquireUpdate, CancelOnDrop, Connection, LeaseWatch};
 use crate::error::{Error, ErrorKind};
 use crate::{Client, LockMetadata};
 
@@ -248,30 +248,6 @@ impl fmt::Debug for Lock {
     }
 }
 
-/// Cancels an acquire whose future was dropped before its answer arrived.
-struct PendingAcquire<'a> {
-    conn: &'a Connection,
-    target: &'a str,
-    id: RequestId,
-    finished: bool,
-}
-
-impl Drop for PendingAcquire<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            let conn = self.conn;
-            conn.abandon(self.id);
-            let _ = conn.send(&ClientFrame::Request {
-                id: 0,
-                request: Request::Cancel {
-                    target: self.target.to_owned(),
-                    acquire_id: self.id,
-                },
-            });
-        }
-    }
-}
-
 impl Lock {
     pub(crate) fn new(client: Client, target: String, options: LockOptions) -> Self {
         // Resolved now, as `open(2)` would: a later change of directory does not move the lock.
@@ -387,7 +363,7 @@ impl Lock {
             self.options.max_hold,
             place.as_ref().map(|(place, _)| place.clone()),
         )?;
-        let mut pending = PendingAcquire {
+        let mut pending = CancelOnDrop {
             conn,
             target: &self.target,
             id,

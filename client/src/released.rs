@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use vfslock_proto::{ClientFrame, LockView, Request, RequestId, Response};
+use vfslock_proto::{LockView, Request, Response};
 
-use crate::connection::Connection;
+use crate::connection::CancelOnDrop;
 use crate::{Client, Error, ErrorKind};
 
 /// How long a wait with no timeout gives a daemon that went away to come back.
@@ -54,16 +54,16 @@ impl Client {
             };
             let (id, answer) = conn.start_request(request)?;
             let answer = {
-                let mut pending = Pending {
+                let mut pending = CancelOnDrop {
                     conn: &conn,
                     target: &target,
                     id,
-                    answered: false,
+                    finished: false,
                 };
                 let answer = answer
                     .await
                     .unwrap_or_else(|_| Err(Error::connection_lost()));
-                pending.answered = true;
+                pending.finished = true;
                 answer
             };
             match answer {
@@ -114,28 +114,4 @@ impl Client {
 /// Whether a lock file holds nobody: every holder it lists has expired.
 fn holds_nobody(view: &LockView) -> bool {
     view.holders.iter().all(|holder| holder.expired)
-}
-
-/// Ends a wait whose future was dropped before its answer came: the daemon is told to stop
-/// waiting for it.
-struct Pending<'a> {
-    conn: &'a Connection,
-    target: &'a str,
-    id: RequestId,
-    answered: bool,
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.conn.abandon(self.id);
-            let _ = self.conn.send(&ClientFrame::Request {
-                id: 0,
-                request: Request::Cancel {
-                    target: self.target.to_owned(),
-                    acquire_id: self.id,
-                },
-            });
-        }
-    }
 }
