@@ -799,13 +799,13 @@ async fn run_locks_a_relative_path_in_its_working_directory_as_flock_does() {
 
     // A relative path whose directory does not exist is refused before anything is sent.
     let out = output(ctl_in(&daemon, &data).args(["run", "nope/data.csv", "--", "true"])).await;
-    assert_ne!(code(&out), 0);
+    assert_eq!(code(&out), 70, "as any target the daemon refuses");
     assert_one_line_failure(
         &out,
         "cannot make the relative path \"nope/data.csv\" absolute",
     );
     let out = output(ctl_in(&daemon, &data).args(["show", "nope/data.csv"])).await;
-    assert_eq!(code(&out), 2);
+    assert_eq!(code(&out), 70, "as any target the daemon refuses");
     assert_one_line_failure(&out, "nope/data.csv");
 }
 

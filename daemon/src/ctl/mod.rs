@@ -197,6 +197,19 @@ enum Command {
     },
 }
 
+/// `-E CODE` of `run` and `wait`: the exit code when the lock is held or the wait timed out.
+#[derive(clap::Args, Debug)]
+struct ConflictCode {
+    /// Exit code when the lock is held or the wait times out.
+    #[arg(
+        short = 'E',
+        long = "conflict-exit-code",
+        value_name = "CODE",
+        default_value_t = EXIT_CONFLICT
+    )]
+    code: u8,
+}
+
 /// Why a command failed: the line for stderr and the exit code.
 #[derive(Debug)]
 struct Failure {
@@ -308,7 +321,8 @@ fn absolute(target: String) -> Result<String, Failure> {
     match vfslock::resolve_target(&target) {
         Ok(std::borrow::Cow::Owned(absolute)) => Ok(absolute),
         Ok(std::borrow::Cow::Borrowed(_)) => Ok(target),
-        Err(e) => Err(Failure::new(EXIT_USAGE, e.message())),
+        // As any target the daemon refuses.
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -40,7 +40,7 @@ use std::time::Duration;
 use clap::Args;
 use vfslock::{Client, ErrorKind, LockOptions};
 
-use super::{Failure, EXIT_CONFLICT};
+use super::Failure;
 use crate::duration;
 
 /// Environment variable naming the locked target, as given, for the command.
@@ -108,14 +108,8 @@ pub(super) struct RunArgs {
         conflicts_with = "nonblock"
     )]
     timeout: Option<Duration>,
-    /// Exit code when the lock is held or the wait times out.
-    #[arg(
-        short = 'E',
-        long = "conflict-exit-code",
-        value_name = "CODE",
-        default_value_t = EXIT_CONFLICT
-    )]
-    conflict_exit_code: u8,
+    #[command(flatten)]
+    conflict: super::ConflictCode,
     /// What to do to the command when the lease is lost while it runs: a signal to send
     /// (TERM, KILL, INT, HUP, USR1, USR2) or `none` to let it run on.
     #[arg(long = "on-loss", value_name = "SIGNAL", default_value = "TERM", value_parser = parse_on_loss)]
@@ -330,7 +324,7 @@ fn conflict(e: vfslock::Error, args: &RunArgs, targets: usize) -> Failure {
     match e.kind() {
         // The daemon's messages already name `vfslockctl show`.
         ErrorKind::AlreadyHeld | ErrorKind::Timeout | ErrorKind::ModeConflict => {
-            Failure::new(args.conflict_exit_code, e.message())
+            Failure::new(args.conflict.code, e.message())
         }
         ErrorKind::InvalidTarget if targets > 1 => Failure::new(
             super::EXIT_USAGE,

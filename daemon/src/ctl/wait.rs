@@ -13,7 +13,7 @@ use serde_json::json;
 use vfslock::{Client, ErrorKind};
 
 use super::output::emit_json;
-use super::{Failure, EXIT_CONFLICT};
+use super::Failure;
 use crate::duration;
 
 /// Arguments of `vfslockctl wait`.
@@ -23,14 +23,8 @@ pub(super) struct WaitArgs {
     /// it takes.
     #[arg(short = 'w', long = "timeout", value_name = "DURATION", value_parser = duration::parse)]
     timeout: Option<Duration>,
-    /// Exit code when the wait times out.
-    #[arg(
-        short = 'E',
-        long = "conflict-exit-code",
-        value_name = "CODE",
-        default_value_t = EXIT_CONFLICT
-    )]
-    conflict_exit_code: u8,
+    #[command(flatten)]
+    conflict: super::ConflictCode,
     /// The target to wait for (a path, relative or absolute, or a URL).
     pub(super) target: String,
 }
@@ -50,7 +44,7 @@ pub(super) async fn wait(client: &Client, args: WaitArgs, json: bool) -> Result<
             Ok(0)
         }
         Err(e) if e.kind() == ErrorKind::Timeout => {
-            Err(Failure::new(args.conflict_exit_code, e.message()))
+            Err(Failure::new(args.conflict.code, e.message()))
         }
         Err(e) => Err(e.into()),
     }
