@@ -520,7 +520,10 @@ impl LockActor {
         self.schedule_leftover(&myself, state);
         self.mark_waiting(state).await;
         self.announce_if_moved(&myself, state);
-        self.look_for_release(&myself, state).await;
+        // Most targets have no watcher: then nothing more is done for them after a message.
+        if !state.watchers.is_empty() {
+            self.look_for_release(&myself, state).await;
+        }
         self.track_idleness(&myself, state);
         Ok(())
     }

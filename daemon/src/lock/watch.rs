@@ -97,7 +97,7 @@ impl LockActor {
         state.watchers.look_due = true;
     }
 
-    /// After each message: answers the watchers if the target is no longer held, else makes
+    /// After each message that found watchers: answers them if the target is no longer held, else makes
     /// sure they look again (when a holding here ends, or on the re-check schedule).
     pub(super) async fn look_for_release(
         &self,
